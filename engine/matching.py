@@ -1,0 +1,803 @@
+"""The exchange core: applies sequenced commands to books, holds and day statistics.
+
+Contract:
+- ``Engine.apply(cmd)`` takes commands stamped by the sequencer, in sequence order with
+  no gaps and non-decreasing timestamps (a violation is a programmer error: assertion).
+- Every effect is reported as an event appended to ``Engine.out``; the caller drains it.
+- A rejected command emits one ``Rejected`` event and changes no state.
+- The engine is deterministic: no wall clock, no randomness, no I/O. The same commands
+  give the same events and the same ``state_hash()``.
+
+Matching is price-time priority; a fill trades at the resting order's price. Holds are
+taken from the ledger before an order may rest or trade (when the instrument has holds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgspec
+
+from engine.book import Book, HalfBook, Level, Order
+from engine.instrument import ALWAYS_OPEN, NS_PER_DAY, NS_PER_MINUTE, Instrument, Schedule
+from engine.ledger import CASH, HoldLedger
+from engine.messages import (
+    Accepted,
+    Amend,
+    Amended,
+    Cancel,
+    CancelReason,
+    Cancelled,
+    Command,
+    DayClosed,
+    Decremented,
+    EndOfDay,
+    Event,
+    Expired,
+    Halt,
+    HitOrder,
+    MassCancel,
+    NewOrder,
+    OrdType,
+    Phase,
+    Reason,
+    Rejected,
+    Resume,
+    Side,
+    StatusChanged,
+    Stp,
+    Tick,
+    TimeInForce,
+    Trade,
+)
+
+BUY, SELL = int(Side.BUY), int(Side.SELL)
+LIMIT, MARKET = int(OrdType.LIMIT), int(OrdType.MARKET)
+DAY, IOC, FOK = int(TimeInForce.DAY), int(TimeInForce.IOC), int(TimeInForce.FOK)
+CONTINUOUS = int(Phase.CONTINUOUS)
+CANCEL_RESTING, CANCEL_INCOMING = int(Stp.CANCEL_RESTING), int(Stp.CANCEL_INCOMING)
+CANCEL_BOTH, DECREMENT = int(Stp.CANCEL_BOTH), int(Stp.DECREMENT)
+HIT_LEVELS = 5  # a hit-this-order target must be among the best five levels
+
+
+class Market:
+    """One instrument's rules, book, phase and day statistics."""
+
+    __slots__ = (
+        "rules", "symbol", "holds", "book", "low", "high", "ref_price", "phase", "halted",
+        "open_price", "high_price", "low_price", "last_price", "volume", "value", "trades",
+    )
+
+    def __init__(self, rules: Instrument) -> None:
+        rules.check()
+        self.rules = rules
+        self.symbol = rules.symbol
+        self.holds = rules.holds
+        self.ref_price = rules.ref_price
+        self.phase = int(Phase.CLOSED)
+        self.halted = False
+        self.new_day(rules.ref_price)
+
+    def new_day(self, ref_price: int) -> None:
+        assert not getattr(self, "book", None) or not (self.book.bids.bits or self.book.asks.bits)
+        self.ref_price = ref_price
+        self.low, self.high = self.rules.band(ref_price)
+        self.book = Book(self.low, self.high)
+        self.open_price = self.high_price = self.low_price = self.last_price = 0
+        self.volume = self.value = self.trades = 0
+
+    def record(self, first: int, last: int, high: int, low: int, volume: int, value: int, trades: int) -> None:
+        """Add a run of trades to the day's statistics."""
+        if not self.open_price:
+            self.open_price = first
+        self.last_price = last
+        self.high_price = max(self.high_price, high)
+        self.low_price = min(self.low_price, low) if self.low_price else low
+        self.volume += volume
+        self.value += value
+        self.trades += trades
+
+    def close_price(self) -> int:
+        """Volume-weighted average of the day's trades, to the nearest tick (half up);
+        the reference price when nothing traded."""
+        if not self.volume:
+            return self.ref_price
+        tick = self.rules.tick
+        units = (2 * self.value + self.volume * tick) // (2 * self.volume * tick)
+        return units * tick
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "open": self.open_price, "high": self.high_price, "low": self.low_price,
+            "last": self.last_price, "volume": self.volume, "value": self.value,
+            "trades": self.trades, "ref_price": self.ref_price,
+            "band_low": self.low, "band_high": self.high, "phase": self.phase,
+        }
+
+
+class Engine:
+    """The single writer of books and holds. See the module docstring for the contract."""
+
+    def __init__(
+        self,
+        instruments: Iterable[Instrument],
+        ledger: HoldLedger | None = None,
+        *,
+        schedule: Schedule = ALWAYS_OPEN,
+        stp_default: int = CANCEL_RESTING,
+        member_stp: dict[str, int] | None = None,
+    ) -> None:
+        self.markets: dict[str, Market] = {}
+        for rules in instruments:
+            if rules.symbol in self.markets:
+                raise ValueError(f"instrument {rules.symbol} configured twice")
+            market = Market(rules)
+            if market.holds and ledger is None:
+                raise ValueError(f"instrument {rules.symbol} has holds but the engine has no ledger")
+            self.markets[rules.symbol] = market
+        if stp_default not in (CANCEL_RESTING, CANCEL_INCOMING, CANCEL_BOTH, DECREMENT):
+            raise ValueError(f"stp_default must be a self-trade prevention mode, got {stp_default}")
+        schedule.check()
+        self.ledger = ledger
+        self.schedule = schedule
+        self.stp_default = stp_default
+        self.member_stp = dict(member_stp or {})
+        self.out: list[Event] = []
+        self.orders: dict[int, Order] = {}
+        self.coids: set[tuple[str, str]] = set()
+        self.last_seq = 0
+        self.last_ts = 0
+        self.next_order_id = 1
+        self.next_trade_id = 1
+        self.day = 1
+        self._next_change = -1  # ts of the next schedule change; -1: not computed yet
+        self._expire_at = 1 << 62  # ts of the current day's close
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            NewOrder: self._new_order,
+            Cancel: self._cancel,
+            Amend: self._amend,
+            MassCancel: self._mass_cancel,
+            HitOrder: self._hit_order,
+            Halt: self._halt,
+            Resume: self._resume,
+            Tick: self._tick,
+            EndOfDay: self._end_of_day,
+        }
+
+    # --- entry points -----------------------------------------------------------------
+
+    def apply(self, cmd: Command) -> None:
+        seq, ts = cmd.seq, cmd.ts  # type: ignore[attr-defined]
+        assert seq == self.last_seq + 1, f"sequence gap: expected {self.last_seq + 1}, got {seq}"
+        assert ts >= self.last_ts, f"time went back: {ts} < {self.last_ts}"
+        self.last_seq, self.last_ts = seq, ts
+        if ts >= self._next_change:
+            self._advance_clock(seq, ts)
+        self._handlers[type(cmd)](cmd)
+
+    def apply_batch(self, cmds: Iterable[Command]) -> None:
+        """Apply commands in order; the same as calling apply on each, with the
+        dispatch bound to locals once per batch (it runs per message)."""
+        handlers = self._handlers
+        for cmd in cmds:
+            seq, ts = cmd.seq, cmd.ts  # type: ignore[attr-defined]
+            assert seq == self.last_seq + 1, f"sequence gap: expected {self.last_seq + 1}, got {seq}"
+            assert ts >= self.last_ts, f"time went back: {ts} < {self.last_ts}"
+            self.last_seq, self.last_ts = seq, ts
+            if ts >= self._next_change:
+                self._advance_clock(seq, ts)
+            handlers[type(cmd)](cmd)
+
+    # --- orders ------------------------------------------------------------------------
+
+    def _reject(self, cmd: Any, reason: Reason, text: str, coid: str = "", order_id: int = 0) -> None:
+        self.out.append(
+            Rejected(cmd.seq, cmd.ts, getattr(cmd, "member", ""), coid, order_id, int(reason), text)
+        )
+
+    def _check_order(self, cmd: NewOrder | HitOrder, market: Market | None, side: int, qty: int) -> bool:
+        """Checks shared by new and hit orders; rejects and returns False on the first
+        that fails."""
+        coid = cmd.coid
+        if market is None:
+            self._reject(cmd, Reason.UNKNOWN_INSTRUMENT, f"unknown instrument {cmd.instrument!r}", coid)
+            return False
+        if market.phase != CONTINUOUS:
+            if market.halted:
+                self._reject(cmd, Reason.INSTRUMENT_HALTED, f"{market.symbol} is halted", coid)
+            else:
+                self._reject(cmd, Reason.MARKET_CLOSED, f"{market.symbol} is not in continuous trading", coid)
+            return False
+        if side != BUY and side != SELL:
+            self._reject(cmd, Reason.INVALID_FIELD, f"side must be 1 (buy) or 2 (sell), got {side}", coid)
+            return False
+        rules = market.rules
+        if qty < rules.qty_min or qty > rules.qty_max:
+            self._reject(
+                cmd, Reason.QTY_OUT_OF_RANGE,
+                f"quantity {qty} outside [{rules.qty_min}, {rules.qty_max}]", coid,
+            )
+            return False
+        if qty % rules.lot:
+            self._reject(cmd, Reason.OFF_LOT, f"quantity {qty} is not a multiple of the lot {rules.lot}", coid)
+            return False
+        if (cmd.member, coid) in self.coids:
+            self._reject(cmd, Reason.DUPLICATE_CLIENT_ORDER_ID, f"client order id {coid!r} already used today", coid)
+            return False
+        return True
+
+    def _hold_new(self, cmd: NewOrder | HitOrder, market: Market, side: int, price: int, qty: int) -> int:
+        """Hold what a new order needs; returns the cash held (buys), 0 (sells), or -1
+        after rejecting."""
+        ledger = self.ledger
+        assert ledger is not None
+        if side == BUY:
+            need = ledger.cash_required(price * qty)
+            if ledger.hold(cmd.member, CASH, need):
+                return need
+            self._reject(cmd, Reason.INSUFFICIENT_FUNDS, f"available cash does not cover {need} fen", cmd.coid)
+            return -1
+        if ledger.hold(cmd.member, market.symbol, qty):
+            return 0
+        self._reject(
+            cmd, Reason.INSUFFICIENT_HOLDINGS, f"available {market.symbol} does not cover {qty} t", cmd.coid
+        )
+        return -1
+
+    def _new_order(self, cmd: NewOrder) -> None:
+        market = self.markets.get(cmd.instrument)
+        side, qty, price, tif = cmd.side, cmd.qty, cmd.price, cmd.tif
+        if not self._check_order(cmd, market, side, qty):
+            return
+        assert market is not None
+        if not 0 <= cmd.stp <= DECREMENT:
+            self._reject(cmd, Reason.INVALID_FIELD, f"stp must be 0-4, got {cmd.stp}", cmd.coid)
+            return
+        if not DAY <= tif <= FOK:
+            self._reject(cmd, Reason.INVALID_FIELD, f"tif must be 1 (DAY), 2 (IOC) or 3 (FOK), got {tif}", cmd.coid)
+            return
+        if cmd.ord_type == LIMIT:
+            if price % market.rules.tick:
+                self._reject(cmd, Reason.OFF_TICK, f"price {price} is not a multiple of the tick {market.rules.tick}", cmd.coid)
+                return
+            if price < market.low or price > market.high:
+                self._reject(
+                    cmd, Reason.PRICE_OUTSIDE_BAND, f"price {price} outside the band [{market.low}, {market.high}]",
+                    cmd.coid,
+                )
+                return
+        elif cmd.ord_type == MARKET:
+            price = market.high if side == BUY else market.low
+        else:
+            self._reject(cmd, Reason.INVALID_FIELD, f"ord_type must be 1 (limit) or 2 (market), got {cmd.ord_type}", cmd.coid)
+            return
+        hold = 0
+        if market.holds:
+            hold = self._hold_new(cmd, market, side, price, qty)
+            if hold < 0:
+                return
+        # Accepted: from here on the command changes state.
+        member, seq, ts = cmd.member, cmd.seq, cmd.ts
+        order_id = self.next_order_id
+        self.next_order_id = order_id + 1
+        self.coids.add((member, cmd.coid))
+        stp = cmd.stp or self.member_stp.get(member, self.stp_default)
+        order = Order(order_id, member, cmd.coid, market.symbol, side, price, qty, 0, tif, stp, hold, ts)
+        out = self.out
+        out.append(Accepted(seq, ts, member, cmd.coid, order_id, market.symbol, side, price, qty, cmd.ord_type, tif))
+        if tif == FOK and not self._fok_fillable(market, order):
+            self._drop_incoming(market, order, CancelReason.IOC_REST, seq, ts)
+            return
+        self._match(market, order, seq, ts)
+        if order.qty:
+            if tif == DAY and cmd.ord_type == LIMIT:
+                half = market.book.sides[side]
+                half.add(order, (price - half.base) * half.sign)
+                self.orders[order_id] = order
+            else:
+                self._drop_incoming(market, order, CancelReason.IOC_REST, seq, ts)
+
+    def _fok_fillable(self, market: Market, order: Order) -> bool:
+        """Whether the whole order would fill now. Own orders do not count; under
+        cancel-incoming, cancel-both or decrement they stop the count, as they stop
+        the match."""
+        opp = market.book.sides[3 - order.side]
+        limit = (order.price - opp.base) * opp.sign
+        need, member = order.qty, order.member
+        stops = order.stp != CANCEL_RESTING
+        bits, levels = opp.bits, opp.levels
+        while bits:
+            low = bits & -bits
+            key = low.bit_length() - 1
+            if key > limit:
+                return False
+            bits ^= low
+            level = levels[key]
+            assert level is not None
+            for o in level:
+                if o.qty:
+                    if o.member == member:
+                        if stops:
+                            return False
+                        continue
+                    need -= o.qty
+                    if need <= 0:
+                        return True
+        return False
+
+    def _match(self, market: Market, order: Order, seq: int, ts: int) -> None:
+        """Trade the incoming order against the opposite side while it crosses."""
+        opp = market.book.sides[3 - order.side]
+        limit = (order.price - opp.base) * opp.sign
+        if opp.best > limit:
+            return
+        # Hot loop: attributes bound to locals, they are read per fill.
+        out = self.out
+        emit = out.append
+        levels = opp.levels
+        member, side, taker_id = order.member, order.side, order.order_id
+        holds = market.holds
+        ledger = self.ledger
+        symbol = market.symbol
+        qty = order.qty
+        trade_id = self.next_trade_id
+        orders = self.orders
+        volume = value = 0
+        high, low = market.high_price, market.low_price
+        first_price = last_price = 0
+        while qty and opp.best <= limit:
+            key = opp.best
+            level = levels[key]
+            assert level is not None
+            while qty and level.live:
+                maker = level[0]
+                mqty = maker.qty
+                if not mqty:
+                    level.popleft()
+                    continue
+                if maker.member == member:
+                    qty = self._self_trade(market, opp, level, key, order, maker, qty, seq, ts)
+                    if qty < 0:  # the incoming order is gone
+                        qty = 0
+                        break
+                    continue
+                fill = qty if qty < mqty else mqty
+                price = maker.price
+                trade = Trade(seq, ts, trade_id, symbol, price, fill, side, maker.order_id, maker.member, taker_id, member)
+                trade_id += 1
+                emit(trade)
+                qty -= fill
+                mqty -= fill
+                maker.qty = mqty
+                maker.filled += fill
+                level.qty -= fill
+                volume += fill
+                value += price * fill
+                last_price = price
+                if not first_price:
+                    first_price = price
+                if price > high:
+                    high = price
+                if price < low or not low:
+                    low = price
+                if holds:
+                    assert ledger is not None
+                    if side == BUY:
+                        new = ledger.cash_required(order.price * qty) if qty else 0
+                        freed = order.hold - new
+                        order.hold = new
+                    else:
+                        new = ledger.cash_required(price * mqty) if mqty else 0
+                        freed = maker.hold - new
+                        maker.hold = new
+                    ledger.settle(trade, freed)
+                if not mqty:
+                    level.popleft()
+                    level.live -= 1
+                    del orders[maker.order_id]
+            if not level.live:
+                level.clear()
+                opp.emptied(key)
+        order.filled += order.qty - qty
+        order.qty = qty
+        if volume:
+            market.record(first_price, last_price, high, low, volume, value, trade_id - self.next_trade_id)
+        self.next_trade_id = trade_id
+
+    def _self_trade(
+        self, market: Market, opp: HalfBook, level: Level, key: int, order: Order, maker: Order,
+        qty: int, seq: int, ts: int,
+    ) -> int:
+        """The incoming order (open quantity ``qty``) meets its own member's resting
+        order at the front of a level. Returns the incoming open quantity left, or -1
+        when the incoming order is gone."""
+        mode = order.stp
+        out = self.out
+        order.filled += order.qty - qty  # bring the incoming order up to date
+        order.qty = qty
+        if mode == CANCEL_RESTING or mode == CANCEL_BOTH:
+            level.popleft()
+            level.live -= 1
+            level.qty -= maker.qty
+            out.append(Cancelled(seq, ts, maker.member, maker.order_id, market.symbol, maker.qty, CancelReason.SELF_TRADE))
+            self._release_rest(market, maker)
+            del self.orders[maker.order_id]
+            if mode == CANCEL_RESTING:
+                return qty
+        if mode == CANCEL_INCOMING or mode == CANCEL_BOTH:
+            self._drop_incoming(market, order, CancelReason.SELF_TRADE, seq, ts)
+            return -1
+        assert mode == DECREMENT
+        cut = qty if qty < maker.qty else maker.qty
+        level.qty -= cut
+        self._reduce(market, maker, cut)
+        out.append(Decremented(seq, ts, maker.member, maker.order_id, market.symbol, cut, maker.qty))
+        if not maker.qty:
+            level.popleft()
+            level.live -= 1
+            del self.orders[maker.order_id]
+        self._reduce(market, order, cut)
+        out.append(Decremented(seq, ts, order.member, order.order_id, market.symbol, cut, order.qty))
+        return order.qty if order.qty else -1
+
+    def _reduce(self, market: Market, order: Order, cut: int) -> None:
+        """Take ``cut`` off the order's open quantity and release what it held for it."""
+        left = order.qty - cut
+        assert left >= 0
+        if market.holds:
+            ledger = self.ledger
+            assert ledger is not None
+            if order.side == BUY:
+                new = ledger.cash_required(order.price * left) if left else 0
+                ledger.release(order.member, CASH, order.hold - new)
+                order.hold = new
+            else:
+                ledger.release(order.member, market.symbol, cut)
+        order.qty = left
+
+    def _release_rest(self, market: Market, order: Order) -> None:
+        """Release everything the order holds for its open quantity ``order.qty``; the
+        caller then sets that quantity to 0."""
+        if market.holds:
+            ledger = self.ledger
+            assert ledger is not None
+            if order.side == BUY:
+                ledger.release(order.member, CASH, order.hold)
+                order.hold = 0
+            elif order.qty:
+                ledger.release(order.member, market.symbol, order.qty)
+
+    def _drop_incoming(self, market: Market, order: Order, reason: CancelReason, seq: int, ts: int) -> None:
+        """Cancel the open rest of an order that is not (or no longer) in the book."""
+        qty = order.qty
+        self._release_rest(market, order)
+        order.qty = 0
+        self.out.append(Cancelled(seq, ts, order.member, order.order_id, market.symbol, qty, int(reason)))
+
+    def _remove_resting(self, market: Market, order: Order) -> int:
+        """Take a live order out of the book and release its hold; returns the open
+        quantity it had."""
+        qty = order.qty
+        self._release_rest(market, order)
+        half = market.book.sides[order.side]
+        half.kill(order, (order.price - half.base) * half.sign)
+        del self.orders[order.order_id]
+        return qty
+
+    def _own_order(self, cmd: Cancel | Amend) -> Order | None:
+        order = self.orders.get(cmd.order_id)
+        if order is None:
+            self._reject(cmd, Reason.UNKNOWN_ORDER, f"no open order {cmd.order_id}", order_id=cmd.order_id)
+            return None
+        if order.member != cmd.member:
+            self._reject(cmd, Reason.NOT_YOUR_ORDER, f"order {cmd.order_id} is not yours", order_id=cmd.order_id)
+            return None
+        return order
+
+    def _cancel(self, cmd: Cancel) -> None:
+        order = self._own_order(cmd)
+        if order is None:
+            return
+        market = self.markets[order.instrument]
+        qty = self._remove_resting(market, order)
+        self.out.append(Cancelled(cmd.seq, cmd.ts, order.member, order.order_id, market.symbol, qty, CancelReason.USER))
+
+    def _amend(self, cmd: Amend) -> None:
+        order = self._own_order(cmd)
+        if order is None:
+            return
+        market = self.markets[order.instrument]
+        rules = market.rules
+        price, qty = cmd.price, cmd.qty
+        oid = order.order_id
+        if market.phase != CONTINUOUS:
+            reason = Reason.INSTRUMENT_HALTED if market.halted else Reason.MARKET_CLOSED
+            self._reject(cmd, reason, f"{market.symbol} is not in continuous trading", order_id=oid)
+            return
+        if qty < rules.qty_min or qty > rules.qty_max:
+            self._reject(cmd, Reason.QTY_OUT_OF_RANGE, f"quantity {qty} outside [{rules.qty_min}, {rules.qty_max}]", order_id=oid)
+            return
+        if qty % rules.lot:
+            self._reject(cmd, Reason.OFF_LOT, f"quantity {qty} is not a multiple of the lot {rules.lot}", order_id=oid)
+            return
+        if price % rules.tick:
+            self._reject(cmd, Reason.OFF_TICK, f"price {price} is not a multiple of the tick {rules.tick}", order_id=oid)
+            return
+        if price < market.low or price > market.high:
+            self._reject(cmd, Reason.PRICE_OUTSIDE_BAND, f"price {price} outside the band [{market.low}, {market.high}]", order_id=oid)
+            return
+        if price == order.price and qty == order.qty:
+            self._reject(cmd, Reason.AMEND_NO_CHANGE, "amend changes neither price nor quantity", order_id=oid)
+            return
+        # Adjust the hold first: an increase may be refused, which must change nothing.
+        new_hold = 0
+        if market.holds:
+            ledger = self.ledger
+            assert ledger is not None
+            if order.side == BUY:
+                new_hold = ledger.cash_required(price * qty)
+                more = new_hold - order.hold
+                if more > 0 and not ledger.hold(order.member, CASH, more):
+                    self._reject(cmd, Reason.INSUFFICIENT_FUNDS, f"available cash does not cover {more} fen more", order_id=oid)
+                    return
+                if more < 0:
+                    ledger.release(order.member, CASH, -more)
+            else:
+                more = qty - order.qty
+                if more > 0 and not ledger.hold(order.member, market.symbol, more):
+                    self._reject(cmd, Reason.INSUFFICIENT_HOLDINGS, f"available {market.symbol} does not cover {more} t more", order_id=oid)
+                    return
+                if more < 0:
+                    ledger.release(order.member, market.symbol, -more)
+        seq, ts = cmd.seq, cmd.ts
+        half = market.book.sides[order.side]
+        if price == order.price and qty < order.qty:
+            level = half.levels[(price - half.base) * half.sign]
+            assert level is not None
+            level.qty -= order.qty - qty
+            order.qty = qty
+            order.hold = new_hold
+            self.out.append(Amended(seq, ts, order.member, oid, market.symbol, price, qty, True))
+            return
+        # Loses priority: out of the book (its hold already adjusted), then in again as
+        # an incoming order that may trade.
+        half.kill(order, (order.price - half.base) * half.sign)  # marks the old entry dead
+        del self.orders[oid]
+        moved = Order(oid, order.member, order.coid, order.instrument, order.side, price, qty,
+                      order.filled, order.tif, order.stp, new_hold, ts)
+        self.out.append(Amended(seq, ts, order.member, oid, market.symbol, price, qty, False))
+        self._match(market, moved, seq, ts)
+        if moved.qty:
+            half.add(moved, (price - half.base) * half.sign)
+            self.orders[oid] = moved
+
+    def _hit_order(self, cmd: HitOrder) -> None:
+        market = self.markets.get(cmd.instrument)
+        target = self.orders.get(cmd.target_order_id)
+        side = 0 if target is None else 3 - target.side
+        if not self._check_order(cmd, market, side if target is not None else BUY, cmd.qty):
+            return
+        assert market is not None
+        if target is None or target.instrument != market.symbol:
+            self._reject(cmd, Reason.UNKNOWN_ORDER, f"no open order {cmd.target_order_id} in {market.symbol}", cmd.coid)
+            return
+        if target.member == cmd.member:
+            self._reject(cmd, Reason.TARGET_IS_OWN_ORDER, f"order {target.order_id} is your own", cmd.coid)
+            return
+        half = market.book.sides[target.side]
+        key = (target.price - half.base) * half.sign
+        if key > half.nth_key(HIT_LEVELS):
+            self._reject(cmd, Reason.TARGET_NOT_IN_BEST_LEVELS, f"order {target.order_id} is not among the best {HIT_LEVELS} levels", cmd.coid)
+            return
+        price, qty = target.price, cmd.qty
+        hold = 0
+        if market.holds:
+            hold = self._hold_new(cmd, market, side, price, qty)
+            if hold < 0:
+                return
+        member, seq, ts = cmd.member, cmd.seq, cmd.ts
+        order_id = self.next_order_id
+        self.next_order_id = order_id + 1
+        self.coids.add((member, cmd.coid))
+        order = Order(order_id, member, cmd.coid, market.symbol, side, price, qty, 0, IOC, CANCEL_INCOMING, hold, ts)
+        self.out.append(Accepted(seq, ts, member, cmd.coid, order_id, market.symbol, side, price, qty, LIMIT, IOC))
+        fill = qty if qty < target.qty else target.qty
+        trade = Trade(seq, ts, self.next_trade_id, market.symbol, price, fill, side, target.order_id, target.member, order_id, member)
+        self.next_trade_id += 1
+        self.out.append(trade)
+        if market.holds:
+            ledger = self.ledger
+            assert ledger is not None
+            buyer = order if side == BUY else target
+            left = buyer.qty - fill
+            new = ledger.cash_required(buyer.price * left) if left else 0
+            freed = buyer.hold - new
+            buyer.hold = new
+            ledger.settle(trade, freed)
+        order.qty -= fill
+        order.filled += fill
+        target.filled += fill
+        if fill == target.qty:
+            half.kill(target, key)
+            del self.orders[target.order_id]
+        else:
+            target.qty -= fill
+            level = half.levels[key]
+            assert level is not None
+            level.qty -= fill
+        market.record(price, price, price, price, fill, price * fill, 1)
+        if order.qty:
+            self._drop_incoming(market, order, CancelReason.IOC_REST, seq, ts)
+
+    def _cancel_where(self, keep: Callable[[Order], bool], reason: int, seq: int, ts: int) -> None:
+        """Cancel every live order for which keep(order) is False, in order id order."""
+        out = self.out
+        for order in [o for o in self.orders.values() if not keep(o)]:
+            market = self.markets[order.instrument]
+            qty = self._remove_resting(market, order)
+            out.append(Cancelled(seq, ts, order.member, order.order_id, order.instrument, qty, reason))
+
+    def _mass_cancel(self, cmd: MassCancel) -> None:
+        if cmd.instrument and cmd.instrument not in self.markets:
+            self._reject(cmd, Reason.UNKNOWN_INSTRUMENT, f"unknown instrument {cmd.instrument!r}")
+            return
+        if cmd.reason not in (CancelReason.MASS_CANCEL, CancelReason.DISCONNECT):
+            self._reject(cmd, Reason.INVALID_FIELD, f"mass cancel reason must be 5 or 6, got {cmd.reason}")
+            return
+        member, instrument = cmd.member, cmd.instrument
+        self._cancel_where(
+            lambda o: bool((member and o.member != member) or (instrument and o.instrument != instrument)),
+            cmd.reason, cmd.seq, cmd.ts,
+        )
+
+    # --- phases, halts, the day --------------------------------------------------------
+
+    def _markets_named(self, cmd: Halt | Resume) -> list[Market] | None:
+        if not cmd.instrument:
+            return list(self.markets.values())
+        market = self.markets.get(cmd.instrument)
+        if market is None:
+            self._reject(cmd, Reason.UNKNOWN_INSTRUMENT, f"unknown instrument {cmd.instrument!r}")
+            return None
+        return [market]
+
+    def _set_phase(self, market: Market, open_: bool, seq: int, ts: int) -> None:
+        phase = int(Phase.HALTED) if market.halted else (CONTINUOUS if open_ else int(Phase.CLOSED))
+        if phase != market.phase:
+            market.phase = phase
+            self.out.append(StatusChanged(seq, ts, market.symbol, phase))
+
+    def _halt(self, cmd: Halt) -> None:
+        markets = self._markets_named(cmd)
+        if markets is None:
+            return
+        if all(m.halted for m in markets):
+            self._reject(cmd, Reason.ALREADY_HALTED, "already halted")
+            return
+        open_ = self.schedule.state_at(cmd.ts)[0]
+        for market in markets:
+            market.halted = True
+            self._set_phase(market, open_, cmd.seq, cmd.ts)
+        if cmd.cancel_orders:
+            symbols = {m.symbol for m in markets}
+            self._cancel_where(lambda o: o.instrument not in symbols, CancelReason.HALT, cmd.seq, cmd.ts)
+
+    def _resume(self, cmd: Resume) -> None:
+        markets = self._markets_named(cmd)
+        if markets is None:
+            return
+        if not any(m.halted for m in markets):
+            self._reject(cmd, Reason.NOT_HALTED, "not halted")
+            return
+        open_ = self.schedule.state_at(cmd.ts)[0]
+        for market in markets:
+            market.halted = False
+            self._set_phase(market, open_, cmd.seq, cmd.ts)
+
+    def _tick(self, cmd: Tick) -> None:
+        """Nothing beyond the clock check that apply() makes for every command."""
+
+    def _advance_clock(self, seq: int, ts: int) -> None:
+        """The schedule may have changed phase since the last command."""
+        if ts >= self._expire_at:
+            self._expire_all(seq, ts)
+        open_, self._next_change, _ = self.schedule.state_at(ts)
+        for market in self.markets.values():
+            self._set_phase(market, open_, seq, ts)
+        sched = self.schedule
+        offset = sched.utc_offset_minutes * NS_PER_MINUTE
+        local = ts + offset
+        close = local - local % NS_PER_DAY + sched.windows[-1][1] * NS_PER_MINUTE - offset
+        self._expire_at = close if ts < close else close + NS_PER_DAY
+
+    def _expire_all(self, seq: int, ts: int) -> None:
+        out = self.out
+        for order in list(self.orders.values()):
+            market = self.markets[order.instrument]
+            qty = self._remove_resting(market, order)
+            out.append(Expired(seq, ts, order.member, order.order_id, order.instrument, qty))
+
+    def _end_of_day(self, cmd: EndOfDay) -> None:
+        self._expire_all(cmd.seq, cmd.ts)
+        for market in self.markets.values():
+            close = market.close_price()
+            low, high = market.rules.band(close)
+            self.out.append(DayClosed(cmd.seq, cmd.ts, market.symbol, market.open_price, close,
+                                      market.volume, market.value, close, low, high))
+            market.new_day(close)
+        self.coids.clear()
+        self.day += 1
+        if self.ledger is not None:
+            self.ledger.end_of_day()
+
+    # --- queries ----------------------------------------------------------------------
+
+    def bbo(self, instrument: str) -> tuple[int, int, int, int]:
+        """(bid price, bid qty, ask price, ask qty); zeros for an empty side."""
+        book = self.markets[instrument].book
+        bid = book.bids.depth(1) or [(0, 0, 0)]
+        ask = book.asks.depth(1) or [(0, 0, 0)]
+        return bid[0][0], bid[0][1], ask[0][0], ask[0][1]
+
+    def depth(self, instrument: str, n: int = 5) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+        """The best n levels of each side as (price, qty, orders): L2."""
+        book = self.markets[instrument].book
+        return book.bids.depth(n), book.asks.depth(n)
+
+    def level_orders(self, instrument: str, side: int, price: int) -> list[Order]:
+        """The live orders at one price in time priority: L3."""
+        return self.markets[instrument].book.sides[side].level_orders(price)
+
+    def order(self, order_id: int) -> Order | None:
+        return self.orders.get(order_id)
+
+    # --- state ------------------------------------------------------------------------
+
+    def state(self) -> list[Any]:
+        """A canonical, encodable picture of everything the core owns."""
+        markets = []
+        for symbol in sorted(self.markets):
+            m = self.markets[symbol]
+            markets.append([
+                symbol, m.phase, m.halted, m.ref_price, m.low, m.high,
+                [m.open_price, m.high_price, m.low_price, m.last_price, m.volume, m.value, m.trades],
+                [list(m.book.bids.orders()), list(m.book.asks.orders())],
+            ])
+        ledger = self.ledger.state() if self.ledger is not None else []
+        return [self.last_seq, self.last_ts, self.next_order_id, self.next_trade_id, self.day,
+                markets, sorted(self.coids), ledger]
+
+    def state_hash(self) -> str:
+        return hashlib.blake2b(msgspec.msgpack.encode(self.state()), digest_size=16).hexdigest()
+
+    def _check(self) -> None:
+        """Assert every invariant of the core (O(orders + levels))."""
+        live: dict[int, Order] = {}
+        held_cash: dict[str, int] = {}
+        held_asset: dict[tuple[str, str], int] = {}
+        for market in self.markets.values():
+            market.book._check()
+            for half in (market.book.bids, market.book.asks):
+                for o in half.orders():
+                    assert o.order_id not in live, o
+                    live[o.order_id] = o
+                    assert market.low <= o.price <= market.high, o
+                    if market.holds and o.side == BUY:
+                        assert self.ledger is not None
+                        assert o.hold == self.ledger.cash_required(o.price * o.qty), o
+                        held_cash[o.member] = held_cash.get(o.member, 0) + o.hold
+                    elif market.holds:
+                        key = (o.member, o.instrument)
+                        held_asset[key] = held_asset.get(key, 0) + o.qty
+        assert live.keys() == self.orders.keys(), "order index differs from the books"
+        for oid, o in live.items():
+            assert self.orders[oid] is o
+        if self.ledger is not None and hasattr(self.ledger, "held"):
+            held = self.ledger.held
+            for (account, asset), amount in held.items():
+                if asset == CASH:
+                    assert amount == held_cash.get(account, 0), (account, amount, held_cash.get(account, 0))
+                elif asset in self.markets and self.markets[asset].holds:
+                    assert amount == held_asset.get((account, asset), 0), (account, asset, amount)

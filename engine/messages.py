@@ -1,0 +1,315 @@
+"""Commands the core applies and events it emits: the one definition of each message.
+
+Every message is a msgspec Struct encoded as a msgpack (or JSON) array whose first
+element is an integer tag. A command decoded from the wire is the very object the
+sequencer stamps, the journal stores and the engine applies; nothing is copied into
+look-alike classes. The engine fills in ``seq`` and ``ts`` through the sequencer, so
+clients send them as 0.
+
+Units: prices are integers in the instrument's price unit (fen, CNY 0.01, for CEA);
+quantities are integers in tonnes; timestamps are integer nanoseconds since the Unix
+epoch (UTC). Enumerations travel as plain integers; the IntEnum classes below name them.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import msgspec
+
+# --- enumerations -----------------------------------------------------------------
+
+
+class Side(IntEnum):
+    BUY = 1
+    SELL = 2
+
+
+class OrdType(IntEnum):
+    LIMIT = 1
+    MARKET = 2
+
+
+class TimeInForce(IntEnum):
+    DAY = 1
+    IOC = 2
+    FOK = 3
+
+
+class Stp(IntEnum):
+    """Self-trade prevention mode; the incoming order's mode decides."""
+
+    DEFAULT = 0  # the engine's configured default
+    CANCEL_RESTING = 1
+    CANCEL_INCOMING = 2
+    CANCEL_BOTH = 3
+    DECREMENT = 4
+
+
+class Phase(IntEnum):
+    CLOSED = 0
+    CONTINUOUS = 1
+    HALTED = 2
+
+
+class Reason(IntEnum):
+    """Why a command was rejected. Codes below 100 are the engine's; the gateway and
+    settlement use their own ranges (100+, 200+)."""
+
+    UNKNOWN_INSTRUMENT = 1
+    OFF_TICK = 2
+    OFF_LOT = 3
+    QTY_OUT_OF_RANGE = 4
+    PRICE_OUTSIDE_BAND = 5
+    MARKET_CLOSED = 6
+    INSTRUMENT_HALTED = 7
+    INSUFFICIENT_FUNDS = 8
+    INSUFFICIENT_HOLDINGS = 9
+    DUPLICATE_CLIENT_ORDER_ID = 10
+    UNKNOWN_ORDER = 11
+    NOT_YOUR_ORDER = 12
+    INVALID_FIELD = 13
+    TARGET_NOT_IN_BEST_LEVELS = 14
+    TARGET_IS_OWN_ORDER = 15
+    AMEND_NO_CHANGE = 16
+    NOT_HALTED = 17
+    ALREADY_HALTED = 18
+    DAY_NOT_CLOSED = 19
+
+
+class CancelReason(IntEnum):
+    USER = 1  # the member asked
+    IOC_REST = 2  # the unfilled rest of an IOC, FOK or market order
+    SELF_TRADE = 3  # self-trade prevention
+    HALT = 4  # an operator halt that cancels resting orders
+    MASS_CANCEL = 5  # a mass cancel by the member or an operator
+    DISCONNECT = 6  # the gateway's cancel-on-disconnect (a mass cancel)
+
+
+# --- commands ---------------------------------------------------------------------
+
+
+class Command(msgspec.Struct, array_like=True, gc=False, tag_field="t"):
+    """Base of all commands; ``seq`` and ``ts`` are stamped by the sequencer."""
+
+
+class NewOrder(Command, tag=1):
+    member: str
+    coid: str  # client order id, unique per member per trading day
+    instrument: str
+    side: int
+    qty: int
+    price: int = 0  # ignored for market orders
+    ord_type: int = OrdType.LIMIT
+    tif: int = TimeInForce.DAY
+    stp: int = Stp.DEFAULT
+    seq: int = 0
+    ts: int = 0
+
+
+class Cancel(Command, tag=2):
+    member: str
+    order_id: int
+    seq: int = 0
+    ts: int = 0
+
+
+class Amend(Command, tag=3):
+    """Change an order's price and/or open quantity. ``qty`` is the new open
+    (remaining) quantity. A quantity decrease at the same price keeps time priority;
+    a price change or a quantity increase loses it."""
+
+    member: str
+    order_id: int
+    price: int
+    qty: int
+    seq: int = 0
+    ts: int = 0
+
+
+class MassCancel(Command, tag=4):
+    """Cancel every open order matching the filters; an empty member or instrument
+    means all. ``reason`` is MASS_CANCEL or DISCONNECT."""
+
+    member: str = ""
+    instrument: str = ""
+    reason: int = CancelReason.MASS_CANCEL
+    seq: int = 0
+    ts: int = 0
+
+
+class HitOrder(Command, tag=5):
+    """Trade against one chosen resting order among the best five levels of the
+    opposite side, at its price; whatever does not fill is cancelled (IOC)."""
+
+    member: str
+    coid: str
+    instrument: str
+    target_order_id: int
+    qty: int
+    seq: int = 0
+    ts: int = 0
+
+
+class Halt(Command, tag=6):
+    """Operator halt of one instrument (or all when empty)."""
+
+    instrument: str = ""
+    cancel_orders: bool = False
+    seq: int = 0
+    ts: int = 0
+
+
+class Resume(Command, tag=7):
+    instrument: str = ""
+    seq: int = 0
+    ts: int = 0
+
+
+class Tick(Command, tag=8):
+    """Time passes: lets the schedule change phases when no other command arrives."""
+
+    seq: int = 0
+    ts: int = 0
+
+
+class EndOfDay(Command, tag=9):
+    """Close the trading day: expire what still rests, fix the closing prices and
+    roll every instrument's reference price and band to the next day."""
+
+    seq: int = 0
+    ts: int = 0
+
+
+ENGINE_COMMANDS = (NewOrder, Cancel, Amend, MassCancel, HitOrder, Halt, Resume, Tick, EndOfDay)
+
+# --- events -----------------------------------------------------------------------
+
+
+class Event(msgspec.Struct, array_like=True, gc=False, tag_field="t"):
+    """Base of all events. ``seq`` and ``ts`` are those of the command that caused it."""
+
+
+class Accepted(Event, tag=101):
+    seq: int
+    ts: int
+    member: str
+    coid: str
+    order_id: int
+    instrument: str
+    side: int
+    price: int  # the limit; for market orders the band limit it may trade to
+    qty: int
+    ord_type: int
+    tif: int
+
+
+class Rejected(Event, tag=102):
+    seq: int
+    ts: int
+    member: str
+    coid: str  # of a rejected order, else ""
+    order_id: int  # of a rejected cancel or amend, else 0
+    reason: int
+    text: str
+
+
+class Trade(Event, tag=103):
+    seq: int
+    ts: int
+    trade_id: int
+    instrument: str
+    price: int
+    qty: int
+    aggressor: int  # the taker's side
+    maker_order_id: int
+    maker_member: str
+    taker_order_id: int
+    taker_member: str
+
+    @property
+    def buyer(self) -> str:
+        return self.taker_member if self.aggressor == Side.BUY else self.maker_member
+
+    @property
+    def seller(self) -> str:
+        return self.maker_member if self.aggressor == Side.BUY else self.taker_member
+
+
+class Cancelled(Event, tag=104):
+    seq: int
+    ts: int
+    member: str
+    order_id: int
+    instrument: str
+    qty: int  # the open quantity that was cancelled
+    reason: int
+
+
+class Amended(Event, tag=105):
+    seq: int
+    ts: int
+    member: str
+    order_id: int
+    instrument: str
+    price: int
+    qty: int  # the new open quantity
+    priority_kept: bool
+
+
+class Expired(Event, tag=106):
+    seq: int
+    ts: int
+    member: str
+    order_id: int
+    instrument: str
+    qty: int
+
+
+class StatusChanged(Event, tag=107):
+    seq: int
+    ts: int
+    instrument: str
+    phase: int
+
+
+class DayClosed(Event, tag=108):
+    """One instrument's day: its closing price and the next day's band."""
+
+    seq: int
+    ts: int
+    instrument: str
+    open_price: int  # 0 when nothing traded
+    close_price: int
+    volume: int
+    value: int
+    next_ref_price: int
+    next_band_low: int
+    next_band_high: int
+
+
+class Decremented(Event, tag=109):
+    """Self-trade prevention (decrement mode) reduced a resting order, no trade."""
+
+    seq: int
+    ts: int
+    member: str
+    order_id: int
+    instrument: str
+    qty: int  # the quantity taken off
+    qty_left: int  # the order's open quantity after it
+
+
+ENGINE_EVENTS = (
+    Accepted,
+    Rejected,
+    Trade,
+    Cancelled,
+    Amended,
+    Expired,
+    StatusChanged,
+    DayClosed,
+    Decremented,
+)
+
+AnyCommand = NewOrder | Cancel | Amend | MassCancel | HitOrder | Halt | Resume | Tick | EndOfDay
