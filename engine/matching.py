@@ -117,6 +117,27 @@ class Market:
         }
 
 
+class MarketSnapshot(msgspec.Struct, array_like=True):
+    symbol: str
+    phase: int
+    halted: bool
+    ref_price: int
+    stats: list[int]
+    orders: list[Order]  # bids then asks, each best level first, in time priority
+
+
+class EngineSnapshot(msgspec.Struct, array_like=True):
+    last_seq: int
+    last_ts: int
+    next_order_id: int
+    next_trade_id: int
+    day: int
+    next_change: int
+    expire_at: int
+    coids: list[tuple[str, str]]
+    markets: list[MarketSnapshot]
+
+
 class Engine:
     """The single writer of books and holds. See the module docstring for the contract."""
 
@@ -754,6 +775,41 @@ class Engine:
         return self.orders.get(order_id)
 
     # --- state ------------------------------------------------------------------------
+
+    def snapshot(self) -> EngineSnapshot:
+        """Everything the core owns except the ledger (the ledger snapshots itself)."""
+        markets = [
+            MarketSnapshot(
+                m.symbol, m.phase, m.halted, m.ref_price,
+                [m.open_price, m.high_price, m.low_price, m.last_price, m.volume, m.value, m.trades],
+                list(m.book.bids.orders()) + list(m.book.asks.orders()),
+            )
+            for m in self.markets.values()
+        ]
+        return EngineSnapshot(
+            self.last_seq, self.last_ts, self.next_order_id, self.next_trade_id, self.day,
+            self._next_change, self._expire_at, sorted(self.coids), markets,
+        )
+
+    def restore(self, snap: EngineSnapshot) -> None:
+        """Load a snapshot into an engine freshly built with the same configuration."""
+        assert self.last_seq == 0 and not self.orders, "restore needs a fresh engine"
+        self.last_seq, self.last_ts = snap.last_seq, snap.last_ts
+        self.next_order_id, self.next_trade_id, self.day = snap.next_order_id, snap.next_trade_id, snap.day
+        self._next_change, self._expire_at = snap.next_change, snap.expire_at
+        self.coids = {(m, c) for m, c in snap.coids}
+        for ms in snap.markets:
+            market = self.markets.get(ms.symbol)
+            if market is None:
+                raise ValueError(f"snapshot has instrument {ms.symbol} that the configuration lacks")
+            market.new_day(ms.ref_price)
+            market.phase, market.halted = ms.phase, ms.halted
+            (market.open_price, market.high_price, market.low_price, market.last_price,
+             market.volume, market.value, market.trades) = ms.stats
+            for order in ms.orders:
+                half = market.book.sides[order.side]
+                half.add(order, (order.price - half.base) * half.sign)
+                self.orders[order.order_id] = order
 
     def state(self) -> list[Any]:
         """A canonical, encodable picture of everything the core owns."""
