@@ -41,15 +41,23 @@ class Order(msgspec.Struct, array_like=True, gc=False):
 
 
 class Level(deque[Order]):
-    """Orders at one price in time priority; ``live`` counts those with qty > 0 and
-    ``qty`` sums their open quantity."""
+    """Orders at one price in time priority. ``qty`` sums the open quantity of the live
+    orders (so the level is empty exactly when it is 0); ``dead`` counts the dead
+    entries still in the deque."""
 
-    __slots__ = ("live", "qty")
+    __slots__ = ("qty", "dead")
 
     def __init__(self) -> None:
         super().__init__()
-        self.live = 0
         self.qty = 0
+        self.dead = 0
+
+    def reset(self) -> None:
+        self.clear()
+        self.qty = self.dead = 0
+
+    def live(self) -> int:
+        return len(self) - self.dead
 
 
 class HalfBook:
@@ -78,28 +86,29 @@ class HalfBook:
         level = self.levels[key]
         if level is None:
             level = self.levels[key] = Level()
-        if not level.live:
+        if not level.qty:
             self.bits |= 1 << key
             if key < self.best:
                 self.best = key
         level.append(order)
-        level.live += 1
         level.qty += order.qty
 
     def kill(self, order: Order, key: int) -> None:
         """Remove a live order that is not at the front being matched: mark it dead."""
         level = self.levels[key]
         assert level is not None and order.qty > 0
-        level.live -= 1
         level.qty -= order.qty
         order.qty = 0
-        if not level.live:
-            level.clear()
+        if not level.qty:
+            level.reset()
             self.emptied(key)
-        elif len(level) > 2 * level.live + 16:
+            return
+        level.dead += 1
+        if 2 * level.dead > len(level) + 16:
             live = [o for o in level if o.qty]
             level.clear()
             level.extend(live)
+            level.dead = 0
 
     def emptied(self, key: int) -> None:
         """The level at key has no live orders left: unmark it, move best if needed."""
@@ -129,7 +138,7 @@ class HalfBook:
             bits ^= low
             level = levels[key]
             assert level is not None
-            out.append((self.price(key), level.qty, level.live))
+            out.append((self.price(key), level.qty, level.live()))
         return out
 
     def orders(self) -> Iterator[Order]:
@@ -160,10 +169,10 @@ class HalfBook:
                 assert not marked, key
                 continue
             live = [o for o in level if o.qty]
-            assert level.live == len(live), (key, level.live, len(live))
+            assert level.dead == len(level) - len(live), (key, level.dead, len(level), len(live))
             assert level.qty == sum(o.qty for o in live), key
             assert marked == bool(live), key
-            assert len(level) <= 2 * level.live + 17 or not level.live, key
+            assert 2 * level.dead <= len(level) + 16, key
             for o in live:
                 assert o.side == self.side and o.price == self.price(key), o
                 assert o.qty > 0

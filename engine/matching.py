@@ -15,7 +15,7 @@ taken from the ledger before an order may rest or trade (when the instrument has
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -59,14 +59,22 @@ DAY, IOC, FOK = int(TimeInForce.DAY), int(TimeInForce.IOC), int(TimeInForce.FOK)
 CONTINUOUS = int(Phase.CONTINUOUS)
 CANCEL_RESTING, CANCEL_INCOMING = int(Stp.CANCEL_RESTING), int(Stp.CANCEL_INCOMING)
 CANCEL_BOTH, DECREMENT = int(Stp.CANCEL_BOTH), int(Stp.DECREMENT)
-HIT_LEVELS = 5  # a hit-this-order target must be among the best five levels
+USER = int(CancelReason.USER)
+IOC_REST = int(CancelReason.IOC_REST)
+HIT_LEVELS = 5
+# (side, tif, ord_type, stp) of every valid limit order: one set lookup in the hot path
+# instead of four range checks.
+FAST_PATH = frozenset(
+    (side, tif, LIMIT, stp) for side in (BUY, SELL) for tif in (DAY, IOC, FOK) for stp in range(DECREMENT + 1)
+)  # a hit-this-order target must be among the best five levels
 
 
 class Market:
     """One instrument's rules, book, phase and day statistics."""
 
     __slots__ = (
-        "rules", "symbol", "holds", "book", "low", "high", "ref_price", "phase", "halted",
+        "rules", "symbol", "holds", "book", "sides", "low", "high", "ref_price", "phase", "halted",
+        "tick", "lot", "qty_min", "qty_max",
         "open_price", "high_price", "low_price", "last_price", "volume", "value", "trades",
     )
 
@@ -74,6 +82,8 @@ class Market:
         rules.check()
         self.rules = rules
         self.symbol = rules.symbol
+        # Copied out of the rules: read for every order.
+        self.tick, self.lot, self.qty_min, self.qty_max = rules.tick, rules.lot, rules.qty_min, rules.qty_max
         self.holds = rules.holds
         self.ref_price = rules.ref_price
         self.phase = int(Phase.CLOSED)
@@ -85,6 +95,7 @@ class Market:
         self.ref_price = ref_price
         self.low, self.high = self.rules.band(ref_price)
         self.book = Book(self.low, self.high)
+        self.sides = self.book.sides
         self.open_price = self.high_price = self.low_price = self.last_price = 0
         self.volume = self.value = self.trades = 0
 
@@ -167,7 +178,9 @@ class Engine:
         self.member_stp = dict(member_stp or {})
         self.out: list[Event] = []
         self.orders: dict[int, Order] = {}
-        self.coids: set[tuple[str, str]] = set()
+        # Client order ids used today, per member: a set of strings per member is
+        # cheaper than one set of (member, coid) tuples (no tuple per order).
+        self.coids: dict[str, set[str]] = {}
         self.last_seq = 0
         self.last_ts = 0
         self.next_order_id = 1
@@ -190,26 +203,29 @@ class Engine:
     # --- entry points -----------------------------------------------------------------
 
     def apply(self, cmd: Command) -> None:
-        seq, ts = cmd.seq, cmd.ts  # type: ignore[attr-defined]
-        assert seq == self.last_seq + 1, f"sequence gap: expected {self.last_seq + 1}, got {seq}"
-        assert ts >= self.last_ts, f"time went back: {ts} < {self.last_ts}"
-        self.last_seq, self.last_ts = seq, ts
-        if ts >= self._next_change:
-            self._advance_clock(seq, ts)
-        self._handlers[type(cmd)](cmd)
+        self.apply_batch((cmd,))
 
-    def apply_batch(self, cmds: Iterable[Command]) -> None:
-        """Apply commands in order; the same as calling apply on each, with the
-        dispatch bound to locals once per batch (it runs per message)."""
+    def apply_batch(self, cmds: Sequence[Command]) -> None:
+        """Apply stamped commands in order. The batch must continue the sequence with
+        no gap (checked once per batch: the sequencer numbers consecutively)."""
+        if not cmds:
+            return
+        first, last = cmds[0], cmds[-1]
+        if first.seq != self.last_seq + 1 or last.seq != self.last_seq + len(cmds) or first.ts < self.last_ts:  # type: ignore[attr-defined]
+            raise AssertionError(
+                f"batch out of sequence: seq {first.seq}..{last.seq} ts {first.ts} "  # type: ignore[attr-defined]
+                f"after seq {self.last_seq} ts {self.last_ts}"
+            )
+        # Bound to locals: this loop runs per command.
         handlers = self._handlers
+        next_change = self._next_change
         for cmd in cmds:
-            seq, ts = cmd.seq, cmd.ts  # type: ignore[attr-defined]
-            assert seq == self.last_seq + 1, f"sequence gap: expected {self.last_seq + 1}, got {seq}"
-            assert ts >= self.last_ts, f"time went back: {ts} < {self.last_ts}"
-            self.last_seq, self.last_ts = seq, ts
-            if ts >= self._next_change:
-                self._advance_clock(seq, ts)
+            ts = cmd.ts  # type: ignore[attr-defined]
+            if ts >= next_change:
+                self._advance_clock(cmd.seq, ts)  # type: ignore[attr-defined]
+                next_change = self._next_change
             handlers[type(cmd)](cmd)
+        self.last_seq, self.last_ts = last.seq, last.ts  # type: ignore[attr-defined]
 
     # --- orders ------------------------------------------------------------------------
 
@@ -234,17 +250,15 @@ class Engine:
         if side != BUY and side != SELL:
             self._reject(cmd, Reason.INVALID_FIELD, f"side must be 1 (buy) or 2 (sell), got {side}", coid)
             return False
-        rules = market.rules
-        if qty < rules.qty_min or qty > rules.qty_max:
+        if qty < market.qty_min or qty > market.qty_max:
             self._reject(
-                cmd, Reason.QTY_OUT_OF_RANGE,
-                f"quantity {qty} outside [{rules.qty_min}, {rules.qty_max}]", coid,
+                cmd, Reason.QTY_OUT_OF_RANGE, f"quantity {qty} outside [{market.qty_min}, {market.qty_max}]", coid
             )
             return False
-        if qty % rules.lot:
-            self._reject(cmd, Reason.OFF_LOT, f"quantity {qty} is not a multiple of the lot {rules.lot}", coid)
+        if qty % market.lot:
+            self._reject(cmd, Reason.OFF_LOT, f"quantity {qty} is not a multiple of the lot {market.lot}", coid)
             return False
-        if (cmd.member, coid) in self.coids:
+        if coid in self.coids.get(cmd.member, ()):
             self._reject(cmd, Reason.DUPLICATE_CLIENT_ORDER_ID, f"client order id {coid!r} already used today", coid)
             return False
         return True
@@ -267,64 +281,102 @@ class Engine:
         )
         return -1
 
-    def _new_order(self, cmd: NewOrder) -> None:
-        market = self.markets.get(cmd.instrument)
+    def _validate_new(self, cmd: NewOrder, market: Market | None) -> int:
+        """The thorough checks of a new order, in the order their reasons are reported.
+        Returns the price the order may trade to (the band limit for a market order),
+        or -1 after rejecting."""
         side, qty, price, tif = cmd.side, cmd.qty, cmd.price, cmd.tif
         if not self._check_order(cmd, market, side, qty):
-            return
+            return -1
         assert market is not None
         if not 0 <= cmd.stp <= DECREMENT:
             self._reject(cmd, Reason.INVALID_FIELD, f"stp must be 0-4, got {cmd.stp}", cmd.coid)
-            return
+            return -1
         if not DAY <= tif <= FOK:
             self._reject(cmd, Reason.INVALID_FIELD, f"tif must be 1 (DAY), 2 (IOC) or 3 (FOK), got {tif}", cmd.coid)
-            return
-        if cmd.ord_type == LIMIT:
-            if price % market.rules.tick:
-                self._reject(cmd, Reason.OFF_TICK, f"price {price} is not a multiple of the tick {market.rules.tick}", cmd.coid)
-                return
-            if price < market.low or price > market.high:
-                self._reject(
-                    cmd, Reason.PRICE_OUTSIDE_BAND, f"price {price} outside the band [{market.low}, {market.high}]",
-                    cmd.coid,
-                )
-                return
-        elif cmd.ord_type == MARKET:
-            price = market.high if side == BUY else market.low
-        else:
+            return -1
+        if cmd.ord_type == MARKET:
+            return market.high if side == BUY else market.low
+        if cmd.ord_type != LIMIT:
             self._reject(cmd, Reason.INVALID_FIELD, f"ord_type must be 1 (limit) or 2 (market), got {cmd.ord_type}", cmd.coid)
-            return
+            return -1
+        if price % market.tick:
+            self._reject(cmd, Reason.OFF_TICK, f"price {price} is not a multiple of the tick {market.tick}", cmd.coid)
+            return -1
+        if price < market.low or price > market.high:
+            self._reject(
+                cmd, Reason.PRICE_OUTSIDE_BAND, f"price {price} outside the band [{market.low}, {market.high}]", cmd.coid
+            )
+            return -1
+        return price
+
+    def _new_order(self, cmd: NewOrder) -> None:
+        # The hot path of the engine: one guard accepts the common valid limit order
+        # without a call; anything else (market orders, every reject) takes the
+        # thorough path in _validate_new, which alone decides the reason.
+        market = self.markets.get(cmd.instrument)
+        side, qty, price, tif, member, coid = cmd.side, cmd.qty, cmd.price, cmd.tif, cmd.member, cmd.coid
+        used = self.coids.get(member)
+        if used is None:
+            used = self.coids[member] = set()
+        if (
+            market is None
+            or market.phase != CONTINUOUS
+            or (side, tif, cmd.ord_type, cmd.stp) not in FAST_PATH
+            or not market.low <= price <= market.high
+            or not market.qty_min <= qty <= market.qty_max
+            or qty % market.lot
+            or price % market.tick
+            or coid in used
+        ):
+            price = self._validate_new(cmd, market)
+            if price < 0:
+                return
+            assert market is not None
         hold = 0
         if market.holds:
             hold = self._hold_new(cmd, market, side, price, qty)
             if hold < 0:
                 return
         # Accepted: from here on the command changes state.
-        member, seq, ts = cmd.member, cmd.seq, cmd.ts
+        seq, ts = cmd.seq, cmd.ts
         order_id = self.next_order_id
         self.next_order_id = order_id + 1
-        self.coids.add((member, cmd.coid))
-        stp = cmd.stp or self.member_stp.get(member, self.stp_default)
-        order = Order(order_id, member, cmd.coid, market.symbol, side, price, qty, 0, tif, stp, hold, ts)
-        out = self.out
-        out.append(Accepted(seq, ts, member, cmd.coid, order_id, market.symbol, side, price, qty, cmd.ord_type, tif))
+        used.add(coid)
+        symbol = market.symbol
+        order = Order(order_id, member, coid, symbol, side, price, qty, 0, tif,
+                      cmd.stp or self.member_stp.get(member, self.stp_default), hold, ts)
+        self.out.append(Accepted(seq, ts, member, coid, order_id, symbol, side, price, qty, cmd.ord_type, tif))
         if tif == FOK and not self._fok_fillable(market, order):
-            self._drop_incoming(market, order, CancelReason.IOC_REST, seq, ts)
+            self._drop_incoming(market, order, IOC_REST, seq, ts)
             return
-        self._match(market, order, seq, ts)
-        if order.qty:
-            if tif == DAY and cmd.ord_type == LIMIT:
-                half = market.book.sides[side]
-                half.add(order, (price - half.base) * half.sign)
-                self.orders[order_id] = order
-            else:
-                self._drop_incoming(market, order, CancelReason.IOC_REST, seq, ts)
+        opp = market.sides[3 - side]
+        if opp.best <= (price - opp.base) * opp.sign:
+            self._match(market, order, seq, ts)
+            if not order.qty:
+                return
+        if tif != DAY or cmd.ord_type != LIMIT:
+            self._drop_incoming(market, order, IOC_REST, seq, ts)
+            return
+        # Rest the order: HalfBook.add inlined, it runs for most commands.
+        half = market.sides[side]
+        k = (price - half.base) * half.sign
+        level = half.levels[k]
+        if level is None:
+            level = half.levels[k] = Level()
+        if not level.qty:
+            half.bits |= 1 << k
+            if k < half.best:
+                half.best = k
+        level.append(order)
+        level.qty += order.qty
+        self.orders[order_id] = order
 
     def _fok_fillable(self, market: Market, order: Order) -> bool:
         """Whether the whole order would fill now. Own orders do not count; under
         cancel-incoming, cancel-both or decrement they stop the count, as they stop
         the match."""
-        opp = market.book.sides[3 - order.side]
+        opp = market.sides[3 - order.side]
         limit = (order.price - opp.base) * opp.sign
         need, member = order.qty, order.member
         stops = order.stp != CANCEL_RESTING
@@ -350,7 +402,7 @@ class Engine:
 
     def _match(self, market: Market, order: Order, seq: int, ts: int) -> None:
         """Trade the incoming order against the opposite side while it crosses."""
-        opp = market.book.sides[3 - order.side]
+        opp = market.sides[3 - order.side]
         limit = (order.price - opp.base) * opp.sign
         if opp.best > limit:
             return
@@ -372,11 +424,12 @@ class Engine:
             key = opp.best
             level = levels[key]
             assert level is not None
-            while qty and level.live:
+            while qty and level.qty:
                 maker = level[0]
                 mqty = maker.qty
                 if not mqty:
                     level.popleft()
+                    level.dead -= 1
                     continue
                 if maker.member == member:
                     qty = self._self_trade(market, opp, level, key, order, maker, qty, seq, ts)
@@ -416,10 +469,9 @@ class Engine:
                     ledger.settle(trade, freed)
                 if not mqty:
                     level.popleft()
-                    level.live -= 1
                     del orders[maker.order_id]
-            if not level.live:
-                level.clear()
+            if not level.qty:
+                level.reset()
                 opp.emptied(key)
         order.filled += order.qty - qty
         order.qty = qty
@@ -440,10 +492,10 @@ class Engine:
         order.qty = qty
         if mode == CANCEL_RESTING or mode == CANCEL_BOTH:
             level.popleft()
-            level.live -= 1
             level.qty -= maker.qty
             out.append(Cancelled(seq, ts, maker.member, maker.order_id, market.symbol, maker.qty, CancelReason.SELF_TRADE))
             self._release_rest(market, maker)
+            maker.qty = 0
             del self.orders[maker.order_id]
             if mode == CANCEL_RESTING:
                 return qty
@@ -457,7 +509,6 @@ class Engine:
         out.append(Decremented(seq, ts, maker.member, maker.order_id, market.symbol, cut, maker.qty))
         if not maker.qty:
             level.popleft()
-            level.live -= 1
             del self.orders[maker.order_id]
         self._reduce(market, order, cut)
         out.append(Decremented(seq, ts, order.member, order.order_id, market.symbol, cut, order.qty))
@@ -490,19 +541,19 @@ class Engine:
             elif order.qty:
                 ledger.release(order.member, market.symbol, order.qty)
 
-    def _drop_incoming(self, market: Market, order: Order, reason: CancelReason, seq: int, ts: int) -> None:
+    def _drop_incoming(self, market: Market, order: Order, reason: int, seq: int, ts: int) -> None:
         """Cancel the open rest of an order that is not (or no longer) in the book."""
         qty = order.qty
         self._release_rest(market, order)
         order.qty = 0
-        self.out.append(Cancelled(seq, ts, order.member, order.order_id, market.symbol, qty, int(reason)))
+        self.out.append(Cancelled(seq, ts, order.member, order.order_id, market.symbol, qty, reason))
 
     def _remove_resting(self, market: Market, order: Order) -> int:
         """Take a live order out of the book and release its hold; returns the open
         quantity it had."""
         qty = order.qty
         self._release_rest(market, order)
-        half = market.book.sides[order.side]
+        half = market.sides[order.side]
         half.kill(order, (order.price - half.base) * half.sign)
         del self.orders[order.order_id]
         return qty
@@ -518,12 +569,29 @@ class Engine:
         return order
 
     def _cancel(self, cmd: Cancel) -> None:
-        order = self._own_order(cmd)
-        if order is None:
+        order = self.orders.get(cmd.order_id)
+        if order is None or order.member != cmd.member:
+            self._own_order(cmd)  # rejects with the specific reason
             return
         market = self.markets[order.instrument]
-        qty = self._remove_resting(market, order)
-        self.out.append(Cancelled(cmd.seq, cmd.ts, order.member, order.order_id, market.symbol, qty, CancelReason.USER))
+        qty = order.qty
+        if market.holds:
+            self._release_rest(market, order)
+        # HalfBook.kill inlined for the common case (the level stays non-empty, no
+        # compaction due): cancels are a third of the flow.
+        half = market.sides[order.side]
+        key = (order.price - half.base) * half.sign
+        level = half.levels[key]
+        assert level is not None
+        level.qty -= qty
+        if level.qty and 2 * level.dead + 2 <= len(level) + 16:
+            order.qty = 0
+            level.dead += 1
+        else:
+            level.qty += qty
+            half.kill(order, key)
+        del self.orders[order.order_id]
+        self.out.append(Cancelled(cmd.seq, cmd.ts, order.member, order.order_id, order.instrument, qty, USER))
 
     def _amend(self, cmd: Amend) -> None:
         order = self._own_order(cmd)
@@ -573,7 +641,7 @@ class Engine:
                 if more < 0:
                     ledger.release(order.member, market.symbol, -more)
         seq, ts = cmd.seq, cmd.ts
-        half = market.book.sides[order.side]
+        half = market.sides[order.side]
         if price == order.price and qty < order.qty:
             level = half.levels[(price - half.base) * half.sign]
             assert level is not None
@@ -607,7 +675,7 @@ class Engine:
         if target.member == cmd.member:
             self._reject(cmd, Reason.TARGET_IS_OWN_ORDER, f"order {target.order_id} is your own", cmd.coid)
             return
-        half = market.book.sides[target.side]
+        half = market.sides[target.side]
         key = (target.price - half.base) * half.sign
         if key > half.nth_key(HIT_LEVELS):
             self._reject(cmd, Reason.TARGET_NOT_IN_BEST_LEVELS, f"order {target.order_id} is not among the best {HIT_LEVELS} levels", cmd.coid)
@@ -621,7 +689,7 @@ class Engine:
         member, seq, ts = cmd.member, cmd.seq, cmd.ts
         order_id = self.next_order_id
         self.next_order_id = order_id + 1
-        self.coids.add((member, cmd.coid))
+        self.coids.setdefault(member, set()).add(cmd.coid)
         order = Order(order_id, member, cmd.coid, market.symbol, side, price, qty, 0, IOC, CANCEL_INCOMING, hold, ts)
         self.out.append(Accepted(seq, ts, member, cmd.coid, order_id, market.symbol, side, price, qty, LIMIT, IOC))
         fill = qty if qty < target.qty else target.qty
@@ -650,7 +718,7 @@ class Engine:
             level.qty -= fill
         market.record(price, price, price, price, fill, price * fill, 1)
         if order.qty:
-            self._drop_incoming(market, order, CancelReason.IOC_REST, seq, ts)
+            self._drop_incoming(market, order, IOC_REST, seq, ts)
 
     def _cancel_where(self, keep: Callable[[Order], bool], reason: int, seq: int, ts: int) -> None:
         """Cancel every live order for which keep(order) is False, in order id order."""
@@ -788,7 +856,7 @@ class Engine:
         ]
         return EngineSnapshot(
             self.last_seq, self.last_ts, self.next_order_id, self.next_trade_id, self.day,
-            self._next_change, self._expire_at, sorted(self.coids), markets,
+            self._next_change, self._expire_at, self._coid_pairs(), markets,
         )
 
     def restore(self, snap: EngineSnapshot) -> None:
@@ -797,7 +865,9 @@ class Engine:
         self.last_seq, self.last_ts = snap.last_seq, snap.last_ts
         self.next_order_id, self.next_trade_id, self.day = snap.next_order_id, snap.next_trade_id, snap.day
         self._next_change, self._expire_at = snap.next_change, snap.expire_at
-        self.coids = {(m, c) for m, c in snap.coids}
+        self.coids = {}
+        for m, c in snap.coids:
+            self.coids.setdefault(m, set()).add(c)
         for ms in snap.markets:
             market = self.markets.get(ms.symbol)
             if market is None:
@@ -807,7 +877,7 @@ class Engine:
             (market.open_price, market.high_price, market.low_price, market.last_price,
              market.volume, market.value, market.trades) = ms.stats
             for order in ms.orders:
-                half = market.book.sides[order.side]
+                half = market.sides[order.side]
                 half.add(order, (order.price - half.base) * half.sign)
                 self.orders[order.order_id] = order
 
@@ -823,7 +893,10 @@ class Engine:
             ])
         ledger = self.ledger.state() if self.ledger is not None else []
         return [self.last_seq, self.last_ts, self.next_order_id, self.next_trade_id, self.day,
-                markets, sorted(self.coids), ledger]
+                markets, self._coid_pairs(), ledger]
+
+    def _coid_pairs(self) -> list[tuple[str, str]]:
+        return sorted((m, c) for m, used in self.coids.items() for c in used)
 
     def state_hash(self) -> str:
         return hashlib.blake2b(msgspec.msgpack.encode(self.state()), digest_size=16).hexdigest()
