@@ -28,8 +28,8 @@ from engine.messages import (
     Amend,
     Amended,
     Cancel,
-    CancelReason,
     Cancelled,
+    CancelReason,
     Command,
     DayClosed,
     Decremented,
@@ -88,13 +88,17 @@ class Market:
         self.ref_price = rules.ref_price
         self.phase = int(Phase.CLOSED)
         self.halted = False
-        self.new_day(rules.ref_price)
+        self._start_day(rules.ref_price)
 
     def new_day(self, ref_price: int) -> None:
-        assert not getattr(self, "book", None) or not (self.book.bids.bits or self.book.asks.bits)
+        """Start a day on a new reference price; the book must be empty."""
+        assert not (self.book.bids.bits or self.book.asks.bits)
+        self._start_day(ref_price)
+
+    def _start_day(self, ref_price: int) -> None:
         self.ref_price = ref_price
         self.low, self.high = self.rules.band(ref_price)
-        self.book = Book(self.low, self.high)
+        self.book: Book = Book(self.low, self.high)
         self.sides = self.book.sides
         self.open_price = self.high_price = self.low_price = self.last_price = 0
         self.volume = self.value = self.trades = 0
