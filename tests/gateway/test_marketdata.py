@@ -1,0 +1,335 @@
+"""The market data publisher against a real Mosquitto broker: retained snapshots, trade
+messages (anonymous), conflation, limits, a broker restart, and an unreachable broker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import aiomqtt
+import msgspec
+import pytest
+
+from engine import EndOfDay, Engine, Halt, Instrument, NewOrder, Resume, Sequencer, Side
+from engine.messages import Command
+from gateway.marketdata import MarketDataPublisher, yuan
+from tests.mosquitto import Mosquitto, free_port, mosquitto_broker
+
+broker = mosquitto_broker  # the shared fixture, under the name these tests use
+
+ROOT = "etx/v1/md/CEA24"
+SECRETS = (b"MEMBER-", b"COID-")  # member ids and client order ids must never be published
+WAIT_S = 5.0
+
+
+class Exchange:
+    """An engine on a frozen clock, feeding the publisher after every batch as the core does."""
+
+    def __init__(self) -> None:
+        self.engine = Engine([Instrument(symbol="CEA24", ref_price=10000, holds=False)])
+        self.sequencer = Sequencer(lambda: 0)
+        self.md: MarketDataPublisher | None = None
+        self.n = 0
+
+    def publisher(self, port: int, **kw: Any) -> MarketDataPublisher:
+        kw.setdefault("interval_ms", 20)
+        kw.setdefault("backoff_min_ms", 20)
+        kw.setdefault("backoff_max_ms", 100)
+        self.md = MarketDataPublisher(self.engine, "127.0.0.1", port, **kw)
+        return self.md
+
+    def batch(self, *cmds: Command) -> None:
+        for cmd in cmds:
+            self.engine.apply(self.sequencer.stamp(cmd))
+        assert self.md is not None
+        self.md.on_events(self.engine.out)
+        self.engine.out.clear()
+        self.md._check()
+
+    def order(self, member: str, side: Side, qty: int, price: int) -> NewOrder:
+        self.n += 1
+        return NewOrder(f"MEMBER-{member}", f"COID-{self.n}", "CEA24", int(side), qty, price)
+
+
+class Subscriber:
+    """Collects every message under etx/v1/# from the moment it is connected."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.messages: list[tuple[str, bytes, bool]] = []
+
+    async def __aenter__(self) -> Subscriber:
+        self.client = aiomqtt.Client("127.0.0.1", self.port, timeout=WAIT_S)
+        await self.client.__aenter__()
+        await self.client.subscribe("etx/v1/#", qos=1)
+        self.task = asyncio.create_task(self._collect())
+        return self
+
+    async def _collect(self) -> None:
+        async for m in self.client.messages:
+            assert isinstance(m.payload, bytes)
+            self.messages.append((str(m.topic), m.payload, bool(m.retain)))
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.client.__aexit__(None, None, None)
+
+    def on(self, topic: str) -> list[Any]:
+        return [msgspec.json.decode(p) for t, p, _ in self.messages if t == topic]
+
+    async def wait(self, topic: str, pred: Callable[[Any], bool] = lambda _: True) -> Any:
+        """The first message on topic that satisfies pred; fails after WAIT_S."""
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                for t, p, _ in self.messages:
+                    if t == topic:
+                        msg = msgspec.json.decode(p)
+                        if pred(msg):
+                            return msg
+                await asyncio.sleep(0.005)
+
+
+def level(price: int, qty: int, orders: int) -> dict[str, Any]:
+    return {"price": price, "price_yuan": yuan(price), "qty": qty, "orders": orders}
+
+
+async def until(cond: Callable[[], bool]) -> None:
+    async with asyncio.timeout(WAIT_S):
+        while not cond():
+            await asyncio.sleep(0.005)
+
+
+def test_yuan_is_exact() -> None:
+    assert [yuan(v) for v in (0, 1, 10, 100, 10025, 1_000_000_07, -5)] == [
+        "0.00", "0.01", "0.10", "1.00", "100.25", "1000000.07", "-0.05"
+    ]
+
+
+def test_rejects_bad_configuration() -> None:
+    engine = Exchange().engine
+    with pytest.raises(ValueError, match="root"):
+        MarketDataPublisher(engine, "127.0.0.1", 1883, root="etx/#")
+    with pytest.raises(ValueError, match="depth"):
+        MarketDataPublisher(engine, "127.0.0.1", 1883, depth=0)
+    with pytest.raises(ValueError, match="payload_max"):
+        MarketDataPublisher(engine, "127.0.0.1", 1883, payload_max=100)
+    slash = Engine([Instrument(symbol="CEA/24", ref_price=10000, holds=False)])
+    with pytest.raises(ValueError, match="topic level"):
+        MarketDataPublisher(slash, "127.0.0.1", 1883)
+
+
+def test_book_trades_stats_status_and_anonymity(broker: Mosquitto) -> None:
+    async def scenario() -> None:
+        x = Exchange()
+        md = x.publisher(broker.port, health_interval_ms=50)
+        async with Subscriber(broker.port) as live:
+            task = asyncio.create_task(md.run())
+            await live.wait(f"{ROOT}/status")
+            x.batch(
+                x.order("A", Side.BUY, 10, 9900),
+                x.order("B", Side.BUY, 5, 9900),
+                x.order("A", Side.BUY, 7, 9850),
+                x.order("C", Side.SELL, 3, 10100),
+            )
+            x.batch(x.order("C", Side.SELL, 12, 9900))  # takes A's 10, then 2 of B's 5
+            last = x.engine.last_seq
+            book = await live.wait(f"{ROOT}/book", lambda m: m["seq"] == last)
+            assert book == {
+                "instrument": "CEA24", "seq": last, "ts": 0, "phase": "continuous",
+                "bids": [level(9900, 3, 1), level(9850, 7, 1)],
+                "asks": [level(10100, 3, 1)],
+            }
+            await until(lambda: sum(len(t) for t in live.on(f"{ROOT}/trades")) >= 2)
+            trades = [t for msg in live.on(f"{ROOT}/trades") for t in msg]
+            assert trades == [
+                {"trade_id": 1, "price": 9900, "price_yuan": "99.00", "qty": 10, "aggressor": "sell", "ts": 0, "seq": last},
+                {"trade_id": 2, "price": 9900, "price_yuan": "99.00", "qty": 2, "aggressor": "sell", "ts": 0, "seq": last},
+            ]
+            stats = await live.wait(f"{ROOT}/stats", lambda m: m["seq"] == last)
+            assert stats == {
+                "instrument": "CEA24", "seq": last, "ts": 0,
+                "open": 9900, "open_yuan": "99.00", "high": 9900, "high_yuan": "99.00",
+                "low": 9900, "low_yuan": "99.00", "last": 9900, "last_yuan": "99.00",
+                "volume": 12, "value": 118800, "value_yuan": "1188.00", "trades": 2,
+                "ref_price": 10000, "ref_price_yuan": "100.00",
+                "band_low": 9000, "band_low_yuan": "90.00", "band_high": 11000, "band_high_yuan": "110.00",
+                "close": None, "close_yuan": None, "closed_day": None,
+            }
+
+            x.batch(Halt(instrument="CEA24"))
+            halted = x.engine.last_seq
+            status = await live.wait(f"{ROOT}/status", lambda m: m["seq"] == halted)
+            assert status == {"instrument": "CEA24", "seq": halted, "ts": 0, "phase": "halted", "halted": True}
+            x.batch(Resume(instrument="CEA24"), EndOfDay())
+            closed = x.engine.last_seq
+            stats = await live.wait(f"{ROOT}/stats", lambda m: m["seq"] == closed)
+            assert stats["close"] == 9900 and stats["close_yuan"] == "99.00"
+            assert stats["closed_day"] == {"open": 9900, "open_yuan": "99.00", "volume": 12, "value": 118800,
+                                           "value_yuan": "1188.00", "seq": closed, "ts": 0}
+            # The engine rolled the day: today's figures start again around the new reference.
+            assert (stats["volume"], stats["open"], stats["ref_price"]) == (0, None, 9900)
+            assert (stats["band_low"], stats["band_high"]) == (8910, 10890)
+            book = await live.wait(f"{ROOT}/book", lambda m: m["seq"] == closed)
+            assert book["bids"] == [] and book["asks"] == []  # the day's orders expired
+
+            # Retained: a late subscriber gets the snapshots at once, and no old trades.
+            async with Subscriber(broker.port) as late:
+                for topic in ("book", "stats", "status"):
+                    await late.wait(f"{ROOT}/{topic}", lambda m: m["seq"] == closed)
+                health = await late.wait("etx/v1/ops/health")
+                await asyncio.sleep(0.05)
+                assert health["status"] == "online"
+                assert all(retain for t, _, retain in late.messages if "/md/" in t)
+                assert late.on(f"{ROOT}/trades") == []
+
+            md.stop()
+            await asyncio.wait_for(task, WAIT_S)
+            health = await live.wait("etx/v1/ops/health", lambda m: m["status"] == "offline")
+            assert health["last_seq"] == closed and health["trades_dropped"] == 0
+            for topic, payload, _ in live.messages:
+                assert not any(s in payload for s in SECRETS), (topic, payload)
+            md._check()
+
+    asyncio.run(scenario())
+
+
+def test_conflation_many_changes_few_book_messages(broker: Mosquitto) -> None:
+    async def scenario() -> None:
+        x = Exchange()
+        md = x.publisher(broker.port, interval_ms=200)
+        async with Subscriber(broker.port) as live:
+            task = asyncio.create_task(md.run())
+            await live.wait(f"{ROOT}/book")
+            before = len(live.on(f"{ROOT}/book"))
+            for i in range(300):  # 300 batches within one interval: the core never waits
+                x.batch(x.order("A", Side.BUY, 1 + i % 7, 9000 + (i % 50) * 10))
+            last = x.engine.last_seq
+            book = await live.wait(f"{ROOT}/book", lambda m: m["seq"] == last)
+            await asyncio.sleep(0.3)  # a further interval: nothing more may come
+            books = live.on(f"{ROOT}/book")[before:]
+            print(f"300 changes -> {len(books)} book messages")
+            assert 1 <= len(books) <= 2 and books[-1] == book
+            assert len(book["bids"]) == 5 and book["bids"][0]["price"] == 9490
+            md.stop()
+            await asyncio.wait_for(task, WAIT_S)
+
+    asyncio.run(scenario())
+
+
+def test_buffered_trades_and_alerts_are_bounded(broker: Mosquitto) -> None:
+    async def scenario() -> None:
+        x = Exchange()
+        md = x.publisher(broker.port, trades_max=4, alerts_max=2)
+        x.batch(*[x.order("S", Side.SELL, 1, 10000) for _ in range(10)])
+        x.batch(x.order("B", Side.BUY, 10, 10000))  # ten trades; only the last four fit
+        assert (len(md._trades), md.trades_dropped) == (4, 6)
+        for i in range(5):
+            md.alert("surveillance", f"alert {i}")
+        md.alert("k" * 500, "x" * 10_000)  # long fields are cut, not refused
+        assert md.alerts_dropped == 4
+        async with Subscriber(broker.port) as live:
+            task = asyncio.create_task(md.run())
+            await until(lambda: sum(len(t) for t in live.on(f"{ROOT}/trades")) >= 4)
+            await live.wait("etx/v1/ops/health")
+            trades = [t["trade_id"] for msg in live.on(f"{ROOT}/trades") for t in msg]
+            assert trades == [7, 8, 9, 10]
+            alerts = live.on("etx/v1/ops/alerts")
+            assert [a["text"] for a in alerts] == ["alert 4", "x" * 2000]
+            assert len(alerts[1]["kind"]) == 64 and alerts[0]["last_seq"] == x.engine.last_seq
+            health = live.on("etx/v1/ops/health")[-1]
+            assert (health["trades_dropped"], health["alerts_dropped"]) == (6, 4)
+            md.stop()
+            await asyncio.wait_for(task, WAIT_S)
+
+    asyncio.run(scenario())
+
+
+def test_large_trade_bursts_split_under_payload_max(broker: Mosquitto) -> None:
+    async def scenario() -> None:
+        x = Exchange()
+        md = x.publisher(broker.port, payload_max=4096)
+        async with Subscriber(broker.port) as live:
+            task = asyncio.create_task(md.run())
+            await live.wait(f"{ROOT}/book")
+            x.batch(*[x.order("S", Side.SELL, 1, 10000 + i % 3) for i in range(150)])
+            x.batch(x.order("B", Side.BUY, 150, 10002))
+            await until(lambda: sum(len(t) for t in live.on(f"{ROOT}/trades")) >= 150)
+            sizes = [len(p) for t, p, _ in live.messages if t == f"{ROOT}/trades"]
+            assert len(sizes) >= 4 and max(sizes) <= 4096, sizes
+            ids = [t["trade_id"] for msg in live.on(f"{ROOT}/trades") for t in msg]
+            assert ids == list(range(1, 151))
+            assert md.oversize_dropped == 0
+            md.stop()
+            await asyncio.wait_for(task, WAIT_S)
+
+    asyncio.run(scenario())
+
+
+def test_reconnects_after_broker_restart(broker: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="etx.marketdata")
+
+    async def scenario() -> None:
+        x = Exchange()
+        md = x.publisher(broker.port)
+        async with Subscriber(broker.port) as live:
+            task = asyncio.create_task(md.run())
+            await live.wait(f"{ROOT}/book")
+        broker.stop()
+        await until(lambda: not md.connected)
+        x.batch(x.order("A", Side.SELL, 4, 10000), x.order("B", Side.BUY, 5, 10000))
+        await asyncio.sleep(0.3)  # several reconnect attempts, all failing
+        assert not task.done() and len(md._trades) == 1
+        broker.start()
+        last = x.engine.last_seq
+        async with Subscriber(broker.port) as fresh:
+            book = await fresh.wait(f"{ROOT}/book", lambda m: m["seq"] == last)
+            assert book["bids"] == [level(10000, 1, 1)] and book["asks"] == []
+            stats = await fresh.wait(f"{ROOT}/stats", lambda m: m["seq"] == last)
+            assert (stats["volume"], stats["last"]) == (4, 10000)
+            await fresh.wait(f"{ROOT}/status")
+        await until(lambda: not md._trades)  # the outage's trade went out after reconnecting
+        assert md.reconnects == 1
+        md.stop()
+        await asyncio.wait_for(task, WAIT_S)
+        md._check()
+
+    asyncio.run(scenario())
+    lines = [r.getMessage() for r in caplog.records if r.name == "etx.marketdata"]
+    assert len(lines) == 2, lines  # one line for the outage, one for the recovery
+    assert "lost MQTT broker" in lines[0] and "connected to" in lines[1]
+
+
+def test_unreachable_broker_never_raises_and_stays_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="etx.marketdata")
+
+    async def scenario() -> None:
+        x = Exchange()
+        md = x.publisher(free_port(), trades_max=3, backoff_max_ms=40)
+        task = asyncio.create_task(md.run())
+        for i in range(20):
+            x.batch(x.order("S", Side.SELL, 1, 10000), x.order("B", Side.BUY, 1, 10000))
+            md.alert("test", f"alert {i}")
+            await asyncio.sleep(0.01)
+        assert not task.done() and not md.connected
+        assert (len(md._trades), md.trades_dropped) == (3, 17)
+        assert list(md._dirty) == ["CEA24"]
+        md.stop()
+        await asyncio.wait_for(task, WAIT_S)
+        assert task.exception() is None
+
+    asyncio.run(scenario())
+    lines = [r.getMessage() for r in caplog.records if r.name == "etx.marketdata"]
+    assert len(lines) == 1 and "cannot reach MQTT broker" in lines[0], lines
+
+
+def test_probe(broker: Mosquitto) -> None:
+    async def scenario() -> None:
+        assert await MarketDataPublisher.probe("127.0.0.1", broker.port, 2.0) is True
+        assert await MarketDataPublisher.probe("127.0.0.1", free_port(), 2.0) is False
+        broker.stop()
+        assert await MarketDataPublisher.probe("127.0.0.1", broker.port, 2.0) is False
+
+    asyncio.run(scenario())
