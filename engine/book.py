@@ -112,7 +112,7 @@ class HalfBook:
 
     def emptied(self, key: int) -> None:
         """The level at key has no live orders left: unmark it, move best if needed."""
-        self.bits &= ~(1 << key)
+        self.bits ^= 1 << key  # the bit is set: the level was not empty
         if key == self.best:
             bits = self.bits
             self.best = (bits & -bits).bit_length() - 1 if bits else self.size

@@ -43,6 +43,8 @@ class Instrument(msgspec.Struct, kw_only=True):
         if not 0 <= self.band_bps < 10_000:
             raise ValueError(f"{self.symbol}: band_bps must be in [0, 10000), got {self.band_bps}")
         lo, hi = self.band()
+        if lo <= 0:
+            raise ValueError(f"{self.symbol}: the lowest price must be positive, got {lo}")
         if lo > hi:
             raise ValueError(f"{self.symbol}: empty price range [{lo}, {hi}]")
         if hi - lo > 2_000_000:
@@ -70,7 +72,7 @@ class Schedule(msgspec.Struct, kw_only=True):
     utc_offset_minutes: int = 8 * 60
 
     def check(self) -> None:
-        last = -1
+        last = 0
         for start, end in self.windows:
             if not (last <= start < end <= 1440):
                 raise ValueError(f"schedule windows must be ordered and within a day, got {self.windows}")

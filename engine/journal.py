@@ -29,10 +29,9 @@ On-disk format (all integers little-endian; documented in docs/journal.md):
     body     = one msgpack array of ``count`` commands, seq first_seq .. first_seq+count-1,
         each a tagged array-like msgspec Struct
 
-A record is one group commit (split only past ``RECORD_COMMANDS_MAX`` commands or
-``RECORD_BYTES_MAX`` bytes, and each part is then synced before the next is written),
-so at most the single newest record can ever be torn, and replay decodes a whole
-record with one ``Decoder.decode`` call.
+A record is one group commit, written with one pwrite and synced before the next is
+written, so at most the single newest record can ever be torn, a failed commit leaves
+nothing behind, and replay decodes a whole record with one ``Decoder.decode`` call.
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ import errno as errno_
 import os
 import struct
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -78,6 +76,10 @@ class JournalUnavailable(Exception):
         self.reason = reason
         self.errno = errno
         super().__init__(f"journal unavailable: {reason}")
+
+
+class RecordTooLarge(ValueError):
+    """A batch over the record limits; split it (GroupCommitter does)."""
 
 
 class TornTail(msgspec.Struct, frozen=True):
@@ -224,7 +226,7 @@ def _read(path: Path) -> bytes:
         return f.read()
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -278,14 +280,18 @@ class Journal:
 
     def _open_tail(self, base_seq: int) -> None:
         segments = list_segments(self.directory)
+        newest = True  # only the newest segment can hold a torn write
         while segments:
             first, path = segments[-1]
-            scan = scan_segment(path, _read(path), None, newest=True)
+            scan = scan_segment(path, _read(path), None, newest=newest)
+            newest = False
             if scan.torn is not None:
                 self.repair.append(scan.torn)
                 if scan.torn.removed_segment:
+                    # A segment whose creation did not reach the disk: the one before it
+                    # was complete and synced when it was made.
                     os.unlink(path)
-                    _fsync_dir(self.directory)
+                    fsync_dir(self.directory)
                     segments.pop()
                     continue
                 with open(path, "r+b") as f:
@@ -297,6 +303,13 @@ class Journal:
             self.last_seq = scan.info.last_seq
             self._fd = os.open(path, os.O_WRONLY)
             return
+
+    def rebase(self, seq: int) -> None:
+        """Make an empty journal continue after ``seq`` (a state restored from a
+        snapshot whose journal was removed)."""
+        if self._fd >= 0 or list_segments(self.directory):
+            raise ValueError("only an empty journal can be rebased")
+        self.last_seq = seq
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -313,42 +326,27 @@ class Journal:
 
     def append_batch(self, cmds: Sequence[Any]) -> None:
         """Write the commands as one record and fdatasync once; return when durable.
-        Raises JournalUnavailable when the disk refuses (nothing of ``cmds`` is then in
-        the journal) and ValueError for commands out of sequence (a programmer error
-        upstream; nothing is written)."""
+        All or nothing: on JournalUnavailable (the disk refused) none of ``cmds`` is in
+        the journal. Raises RecordTooLarge past RECORD_COMMANDS_MAX commands or
+        RECORD_BYTES_MAX bytes, ValueError for commands out of sequence (a programmer
+        error upstream); nothing is written then."""
         n = len(cmds)
         if not n:
             return
+        if n > RECORD_COMMANDS_MAX:
+            raise RecordTooLarge(f"{n} commands in one record, at most {RECORD_COMMANDS_MAX}")
         first = self.last_seq + 1
         if cmds[0].seq != first or cmds[-1].seq != first + n - 1:
-            raise ValueError(
-                f"journal expects seq {first}..{first + n - 1}, got {cmds[0].seq}..{cmds[-1].seq}"
-            )
+            raise ValueError(f"journal expects seq {first}..{first + n - 1}, got {cmds[0].seq}..{cmds[-1].seq}")
+        body = self.encoder.encode(cmds)
+        if len(body) > RECORD_BYTES_MAX:
+            raise RecordTooLarge(f"{n} commands encode to {len(body)} bytes, at most {RECORD_BYTES_MAX}")
         if self.failure is not None and not self.probe():
             raise self.failure
-        encode = self.encoder.encode
-        start = 0
-        while start < n:
-            part = cmds[start : start + RECORD_COMMANDS_MAX]
-            body = encode(part)
-            if len(body) > RECORD_BYTES_MAX:
-                # Rare: huge commands. Halve until a part fits.
-                k = len(part)
-                while len(body) > RECORD_BYTES_MAX and k > 1:
-                    k //= 2
-                    part = cmds[start : start + k]
-                    body = encode(part)
-                if len(body) > RECORD_BYTES_MAX:
-                    raise ValueError(f"command seq {part[0].seq} encodes to {len(body)} bytes, over {RECORD_BYTES_MAX}")
-            self._write_record(first + start, len(part), body)
-            start += len(part)
-        self.last_seq = first + n - 1
-
-    def _write_record(self, first_seq: int, count: int, body: bytes) -> None:
-        record = encode_record(first_seq, count, body)
+        record = encode_record(first, n, body)
         try:
             if self._fd < 0 or (self._end + len(record) > self.segment_bytes and self._end > SEGMENT_HEADER.size):
-                self._roll(first_seq)
+                self._roll(first)
             view = memoryview(record)
             pos = self._end
             done = 0
@@ -360,7 +358,7 @@ class Journal:
             assert self.failure is not None
             raise self.failure from e
         self._end += len(record)
-        self.last_seq = first_seq + count - 1
+        self.last_seq = first + n - 1
         self.appends += 1
 
     def _roll(self, first_seq: int) -> None:
@@ -372,7 +370,7 @@ class Journal:
             header = encode_segment_header(first_seq)
             os.pwrite(fd, header, 0)
             os.fdatasync(fd)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except OSError:
             os.close(fd)
             try:
@@ -491,6 +489,8 @@ class GroupCommitter:
         probe_interval_s: float = 0.25,
         on_state: Callable[[bool, str], None] | None = None,
     ) -> None:
+        if not 0 < batch_commands_max <= RECORD_COMMANDS_MAX:
+            raise ValueError(f"batch_commands_max must be in 1..{RECORD_COMMANDS_MAX}, got {batch_commands_max}")
         self.journal = journal
         self.batch_commands_max = batch_commands_max
         self.pending_commands_max = pending_commands_max
@@ -521,6 +521,8 @@ class GroupCommitter:
                 raise JournalUnavailable("journal closed")
             if self.failure is not None:
                 raise self.failure
+            if n > self.batch_commands_max:
+                raise RecordTooLarge(f"{n} commands in one submission, at most {self.batch_commands_max}")
             if self._pending + n > self.pending_commands_max and self._pending:
                 raise JournalUnavailable(f"journal queue full ({self._pending} commands pending)")
             if n and cmds[0].seq != self._next_seq:
@@ -543,6 +545,11 @@ class GroupCommitter:
         self.submit(cmds, done)
         await fut
 
+    @property
+    def durable_seq(self) -> int:
+        """The last durable sequence number (stamping resumes after it on a failure)."""
+        return self.journal.last_seq
+
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is queued, then stop the thread (the journal stays open)."""
         with self._cond:
@@ -552,61 +559,69 @@ class GroupCommitter:
 
     def _run(self) -> None:
         cond = self._cond
-        journal = self.journal
         while True:
             with cond:
                 while not self._queue and not self._closed and self.failure is None:
                     cond.wait()
                 if self.failure is not None:
                     if self._closed:
-                        self._fail_queue(self.failure)
                         return
-                    cond.wait(self.probe_interval_s)
+                    cond.wait(self.probe_interval_s)  # close() wakes it early
                     if self._closed:
-                        continue
-                    failure = self.failure
+                        return
+                    taken: list[tuple[Sequence[Any], Callable[[BaseException | None], None]]] = []
+                elif not self._queue:
+                    return  # closed and drained
                 else:
-                    failure = None
-                    if not self._queue:
-                        return  # closed and drained
                     taken, count = _take(self._queue, self.batch_commands_max)
                     self._pending -= count
-            if failure is not None:
-                if journal.probe():
-                    with cond:
-                        self.failure = None
-                        self._next_seq = journal.last_seq + 1
-                    if self.on_state is not None:
-                        self.on_state(True, "")
-                continue
-            cmds: list[Any] = []
-            for part, _ in taken:
-                cmds.extend(part)
-            error: JournalUnavailable | None = None
-            try:
-                journal.append_batch(cmds)
-            except JournalUnavailable as e:
-                error = e
-            for _, done in taken:
-                done(error)
-            if error is None:
-                self.commits += 1
-                self.commands += len(cmds)
-                continue
-            with cond:
-                self.failure = error
-                rest = self._queue
-                self._queue = []
-                self._pending = 0
-            for _, done in rest:
-                done(error)
-            if self.on_state is not None:
-                self.on_state(False, error.reason)
+            if taken:
+                self._commit(taken)
+            elif self.journal.probe():
+                with cond:
+                    self.failure = None
+                    self._next_seq = self.journal.last_seq + 1
+                if self.on_state is not None:
+                    self.on_state(True, "")
 
-    def _fail_queue(self, error: JournalUnavailable) -> None:
-        rest, self._queue, self._pending = self._queue, [], 0
+    def _commit(self, taken: list[tuple[Sequence[Any], Callable[[BaseException | None], None]]]) -> None:
+        """One group commit; a group over the record limits goes one submission per
+        record instead. Tells every submitter its outcome."""
+        error: JournalUnavailable | None = None
+        groups = [taken]
+        i = 0
+        while i < len(groups):
+            group = groups[i]
+            i += 1
+            if error is None:
+                cmds: list[Any] = []
+                for part, _ in group:
+                    cmds.extend(part)
+                try:
+                    self.journal.append_batch(cmds)
+                except RecordTooLarge:
+                    if len(group) > 1:
+                        groups[i:i] = [[sub] for sub in group]
+                        continue
+                    error = JournalUnavailable(f"a submission of {len(cmds)} commands exceeds the record limits")
+                except JournalUnavailable as e:
+                    error = e
+                except Exception as e:  # a bug upstream or here: stop taking commands
+                    error = JournalUnavailable(f"internal error: {e!r}")
+                else:
+                    self.commits += 1
+                    self.commands += len(cmds)
+            for _, done in group:
+                done(error)
+        if error is None:
+            return
+        with self._cond:
+            self.failure = error
+            rest, self._queue, self._pending = self._queue, [], 0
         for _, done in rest:
             done(error)
+        if self.on_state is not None:
+            self.on_state(False, error.reason)
 
 
 def _take(
@@ -630,13 +645,3 @@ def _settle(fut: Any, error: BaseException | None) -> None:
         fut.set_result(None)
     else:
         fut.set_exception(error)
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, step_s: float = 0.01) -> bool:
-    """Poll ``predicate`` until true or ``timeout_s`` passes (for operator tools and tests)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step_s)
-    return True

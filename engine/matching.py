@@ -15,6 +15,7 @@ taken from the ledger before an order may rest or trade (when the instrument has
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -108,8 +109,10 @@ class Market:
         if not self.open_price:
             self.open_price = first
         self.last_price = last
-        self.high_price = max(self.high_price, high)
-        self.low_price = min(self.low_price, low) if self.low_price else low
+        if high > self.high_price:
+            self.high_price = high
+        if low < self.low_price or not self.low_price:
+            self.low_price = low
         self.volume += volume
         self.value += value
         self.trades += trades
@@ -173,21 +176,26 @@ class Engine:
             if market.holds and ledger is None:
                 raise ValueError(f"instrument {rules.symbol} has holds but the engine has no ledger")
             self.markets[rules.symbol] = market
-        if stp_default not in (CANCEL_RESTING, CANCEL_INCOMING, CANCEL_BOTH, DECREMENT):
-            raise ValueError(f"stp_default must be a self-trade prevention mode, got {stp_default}")
+        modes = (CANCEL_RESTING, CANCEL_INCOMING, CANCEL_BOTH, DECREMENT)
+        if stp_default not in modes:
+            raise ValueError(f"stp_default must be a self-trade prevention mode (1-4), got {stp_default}")
+        for member, mode in (member_stp or {}).items():
+            if mode not in modes:
+                raise ValueError(f"member {member}: self-trade prevention mode must be 1-4, got {mode}")
         schedule.check()
         self.ledger = ledger
         self.schedule = schedule
         self.stp_default = stp_default
         self.member_stp = dict(member_stp or {})
-        self.out: list[Event] = []
+        self.out: list[Event] = []  # drained by the caller with out.clear(), never replaced
+        self._emit = self.out.append
         self.orders: dict[int, Order] = {}
         # Client order ids used today, per member: a set of strings per member is
         # cheaper than one set of (member, coid) tuples (no tuple per order).
         self.coids: dict[str, set[str]] = {}
         self.last_seq = 0
         self.last_ts = 0
-        self.next_order_id = 1
+        self._order_ids = itertools.count(1)  # next() is one C call in the hot path
         self.next_trade_id = 1
         self.day = 1
         self._next_change = -1  # ts of the next schedule change; -1: not computed yet
@@ -203,6 +211,15 @@ class Engine:
             Tick: self._tick,
             EndOfDay: self._end_of_day,
         }
+
+    @property
+    def next_order_id(self) -> int:
+        """The id the next accepted order will get."""
+        return int(self._order_ids.__reduce__()[1][0])
+
+    @next_order_id.setter
+    def next_order_id(self, value: int) -> None:
+        self._order_ids = itertools.count(value)
 
     # --- entry points -----------------------------------------------------------------
 
@@ -315,7 +332,7 @@ class Engine:
         return price
 
     def _new_order(self, cmd: NewOrder) -> None:
-        # The hot path of the engine: one guard accepts the common valid limit order
+        # The hot path of the engine. One guard passes the common valid limit order
         # without a call; anything else (market orders, every reject) takes the
         # thorough path in _validate_new, which alone decides the reason.
         market = self.markets.get(cmd.instrument)
@@ -344,24 +361,23 @@ class Engine:
                 return
         # Accepted: from here on the command changes state.
         seq, ts = cmd.seq, cmd.ts
-        order_id = self.next_order_id
-        self.next_order_id = order_id + 1
+        order_id = next(self._order_ids)
         used.add(coid)
-        symbol = market.symbol
-        order = Order(order_id, member, coid, symbol, side, price, qty, 0, tif,
+        order = Order(order_id, member, coid, market.symbol, side, price, qty, 0, tif,
                       cmd.stp or self.member_stp.get(member, self.stp_default), hold, ts)
-        self.out.append(Accepted(seq, ts, member, coid, order_id, symbol, side, price, qty, cmd.ord_type, tif))
-        if tif == FOK and not self._fok_fillable(market, order):
-            self._drop_incoming(market, order, IOC_REST, seq, ts)
+        self._emit(Accepted(seq, ts, member, coid, order_id, market.symbol, side, price, qty, cmd.ord_type, tif))
+        if tif != DAY or cmd.ord_type != LIMIT:
+            # IOC, FOK and market orders: trade what they can now, cancel the rest.
+            if tif != FOK or self._fok_fillable(market, order):
+                self._match(market, order, seq, ts)
+            if order.qty:
+                self._drop_incoming(market, order, IOC_REST, seq, ts)
             return
         opp = market.sides[3 - side]
         if opp.best <= (price - opp.base) * opp.sign:
             self._match(market, order, seq, ts)
             if not order.qty:
                 return
-        if tif != DAY or cmd.ord_type != LIMIT:
-            self._drop_incoming(market, order, IOC_REST, seq, ts)
-            return
         # Rest the order: HalfBook.add inlined, it runs for most commands.
         half = market.sides[side]
         k = (price - half.base) * half.sign
@@ -691,8 +707,7 @@ class Engine:
             if hold < 0:
                 return
         member, seq, ts = cmd.member, cmd.seq, cmd.ts
-        order_id = self.next_order_id
-        self.next_order_id = order_id + 1
+        order_id = next(self._order_ids)
         self.coids.setdefault(member, set()).add(cmd.coid)
         order = Order(order_id, member, cmd.coid, market.symbol, side, price, qty, 0, IOC, CANCEL_INCOMING, hold, ts)
         self.out.append(Accepted(seq, ts, member, cmd.coid, order_id, market.symbol, side, price, qty, LIMIT, IOC))
@@ -802,6 +817,9 @@ class Engine:
         sched = self.schedule
         offset = sched.utc_offset_minutes * NS_PER_MINUTE
         local = ts + offset
+        if not sched.windows:  # no trading at all: nothing ever rests, nothing expires
+            self._expire_at = 1 << 62
+            return
         close = local - local % NS_PER_DAY + sched.windows[-1][1] * NS_PER_MINUTE - offset
         self._expire_at = close if ts < close else close + NS_PER_DAY
 

@@ -37,7 +37,20 @@ import msgspec
 from engine.instrument import ALWAYS_OPEN, Instrument, Schedule
 from engine.ledger import HoldLedger, SimpleLedger
 from engine.matching import Engine
-from engine.messages import AnyCommand, Command, Stp
+from engine.messages import (
+    Accepted,
+    Amended,
+    AnyCommand,
+    Cancelled,
+    Command,
+    Decremented,
+    Event,
+    Expired,
+    Reason,
+    Rejected,
+    Stp,
+    Trade,
+)
 
 STREAM_VERSION = 1
 FRAME_MAX = 1 << 20  # bytes of one frame body (or one JSON line): far above any command
@@ -122,6 +135,61 @@ def build_engine(header: StreamHeader, ledger: FundableLedger | None = None) -> 
 def stream_format(path: str | os.PathLike[str]) -> Format:
     """The encoding a file name implies: ``*.jsonl`` is JSON Lines, anything else binary."""
     return "jsonl" if os.fspath(path).endswith(".jsonl") else "msgpack"
+
+
+class Tally:
+    """What a replay did, counted from the engine's events: orders accepted, commands
+    rejected (by reason), trades with their volume (t) and value (fen), cancels,
+    amends, expiries and self-trade decrements."""
+
+    __slots__ = ("accepted", "rejected", "trades", "volume", "value", "cancelled", "amended", "expired", "decremented")
+
+    def __init__(self) -> None:
+        self.accepted = self.trades = self.volume = self.value = 0
+        self.cancelled = self.amended = self.expired = self.decremented = 0
+        self.rejected: dict[int, int] = {}
+
+    def feed(self, events: Iterable[Event]) -> None:
+        for ev in events:
+            kind = type(ev)
+            if kind is Trade:
+                assert isinstance(ev, Trade)
+                self.trades += 1
+                self.volume += ev.qty
+                self.value += ev.qty * ev.price
+            elif kind is Accepted:
+                self.accepted += 1
+            elif kind is Cancelled:
+                self.cancelled += 1
+            elif kind is Rejected:
+                assert isinstance(ev, Rejected)
+                self.rejected[ev.reason] = self.rejected.get(ev.reason, 0) + 1
+            elif kind is Amended:
+                self.amended += 1
+            elif kind is Expired:
+                self.expired += 1
+            elif kind is Decremented:
+                self.decremented += 1
+
+    def rejected_by_name(self) -> dict[str, int]:
+        """Rejections by reason name, most frequent first."""
+        named = {_reason_name(code): n for code, n in self.rejected.items()}
+        return dict(sorted(named.items(), key=lambda item: (-item[1], item[0])))
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "accepted": self.accepted, "rejected": sum(self.rejected.values()),
+            "rejected_by_reason": self.rejected_by_name(), "trades": self.trades, "volume": self.volume,
+            "value": self.value, "cancelled": self.cancelled, "amended": self.amended,
+            "expired": self.expired, "decremented": self.decremented,
+        }
+
+
+def _reason_name(code: int) -> str:
+    try:
+        return Reason(code).name
+    except ValueError:
+        return f"REASON_{code}"
 
 
 # --- writing -------------------------------------------------------------------------

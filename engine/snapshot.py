@@ -1,0 +1,212 @@
+"""Snapshots of the whole core state, and the retention of snapshots and journal segments.
+
+Contract:
+- ``capture(core)`` runs on the core's thread, between two batches: it takes the core's
+  ``snapshot()`` object, encodes it at once (the core's objects keep changing after it
+  returns) and computes ``state_hash()``. That encoding is the only pause trading sees.
+- ``SnapshotStore.write(capture)`` may run on any thread: it writes a temporary file,
+  fsyncs it, renames it into place and fsyncs the directory, so a snapshot file either
+  is complete or does not exist under its final name.
+- ``SnapshotStore.load(path, type)`` verifies the header and body checksums and decodes
+  the body; a file that does not verify raises ``SnapshotCorrupt`` (the caller falls back
+  to an older snapshot). The state hash in the header is checked by the caller after
+  ``restore``: only the core can compute it.
+- ``retire`` keeps the ``keep`` newest snapshots and deletes the journal segments that
+  lie entirely at or below the oldest kept one (never the newest segment, never one
+  holding a sequence at or above ``keep_seq_from``).
+
+File format (little-endian; file name ``{last_seq:020d}.snapshot``):
+
+    header (36 bytes): magic "ETXS", version u16 (1), hash_len u16, last_seq u64,
+        body_len u64, body_crc32 u32, header_crc32 u32 (over the bytes before it and the hash)
+    state hash: hash_len bytes of ASCII (the core's ``state_hash()``)
+    body: msgpack of the core's ``snapshot()`` object
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+
+from engine.journal import fsync_dir, list_segments
+
+SNAPSHOT_MAGIC = b"ETXS"
+SNAPSHOT_VERSION = 1
+SNAPSHOT_HEADER = struct.Struct("<4sHHQQII")
+SNAPSHOT_SUFFIX = ".snapshot"
+TMP_SUFFIX = ".tmp"
+KEEP_DEFAULT = 3
+
+
+class Snapshottable(Protocol):
+    """What a core offers to be snapshotted: ``restore`` loads a snapshot into a
+    freshly built core with the same configuration."""
+
+    @property
+    def last_seq(self) -> int: ...
+
+    def snapshot(self) -> Any: ...
+
+    def restore(self, snap: Any) -> None: ...
+
+    def state_hash(self) -> str: ...
+
+
+class SnapshotCorrupt(Exception):
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"snapshot {self.path} unusable: {reason}")
+
+
+class Capture(msgspec.Struct, frozen=True):
+    """An encoded snapshot, ready to be written from any thread."""
+
+    last_seq: int
+    state_hash: str
+    body: bytes
+
+
+class Loaded(msgspec.Struct, frozen=True):
+    path: str
+    last_seq: int
+    state_hash: str
+    state: Any
+
+
+class Retired(msgspec.Struct):
+    snapshots: list[str]
+    segments: list[str]
+
+
+def capture(core: Snapshottable) -> Capture:
+    """Encode the core's state now (see the module docstring)."""
+    body = msgspec.msgpack.encode(core.snapshot())
+    return Capture(core.last_seq, core.state_hash(), body)
+
+
+def snapshot_name(last_seq: int) -> str:
+    return f"{last_seq:020d}{SNAPSHOT_SUFFIX}"
+
+
+def encode_snapshot(cap: Capture) -> bytes:
+    digest = cap.state_hash.encode("ascii")
+    head = SNAPSHOT_HEADER.pack(
+        SNAPSHOT_MAGIC, SNAPSHOT_VERSION, len(digest), cap.last_seq, len(cap.body), zlib.crc32(cap.body), 0
+    )[:-4]
+    return head + struct.pack("<I", zlib.crc32(digest, zlib.crc32(head))) + digest + cap.body
+
+
+def decode_snapshot_header(data: bytes | memoryview, path: Path | str) -> tuple[int, str, int]:
+    """(last_seq, state hash, offset of the body) of a snapshot file's bytes, verified."""
+    size = SNAPSHOT_HEADER.size
+    if len(data) < size:
+        raise SnapshotCorrupt(path, f"{len(data)} bytes, shorter than the header")
+    magic, version, hash_len, last_seq, body_len, body_crc, header_crc = SNAPSHOT_HEADER.unpack_from(data, 0)
+    if magic != SNAPSHOT_MAGIC:
+        raise SnapshotCorrupt(path, f"expected magic {SNAPSHOT_MAGIC!r}, found {bytes(magic)!r}")
+    digest = bytes(data[size : size + hash_len])
+    if zlib.crc32(digest, zlib.crc32(data[: size - 4])) != header_crc:
+        raise SnapshotCorrupt(path, "header checksum mismatch")
+    if version != SNAPSHOT_VERSION:
+        raise SnapshotCorrupt(path, f"format version {version}, this build reads {SNAPSHOT_VERSION}")
+    start = size + hash_len
+    if len(data) != start + body_len:
+        raise SnapshotCorrupt(path, f"expected {start + body_len} bytes, the file has {len(data)}")
+    if zlib.crc32(memoryview(data)[start:]) != body_crc:
+        raise SnapshotCorrupt(path, "body checksum mismatch")
+    return last_seq, digest.decode("ascii"), start
+
+
+class SnapshotStore:
+    """The snapshot directory of one core."""
+
+    def __init__(self, directory: Path | str, *, keep: int = KEEP_DEFAULT) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, got {keep}")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.keep = keep
+        for p in self.directory.iterdir():
+            if p.name.endswith(TMP_SUFFIX):
+                p.unlink()  # a write a crash interrupted; it never had its final name
+
+    def list(self) -> list[tuple[int, Path]]:
+        """(last seq, path) of every snapshot file, oldest first."""
+        out = []
+        for p in self.directory.iterdir():
+            stem = p.name[: -len(SNAPSHOT_SUFFIX)]
+            if p.name.endswith(SNAPSHOT_SUFFIX) and stem.isdigit():
+                out.append((int(stem), p))
+        out.sort()
+        return out
+
+    def write(self, cap: Capture) -> Path:
+        """Write the snapshot durably under its final name (see the module docstring)."""
+        path = self.directory / snapshot_name(cap.last_seq)
+        tmp = path.with_name(path.name + TMP_SUFFIX)
+        data = encode_snapshot(cap)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            done = 0
+            while done < len(data):
+                done += os.write(fd, view[done:])
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(self.directory)
+        return path
+
+    def load(self, path: Path | str, state_type: Any) -> Loaded:
+        """Read and verify one snapshot; its body decoded as ``state_type``."""
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise SnapshotCorrupt(path, f"cannot read: {e}") from e
+        last_seq, digest, start = decode_snapshot_header(data, path)
+        name = Path(path).name
+        if name != snapshot_name(last_seq):
+            raise SnapshotCorrupt(path, f"header says seq {last_seq}, the file name disagrees")
+        try:
+            state = msgspec.msgpack.decode(memoryview(data)[start:], type=state_type)
+        except msgspec.DecodeError as e:
+            raise SnapshotCorrupt(path, f"body does not decode: {e}") from e
+        return Loaded(str(path), last_seq, digest, state)
+
+    def retire(self, journal_dir: Path | str | None = None, keep_seq_from: int | None = None) -> Retired:
+        """Delete all but the ``keep`` newest snapshots, and the journal segments whose
+        every command is at or below the oldest kept snapshot's seq (and below
+        ``keep_seq_from``, a sequence some reader still needs). Directories are synced."""
+        snaps = self.list()
+        gone = snaps[: -self.keep] if len(snaps) > self.keep else []
+        for _, p in gone:
+            p.unlink()
+        if gone:
+            fsync_dir(self.directory)
+        removed = Retired([str(p) for _, p in gone], [])
+        kept = snaps[len(gone) :]
+        if journal_dir is None or not kept:
+            return removed
+        limit = kept[0][0]  # segments entirely at or below it are covered by a snapshot
+        if keep_seq_from is not None:
+            limit = min(limit, keep_seq_from - 1)
+        segments = list_segments(journal_dir)
+        for (_, path), (next_first, _) in zip(segments, segments[1:], strict=False):
+            if next_first - 1 > limit:
+                break
+            path.unlink()
+            removed.segments.append(str(path))
+        if removed.segments:
+            fsync_dir(Path(journal_dir))
+        return removed
