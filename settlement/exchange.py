@@ -1,0 +1,118 @@
+"""The exchange's single writer: the engine and the settlement ledger behind one entry.
+
+``Exchange.apply(cmd)`` and ``Exchange.apply_batch(cmds)`` are the only ways in. They
+take one sequenced stream holding both engine commands (orders, halts, the end of day)
+and registry commands (accounts, cash, allocation, transfers, surrender, retirement),
+in sequence order with no gaps, and append every event to one list, ``out`` (the
+engine's own list, shared). The engine's pre-trade holds and fills work on the same
+``Ledger`` that registry commands change, so the two can never disagree.
+
+A registry command first passes through the engine as a ``Tick`` with the command's
+``seq`` and ``ts``: the engine checks the sequence and the clock and changes trading
+phases exactly as for any other command. The registry's end of day is the engine's
+``EndOfDay`` (it calls ``Ledger.end_of_day`` after the books close); a ``SettleDay``
+sent here is rejected with USE_END_OF_DAY, so T+1 quantities can never be freed in the
+middle of a trading day.
+
+Deterministic like the engine: the same commands give the same events, postings and
+``state_hash()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from engine.instrument import ALWAYS_OPEN, Instrument, Schedule
+from engine.matching import Engine, EngineSnapshot
+from engine.messages import Command, EndOfDay, Event, Stp, Tick
+from settlement.ledger import Ledger, LedgerSnapshot
+from settlement.messages import REGISTRY_COMMANDS, RegistryReason, RegistryRejected, SettleDay
+
+_REGISTRY = frozenset(REGISTRY_COMMANDS)
+
+
+class ExchangeSnapshot(msgspec.Struct, array_like=True):
+    engine: EngineSnapshot
+    ledger: LedgerSnapshot
+
+
+class Exchange:
+    def __init__(
+        self,
+        instruments: Iterable[Instrument],
+        ledger: Ledger,
+        *,
+        schedule: Schedule = ALWAYS_OPEN,
+        stp_default: int = int(Stp.CANCEL_RESTING),
+        member_stp: dict[str, int] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.engine = Engine(instruments, ledger, schedule=schedule, stp_default=stp_default, member_stp=member_stp)
+        self.out: list[Event] = self.engine.out
+
+    @property
+    def last_seq(self) -> int:
+        return self.engine.last_seq
+
+    def apply(self, cmd: Command) -> None:
+        kind = type(cmd)
+        if kind in _REGISTRY:
+            self._registry(cmd)
+            return
+        if kind is EndOfDay:
+            self.ledger.cause_seq, self.ledger.cause_ts = cmd.seq, cmd.ts  # type: ignore[attr-defined]
+        self.engine.apply(cmd)
+
+    def apply_batch(self, cmds: Iterable[Command]) -> None:
+        """The same as apply on each command; runs of engine commands go to the
+        engine's batch entry in one call."""
+        engine, ledger = self.engine, self.ledger
+        run: list[Command] = []
+        for cmd in cmds:
+            kind = type(cmd)
+            if kind in _REGISTRY or kind is EndOfDay:
+                if run:
+                    engine.apply_batch(run)
+                    run = []
+                if kind is EndOfDay:
+                    ledger.cause_seq, ledger.cause_ts = cmd.seq, cmd.ts  # type: ignore[attr-defined]
+                    engine.apply(cmd)
+                else:
+                    self._registry(cmd)
+            else:
+                run.append(cmd)
+        if run:
+            engine.apply_batch(run)
+
+    def _registry(self, cmd: Any) -> None:
+        self.engine.apply(Tick(seq=cmd.seq, ts=cmd.ts))  # sequence, clock and phase changes
+        if type(cmd) is SettleDay:
+            self.out.append(RegistryRejected(cmd.seq, cmd.ts, cmd.actor, "eod", int(RegistryReason.USE_END_OF_DAY),
+                                             "the exchange settles the day with the engine's EndOfDay"))
+            return
+        self.out.append(self.ledger.execute(cmd))
+
+    # --- state ------------------------------------------------------------------------
+
+    def state(self) -> list[Any]:
+        return [self.engine.state(), self.ledger.full_state()]
+
+    def state_hash(self) -> str:
+        return hashlib.blake2b(msgspec.msgpack.encode(self.state()), digest_size=16).hexdigest()
+
+    def snapshot(self) -> ExchangeSnapshot:
+        return ExchangeSnapshot(self.engine.snapshot(), self.ledger.snapshot())
+
+    def restore(self, snap: ExchangeSnapshot) -> None:
+        """Load a snapshot into an exchange freshly built with the same configuration."""
+        self.engine.restore(snap.engine)
+        self.ledger.restore(snap.ledger)
+        self.ledger.take_postings()  # the genesis postings of the fresh ledger are recorded already
+
+    def _check(self) -> None:
+        self.engine._check()
+        self.ledger._check()

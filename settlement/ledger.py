@@ -1,0 +1,743 @@
+"""The in-memory ledger: who owns what, what is held, and what is not yet free.
+
+``Ledger`` is the engine's source of truth for pre-trade holds (it implements
+``engine.ledger.HoldLedger``) and the registry's balances between two store writes.
+
+Per (account, asset) it keeps one small list ``[balance, held, unsellable,
+unwithdrawable]``:
+- ``balance``: what the account owns (fen for cash, tonnes for allowances and CCER);
+- ``held``: the part that open orders hold;
+- ``unsellable``: allowances bought today, sellable from the next trading day (T+1);
+- ``unwithdrawable``: cash from today's sales; usable for buying at once, withdrawable
+  after the end-of-day settlement.
+Available to hold is ``balance - held - unsellable`` (``unsellable`` is always 0 for
+cash, so one formula serves both). Withdrawable cash is ``balance - held -
+unwithdrawable``. No number ever goes negative, ``held + unsellable <= balance`` and
+``unwithdrawable <= balance``; every operation checks before it changes anything, so
+it is all or nothing.
+
+Fees (parts per million of the notional, floored per fill): the buyer pays the trading
+and the settlement fee on top of the notional, the seller pays them out of the
+proceeds. A share of the trading fees goes to the risk reserve. ``cash_required(n) = n +
+ceil(n * (trading_ppm + settlement_ppm) / 1e6)``: because the hold rounds up and each
+fill's fee rounds down, the hold the engine takes always covers every fill of it.
+
+Every change is a ``Posting`` appended to the ``postings`` outbox (the settler takes it
+from there to the store). Posting the same id twice changes nothing; the same id with a
+different content is an error. The ids already applied are kept in ``applied`` (about
+100 bytes each, for the life of the process).
+
+Registry commands (``execute``) answer with ``RegistryDone`` or ``RegistryRejected``;
+a rejected command changes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgspec
+
+from engine.ledger import CASH
+from engine.messages import Side, Trade
+from settlement.messages import (
+    COMMAND_KINDS,
+    FEE_TYPES,
+    MEMBER_TYPES,
+    AccountState,
+    AccountStatus,
+    Allocate,
+    Deposit,
+    HolderType,
+    Leg,
+    ObligationState,
+    OpenAccount,
+    Posting,
+    RegistryDone,
+    RegistryReason,
+    RegistryRejected,
+    ReinstateAccount,
+    Retire,
+    SetObligation,
+    SettleDay,
+    Surrender,
+    SuspendAccount,
+    Transfer,
+    Withdraw,
+)
+
+PPM = 1_000_000
+BUY = int(Side.BUY)
+ACTIVE, SUSPENDED = int(AccountStatus.ACTIVE), int(AccountStatus.SUSPENDED)
+CCER = "CCER"
+CCER_SHARE_PERCENT = 5  # CCER may cover at most 5 % of a year's obligation
+AMOUNT_MAX = 10**15  # any single amount (fen or tonnes) above this is a typing error
+ACCOUNT_NAME_MAX = 64
+YEAR_MIN, YEAR_MAX = 2000, 2099
+
+_ACCOUNT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+_ALLOWANCE = re.compile(r"CEA(\d\d)(?:-(\d\d))?")
+
+
+class LedgerError(Exception):
+    """A programmer error or corrupt input (a settle that the holds do not cover, a
+    posting id reused with another content). The ledger is unchanged when raised."""
+
+
+def vintage(asset: str) -> int:
+    """The vintage year of an allowance symbol (CEA24 -> 2024; CEA19-20 -> 2020),
+    0 for CCER, -1 for anything that is not an allowance or CCER."""
+    if asset == CCER:
+        return 0
+    match = _ALLOWANCE.fullmatch(asset)
+    if match is None:
+        return -1
+    return 2000 + int(match.group(2) or match.group(1))
+
+
+class Fees(msgspec.Struct, kw_only=True, frozen=True):
+    """Fee rates (parts per million of the notional, charged to each side) and the
+    system accounts the ledger keeps."""
+
+    trading_ppm: int = 0
+    settlement_ppm: int = 0
+    reserve_share_ppm: int = 0  # part of the trading fees that goes to the risk reserve
+    exchange_account: str = "EXCHANGE-FEES"
+    registry_account: str = "REGISTRY-FEES"
+    reserve_account: str = "RISK-RESERVE"
+    authority_account: str = "AUTHORITY"
+
+    def check(self) -> None:
+        for name in ("trading_ppm", "settlement_ppm", "reserve_share_ppm"):
+            value = getattr(self, name)
+            if not 0 <= value <= PPM:
+                raise ValueError(f"fees: {name} must be in [0, {PPM}], got {value}")
+        if self.trading_ppm + self.settlement_ppm >= PPM:
+            raise ValueError("fees: trading_ppm + settlement_ppm must be below 1,000,000 (the seller's fees "
+                             "must leave proceeds)")
+        names = self.system_accounts()
+        if len(set(names)) != len(names):
+            raise ValueError(f"fees: system accounts must differ, got {names}")
+        for account in names:
+            if not _ACCOUNT_ID.fullmatch(account):
+                raise ValueError(f"fees: invalid system account id {account!r}")
+
+    def system_accounts(self) -> list[str]:
+        return [self.exchange_account, self.registry_account, self.reserve_account, self.authority_account]
+
+
+class LedgerSnapshot(msgspec.Struct, array_like=True):
+    day: int
+    accounts: list[AccountState]
+    entries: list[tuple[str, str, int, int, int, int]]
+    obligations: list[ObligationState]
+    totals: list[tuple[str, str, int]]  # (counter, asset, amount)
+
+
+Entry = list[int]  # [balance, held, unsellable, unwithdrawable]
+_Handler = Callable[[Any, str], "RegistryDone | RegistryRejected"]
+
+
+class Ledger:
+    """Balances, holds and T+1 quantities per account and asset; see the module
+    docstring for the contract."""
+
+    __slots__ = (
+        "fees", "entries", "_live", "accounts", "obligations", "postings", "applied", "day",
+        "issued", "surrendered", "retired", "deposited", "withdrawn", "cause_seq", "cause_ts",
+        "_trading_ppm", "_settlement_ppm", "_buyer_ppm", "_share_ppm", "_fee_entries", "_handlers",
+    )
+
+    def __init__(self, fees: Fees | None = None) -> None:
+        fees = fees or Fees()
+        fees.check()
+        self.fees = fees
+        self.entries: dict[tuple[str, str], Entry] = {}
+        self._live: dict[tuple[str, str], Entry] = {}  # entries of active accounts: holds look here
+        self.accounts: dict[str, AccountState] = {}
+        self.obligations: dict[tuple[str, int], ObligationState] = {}
+        self.postings: list[Posting] = []  # the outbox
+        self.applied: dict[str, int] = {}  # posting id -> fingerprint of its content
+        self.day = 1
+        # Conservation counters: what entered and left each asset.
+        self.issued: dict[str, int] = {}
+        self.surrendered: dict[str, int] = {}
+        self.retired: dict[str, int] = {}
+        self.deposited = 0
+        self.withdrawn = 0
+        # The command that causes an end of day (set by the exchange before EndOfDay).
+        self.cause_seq = 0
+        self.cause_ts = 0
+        self._trading_ppm = fees.trading_ppm
+        self._settlement_ppm = fees.settlement_ppm
+        self._buyer_ppm = fees.trading_ppm + fees.settlement_ppm
+        self._share_ppm = fees.reserve_share_ppm
+        self._handlers: dict[type, _Handler] = {
+            OpenAccount: self._open, SuspendAccount: self._suspend, ReinstateAccount: self._reinstate,
+            Deposit: self._deposit, Withdraw: self._withdraw, Allocate: self._allocate,
+            Transfer: self._transfer, Surrender: self._surrender, Retire: self._retire,
+            SettleDay: self._settle_day, SetObligation: self._set_obligation,
+        }
+        system = (
+            (fees.exchange_account, HolderType.EXCHANGE_FEE, "exchange trading fees"),
+            (fees.registry_account, HolderType.REGISTRY_FEE, "registry settlement fees"),
+            (fees.reserve_account, HolderType.RISK_RESERVE, "risk reserve"),
+            (fees.authority_account, HolderType.AUTHORITY, "issuing authority"),
+        )
+        for account, holder_type, name in system:
+            state = AccountState(account, int(holder_type), name, ACTIVE)
+            self._post(Posting(f"G-{account}", 0, 0, "open", "genesis", "", (), account, f"open {name}", state))
+            self._entry(account, CASH)
+        self._fee_entries = (
+            self.entries[fees.exchange_account, CASH],
+            self.entries[fees.reserve_account, CASH],
+            self.entries[fees.registry_account, CASH],
+        )
+
+    # --- the engine's hold protocol (hot path) ----------------------------------------
+
+    def cash_required(self, notional: int) -> int:
+        return notional - (-notional * self._buyer_ppm // PPM)
+
+    def hold(self, account: str, asset: str, amount: int) -> bool:
+        e = self._live.get((account, asset))
+        if e is None:
+            return amount == 0 and account in self.accounts and self.accounts[account].status == ACTIVE
+        if 0 <= amount <= e[0] - e[1] - e[2]:
+            e[1] += amount
+            return True
+        return False
+
+    def release(self, account: str, asset: str, amount: int) -> None:
+        e = self.entries[account, asset]
+        if not 0 <= amount <= e[1]:
+            raise LedgerError(f"release of {amount} {asset} from {account}: only {e[1]} held")
+        e[1] -= amount
+
+    def settle(self, trade: Trade, buyer_hold: int) -> None:
+        if trade.aggressor == BUY:
+            buyer, seller = trade.taker_member, trade.maker_member
+        else:
+            buyer, seller = trade.maker_member, trade.taker_member
+        instrument, price, qty = trade.instrument, trade.price, trade.qty
+        posting_id = f"T{trade.trade_id}"
+        fingerprint = hash((instrument, price, qty, buyer, seller))
+        prior = self.applied.get(posting_id)
+        if prior is not None:
+            if prior != fingerprint:
+                raise LedgerError(f"posting {posting_id} was applied with a different content")
+            return
+        notional = price * qty
+        tf = notional * self._trading_ppm // PPM
+        sf = notional * self._settlement_ppm // PPM
+        cost = notional + tf + sf
+        net = notional - tf - sf
+        entries = self.entries
+        bc = entries.get((buyer, CASH))
+        sa = entries.get((seller, instrument))
+        if bc is None or sa is None or not cost <= buyer_hold <= bc[1] or not 0 < qty <= sa[1] or price <= 0:
+            raise LedgerError(
+                f"trade {trade.trade_id}: holds do not cover it (buyer {buyer} frees {buyer_hold} of "
+                f"{bc[1] if bc else 0} held for cost {cost}; seller {seller} holds {sa[1] if sa else 0} of {qty} t)"
+            )
+        sc = entries.get((seller, CASH)) or self._entry(seller, CASH)
+        ba = entries.get((buyer, instrument)) or self._entry(buyer, instrument)
+        bc[1] -= buyer_hold
+        bc[0] -= cost
+        pending = bc[3]
+        # Spending uses today's sale proceeds first: what is left of them stays unwithdrawable.
+        dp = 0
+        if pending > bc[0]:
+            dp = bc[0] - pending
+            bc[3] = bc[0]
+        sc[0] += net
+        sc[3] += net
+        sa[1] -= qty
+        sa[0] -= qty
+        ba[0] += qty
+        ba[2] += qty
+        legs: list[Leg] = [(buyer, CASH, -cost, dp), (seller, CASH, net, net),
+                           (seller, instrument, -qty, 0), (buyer, instrument, qty, qty)]
+        if tf or sf:
+            fees = self.fees
+            ex, rr, rg = self._fee_entries
+            trading = 2 * tf
+            reserve = trading * self._share_ppm // PPM
+            if trading - reserve:
+                ex[0] += trading - reserve
+                legs.append((fees.exchange_account, CASH, trading - reserve, 0))
+            if reserve:
+                rr[0] += reserve
+                legs.append((fees.reserve_account, CASH, reserve, 0))
+            if sf:
+                rg[0] += 2 * sf
+                legs.append((fees.registry_account, CASH, 2 * sf, 0))
+        self.applied[posting_id] = fingerprint
+        self.postings.append(Posting(posting_id, trade.seq, trade.ts, "trade", str(trade.trade_id), "", tuple(legs)))
+
+    def end_of_day(self) -> None:
+        """T+1 quantities become sellable and sale proceeds withdrawable. The cause is
+        the command the exchange set in ``cause_seq``/``cause_ts``."""
+        self._end_of_day(self.cause_seq, self.cause_ts, "")
+
+    def state(self) -> list[tuple[str, str, int, int]]:
+        return [(a, s, e[0], e[1]) for (a, s), e in sorted(self.entries.items()) if e[0] or e[1]]
+
+    # --- queries ----------------------------------------------------------------------
+
+    @property
+    def held(self) -> dict[tuple[str, str], int]:
+        """Held amount per (account, asset), non-zero only (the engine's _check reads it)."""
+        return {key: e[1] for key, e in self.entries.items() if e[1]}
+
+    def entry(self, account: str, asset: str) -> tuple[int, int, int, int]:
+        """(balance, held, unsellable, unwithdrawable); zeros when there is none."""
+        e = self.entries.get((account, asset))
+        return (e[0], e[1], e[2], e[3]) if e else (0, 0, 0, 0)
+
+    def available(self, account: str, asset: str) -> int:
+        """What an order could hold, or a registry operation could move, now."""
+        e = self.entries.get((account, asset))
+        return e[0] - e[1] - e[2] if e else 0
+
+    def withdrawable(self, account: str) -> int:
+        e = self.entries.get((account, CASH))
+        return max(0, e[0] - e[1] - e[3]) if e else 0
+
+    def take_postings(self) -> list[Posting]:
+        """Hand the outbox over (the core's thread only) and start a new one."""
+        out = self.postings
+        self.postings = []
+        return out
+
+    # --- registry commands ------------------------------------------------------------
+
+    def execute(self, cmd: Any) -> RegistryDone | RegistryRejected:
+        """Apply one sequenced registry command; the answer says what happened."""
+        kind = COMMAND_KINDS.get(type(cmd), "")
+        handler = self._handlers.get(type(cmd))
+        if handler is None:
+            return RegistryRejected(getattr(cmd, "seq", 0), getattr(cmd, "ts", 0), getattr(cmd, "actor", ""), kind,
+                                    int(RegistryReason.INVALID_FIELD), f"not a registry command: {type(cmd).__name__}")
+        for name in ("account", "source", "target", "asset", "name", "actor"):
+            value = getattr(cmd, name, "")
+            if not isinstance(value, str):
+                return self._reject(cmd, kind, RegistryReason.INVALID_FIELD, f"{name} must be text")
+        for name in ("amount", "qty", "year", "holder_type"):
+            value = getattr(cmd, name, 0)
+            if type(value) is not int:
+                return self._reject(cmd, kind, RegistryReason.INVALID_FIELD, f"{name} must be an integer")
+        posting_id = f"C{cmd.seq}"
+        if posting_id in self.applied:
+            if self.applied[posting_id] != hash(msgspec.msgpack.encode(cmd)):
+                raise LedgerError(f"posting {posting_id} was applied with a different content")
+            return RegistryDone(cmd.seq, cmd.ts, cmd.actor, kind, posting_id, "already applied")
+        return handler(cmd, kind)
+
+    def _reject(self, cmd: Any, kind: str, reason: RegistryReason, text: str) -> RegistryRejected:
+        return RegistryRejected(cmd.seq, cmd.ts, cmd.actor, kind, int(reason), text)
+
+    def _done(self, cmd: Any, kind: str, legs: tuple[Leg, ...], subject: str, text: str,
+              account: AccountState | None = None, obligation: ObligationState | None = None) -> RegistryDone:
+        posting_id = f"C{cmd.seq}"
+        posting = Posting(posting_id, cmd.seq, cmd.ts, kind, str(cmd.seq), cmd.actor, legs, subject, text,
+                          account, obligation)
+        self._post(posting, hash(msgspec.msgpack.encode(cmd)))
+        return RegistryDone(cmd.seq, cmd.ts, cmd.actor, kind, posting_id, text)
+
+    def _account(self, cmd: Any, kind: str, account: str,
+                 types: frozenset[HolderType] | None = MEMBER_TYPES) -> AccountState | RegistryRejected:
+        """The account if it exists, is active and is of one of the types."""
+        state = self.accounts.get(account)
+        if state is None:
+            return self._reject(cmd, kind, RegistryReason.UNKNOWN_ACCOUNT, f"no account {account!r}")
+        if state.status != ACTIVE:
+            return self._reject(cmd, kind, RegistryReason.ACCOUNT_SUSPENDED, f"account {account} is suspended")
+        if types is not None and state.holder_type not in types:
+            return self._reject(cmd, kind, RegistryReason.WRONG_ACCOUNT_TYPE,
+                                f"account {account} is of type {HolderType(state.holder_type).name}")
+        return state
+
+    def _amount(self, cmd: Any, kind: str, amount: int, unit: str) -> RegistryRejected | None:
+        if not 0 < amount <= AMOUNT_MAX:
+            return self._reject(cmd, kind, RegistryReason.INVALID_AMOUNT,
+                                f"amount must be in [1, {AMOUNT_MAX}] {unit}, got {amount}")
+        return None
+
+    def _unit(self, cmd: Any, kind: str, asset: str) -> RegistryRejected | None:
+        """Allowances and CCER only."""
+        if vintage(asset) < 0:
+            return self._reject(cmd, kind, RegistryReason.INVALID_ASSET,
+                                f"expected an allowance vintage (CEA24, CEA19-20) or CCER, got {asset!r}")
+        return None
+
+    def _open(self, cmd: OpenAccount, kind: str) -> RegistryDone | RegistryRejected:
+        if not _ACCOUNT_ID.fullmatch(cmd.account):
+            return self._reject(cmd, kind, RegistryReason.INVALID_FIELD,
+                                f"account id must be 1-64 letters, digits, '_', '.', '-', got {cmd.account!r}")
+        if len(cmd.name) > ACCOUNT_NAME_MAX:
+            return self._reject(cmd, kind, RegistryReason.INVALID_FIELD,
+                                f"name must be at most {ACCOUNT_NAME_MAX} characters")
+        if cmd.account in self.accounts:
+            return self._reject(cmd, kind, RegistryReason.ACCOUNT_EXISTS, f"account {cmd.account} exists")
+        if cmd.holder_type not in HolderType.__members__.values():
+            return self._reject(cmd, kind, RegistryReason.INVALID_FIELD,
+                                f"holder type must be 1-7, got {cmd.holder_type}")
+        state = AccountState(cmd.account, cmd.holder_type, cmd.name, ACTIVE)
+        return self._done(cmd, kind, (), cmd.account,
+                          f"open {HolderType(cmd.holder_type).name.lower()} account {cmd.account}", state)
+
+    def _suspend(self, cmd: SuspendAccount, kind: str) -> RegistryDone | RegistryRejected:
+        state = self.accounts.get(cmd.account)
+        if state is None:
+            return self._reject(cmd, kind, RegistryReason.UNKNOWN_ACCOUNT, f"no account {cmd.account!r}")
+        if state.holder_type not in MEMBER_TYPES:
+            return self._reject(cmd, kind, RegistryReason.WRONG_ACCOUNT_TYPE, "system accounts cannot be suspended")
+        if state.status == SUSPENDED:
+            return self._reject(cmd, kind, RegistryReason.ACCOUNT_SUSPENDED, f"account {cmd.account} is suspended")
+        new = AccountState(state.account, state.holder_type, state.name, SUSPENDED)
+        return self._done(cmd, kind, (), cmd.account, f"suspend {cmd.account}", new)
+
+    def _reinstate(self, cmd: ReinstateAccount, kind: str) -> RegistryDone | RegistryRejected:
+        state = self.accounts.get(cmd.account)
+        if state is None:
+            return self._reject(cmd, kind, RegistryReason.UNKNOWN_ACCOUNT, f"no account {cmd.account!r}")
+        if state.status != SUSPENDED:
+            return self._reject(cmd, kind, RegistryReason.NOT_SUSPENDED, f"account {cmd.account} is not suspended")
+        new = AccountState(state.account, state.holder_type, state.name, ACTIVE)
+        return self._done(cmd, kind, (), cmd.account, f"reinstate {cmd.account}", new)
+
+    def _deposit(self, cmd: Deposit, kind: str) -> RegistryDone | RegistryRejected:
+        state = self._account(cmd, kind, cmd.account)
+        if isinstance(state, RegistryRejected):
+            return state
+        bad = self._amount(cmd, kind, cmd.amount, "fen")
+        if bad:
+            return bad
+        return self._done(cmd, kind, ((cmd.account, CASH, cmd.amount, 0),), cmd.account,
+                          f"deposit {cmd.amount} fen")
+
+    def _withdraw(self, cmd: Withdraw, kind: str) -> RegistryDone | RegistryRejected:
+        state = self._account(cmd, kind, cmd.account, MEMBER_TYPES | FEE_TYPES)
+        if isinstance(state, RegistryRejected):
+            return state
+        bad = self._amount(cmd, kind, cmd.amount, "fen")
+        if bad:
+            return bad
+        free = self.withdrawable(cmd.account)
+        if cmd.amount > free:
+            b, h, _, u = self.entry(cmd.account, CASH)
+            return self._reject(cmd, kind, RegistryReason.INSUFFICIENT_CASH,
+                                f"withdrawable cash is {free} fen (balance {b}, held {h}, unsettled sales {u}), "
+                                f"asked {cmd.amount}")
+        return self._done(cmd, kind, ((cmd.account, CASH, -cmd.amount, 0),), cmd.account,
+                          f"withdraw {cmd.amount} fen")
+
+    def _allocate(self, cmd: Allocate, kind: str) -> RegistryDone | RegistryRejected:
+        source = self.accounts.get(cmd.source)
+        if source is None or source.holder_type != HolderType.AUTHORITY:
+            return self._reject(cmd, kind, RegistryReason.NOT_AUTHORITY,
+                                f"only the issuing authority allocates; {cmd.source!r} is not an authority account")
+        bad = self._unit(cmd, kind, cmd.asset) or self._amount(cmd, kind, cmd.qty, "t")
+        if bad:
+            return bad
+        state = self._account(cmd, kind, cmd.account)
+        if isinstance(state, RegistryRejected):
+            return state
+        return self._done(cmd, kind, ((cmd.account, cmd.asset, cmd.qty, 0),), cmd.account,
+                          f"allocate {cmd.qty} t {cmd.asset} by {cmd.source}")
+
+    def _moveable(self, cmd: Any, kind: str, account: str, asset: str, qty: int) -> RegistryRejected | None:
+        free = self.available(account, asset)
+        if qty > free:
+            b, h, u, _ = self.entry(account, asset)
+            return self._reject(cmd, kind, RegistryReason.INSUFFICIENT_HOLDINGS,
+                                f"{account} has {free} t {asset} free (balance {b}, held {h}, bought today {u}), "
+                                f"asked {qty}")
+        return None
+
+    def _transfer(self, cmd: Transfer, kind: str) -> RegistryDone | RegistryRejected:
+        bad = self._unit(cmd, kind, cmd.asset) or self._amount(cmd, kind, cmd.qty, "t")
+        if bad:
+            return bad
+        if cmd.source == cmd.target:
+            return self._reject(cmd, kind, RegistryReason.SAME_ACCOUNT, "source and target are the same account")
+        for account in (cmd.source, cmd.target):
+            state = self._account(cmd, kind, account)
+            if isinstance(state, RegistryRejected):
+                return state
+        bad = self._moveable(cmd, kind, cmd.source, cmd.asset, cmd.qty)
+        if bad:
+            return bad
+        legs = ((cmd.source, cmd.asset, -cmd.qty, 0), (cmd.target, cmd.asset, cmd.qty, 0))
+        return self._done(cmd, kind, legs, cmd.source, f"transfer {cmd.qty} t {cmd.asset} to {cmd.target}")
+
+    def _surrender(self, cmd: Surrender, kind: str) -> RegistryDone | RegistryRejected:
+        bad = self._unit(cmd, kind, cmd.asset) or self._amount(cmd, kind, cmd.qty, "t")
+        if bad:
+            return bad
+        state = self._account(cmd, kind, cmd.account)
+        if isinstance(state, RegistryRejected):
+            return state
+        ob = self.obligations.get((cmd.account, cmd.year))
+        if ob is None:
+            return self._reject(cmd, kind, RegistryReason.NO_OBLIGATION,
+                                f"{cmd.account} has no obligation for {cmd.year}")
+        year = vintage(cmd.asset)
+        if year > cmd.year:
+            return self._reject(cmd, kind, RegistryReason.VINTAGE_TOO_LATE,
+                                f"vintage {year} of {cmd.asset} is later than the obligation year {cmd.year}")
+        if ob.surrendered + cmd.qty > ob.required:
+            return self._reject(cmd, kind, RegistryReason.EXCEEDS_OBLIGATION,
+                                f"obligation {ob.required} t for {cmd.year}, {ob.surrendered} t surrendered; "
+                                f"{cmd.qty} t more exceeds it")
+        ccer = ob.ccer
+        if cmd.asset == CCER:
+            limit = ob.required * CCER_SHARE_PERCENT // 100
+            if ccer + cmd.qty > limit:
+                return self._reject(cmd, kind, RegistryReason.CCER_LIMIT,
+                                    f"CCER may cover at most {limit} t ({CCER_SHARE_PERCENT} %) of the "
+                                    f"{cmd.year} obligation; {ccer} t already surrendered")
+            ccer += cmd.qty
+        bad = self._moveable(cmd, kind, cmd.account, cmd.asset, cmd.qty)
+        if bad:
+            return bad
+        new = ObligationState(cmd.account, cmd.year, ob.required, ob.surrendered + cmd.qty, ccer)
+        return self._done(cmd, kind, ((cmd.account, cmd.asset, -cmd.qty, 0),), cmd.account,
+                          f"surrender {cmd.qty} t {cmd.asset} for {cmd.year}", obligation=new)
+
+    def _retire(self, cmd: Retire, kind: str) -> RegistryDone | RegistryRejected:
+        bad = self._unit(cmd, kind, cmd.asset) or self._amount(cmd, kind, cmd.qty, "t")
+        if bad:
+            return bad
+        state = self._account(cmd, kind, cmd.account)
+        if isinstance(state, RegistryRejected):
+            return state
+        bad = self._moveable(cmd, kind, cmd.account, cmd.asset, cmd.qty)
+        if bad:
+            return bad
+        return self._done(cmd, kind, ((cmd.account, cmd.asset, -cmd.qty, 0),), cmd.account,
+                          f"retire {cmd.qty} t {cmd.asset}")
+
+    def _set_obligation(self, cmd: SetObligation, kind: str) -> RegistryDone | RegistryRejected:
+        source = self.accounts.get(cmd.source)
+        if source is None or source.holder_type != HolderType.AUTHORITY:
+            return self._reject(cmd, kind, RegistryReason.NOT_AUTHORITY,
+                                f"only the issuing authority sets obligations; {cmd.source!r} is not one")
+        if not YEAR_MIN <= cmd.year <= YEAR_MAX:
+            return self._reject(cmd, kind, RegistryReason.INVALID_FIELD,
+                                f"year must be in [{YEAR_MIN}, {YEAR_MAX}], got {cmd.year}")
+        if not 0 <= cmd.qty <= AMOUNT_MAX:
+            return self._reject(cmd, kind, RegistryReason.INVALID_AMOUNT,
+                                f"obligation must be in [0, {AMOUNT_MAX}] t, got {cmd.qty}")
+        state = self._account(cmd, kind, cmd.account, frozenset({HolderType.COMPLIANCE}))
+        if isinstance(state, RegistryRejected):
+            return state
+        ob = self.obligations.get((cmd.account, cmd.year)) or ObligationState(cmd.account, cmd.year, 0, 0, 0)
+        if cmd.qty < ob.surrendered or cmd.qty * CCER_SHARE_PERCENT // 100 < ob.ccer:
+            return self._reject(cmd, kind, RegistryReason.OBLIGATION_BELOW_SURRENDERED,
+                                f"{ob.surrendered} t ({ob.ccer} t CCER) already surrendered for {cmd.year}")
+        new = ObligationState(cmd.account, cmd.year, cmd.qty, ob.surrendered, ob.ccer)
+        return self._done(cmd, kind, (), cmd.account, f"obligation {cmd.qty} t for {cmd.year}", obligation=new)
+
+    def _settle_day(self, cmd: SettleDay, kind: str) -> RegistryDone | RegistryRejected:
+        posting_id = self._end_of_day(cmd.seq, cmd.ts, cmd.actor)
+        self.applied[f"C{cmd.seq}"] = hash(msgspec.msgpack.encode(cmd))
+        return RegistryDone(cmd.seq, cmd.ts, cmd.actor, kind, posting_id, f"day {self.day - 1} settled")
+
+    # --- postings ---------------------------------------------------------------------
+
+    def _entry(self, account: str, asset: str) -> Entry:
+        key = (account, asset)
+        e = self.entries.get(key)
+        if e is None:
+            e = self.entries[key] = [0, 0, 0, 0]
+            state = self.accounts.get(account)
+            if state is not None and state.status == ACTIVE:
+                self._live[key] = e
+        return e
+
+    def _end_of_day(self, seq: int, ts: int, actor: str) -> str:
+        legs: list[Leg] = []
+        for (account, asset), e in sorted(self.entries.items()):
+            if e[2]:
+                legs.append((account, asset, 0, -e[2]))
+            if e[3]:
+                legs.append((account, asset, 0, -e[3]))
+        posting_id = f"D{self.day}"
+        self._post(Posting(posting_id, seq, ts, "eod", str(seq), actor, tuple(legs), "", f"end of day {self.day}"))
+        return posting_id
+
+    def _post(self, posting: Posting, fingerprint: int | None = None) -> None:
+        """Apply a posting all or nothing and put it in the outbox."""
+        self.apply_posting(posting, fingerprint)
+        self.postings.append(posting)
+
+    def apply_posting(self, posting: Posting, fingerprint: int | None = None) -> bool:
+        """Apply a posting's legs and records, all or nothing; False (and no change)
+        when it was applied already. Used for the ledger's own postings and to
+        rebuild a ledger from recorded postings (the audit)."""
+        pid = posting.posting_id
+        if fingerprint is None:
+            fingerprint = hash(msgspec.msgpack.encode(posting))
+        prior = self.applied.get(pid)
+        if prior is not None:
+            if prior != fingerprint:
+                raise LedgerError(f"posting {pid} was applied with a different content")
+            return False
+        if posting.kind == "eod" and posting.posting_id != f"D{self.day}":
+            raise LedgerError(f"posting {pid}: the ledger is on day {self.day}")
+        # Compute every new entry first; change nothing unless all of them are valid.
+        new: dict[tuple[str, str], Entry] = {}
+        for account, asset, delta, pending in posting.legs:
+            key = (account, asset)
+            if key not in new:
+                new[key] = list(self.entries.get(key) or (0, 0, 0, 0))
+            e = new[key]
+            e[0] += delta
+            e[3 if asset == CASH else 2] += pending
+        for (account, asset), e in new.items():
+            if account not in self.accounts and not (posting.account and posting.account.account == account):
+                raise LedgerError(f"posting {pid}: no account {account!r}")
+            if not _entry_ok(e, asset == CASH):
+                raise LedgerError(f"posting {pid}: {account} {asset} would become {e}")
+        if posting.account is not None and posting.kind == "open" and posting.account.account in self.accounts:
+            raise LedgerError(f"posting {pid}: account {posting.account.account} exists")
+        # Commit.
+        for _, asset, delta, _ in posting.legs:
+            if delta and asset != CASH:
+                kind = posting.kind
+                if kind == "allocate":
+                    self.issued[asset] = self.issued.get(asset, 0) + delta
+                elif kind == "surrender":
+                    self.surrendered[asset] = self.surrendered.get(asset, 0) - delta
+                elif kind == "retire":
+                    self.retired[asset] = self.retired.get(asset, 0) - delta
+            elif delta:
+                if posting.kind == "deposit":
+                    self.deposited += delta
+                elif posting.kind == "withdraw":
+                    self.withdrawn -= delta
+        if posting.account is not None:
+            self._set_account(posting.account)
+        for (account, asset), values in new.items():
+            self._entry(account, asset)[:] = values
+        if posting.obligation is not None:
+            ob = posting.obligation
+            self.obligations[ob.account, ob.year] = ob
+        if posting.kind == "eod":
+            self.day += 1
+        self.applied[pid] = fingerprint
+        return True
+
+    def _set_account(self, state: AccountState) -> None:
+        self.accounts[state.account] = state
+        account = state.account
+        for key, e in self.entries.items():
+            if key[0] == account:
+                if state.status == ACTIVE:
+                    self._live[key] = e
+                else:
+                    self._live.pop(key, None)
+
+    # --- snapshot, state, invariants --------------------------------------------------
+
+    def snapshot(self) -> LedgerSnapshot:
+        """Everything except the outbox and the applied ids (the store has those)."""
+        totals = [("issued", a, n) for a, n in sorted(self.issued.items())]
+        totals += [("surrendered", a, n) for a, n in sorted(self.surrendered.items())]
+        totals += [("retired", a, n) for a, n in sorted(self.retired.items())]
+        totals += [("deposited", CASH, self.deposited), ("withdrawn", CASH, self.withdrawn)]
+        return LedgerSnapshot(
+            self.day,
+            [self.accounts[a] for a in sorted(self.accounts)],
+            [(a, s, e[0], e[1], e[2], e[3]) for (a, s), e in sorted(self.entries.items())],
+            [self.obligations[k] for k in sorted(self.obligations)],
+            totals,
+        )
+
+    def restore(self, snap: LedgerSnapshot, *, keep_holds: bool = True) -> None:
+        """Load a snapshot (or the store's picture) into a ledger built with the same
+        fees. Without ``keep_holds`` every hold starts at 0 (no order is open)."""
+        self.day = snap.day
+        self.accounts = {}
+        self.entries = {}
+        self._live = {}
+        for state in snap.accounts:
+            self.accounts[state.account] = state
+        for account, asset, balance, held, unsellable, unwithdrawable in snap.entries:
+            e = self._entry(account, asset)
+            e[:] = [balance, held if keep_holds else 0, unsellable, unwithdrawable]
+        for account in self.fees.system_accounts():
+            if account not in self.accounts:
+                raise ValueError(f"restore: system account {account} missing")
+            self._entry(account, CASH)
+        self.obligations = {(ob.account, ob.year): ob for ob in snap.obligations}
+        self.issued, self.surrendered, self.retired = {}, {}, {}
+        self.deposited = self.withdrawn = 0
+        for counter, asset, amount in snap.totals:
+            if counter == "deposited":
+                self.deposited = amount
+            elif counter == "withdrawn":
+                self.withdrawn = amount
+            else:
+                getattr(self, counter)[asset] = amount
+        fees = self.fees
+        self._fee_entries = (
+            self.entries[fees.exchange_account, CASH],
+            self.entries[fees.reserve_account, CASH],
+            self.entries[fees.registry_account, CASH],
+        )
+        self._check()
+
+    def full_state(self) -> list[Any]:
+        """A canonical, encodable picture of everything the ledger owns (for hashes)."""
+        return msgspec.to_builtins(self.snapshot())  # type: ignore[no-any-return]
+
+    def supply(self) -> dict[str, int]:
+        """What the sum of balances of each asset must be, from the counters."""
+        out: dict[str, int] = {CASH: self.deposited - self.withdrawn}
+        for asset in set(self.issued) | set(self.surrendered) | set(self.retired):
+            out[asset] = self.issued.get(asset, 0) - self.surrendered.get(asset, 0) - self.retired.get(asset, 0)
+        return out
+
+    def _check(self) -> None:
+        """Assert every invariant (O(entries + accounts + obligations))."""
+        totals: dict[str, int] = {}
+        for (account, asset), e in self.entries.items():
+            assert account in self.accounts, (account, asset)
+            assert _entry_ok(e, asset == CASH), (account, asset, e)
+            assert asset == CASH or e[3] == 0, (account, asset, e)
+            live = self.accounts[account].status == ACTIVE
+            assert (self._live.get((account, asset)) is e) == live, (account, asset)
+            totals[asset] = totals.get(asset, 0) + e[0]
+        assert len(self._live) == sum(1 for a, _ in self.entries if self.accounts[a].status == ACTIVE)
+        supply = self.supply()
+        for asset in set(totals) | set(supply):
+            assert totals.get(asset, 0) == supply.get(asset, 0), (asset, totals.get(asset, 0), supply.get(asset, 0))
+        for (account, year), ob in self.obligations.items():
+            assert ob.account == account and ob.year == year
+            assert 0 <= ob.ccer <= ob.surrendered <= ob.required, ob
+            assert ob.ccer <= ob.required * CCER_SHARE_PERCENT // 100, ob
+            assert self.accounts[account].holder_type == HolderType.COMPLIANCE, ob
+        for account in self.fees.system_accounts():
+            assert self.accounts[account].status == ACTIVE, account
+        assert self.day >= 1
+
+
+def _entry_ok(e: Entry, cash: bool) -> bool:
+    balance, held, unsellable, unwithdrawable = e
+    if balance < 0 or held < 0 or unsellable < 0 or unwithdrawable < 0:
+        return False
+    if cash:
+        return unsellable == 0 and held <= balance and unwithdrawable <= balance
+    return held + unsellable <= balance and unwithdrawable == 0
+
+
+def legs_by_asset(legs: Iterable[Leg]) -> dict[str, int]:
+    """The sum of the balance deltas of each asset."""
+    out: dict[str, int] = {}
+    for _, asset, delta, _ in legs:
+        out[asset] = out.get(asset, 0) + delta
+    return out

@@ -1,0 +1,266 @@
+"""Registry commands, their events, and the posting records settlement writes.
+
+Registry commands subclass ``engine.messages.Command`` (array-like, integer tags 20-49)
+and events subclass ``engine.messages.Event`` (tags 120-149), so they travel through the
+same sequencer, journal and event stream as the engine's own messages. Every command
+names the user who runs it (``actor``) and ends with ``seq`` and ``ts``, stamped by the
+sequencer. Amounts are integers: cash in fen, allowances and CCER in tonnes.
+
+A ``Posting`` is the unit of record: every balance change, and every change to an
+account or a compliance obligation, is one posting with an id (``T<trade id>`` for a
+trade, ``C<seq>`` for a registry command, ``D<day>`` for an end of day, ``G-<account>``
+for the system accounts the ledger creates), what caused it, who, when, and its legs.
+A leg is ``(account, asset, delta, pending_delta)``: ``delta`` changes the balance;
+``pending_delta`` changes the part of it that is not yet free (allowances bought today
+and not sellable until the next trading day; cash from today's sales, not withdrawable
+until the end-of-day settlement). Within a trade posting the deltas of each asset sum
+to zero (fees are legs too).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import msgspec
+
+from engine.messages import Command, Event
+
+
+class HolderType(IntEnum):
+    COMPLIANCE = 1  # a covered (compliance) company
+    INSTITUTION = 2
+    INDIVIDUAL = 3
+    EXCHANGE_FEE = 4  # the exchange's trading-fee account
+    REGISTRY_FEE = 5  # the registry's settlement-fee account
+    RISK_RESERVE = 6  # funded from a share of the trading fee
+    AUTHORITY = 7  # the issuing authority: allocates allowances, sets obligations
+
+
+MEMBER_TYPES = frozenset({HolderType.COMPLIANCE, HolderType.INSTITUTION, HolderType.INDIVIDUAL})
+FEE_TYPES = frozenset({HolderType.EXCHANGE_FEE, HolderType.REGISTRY_FEE, HolderType.RISK_RESERVE})
+
+
+class AccountStatus(IntEnum):
+    ACTIVE = 1
+    SUSPENDED = 2
+
+
+class RegistryReason(IntEnum):
+    """Why a registry command was rejected (the settlement range, 200+)."""
+
+    UNKNOWN_ACCOUNT = 201
+    ACCOUNT_EXISTS = 202
+    ACCOUNT_SUSPENDED = 203
+    NOT_SUSPENDED = 204
+    NOT_AUTHORITY = 205
+    WRONG_ACCOUNT_TYPE = 206
+    INSUFFICIENT_CASH = 207
+    INSUFFICIENT_HOLDINGS = 208
+    INVALID_AMOUNT = 209
+    INVALID_ASSET = 210
+    INVALID_FIELD = 211
+    SAME_ACCOUNT = 212
+    NO_OBLIGATION = 213
+    VINTAGE_TOO_LATE = 214
+    CCER_LIMIT = 215
+    EXCEEDS_OBLIGATION = 216
+    OBLIGATION_BELOW_SURRENDERED = 217
+    USE_END_OF_DAY = 218
+    NOT_PERMITTED = 219  # the user's role does not allow the command (tools, gateway)
+
+
+# --- commands ---------------------------------------------------------------------
+
+
+class OpenAccount(Command, tag=20):
+    actor: str
+    account: str
+    holder_type: int
+    name: str = ""
+    seq: int = 0
+    ts: int = 0
+
+
+class SuspendAccount(Command, tag=21):
+    """Suspended accounts take no new holds (their orders are refused) and no registry
+    operation; orders already resting still settle."""
+
+    actor: str
+    account: str
+    seq: int = 0
+    ts: int = 0
+
+
+class ReinstateAccount(Command, tag=22):
+    actor: str
+    account: str
+    seq: int = 0
+    ts: int = 0
+
+
+class Deposit(Command, tag=23):
+    """Cash arrives from the holder's bank (fen)."""
+
+    actor: str
+    account: str
+    amount: int
+    seq: int = 0
+    ts: int = 0
+
+
+class Withdraw(Command, tag=24):
+    """Cash leaves to the holder's bank: only settled cash that no order holds."""
+
+    actor: str
+    account: str
+    amount: int
+    seq: int = 0
+    ts: int = 0
+
+
+class Allocate(Command, tag=25):
+    """The authority (``source``, an account of type AUTHORITY) issues ``qty`` of an
+    allowance vintage (or CCER) into ``account``."""
+
+    actor: str
+    source: str
+    account: str
+    asset: str
+    qty: int
+    seq: int = 0
+    ts: int = 0
+
+
+class Transfer(Command, tag=26):
+    """Move free allowances or CCER from one holder's account to another's."""
+
+    actor: str
+    source: str
+    target: str
+    asset: str
+    qty: int
+    seq: int = 0
+    ts: int = 0
+
+
+class Surrender(Command, tag=27):
+    """Surrender for compliance against the account's obligation for ``year``: CCER
+    at most 5 % of the obligation; no allowance vintage later than ``year``."""
+
+    actor: str
+    account: str
+    asset: str
+    qty: int
+    year: int
+    seq: int = 0
+    ts: int = 0
+
+
+class Retire(Command, tag=28):
+    """Voluntary cancellation: the allowances leave the market for good."""
+
+    actor: str
+    account: str
+    asset: str
+    qty: int
+    seq: int = 0
+    ts: int = 0
+
+
+class SettleDay(Command, tag=29):
+    """End of day for a registry running without the engine (the tools, on a stopped
+    store): T+1 quantities become sellable and sale proceeds withdrawable. The
+    exchange rejects it (USE_END_OF_DAY): there the engine's EndOfDay does this, once
+    per trading day, after the books close."""
+
+    actor: str
+    seq: int = 0
+    ts: int = 0
+
+
+class SetObligation(Command, tag=30):
+    """The authority (``source``) sets an account's compliance obligation for a year
+    (its verified emissions, tonnes)."""
+
+    actor: str
+    source: str
+    account: str
+    year: int
+    qty: int
+    seq: int = 0
+    ts: int = 0
+
+
+REGISTRY_COMMANDS = (
+    OpenAccount, SuspendAccount, ReinstateAccount, Deposit, Withdraw, Allocate, Transfer, Surrender,
+    Retire, SettleDay, SetObligation,
+)
+
+AnyRegistryCommand = (
+    OpenAccount | SuspendAccount | ReinstateAccount | Deposit | Withdraw | Allocate | Transfer | Surrender
+    | Retire | SettleDay | SetObligation
+)
+
+COMMAND_KINDS: dict[type, str] = {
+    OpenAccount: "open", SuspendAccount: "suspend", ReinstateAccount: "reinstate", Deposit: "deposit",
+    Withdraw: "withdraw", Allocate: "allocate", Transfer: "transfer", Surrender: "surrender",
+    Retire: "retire", SettleDay: "eod", SetObligation: "obligation",
+}
+
+# --- events -----------------------------------------------------------------------
+
+
+class RegistryDone(Event, tag=120):
+    seq: int
+    ts: int
+    actor: str
+    kind: str  # the command's kind: "deposit", "transfer", ...
+    posting_id: str  # the posting it made; "" when none
+    text: str
+
+
+class RegistryRejected(Event, tag=121):
+    seq: int
+    ts: int
+    actor: str
+    kind: str
+    reason: int  # a RegistryReason
+    text: str
+
+
+# --- records ----------------------------------------------------------------------
+
+Leg = tuple[str, str, int, int]  # (account, asset, delta, pending_delta)
+
+
+class AccountState(msgspec.Struct, array_like=True, gc=False):
+    """An account's registration after the posting (absolute values, not deltas)."""
+
+    account: str
+    holder_type: int
+    name: str
+    status: int
+
+
+class ObligationState(msgspec.Struct, array_like=True, gc=False):
+    """An account's obligation for one year after the posting (absolute values)."""
+
+    account: str
+    year: int
+    required: int  # tonnes to surrender
+    surrendered: int  # tonnes surrendered so far, CCER included
+    ccer: int  # the CCER part of ``surrendered``
+
+
+class Posting(msgspec.Struct, array_like=True, gc=False):
+    posting_id: str
+    seq: int  # the engine sequence number of the command that caused it (0: genesis)
+    ts: int
+    kind: str  # "trade", "eod", "genesis" or a registry command's kind
+    ref: str  # trade id for a trade, else the command's seq
+    actor: str  # the user who ran the command; "" for trades and the end of day
+    legs: tuple[Leg, ...]
+    subject: str = ""  # the account a command concerned ("" for trades and days)
+    text: str = ""  # human-readable detail
+    account: AccountState | None = None
+    obligation: ObligationState | None = None
