@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import textwrap
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -14,7 +17,7 @@ import pytest
 
 from engine import EndOfDay, Engine, Halt, Instrument, NewOrder, Resume, Sequencer, Side
 from engine.messages import Command
-from gateway.marketdata import MarketDataPublisher, yuan
+from gateway.marketdata import AlertMsg, BookMsg, HealthMsg, MarketDataPublisher, StatsMsg, StatusMsg, TradeMsg, yuan
 from tests.mosquitto import Mosquitto, free_port, mosquitto_broker
 
 broker = mosquitto_broker  # the shared fixture, under the name these tests use
@@ -191,6 +194,7 @@ def test_book_trades_stats_status_and_anonymity(broker: Mosquitto) -> None:
             assert health["last_seq"] == closed and health["trades_dropped"] == 0
             for topic, payload, _ in live.messages:
                 assert not any(s in payload for s in SECRETS), (topic, payload)
+                assert_yuan_pairs(msgspec.json.decode(payload))
             md._check()
 
     asyncio.run(scenario())
@@ -333,3 +337,38 @@ def test_probe(broker: Mosquitto) -> None:
         assert await MarketDataPublisher.probe("127.0.0.1", broker.port, 2.0) is False
 
     asyncio.run(scenario())
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "marketdata.md"
+DOC_TYPES: dict[str, Any] = {
+    "book": BookMsg, "trades": list[TradeMsg], "stats": StatsMsg, "status": StatusMsg,
+    "alert": AlertMsg, "health": HealthMsg,
+}
+
+
+def assert_yuan_pairs(obj: Any) -> None:
+    """Every integer price or value next to its yuan string says the same amount."""
+    if isinstance(obj, list):
+        for item in obj:
+            assert_yuan_pairs(item)
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            if f"{key}_yuan" in obj:
+                assert obj[f"{key}_yuan"] == (None if value is None else yuan(value)), (key, obj)
+            assert_yuan_pairs(value)
+
+
+def test_docs_examples_are_exact_payloads() -> None:
+    blocks = re.findall(r"```json (\w+)\n(.*?)```", DOCS.read_text(), re.S)
+    assert sorted({kind for kind, _ in blocks}) == sorted(DOC_TYPES)
+    for kind, text in blocks:
+        typed = msgspec.json.decode(text, type=DOC_TYPES[kind])  # every field present, right types
+        untyped = msgspec.json.decode(text)
+        # Re-encoding gives the same fields in the same order: nothing missing, nothing extra.
+        assert msgspec.json.encode(typed) == msgspec.json.encode(untyped), kind
+        assert_yuan_pairs(untyped)
+    snippet = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
+    assert len(snippet) == 1
+    compile("async def integration():\n" + textwrap.indent(snippet[0], "    "), str(DOCS), "exec")
+    for name in ("probe", "run", "on_events", "alert", "stop"):
+        assert f".{name}(" in snippet[0] and hasattr(MarketDataPublisher, name)
