@@ -244,6 +244,7 @@ class MarketDataPublisher:
         self.trades_dropped = self.alerts_dropped = self.oversize_dropped = 0
         self.published = self.reconnects = 0
         self.connected = False
+        self._running = False
         self._started = time.monotonic()
         self._stop = asyncio.Event()
         self._enc = msgspec.json.Encoder()
@@ -287,7 +288,8 @@ class MarketDataPublisher:
         self._alerts.append(payload)
 
     def stop(self) -> None:
-        """Ask run() to publish what is pending, mark health offline and return."""
+        """Ask run() to publish what is pending, mark health offline and return. Final:
+        a stopped publisher does not start again."""
         self._stop.set()
 
     # --- snapshots ----------------------------------------------------------------------
@@ -378,6 +380,15 @@ class MarketDataPublisher:
 
     async def run(self) -> None:
         """Publish until stop() (or cancellation). Never raises anything else."""
+        if self._running:
+            raise RuntimeError("MarketDataPublisher.run() is already running")
+        self._running = True
+        try:
+            await self._run()
+        finally:
+            self._running = False
+
+    async def _run(self) -> None:
         backoff = self.backoff_min_s
         down_since: float | None = None  # monotonic time the current outage began
         attempts = 0

@@ -318,6 +318,8 @@ def test_unreachable_broker_never_raises_and_stays_bounded(caplog: pytest.LogCap
             md.alert("test", f"alert {i}")
             await asyncio.sleep(0.01)
         assert not task.done() and not md.connected
+        with pytest.raises(RuntimeError, match="already running"):
+            await md.run()
         assert (len(md._trades), md.trades_dropped) == (3, 17)
         assert list(md._dirty) == ["CEA24"]
         md.stop()
