@@ -279,9 +279,14 @@ class MarketDataPublisher:
 
     def alert(self, kind: str, text: str) -> None:
         """Queue an operator alert for ``{root}/ops/alerts``. Long fields are cut to
-        ALERT_KIND_MAX / ALERT_TEXT_MAX characters; a full queue drops its oldest."""
+        ALERT_KIND_MAX / ALERT_TEXT_MAX characters (and the text further if the message
+        would exceed payload_max); a full queue drops its oldest."""
         kind, text = str(kind)[:ALERT_KIND_MAX], str(text)[:ALERT_TEXT_MAX]
-        payload = self._enc.encode(AlertMsg(kind, text, time.time_ns(), self.engine.last_seq))
+        ts, seq = time.time_ns(), self.engine.last_seq
+        payload = self._enc.encode(AlertMsg(kind, text, ts, seq))
+        while len(payload) > self.payload_max:  # multi-byte or escaped text: cut until it fits
+            text = text[:len(text) // 2]
+            payload = self._enc.encode(AlertMsg(kind, text, ts, seq))
         if len(self._alerts) >= self.alerts_max:
             self._alerts.popleft()
             self.alerts_dropped += 1

@@ -266,6 +266,10 @@ def test_large_trade_bursts_split_under_payload_max(broker: Mosquitto) -> None:
             ids = [t["trade_id"] for msg in live.on(f"{ROOT}/trades") for t in msg]
             assert ids == list(range(1, 151))
             assert md.oversize_dropped == 0
+            md.alert("test", "\x01€" * 2000)  # 2000 characters, far more than 4096 bytes of JSON
+            alert = await live.wait("etx/v1/ops/alerts")
+            size = max(len(p) for t, p, _ in live.messages if t == "etx/v1/ops/alerts")
+            assert size <= 4096 and 0 < len(alert["text"]) < 2000 and alert["text"].startswith("\x01€")
             md.stop()
             await asyncio.wait_for(task, WAIT_S)
 
