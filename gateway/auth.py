@@ -1,0 +1,141 @@
+"""Users, roles and secrets: scrypt-hashed secrets, logon checks and lockout.
+
+Contract:
+- A secret is stored only as ``scrypt$N$r$p$salt$hash`` (base64 salt and hash, the
+  stdlib's ``hashlib.scrypt``); the plain secret is never stored or logged.
+- ``Authenticator.check`` answers a logon with the user or a reason. It never says
+  whether the member, the user or the secret was wrong (one reason for all three), and
+  it verifies a dummy hash for unknown users so that the answer takes the same time.
+- Five failures of one (member, user) within a minute lock it for ``lockout_s``; a
+  locked user is refused even with the right secret. Every failure is logged for
+  operators (member, user, peer, count), never with the secret.
+- The hashing runs in a worker thread (scrypt releases the GIL), at most
+  ``concurrent_max`` at once: a burst of logons cannot stall the core or eat memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+
+import msgspec
+
+from gateway.protocol import GatewayReason, Role
+
+log = logging.getLogger("etx.auth")
+
+SCRYPT_N = 1 << 14  # 16 MiB of memory per hash with r=8: the common interactive setting
+SCRYPT_R = 8
+SCRYPT_P = 1
+DKLEN = 32
+SECRET_MAX = 256  # characters; a longer secret is refused before hashing
+
+
+def hash_secret(secret: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P,
+                salt: bytes | None = None) -> str:
+    """The stored form of a secret."""
+    salt = os.urandom(16) if salt is None else salt
+    digest = hashlib.scrypt(secret.encode(), salt=salt, n=n, r=r, p=p, dklen=DKLEN, maxmem=256 * n * r + (1 << 20))
+    b64 = base64.b64encode
+    return f"scrypt${n}${r}${p}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def parse_hash(stored: str) -> tuple[int, int, int, bytes, bytes]:
+    """(n, r, p, salt, digest); ValueError for anything else."""
+    parts = stored.split("$")
+    if len(parts) != 6 or parts[0] != "scrypt":
+        raise ValueError("expected scrypt$N$r$p$salt$hash")
+    n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+    if n < 2 or n & (n - 1) or not 1 <= r <= 64 or not 1 <= p <= 16 or n > 1 << 20:
+        raise ValueError(f"scrypt parameters out of range: N={n} r={r} p={p}")
+    return n, r, p, base64.b64decode(parts[4], validate=True), base64.b64decode(parts[5], validate=True)
+
+
+def verify_secret(secret: str, stored: str) -> bool:
+    n, r, p, salt, digest = parse_hash(stored)
+    got = hashlib.scrypt(secret.encode(), salt=salt, n=n, r=r, p=p, dklen=len(digest), maxmem=256 * n * r + (1 << 20))
+    return hmac.compare_digest(got, digest)
+
+
+class User(msgspec.Struct, kw_only=True):
+    member: str
+    user: str
+    role: Role
+    secret_hash: str
+
+
+_DUMMY_HASH = hash_secret("etx-dummy", salt=b"\0" * 16)
+
+
+class Authenticator:
+    """Logon checks with lockout. See the module docstring."""
+
+    def __init__(self, users: Iterable[User], *, failures_max: int = 5, window_s: float = 60.0,
+                 lockout_s: float = 300.0, concurrent_max: int = 4, tracked_max: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.users: dict[tuple[str, str], User] = {}
+        for u in users:
+            parse_hash(u.secret_hash)  # refuse a bad config at start, not at first logon
+            key = (u.member, u.user)
+            if key in self.users:
+                raise ValueError(f"user {u.user!r} of member {u.member!r} configured twice")
+            self.users[key] = u
+        self.failures_max = failures_max
+        self.window_s = window_s
+        self.lockout_s = lockout_s
+        self.tracked_max = tracked_max
+        self.clock = clock
+        self._failures: dict[tuple[str, str], list[float]] = {}  # recent failure times
+        self._locked_until: dict[tuple[str, str], float] = {}
+        self._slots = asyncio.Semaphore(concurrent_max)
+
+    def locked(self, member: str, user: str) -> bool:
+        until = self._locked_until.get((member, user))
+        if until is None:
+            return False
+        if self.clock() >= until:
+            del self._locked_until[(member, user)]
+            return False
+        return True
+
+    async def check(self, member: str, user: str, secret: str, peer: str = "") -> tuple[User | None, int, str]:
+        """(user, 0, "") on success, else (None, reason, text)."""
+        key = (member, user)
+        if self.locked(member, user):
+            log.warning("logon refused, user locked: member=%s user=%s peer=%s", member, user, peer)
+            return None, GatewayReason.LOCKED, "too many failed logons; try again later"
+        found = self.users.get(key)
+        ok = False
+        if len(secret) <= SECRET_MAX:
+            async with self._slots:
+                ok = await asyncio.get_running_loop().run_in_executor(
+                    None, verify_secret, secret, found.secret_hash if found else _DUMMY_HASH
+                )
+        if ok and found is not None:
+            self._failures.pop(key, None)
+            return found, 0, ""
+        self._fail(key, peer)
+        if self.locked(member, user):
+            return None, GatewayReason.LOCKED, "too many failed logons; try again later"
+        return None, GatewayReason.BAD_CREDENTIALS, "unknown member or user, or wrong secret"
+
+    def _fail(self, key: tuple[str, str], peer: str) -> None:
+        now = self.clock()
+        times = [t for t in self._failures.get(key, ()) if now - t < self.window_s]
+        times.append(now)
+        if len(self._failures) >= self.tracked_max and key not in self._failures:
+            # Bounded: forget the oldest tracked key (dicts keep insertion order).
+            self._failures.pop(next(iter(self._failures)))
+        self._failures[key] = times
+        log.warning("failed logon %d within %.0fs: member=%s user=%s peer=%s",
+                    len(times), self.window_s, key[0], key[1], peer)
+        if len(times) >= self.failures_max:
+            self._locked_until[key] = now + self.lockout_s
+            del self._failures[key]
+            log.warning("user locked for %.0fs: member=%s user=%s", self.lockout_s, key[0], key[1])

@@ -1,0 +1,344 @@
+"""The member client: an asyncio library for trading members and load tests.
+
+Usage::
+
+    client = Client("127.0.0.1", 7400, member="M001", user="alice", secret="...")
+    ack = await client.connect()                  # logon (and replay from last_seq)
+    coid = client.new_order("CEA24", Side.BUY, qty=100, price=10_000)
+    msg = await client.next()                     # Report(seq_out, Accepted(...)) ...
+    book = await client.query_book("CEA24")       # BookReply
+    await client.reconnect()                      # after a drop: replays what was missed
+    await client.close()
+
+Contract:
+- Sending never waits for the exchange: ``new_order`` and friends queue a frame and
+  return; replies arrive in order through ``next()`` (Reports, Resents, Notices,
+  SessionRejects, SessionClosed) or, for queries, as the awaited result.
+- ``last_seq`` is the highest ``Report.seq_out`` received; ``connect``/``reconnect``
+  send it in the logon so the exchange replays only what is missing. Any report whose
+  seq_out is not ``last_seq + 1`` is recorded in ``anomalies`` (the exchange promises
+  none: no gap, no duplicate).
+- Heartbeats are sent when the client has sent nothing for the agreed interval.
+- Prices are integers in fen, quantities in tonnes (see ``docs/protocol.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import ssl as ssl_module
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from engine.messages import Amend, Cancel, CancelReason, HitOrder, MassCancel, NewOrder, OrdType, Stp, TimeInForce
+from gateway.framing import MAX_OUTBOUND_FRAME, FrameSplitter, FrameWriter
+from gateway.protocol import (
+    PROTOCOL_VERSION,
+    BalancesReply,
+    BookReply,
+    CodMode,
+    Heartbeat,
+    InstrumentsReply,
+    Logon,
+    LogonAck,
+    LogonReject,
+    Logout,
+    OrdersReply,
+    QueryBalances,
+    QueryBook,
+    QueryInstruments,
+    QueryOrders,
+    QueryRejected,
+    Report,
+    ServerHeartbeat,
+    outbound_decoder,
+)
+
+READ_CHUNK = 256 * 1024
+INBOX_MAX = 1_000_000  # messages kept for next(); beyond it the client stops reading
+
+
+class LogonError(Exception):
+    def __init__(self, reason: int, text: str) -> None:
+        super().__init__(f"logon rejected ({reason}): {text}")
+        self.reason = reason
+        self.text = text
+
+
+class QueryError(Exception):
+    def __init__(self, reason: int, text: str) -> None:
+        super().__init__(f"query rejected ({reason}): {text}")
+        self.reason = reason
+        self.text = text
+
+
+class Client:
+    """See the module docstring."""
+
+    def __init__(self, host: str, port: int, member: str, user: str, secret: str, *, last_seq: int = 0,
+                 cod: int = CodMode.DEFAULT, heartbeat_ms: int = 0, ssl: ssl_module.SSLContext | None = None,
+                 coid_prefix: str | None = None) -> None:
+        self.host, self.port = host, port
+        self.member, self.user, self._secret = member, user, secret
+        self.cod = cod
+        self.heartbeat_ms = heartbeat_ms
+        self.ssl = ssl
+        self.last_seq = last_seq
+        self.anomalies: list[str] = []
+        self.ack: LogonAck | None = None
+        self.closed_by_server: Any = None  # the SessionClosed, if the exchange ended the session
+        self._prefix = coid_prefix if coid_prefix is not None else os.urandom(4).hex() + "-"
+        self._coids = itertools.count(1)
+        self._req_ids = itertools.count(1)
+        self._writer_frames = FrameWriter()
+        self._decode = outbound_decoder().decode
+        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._replies: dict[int, asyncio.Future[Any]] = {}
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._sent_at = 0.0
+        self._out = bytearray()
+
+    # --- connection ------------------------------------------------------------------
+
+    async def connect(self, timeout: float = 10.0) -> LogonAck:
+        """Open the connection and log on; raises LogonError when refused."""
+        reader, self._writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port, ssl=self.ssl, limit=READ_CHUNK), timeout)
+        self._reader = reader
+        self.closed_by_server = None
+        self._send_now(Logon(PROTOCOL_VERSION, self.member, self.user, self._secret, self.last_seq, self.cod,
+                             self.heartbeat_ms))
+        splitter = FrameSplitter(MAX_OUTBOUND_FRAME)
+        first: Any = None
+        rest: list[Any] = []
+        while first is None:
+            data = await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
+            if not data:
+                raise LogonError(0, "connection closed before the logon answer")
+            msgs = [self._decode(f) for f in splitter.split(data)]
+            if msgs:
+                first, rest = msgs[0], msgs[1:]
+        if isinstance(first, LogonReject):
+            await self._drop()
+            raise LogonError(first.reason, first.text)
+        if not isinstance(first, LogonAck):
+            await self._drop()
+            raise LogonError(0, f"expected LogonAck, got {type(first).__name__}: {first!r}")
+        self.ack = first
+        for msg in rest:
+            self._dispatch(msg)
+        loop = asyncio.get_running_loop()
+        self._sent_at = loop.time()
+        self._tasks = [asyncio.create_task(self._read_loop(splitter)), asyncio.create_task(self._heartbeat_loop())]
+        return first
+
+    async def reconnect(self, timeout: float = 10.0) -> LogonAck:
+        """Drop the connection (if any) and log on again from ``last_seq``."""
+        await self._drop()
+        return await self.connect(timeout)
+
+    async def close(self) -> None:
+        """Log out and close."""
+        if self._writer is not None and not self._writer.is_closing():
+            with contextlib.suppress(ConnectionError):
+                self._send_now(Logout())
+                await self._writer.drain()
+        await self._drop()
+
+    async def _drop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(ConnectionError, OSError, ssl_module.SSLError):
+                await self._writer.wait_closed()
+        self._writer = self._reader = None
+        for fut in self._replies.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("connection closed"))
+        self._replies.clear()
+
+    def abort(self) -> None:
+        """Cut the connection without a logout (as a crash or a network failure would)."""
+        if self._writer is not None:
+            self._writer.transport.abort()
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
+    # --- sending ---------------------------------------------------------------------
+
+    def next_coid(self) -> str:
+        return f"{self._prefix}{next(self._coids)}"
+
+    def send(self, msg: Any) -> None:
+        """Queue one message; it is written at the end of the current loop step with
+        whatever else was queued (one write)."""
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._writer_frames.append(self._out, msg)
+
+    def send_many(self, msgs: Iterable[Any]) -> None:
+        for msg in msgs:
+            self.send(msg)
+
+    def send_raw(self, data: bytes) -> None:
+        """Write bytes as they are (tests of malformed input)."""
+        assert self._writer is not None
+        self._writer.write(data)
+        self._sent_at = asyncio.get_running_loop().time()
+
+    def _flush(self) -> None:
+        if self._out and self._writer is not None and not self._writer.is_closing():
+            self._writer.write(self._out)
+            self._sent_at = asyncio.get_running_loop().time()
+        self._out = bytearray()
+
+    def _send_now(self, msg: Any) -> None:
+        assert self._writer is not None
+        self._writer.write(self._writer_frames.frame(msg))
+
+    async def drain(self) -> None:
+        self._flush()
+        if self._writer is not None:
+            await self._writer.drain()
+
+    def new_order(self, instrument: str, side: int, qty: int, price: int = 0, *, coid: str | None = None,
+                  ord_type: int = OrdType.LIMIT, tif: int = TimeInForce.DAY, stp: int = Stp.DEFAULT) -> str:
+        coid = coid or self.next_coid()
+        self.send(NewOrder(self.member, coid, instrument, int(side), qty, price, int(ord_type), int(tif), int(stp)))
+        return coid
+
+    def hit(self, instrument: str, target_order_id: int, qty: int, *, coid: str | None = None) -> str:
+        coid = coid or self.next_coid()
+        self.send(HitOrder(self.member, coid, instrument, target_order_id, qty))
+        return coid
+
+    def amend(self, order_id: int, price: int, qty: int) -> None:
+        self.send(Amend(self.member, order_id, price, qty))
+
+    def cancel(self, order_id: int) -> None:
+        self.send(Cancel(self.member, order_id))
+
+    def mass_cancel(self, instrument: str = "", member: str | None = None) -> None:
+        self.send(MassCancel(self.member if member is None else member, instrument, int(CancelReason.MASS_CANCEL)))
+
+    # --- queries ---------------------------------------------------------------------
+
+    async def _ask(self, make: Any, timeout: float) -> Any:
+        req_id = next(self._req_ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._replies[req_id] = fut
+        self.send(make(req_id))
+        try:
+            reply = await asyncio.wait_for(fut, timeout)
+        finally:
+            self._replies.pop(req_id, None)
+        if isinstance(reply, QueryRejected):
+            raise QueryError(reply.reason, reply.text)
+        return reply
+
+    async def query_orders(self, instrument: str = "", member: str = "", timeout: float = 10.0) -> list[Any]:
+        """Every open order (all pages)."""
+        orders: list[Any] = []
+        after = 0
+        while True:
+            reply: OrdersReply = await self._ask(lambda r, a=after: QueryOrders(r, instrument, member, a), timeout)
+            orders += reply.orders
+            if not reply.more or not reply.orders:
+                return orders
+            after = reply.orders[-1].order_id
+
+    async def query_balances(self, member: str = "", timeout: float = 10.0) -> BalancesReply:
+        return await self._ask(lambda r: QueryBalances(r, member), timeout)  # type: ignore[no-any-return]
+
+    async def query_book(self, instrument: str, timeout: float = 10.0) -> BookReply:
+        return await self._ask(lambda r: QueryBook(r, instrument), timeout)  # type: ignore[no-any-return]
+
+    async def query_instruments(self, instrument: str = "", timeout: float = 10.0) -> InstrumentsReply:
+        return await self._ask(lambda r: QueryInstruments(r, instrument), timeout)  # type: ignore[no-any-return]
+
+    # --- receiving -------------------------------------------------------------------
+
+    async def next(self, timeout: float | None = 10.0) -> Any:
+        """The next report or session message; TimeoutError when none comes in time."""
+        return await asyncio.wait_for(self._inbox.get(), timeout)
+
+    def pending(self) -> int:
+        return self._inbox.qsize()
+
+    async def reports(self) -> AsyncIterator[Any]:
+        """The messages as they arrive, until the connection closes."""
+        while True:
+            msg = await self._inbox.get()
+            if msg is None:
+                return
+            yield msg
+
+    async def wait_for(self, pred: Any, timeout: float = 10.0) -> Any:
+        """Skip messages until one satisfies ``pred``; return it."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while True:
+            msg = await self.next(max(end - loop.time(), 0.001))
+            if msg is not None and pred(msg):
+                return msg
+
+    def _dispatch(self, msg: Any) -> None:
+        t = type(msg)
+        if t is Report:
+            if msg.seq_out != self.last_seq + 1:
+                self.anomalies.append(f"seq_out {msg.seq_out} after {self.last_seq}")
+            if msg.seq_out > self.last_seq:
+                self.last_seq = msg.seq_out
+            self._inbox.put_nowait(msg)
+        elif t is ServerHeartbeat:
+            pass
+        elif t in (OrdersReply, BalancesReply, BookReply, InstrumentsReply, QueryRejected):
+            fut = self._replies.get(msg.req_id)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+        else:
+            if type(msg).__name__ == "SessionClosed":
+                self.closed_by_server = msg
+            self._inbox.put_nowait(msg)
+
+    async def _read_loop(self, splitter: FrameSplitter) -> None:
+        reader = self._reader
+        assert reader is not None
+        decode = self._decode
+        try:
+            while True:
+                data = await reader.read(READ_CHUNK)
+                if not data:
+                    break
+                for frame in splitter.split(data):
+                    self._dispatch(decode(frame))
+                while self._inbox.qsize() > INBOX_MAX:
+                    await asyncio.sleep(0.01)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._inbox.put_nowait(None)  # end of stream marker for reports()
+            for fut in self._replies.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionError("connection closed"))
+
+    async def _heartbeat_loop(self) -> None:
+        assert self.ack is not None
+        interval = self.ack.heartbeat_ms / 1000
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval / 2)
+            if self._writer is None or self._writer.is_closing():
+                return
+            if loop.time() - self._sent_at >= interval / 2:
+                self._send_now(Heartbeat())
+                self._sent_at = loop.time()

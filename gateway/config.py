@@ -1,0 +1,242 @@
+"""The exchange's configuration: a TOML file read into msgspec Structs.
+
+Contract: ``load(path)`` or ``loads(text)`` returns a checked ``Config`` or raises
+``ConfigError`` naming the key that is wrong. Prices are written in yuan and fee rates
+as decimal fractions; TOML floats are read as exact decimals (never binary floats) and
+converted to integers (fen, basis points) here, at the edge, refusing any value that
+does not convert exactly. ``etx.example.toml`` documents every key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from engine.instrument import ALWAYS_OPEN, NATIONAL_WINDOWS, Instrument, Schedule
+from engine.messages import Stp
+from gateway.auth import User, parse_hash
+from gateway.protocol import ROLE_NAMES
+
+FEN_PER_YUAN = 100
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class ExchangeSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    listen: str = "127.0.0.1:7400"
+    registry: str = "etx-registry.sqlite"  # a SQLite path, or a postgresql:// URL
+    journal: str = ""  # a journal path; "" = none
+    schedule: str | list[str] = "national"  # "national", "always", or ["09:30-11:30", ...]
+    utc_offset_minutes: int = 8 * 60
+    stp_default: str = "cancel_resting"
+    tls_cert: str = ""
+    tls_key: str = ""
+    operator_member: str = "EXCH"  # the member that the exchange's own staff belong to
+
+
+class SessionSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    heartbeat_ms: int = 1000
+    timeout_heartbeats: int = 3  # a peer silent this many intervals is disconnected
+    orders_per_second: int = 200_000
+    burst: int = 400_000
+    flood_factor: int = 4  # rejects above factor x burst within a second close the session
+    max_frame: int = 64 * 1024
+    malformed_max: int = 10  # malformed frames a session may send before it is closed
+    failures_max: int = 5
+    failure_window_s: int = 60
+    lockout_s: int = 300
+    sessions_max: int = 1000
+    history_max: int = 2_000_000  # reports kept in memory per member for replay
+    write_buffer_max: int = 64 * 1024 * 1024  # a peer not reading beyond this is closed
+
+
+class FeesSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    trading_rate: Decimal = Decimal("0")  # fraction of the trade value, e.g. 0.0003
+    registry_rate: Decimal = Decimal("0")
+
+
+class InstrumentSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    symbol: str
+    ref_price: Decimal  # yuan per tonne (the previous close)
+    tick: Decimal = Decimal("0.01")  # yuan
+    lot: int = 1
+    qty_min: int = 1
+    qty_max: int = 99_999
+    band_pct: Decimal = Decimal("10")  # +- percent of the reference price; 0 = none
+    price_min: Decimal = Decimal("0.01")  # yuan, only without a band
+    price_max: Decimal = Decimal("0")  # yuan, only without a band
+
+
+class MemberSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    id: str
+    name: str = ""
+    stp: str = ""  # "" = the exchange default
+
+
+class UserSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    member: str
+    user: str
+    role: str
+    secret_hash: str
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    exchange: ExchangeSection = msgspec.field(default_factory=ExchangeSection)
+    session: SessionSection = msgspec.field(default_factory=SessionSection)
+    fees: FeesSection = msgspec.field(default_factory=FeesSection)
+    instrument: list[InstrumentSection] = msgspec.field(default_factory=list)
+    member: list[MemberSection] = msgspec.field(default_factory=list)
+    user: list[UserSection] = msgspec.field(default_factory=list)
+
+    # --- derived, integer forms ----------------------------------------------------
+
+    def instruments(self) -> list[Instrument]:
+        out = []
+        for i in self.instrument:
+            band_bps = _exact(i.band_pct * 100, f"instrument {i.symbol}: band_pct")
+            rules = Instrument(
+                symbol=i.symbol,
+                ref_price=fen(i.ref_price, f"instrument {i.symbol}: ref_price"),
+                tick=fen(i.tick, f"instrument {i.symbol}: tick"),
+                lot=i.lot, qty_min=i.qty_min, qty_max=i.qty_max, band_bps=band_bps,
+                price_min=fen(i.price_min, f"instrument {i.symbol}: price_min"),
+                price_max=fen(i.price_max, f"instrument {i.symbol}: price_max"),
+            )
+            try:
+                rules.check()
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            out.append(rules)
+        return out
+
+    def schedule(self) -> Schedule:
+        s = self.exchange.schedule
+        if s == "always":
+            return ALWAYS_OPEN
+        if s == "national":
+            windows = list(NATIONAL_WINDOWS)
+        elif isinstance(s, list):
+            windows = [_window(w) for w in s]
+        else:
+            raise ConfigError(f"exchange.schedule: expected 'national', 'always' or a list of 'HH:MM-HH:MM', got {s!r}")
+        sched = Schedule(windows=windows, utc_offset_minutes=self.exchange.utc_offset_minutes)
+        try:
+            sched.check()
+        except ValueError as e:
+            raise ConfigError(f"exchange.schedule: {e}") from None
+        return sched
+
+    def stp_default(self) -> int:
+        return _stp(self.exchange.stp_default, "exchange.stp_default")
+
+    def member_stp(self) -> dict[str, int]:
+        return {m.id: _stp(m.stp, f"member {m.id}: stp") for m in self.member if m.stp}
+
+    def users(self) -> list[User]:
+        return [User(member=u.member, user=u.user, role=ROLE_NAMES[u.role], secret_hash=u.secret_hash)
+                for u in self.user]
+
+    def fee_rates_ppm(self) -> tuple[int, int]:
+        """(trading, registry) fee rates in parts per million of the trade value."""
+        return (_exact(self.fees.trading_rate * 1_000_000, "fees.trading_rate"),
+                _exact(self.fees.registry_rate * 1_000_000, "fees.registry_rate"))
+
+    def listen(self) -> tuple[str, int]:
+        host, _, port = self.exchange.listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ConfigError(f"exchange.listen: expected HOST:PORT, got {self.exchange.listen!r}")
+        return host.strip("[]"), int(port)
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first key that is wrong."""
+        self.instruments()
+        self.schedule()
+        self.stp_default()
+        self.member_stp()
+        self.fee_rates_ppm()
+        self.listen()
+        members = {m.id for m in self.member}
+        if len(members) != len(self.member):
+            raise ConfigError("member: an id is configured twice")
+        if not self.member:
+            raise ConfigError("member: at least one member is needed")
+        if self.exchange.operator_member in members:
+            raise ConfigError(f"exchange.operator_member {self.exchange.operator_member!r} must not be a trading member")
+        if bool(self.exchange.tls_cert) != bool(self.exchange.tls_key):
+            raise ConfigError("exchange.tls_cert and exchange.tls_key go together")
+        seen = set()
+        for u in self.user:
+            where = f"user {u.member}/{u.user}"
+            if u.role not in ROLE_NAMES:
+                raise ConfigError(f"{where}: role must be one of {sorted(ROLE_NAMES)}, got {u.role!r}")
+            staff = u.role in ("operator", "clerk", "authority")
+            if staff and u.member != self.exchange.operator_member:
+                raise ConfigError(f"{where}: role {u.role} belongs to exchange.operator_member {self.exchange.operator_member!r}")
+            if not staff and u.member not in members:
+                raise ConfigError(f"{where}: unknown member {u.member!r}")
+            try:
+                parse_hash(u.secret_hash)
+            except ValueError as e:
+                raise ConfigError(f"{where}: secret_hash: {e}") from None
+            if (u.member, u.user) in seen:
+                raise ConfigError(f"{where}: configured twice")
+            seen.add((u.member, u.user))
+        s = self.session
+        for name in ("heartbeat_ms", "timeout_heartbeats", "orders_per_second", "burst", "flood_factor",
+                     "max_frame", "malformed_max", "failures_max", "sessions_max", "history_max", "write_buffer_max"):
+            if getattr(s, name) <= 0:
+                raise ConfigError(f"session.{name} must be positive, got {getattr(s, name)}")
+
+
+def fen(yuan: Decimal, where: str) -> int:
+    return _exact(yuan * FEN_PER_YUAN, where)
+
+
+def _exact(value: Decimal, where: str) -> int:
+    if value != value.to_integral_value():
+        raise ConfigError(f"{where}: {value} is not a whole number of the unit (too many decimals)")
+    return int(value)
+
+
+def _stp(name: str, where: str) -> int:
+    try:
+        return int(Stp[name.upper()])
+    except KeyError:
+        modes = [m.name.lower() for m in Stp if m != Stp.DEFAULT]
+        raise ConfigError(f"{where}: expected one of {modes}, got {name!r}") from None
+
+
+def _window(text: str) -> tuple[int, int]:
+    try:
+        a, b = text.split("-")
+        (h1, m1), (h2, m2) = (map(int, x.split(":")) for x in (a, b))
+    except ValueError:
+        raise ConfigError(f"exchange.schedule: expected 'HH:MM-HH:MM', got {text!r}") from None
+    return h1 * 60 + m1, h2 * 60 + m2
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    try:
+        cfg = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as e:
+        raise ConfigError(str(e)) from None
+    cfg.check()
+    return cfg
+
+
+def loads(text: str) -> Config:
+    try:
+        raw = tomllib.loads(text, parse_float=Decimal)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"not valid TOML: {e}") from None
+    return from_dict(raw)
+
+
+def load(path: str | Path) -> Config:
+    return loads(Path(path).read_text())

@@ -1,0 +1,347 @@
+"""The member wire protocol: session messages, reports and the codecs built once.
+
+A frame is a 4-byte big-endian length and a msgpack body (see ``gateway.framing``). The
+body is one msgspec Struct encoded as an array whose first element is an integer tag.
+``docs/protocol.md`` specifies every message for implementers in other languages.
+
+Tags:
+- 1-9: engine commands (``engine.messages``), sent as they are: the gateway overwrites
+  ``member`` from the session and zeroes ``seq``/``ts`` before the sequencer stamps them.
+- 20-49: registry commands (``settlement.messages``); the gateway overwrites ``actor``
+  with the session's ``member/user``.
+- 50-99: inbound session messages defined here (logon, heartbeat, queries).
+- 101-149: engine and settlement events; the ones a member may see travel inside a
+  ``Report`` unchanged (one definition), except ``Trade``, which names both members and
+  is turned into one ``Fill`` per side.
+- 150-199: outbound session messages defined here.
+
+Application messages to a member (order outcomes, fills, cancels, amends, market status)
+travel in a ``Report`` carrying the member's outbound sequence number ``seq_out``
+(1, 2, 3 ... per member, shared by all of the member's sessions). Query replies, session
+rejects, heartbeats and resends are not sequenced.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from enum import IntEnum
+from typing import Any
+
+import msgspec
+
+from engine.messages import (
+    Accepted,
+    Amend,
+    Amended,
+    Cancel,
+    Cancelled,
+    DayClosed,
+    Decremented,
+    EndOfDay,
+    Expired,
+    Halt,
+    HitOrder,
+    MassCancel,
+    NewOrder,
+    Rejected,
+    Resume,
+    StatusChanged,
+)
+from settlement.messages import REGISTRY_COMMANDS, Allocate, RegistryDone, RegistryRejected, SetObligation
+
+PROTOCOL_VERSION = 1
+
+
+class Role(IntEnum):
+    TRADER = 1  # enters, amends and cancels its member's orders; queries its member
+    READ_ONLY = 2  # queries its member only
+    OPERATOR = 3  # halts, resumes, mass cancels anyone, closes the day; queries all; never trades
+    CLERK = 4  # registry operations (accounts, deposits, withdrawals, transfers ...)
+    AUTHORITY = 5  # allocation and issue of allowances
+
+
+ROLE_NAMES = {"trader": Role.TRADER, "read_only": Role.READ_ONLY, "operator": Role.OPERATOR,
+              "clerk": Role.CLERK, "authority": Role.AUTHORITY}
+
+
+class GatewayReason(IntEnum):
+    """Reason codes of the gateway (100-199). Engine codes (1-99) are in
+    ``engine.messages.Reason``; settlement uses 200+."""
+
+    NOT_LOGGED_ON = 100  # a message other than Logon before logon
+    THROTTLED = 101  # over the session's order rate
+    NOT_PERMITTED = 102  # the user's role may not send this message
+    MALFORMED = 103  # the frame did not decode as an inbound message
+    FRAME_TOO_LARGE = 104  # the length prefix exceeds the maximum frame size
+    BAD_CREDENTIALS = 105  # unknown member/user or wrong secret (never says which)
+    LOCKED = 106  # too many failed logons; try again later
+    UNSUPPORTED_VERSION = 107  # the logon's protocol version is not spoken here
+    ALREADY_LOGGED_ON = 108  # a second Logon on a logged-on session
+    SEQ_AHEAD = 109  # last_seq is beyond the member's outbound sequence
+    HEARTBEAT_TIMEOUT = 110  # the peer was silent too long
+    SHUTDOWN = 111  # the exchange is shutting down
+    SLOW_CONSUMER = 112  # the peer does not read its reports fast enough
+    TOO_MANY_MALFORMED = 113  # repeated malformed frames
+    FLOODING = 114  # far over the throttle
+    LOGOUT = 115  # the client asked to log out
+    INVALID_FIELD = 116  # a field the gateway checks (e.g. client order id length)
+    REPLAY_TRIMMED = 117  # reports older than the retained history cannot be replayed
+    SESSION_LIMIT = 118  # too many sessions for this user or server
+    UNKNOWN_INSTRUMENT = 119  # a query named an instrument that does not exist
+    UNKNOWN_MEMBER = 120  # an operator query or mass cancel named an unknown member
+
+
+class CodMode(IntEnum):
+    """Cancel-on-disconnect choice in the logon."""
+
+    DEFAULT = 0  # on for traders, off for every other role
+    ON = 1
+    OFF = 2
+
+
+class Liquidity(IntEnum):
+    MAKER = 1  # the resting order
+    TAKER = 2  # the incoming order
+
+
+class Msg(msgspec.Struct, array_like=True, gc=False, tag_field="t"):
+    """Base of the session messages defined here."""
+
+
+# --- inbound session messages (50-99) ------------------------------------------------
+
+
+class Logon(Msg, tag=50):
+    version: int
+    member: str
+    user: str
+    secret: str
+    last_seq: int = 0  # the last Report.seq_out this member's client has seen
+    cod: int = CodMode.DEFAULT
+    heartbeat_ms: int = 0  # 0: the server's default
+
+
+class Logout(Msg, tag=51):
+    text: str = ""
+
+
+class Heartbeat(Msg, tag=52):
+    """Sent by the client when it has sent nothing for a heartbeat interval."""
+
+
+class QueryOrders(Msg, tag=53):
+    """The open orders of the session's member (operators: ``member``, "" = all),
+    in order id order, at most ``ORDERS_PER_REPLY`` after ``after_order_id``."""
+
+    req_id: int
+    instrument: str = ""
+    member: str = ""
+    after_order_id: int = 0
+
+
+class QueryBalances(Msg, tag=54):
+    req_id: int
+    member: str = ""  # operators only; others always get their own member
+
+
+class QueryBook(Msg, tag=55):
+    req_id: int
+    instrument: str
+
+
+class QueryInstruments(Msg, tag=56):
+    req_id: int
+    instrument: str = ""  # "" = all
+
+
+# --- outbound session messages (150-199) ---------------------------------------------
+
+
+class LogonAck(Msg, tag=150):
+    version: int
+    member: str
+    user: str
+    role: int
+    next_seq: int  # the member's last seq_out; replayed reports up to it follow
+    heartbeat_ms: int
+    cod: bool
+    session_id: int
+
+
+class LogonReject(Msg, tag=151):
+    reason: int
+    text: str
+
+
+class ServerHeartbeat(Msg, tag=152):
+    ts: int  # server time, ns since the epoch
+
+
+class SessionReject(Msg, tag=153):
+    """An inbound frame could not be taken (malformed, out of session order). Not
+    sequenced; ``index`` counts the inbound frames of this session from 1."""
+
+    index: int
+    reason: int
+    text: str
+
+
+class SessionClosed(Msg, tag=154):
+    """The server ends the session; the connection closes after it."""
+
+    reason: int
+    text: str
+
+
+class Notice(Msg, tag=155):
+    """Unsequenced information for the session (e.g. replay limits)."""
+
+    code: int
+    text: str
+
+
+class Fill(Msg, tag=170):
+    """One side of a trade, as its member sees it: the counterparty is never named."""
+
+    seq: int
+    ts: int
+    order_id: int
+    coid: str
+    trade_id: int
+    instrument: str
+    side: int
+    price: int
+    qty: int
+    liquidity: int
+    leaves: int  # the order's open quantity after this fill
+
+
+ReportBody = (
+    Accepted | Rejected | Fill | Cancelled | Amended | Expired | Decremented | StatusChanged | DayClosed
+    | RegistryDone | RegistryRejected
+)
+
+
+class Report(Msg, tag=160):
+    """An application message for a member, in the member's outbound sequence."""
+
+    seq_out: int
+    body: ReportBody
+
+
+class Resent(Msg, tag=161):
+    """The original outcome of a client order id sent again (a retransmission); not a
+    new report: ``seq_out`` is where the original sits in the sequence."""
+
+    seq_out: int
+    body: ReportBody
+
+
+class OpenOrder(msgspec.Struct, array_like=True, gc=False):
+    order_id: int
+    member: str
+    coid: str
+    instrument: str
+    side: int
+    price: int
+    qty: int  # open quantity
+    filled: int
+    ts: int
+
+
+class OrdersReply(Msg, tag=171):
+    req_id: int
+    orders: list[OpenOrder]
+    more: bool  # more orders follow after the last one here: ask again with after_order_id
+
+
+class Balance(msgspec.Struct, array_like=True, gc=False):
+    account: str
+    asset: str
+    balance: int
+    held: int
+    available: int
+
+
+class BalancesReply(Msg, tag=172):
+    req_id: int
+    balances: list[Balance]
+
+
+class BookLevel(msgspec.Struct, array_like=True, gc=False):
+    price: int
+    qty: int
+    orders: int
+
+
+class BookReply(Msg, tag=173):
+    req_id: int
+    instrument: str
+    phase: int
+    bids: list[BookLevel]
+    asks: list[BookLevel]
+
+
+class InstrumentInfo(msgspec.Struct, array_like=True, gc=False):
+    symbol: str
+    tick: int
+    lot: int
+    qty_min: int
+    qty_max: int
+    ref_price: int
+    band_low: int
+    band_high: int
+    phase: int
+    halted: bool
+    last_price: int
+    volume: int
+
+
+class InstrumentsReply(Msg, tag=174):
+    req_id: int
+    instruments: list[InstrumentInfo]
+
+
+class QueryRejected(Msg, tag=175):
+    req_id: int
+    reason: int
+    text: str
+
+
+ORDERS_PER_REPLY = 500
+BOOK_LEVELS = 5
+
+SESSION_INBOUND: tuple[type, ...] = (Logon, Logout, Heartbeat, QueryOrders, QueryBalances, QueryBook, QueryInstruments)
+QUERIES: tuple[type, ...] = (QueryOrders, QueryBalances, QueryBook, QueryInstruments)
+TRADER_COMMANDS: tuple[type, ...] = (NewOrder, Cancel, Amend, MassCancel, HitOrder)
+OPERATOR_COMMANDS: tuple[type, ...] = (Halt, Resume, MassCancel, EndOfDay)
+ENGINE_INBOUND: tuple[type, ...] = (NewOrder, Cancel, Amend, MassCancel, HitOrder, Halt, Resume, EndOfDay)
+
+
+def _registry_commands() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(clerk commands, authority commands): allocation and obligations belong to the
+    issuing authority, every other registry operation to registry clerks."""
+    authority = (Allocate, SetObligation)
+    return tuple(c for c in REGISTRY_COMMANDS if c not in authority), authority
+
+
+CLERK_COMMANDS, AUTHORITY_COMMANDS = _registry_commands()
+INBOUND: tuple[type, ...] = ENGINE_INBOUND + CLERK_COMMANDS + AUTHORITY_COMMANDS + SESSION_INBOUND
+OUTBOUND: tuple[type, ...] = (
+    LogonAck, LogonReject, ServerHeartbeat, SessionReject, SessionClosed, Notice, Report, Resent,
+    OrdersReply, BalancesReply, BookReply, InstrumentsReply, QueryRejected,
+)
+
+InboundMessage: Any = functools.reduce(operator.or_, INBOUND)
+OutboundMessage: Any = functools.reduce(operator.or_, OUTBOUND)
+
+
+def inbound_decoder() -> msgspec.msgpack.Decoder[Any]:
+    """The server's decoder of every inbound message (build once, reuse)."""
+    return msgspec.msgpack.Decoder(InboundMessage)
+
+
+def outbound_decoder() -> msgspec.msgpack.Decoder[Any]:
+    """The client's decoder of every outbound message (build once, reuse)."""
+    return msgspec.msgpack.Decoder(OutboundMessage)

@@ -1,0 +1,599 @@
+"""The gateway server: sessions in, one core loop, per-member sequenced reports out.
+
+Contract:
+- Sessions (``gateway.session``) put checked commands on the core queue. The core loop
+  takes everything queued (across sessions) as one batch, stamps each command with the
+  sequencer, awaits ``journal(batch)`` (the write-ahead seam: a no-op by default, and no
+  acknowledgement leaves before it returns), applies the batch to the core in one call,
+  then routes the core's events and writes each session's replies with one write.
+- Outbound application messages are ``Report(seq_out, body)`` in a per-member sequence
+  shared by all of the member's sessions. Each member keeps its recent reports
+  (``history_max``) for replay at logon: a client that logs on with the last seq_out it
+  saw gets every later report once, in order, and then the live stream.
+- The engine's ``Trade`` names both members; it leaves as one ``Fill`` per side, so no
+  member sees its counterparty. Market status (``StatusChanged``) and the day's close
+  (``DayClosed``) go to every member's stream.
+- A client order id is registered when first seen and its first outcome (Accepted or
+  Rejected) is kept for the trading day; a retransmission gets that outcome in a
+  ``Resent``, and the order is never entered twice.
+- Queries are answered from the core's state after the batch they arrived with.
+- Limits: the core queue (``pending_max``: sessions stop being read above it), each
+  member's history, each session's write buffer (a peer not reading is dropped),
+  sessions, frames (see ``gateway.session``).
+
+The core is anything with ``apply_batch(cmds)``, an ``out`` list of events, ``engine``
+and ``ledger`` (``settlement.exchange.Exchange``, or ``EngineCore`` around a bare engine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, Protocol
+
+from engine.matching import Engine
+from engine.messages import (
+    Accepted,
+    Amended,
+    Cancelled,
+    CancelReason,
+    DayClosed,
+    Decremented,
+    Expired,
+    MassCancel,
+    Rejected,
+    Side,
+    StatusChanged,
+    Tick,
+    Trade,
+)
+from engine.sequencer import Sequencer
+from gateway.auth import Authenticator
+from gateway.config import SessionSection
+from gateway.framing import FrameWriter
+from gateway.protocol import (
+    AUTHORITY_COMMANDS,
+    BOOK_LEVELS,
+    CLERK_COMMANDS,
+    ENGINE_INBOUND,
+    ORDERS_PER_REPLY,
+    Balance,
+    BalancesReply,
+    BookLevel,
+    BookReply,
+    Fill,
+    GatewayReason,
+    InstrumentInfo,
+    InstrumentsReply,
+    Liquidity,
+    OpenOrder,
+    OrdersReply,
+    QueryBalances,
+    QueryBook,
+    QueryInstruments,
+    QueryOrders,
+    QueryRejected,
+    Report,
+    Resent,
+    Role,
+    ServerHeartbeat,
+    inbound_decoder,
+)
+from gateway.session import ACTIVE, CLOSED, LOGGING_ON, NEW, Session, _Dup
+
+log = logging.getLogger("etx.server")
+
+MAKER, TAKER = int(Liquidity.MAKER), int(Liquidity.TAKER)
+BUY = int(Side.BUY)
+PENDING_MAX = 200_000  # queued messages above which sessions stop being read
+BALANCES_PER_REPLY = 10_000
+LOGON_DEADLINE_S = 10.0  # a connection that has not logged on by then is closed
+STAFF = (Role.OPERATOR, Role.CLERK, Role.AUTHORITY)
+
+
+class Core(Protocol):
+    out: list[Any]
+    engine: Engine
+    ledger: Any
+
+    def apply_batch(self, cmds: list[Any]) -> None: ...
+
+
+class EngineCore:
+    """A bare engine as the server's core (tests, replays, and until settlement is
+    wired in)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.ledger = engine.ledger
+        self.out = engine.out
+        self.apply_batch = engine.apply_batch
+
+    def state_hash(self) -> str:
+        return self.engine.state_hash()
+
+
+async def _no_journal(batch: list[Any]) -> None:
+    return None
+
+
+class MemberStream:
+    """One member's outbound sequence: the last seq_out, the reports kept for replay
+    (``history[i]`` has seq_out ``base + 1 + i``), the live sessions, and the day's
+    client order ids with their first outcome (None while in flight)."""
+
+    __slots__ = ("member", "seq", "base", "history", "sessions", "coids", "mark")
+
+    def __init__(self, member: str) -> None:
+        self.member = member
+        self.seq = 0
+        self.base = 0
+        self.history: list[Report] = []
+        self.sessions: list[Session] = []
+        self.coids: dict[str, Report | None] = {}
+        self.mark = -1  # index in history of the first report of the current batch
+
+    def _check(self) -> None:
+        assert self.seq == self.base + len(self.history), (self.seq, self.base, len(self.history))
+        for i, rep in enumerate(self.history):
+            assert rep.seq_out == self.base + 1 + i, (i, rep.seq_out)
+        for s in self.sessions:
+            assert s.member == self.member and s.joined
+
+
+class Server:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        core: Core,
+        auth: Authenticator,
+        members: Iterable[str],
+        cfg: SessionSection | None = None,
+        *,
+        operator_member: str = "EXCH",
+        sequencer: Sequencer | None = None,
+        journal: Callable[[list[Any]], Awaitable[None]] = _no_journal,
+        settle: Callable[[list[Any]], None] | None = None,
+        tick_s: float = 1.0,
+        pending_max: int = PENDING_MAX,
+    ) -> None:
+        self.core = core
+        self.auth = auth
+        self.cfg = cfg or SessionSection()
+        self.sequencer = sequencer or Sequencer(seq=core.engine.last_seq, ts=core.engine.last_ts)
+        self._journal = journal
+        self._settle = settle
+        self.tick_s = tick_s
+        self.pending_max = pending_max
+        self.decode = inbound_decoder().decode
+        self.writer = FrameWriter()
+        self.operator_member = operator_member
+        self.streams: dict[str, MemberStream] = {m: MemberStream(m) for m in [*members, operator_member]}
+        self.core_types = frozenset(ENGINE_INBOUND + CLERK_COMMANDS + AUTHORITY_COMMANDS) | {Tick}
+        # The core queue: commands with the stream they came from; other work (queries,
+        # gateway rejects, retransmissions) with the session or stream it is for.
+        self.p_cmds: list[Any] = []
+        self.p_origins: list[MemberStream] = []
+        self.p_extra: list[Any] = []
+        self.p_extra_from: list[Any] = []
+        # order_id -> [coid, side, open qty, stream] of each live order, to build Fills.
+        self.track: dict[int, list[Any]] = {}
+        self.sessions: set[Session] = set()
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
+        self._wakeup: asyncio.Event | None = None
+        self._paused: list[Session] = []
+        self._dirty_set: set[Session] = set()  # sessions with output in the current batch
+        self._batch_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server: asyncio.Server | None = None
+        self._session_ids = 0
+        self._stopping = False
+        self.batches = 0  # core batches applied (statistics)
+        self.commands = 0  # commands applied (statistics)
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None) -> tuple[str, int]:
+        """Listen; returns the bound (host, port)."""
+        self.loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        self._server = await self.loop.create_server(lambda: Session(self), host, port, ssl=ssl_context, backlog=256)
+        self.spawn(self._core_loop())
+        self.spawn(self._timer())
+        sock = self._server.sockets[0].getsockname()
+        log.info("listening on %s:%d%s", sock[0], sock[1], " (TLS)" if ssl_context else "")
+        return sock[0], sock[1]
+
+    async def stop(self) -> None:
+        """Stop accepting, tell every session, apply what is queued, close."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        await self._run_batch()
+        for s in list(self.sessions):
+            s.cod = False  # a shutdown is not a member's disconnect
+            s.close(GatewayReason.SHUTDOWN, "the exchange is shutting down")
+        await self._run_batch()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("gateway task failed", exc_info=task.exception())
+
+    def next_session_id(self) -> int:
+        self._session_ids += 1
+        return self._session_ids
+
+    def session_opened(self, s: Session) -> None:
+        self.sessions.add(s)
+
+    def session_lost(self, s: Session) -> None:
+        self.sessions.discard(s)
+        if not s.joined:
+            return
+        s.joined = False
+        stream = s.stream
+        assert stream is not None
+        stream.sessions.remove(s)
+        log.info("session ended: member=%s user=%s session=%d", s.member, s.user, s.session_id)
+        if s.cod and not self._stopping:
+            self.p_cmds.append(MassCancel(s.member, "", int(CancelReason.DISCONNECT)))
+            self.p_origins.append(stream)
+            self.wake()
+
+    def wake(self, s: Session | None = None) -> None:
+        assert self._wakeup is not None
+        self._wakeup.set()
+        if s is not None and not s.paused and len(self.p_cmds) + len(self.p_extra) > self.pending_max:
+            s.paused = True
+            assert s.transport is not None
+            s.transport.pause_reading()
+            self._paused.append(s)
+
+    # --- the core loop ---------------------------------------------------------------
+
+    async def _core_loop(self) -> None:
+        wakeup = self._wakeup
+        assert wakeup is not None
+        while True:
+            await wakeup.wait()
+            wakeup.clear()
+            await self._run_batch()
+
+    async def _run_batch(self) -> None:
+        # One batch at a time: stop() may run one while the loop awaits the journal.
+        async with self._batch_lock:
+            await self._run_batch_locked()
+
+    async def _run_batch_locked(self) -> None:
+        cmds, origins = self.p_cmds, self.p_origins
+        extra, extra_from = self.p_extra, self.p_extra_from
+        if not cmds and not extra:
+            return
+        self.p_cmds, self.p_origins, self.p_extra, self.p_extra_from = [], [], [], []
+        if cmds:
+            stamp = self.sequencer.stamp
+            for cmd in cmds:
+                stamp(cmd)
+            await self._journal(cmds)
+        # From here to the writes there is no await: routing, replay at logon and
+        # session ends see each batch whole.
+        self._apply(cmds, origins, extra, extra_from)
+
+    def _apply(self, cmds: list[Any], origins: list[MemberStream], extra: list[Any], extra_from: list[Any]) -> None:
+        core = self.core
+        touched: list[MemberStream] = []
+        if cmds:
+            core.apply_batch(cmds)
+            self.batches += 1
+            self.commands += len(cmds)
+            out = core.out
+            self._route(out, origins, cmds[0].seq, touched)
+            if self._settle is not None:
+                self._settle(out)
+            out.clear()
+            self._encode(touched)
+        for msg, frm in zip(extra, extra_from, strict=True):
+            t = type(msg)
+            if t is Rejected:
+                rep = self._report(frm, msg, touched)
+                if msg.coid:
+                    frm.coids[msg.coid] = rep
+            elif t is _Dup:
+                self._resend(frm, msg.coid)
+            else:
+                self._query(frm, msg)
+        if touched:
+            self._encode(touched)
+        self._write()
+
+    def _report(self, stream: MemberStream, body: Any, touched: list[MemberStream]) -> Report:
+        seq = stream.seq + 1
+        stream.seq = seq
+        rep = Report(seq, body)
+        history = stream.history
+        if stream.mark < 0:
+            stream.mark = len(history)
+            touched.append(stream)
+        history.append(rep)
+        return rep
+
+    def _route(self, out: list[Any], origins: list[MemberStream], first_seq: int, touched: list[MemberStream]) -> None:
+        """Turn the batch's events into reports (hot: runs per event)."""
+        streams = self.streams
+        track = self.track
+        report = self._report
+        for ev in out:
+            t = type(ev)
+            if t is Accepted:
+                stream = streams[ev.member]
+                track[ev.order_id] = [ev.coid, ev.side, ev.qty, stream]
+                stream.coids[ev.coid] = report(stream, ev, touched)
+            elif t is Trade:
+                qty = ev.qty
+                maker_side = 3 - ev.aggressor
+                m = track.get(ev.maker_order_id) or self._untracked(ev.maker_order_id, ev.maker_member, maker_side)
+                k = track.get(ev.taker_order_id) or self._untracked(ev.taker_order_id, ev.taker_member, ev.aggressor)
+                m[2] -= qty
+                k[2] -= qty
+                report(m[3], Fill(ev.seq, ev.ts, ev.maker_order_id, m[0], ev.trade_id, ev.instrument, m[1],
+                                  ev.price, qty, MAKER, m[2]), touched)
+                report(k[3], Fill(ev.seq, ev.ts, ev.taker_order_id, k[0], ev.trade_id, ev.instrument, k[1],
+                                  ev.price, qty, TAKER, k[2]), touched)
+                if not m[2]:
+                    del track[ev.maker_order_id]
+                if not k[2]:
+                    del track[ev.taker_order_id]
+            elif t is Rejected:
+                stream = origins[ev.seq - first_seq]
+                rep = report(stream, ev, touched)
+                if ev.coid and ev.member == stream.member:
+                    stream.coids[ev.coid] = rep
+            elif t is Cancelled or t is Expired:
+                track.pop(ev.order_id, None)
+                report(streams[ev.member], ev, touched)
+            elif t is Amended:
+                info = track.get(ev.order_id)
+                if info is not None:
+                    info[2] = ev.qty
+                report(streams[ev.member], ev, touched)
+            elif t is Decremented:
+                info = track.get(ev.order_id)
+                if info is not None:
+                    info[2] = ev.qty_left
+                    if not ev.qty_left:
+                        del track[ev.order_id]
+                report(streams[ev.member], ev, touched)
+            elif t is StatusChanged:
+                for stream in streams.values():
+                    report(stream, ev, touched)
+            elif t is DayClosed:
+                for stream in streams.values():
+                    report(stream, ev, touched)
+                    stream.coids.clear()  # client order ids are unique per trading day
+            else:
+                # An event of the registry or settlement: to whoever sent the command.
+                member = getattr(ev, "member", None) or getattr(ev, "account", None)
+                target = streams.get(member) if isinstance(member, str) else None
+                if target is None and getattr(ev, "seq", 0) >= first_seq:
+                    target = origins[ev.seq - first_seq]
+                if target is not None:
+                    report(target, ev, touched)
+
+    def rebuild(self, cmds: list[Any], events: list[Any]) -> None:
+        """Route the events of journaled commands replayed at start (recovery) into the
+        members' histories and client order id tables, writing nothing: clients that
+        log on afterwards get them by replay. Call before ``start`` with each batch."""
+        if not cmds:
+            return
+        origins = [self._origin_of(cmd) for cmd in cmds]
+        touched: list[MemberStream] = []
+        self._route(events, origins, cmds[0].seq, touched)
+        for stream in touched:
+            stream.mark = -1
+        self.sequencer.seq = cmds[-1].seq
+        self.sequencer.ts = max(self.sequencer.ts, cmds[-1].ts)
+
+    def _origin_of(self, cmd: Any) -> MemberStream:
+        member = getattr(cmd, "member", "") or getattr(cmd, "actor", "").partition("/")[0]
+        return self.streams.get(member) or self.streams[self.operator_member]
+
+    def _untracked(self, order_id: int, member: str, side: int) -> list[Any]:
+        """Tracking for an order the gateway did not see accepted (a core restored from
+        a snapshot): the engine still has it before its fill is routed."""
+        order = self.core.engine.orders.get(order_id)
+        coid = order.coid if order is not None else ""
+        qty = order.qty if order is not None else 0
+        info = [coid, side, qty, self.streams[member]]
+        self.track[order_id] = info
+        return info
+
+    def _resend(self, s: Session, coid: str) -> None:
+        if s.state == CLOSED or s.stream is None:
+            return
+        rep = s.stream.coids.get(coid)
+        if rep is None:  # cannot happen: the original is ahead of it in the queue
+            rep = Report(0, Rejected(0, 0, s.member, coid, 0, int(GatewayReason.INVALID_FIELD), "original outcome unknown"))
+        self.writer.append(s.wbuf, Resent(rep.seq_out, rep.body))
+        self._dirty_set.add(s)
+
+    def _encode(self, touched: list[MemberStream]) -> None:
+        """Encode the new reports of each touched stream once, into the buffers of the
+        stream's sessions."""
+        dirty = self._dirty_set
+        append = self.writer.append
+        history_max = self.cfg.history_max
+        for stream in touched:
+            if stream.sessions:
+                buf = bytearray()
+                for rep in stream.history[stream.mark:]:
+                    append(buf, rep)
+                for s in stream.sessions:
+                    s.wbuf += buf
+                    dirty.add(s)
+            stream.mark = -1
+            if len(stream.history) > history_max:
+                drop = len(stream.history) - history_max // 2
+                del stream.history[:drop]
+                stream.base += drop
+        touched.clear()
+
+    def _write(self) -> None:
+        """One write per session with output in this batch."""
+        dirty = self._dirty_set
+        self._dirty_set = set()
+        now = self.loop.time()
+        limit = self.cfg.write_buffer_max
+        for s in dirty:
+            t = s.transport
+            if s.state == CLOSED or t is None or not s.wbuf:
+                s.wbuf = bytearray()
+                continue
+            t.write(s.wbuf)
+            s.wbuf = bytearray()
+            s.last_tx = now
+            if t.get_write_buffer_size() > limit:
+                log.warning("slow consumer closed: member=%s user=%s session=%d", s.member, s.user, s.session_id)
+                s.state = CLOSED
+                t.abort()
+        if self._paused and len(self.p_cmds) + len(self.p_extra) <= self.pending_max // 2:
+            for s in self._paused:
+                s.paused = False
+                if s.state != CLOSED and s.transport is not None:
+                    s.transport.resume_reading()
+            self._paused.clear()
+
+    def write_reports(self, s: Session, stream: MemberStream, after: int, upto: int) -> None:
+        """Write the reports with seq_out in (after, upto] to one session (replay)."""
+        assert s.transport is not None
+        buf = bytearray()
+        append = self.writer.append
+        start = after - stream.base
+        for rep in stream.history[start:upto - stream.base]:
+            append(buf, rep)
+        s.transport.write(buf)
+        s.last_tx = self.loop.time()
+
+    # --- queries ---------------------------------------------------------------------
+
+    def _query(self, s: Session, q: Any) -> None:
+        if s.state == CLOSED:
+            return
+        engine = self.core.engine
+        t = type(q)
+        sees_all = s.role in STAFF
+        reply: Any
+        if t is QueryOrders or t is QueryBalances:
+            member = q.member
+            if not sees_all and member and member != s.member:
+                reply = QueryRejected(q.req_id, GatewayReason.NOT_PERMITTED, "you may query your own member only")
+            elif member and member not in self.streams:
+                reply = QueryRejected(q.req_id, GatewayReason.UNKNOWN_MEMBER, f"unknown member {member!r}")
+            else:
+                if not sees_all:
+                    member = s.member
+                reply = self._orders(q, member) if t is QueryOrders else self._balances(q, member)
+        elif t is QueryBook:
+            market = engine.markets.get(q.instrument)
+            if market is None:
+                reply = QueryRejected(q.req_id, GatewayReason.UNKNOWN_INSTRUMENT, f"unknown instrument {q.instrument!r}")
+            else:
+                bids, asks = engine.depth(q.instrument, BOOK_LEVELS)
+                reply = BookReply(q.req_id, q.instrument, market.phase,
+                                  [BookLevel(*lv) for lv in bids], [BookLevel(*lv) for lv in asks])
+        elif t is QueryInstruments:
+            if q.instrument and q.instrument not in engine.markets:
+                reply = QueryRejected(q.req_id, GatewayReason.UNKNOWN_INSTRUMENT, f"unknown instrument {q.instrument!r}")
+            else:
+                infos = []
+                for symbol, m in sorted(engine.markets.items()):
+                    if q.instrument and symbol != q.instrument:
+                        continue
+                    r = m.rules
+                    infos.append(InstrumentInfo(symbol, r.tick, r.lot, r.qty_min, r.qty_max, m.ref_price, m.low, m.high,
+                                                m.phase, m.halted, m.last_price, m.volume))
+                reply = InstrumentsReply(q.req_id, infos)
+        else:  # pragma: no cover - the session only queues known queries
+            raise AssertionError(f"not a query: {q!r}")
+        self.writer.append(s.wbuf, reply)
+        self._dirty_set.add(s)
+
+    def _orders(self, q: QueryOrders, member: str) -> OrdersReply:
+        found = [o for o in self.core.engine.orders.values()
+                 if o.order_id > q.after_order_id and (not member or o.member == member)
+                 and (not q.instrument or o.instrument == q.instrument)]
+        found.sort(key=lambda o: o.order_id)
+        page = found[:ORDERS_PER_REPLY]
+        return OrdersReply(q.req_id, [OpenOrder(o.order_id, o.member, o.coid, o.instrument, o.side, o.price, o.qty,
+                                                o.filled, o.ts) for o in page], len(found) > len(page))
+
+    def _balances(self, q: QueryBalances, member: str) -> BalancesReply:
+        ledger = self.core.ledger
+        rows = ledger.state() if ledger is not None else []
+        # available: what an order could hold now (the settlement ledger also keeps
+        # today's purchases out of it until the next trading day).
+        available = getattr(ledger, "available", None)
+        out = [Balance(a, asset, b, h, available(a, asset) if available else b - h)
+               for a, asset, b, h in rows if not member or a == member]
+        return BalancesReply(q.req_id, out[:BALANCES_PER_REPLY])
+
+    # --- time ------------------------------------------------------------------------
+
+    async def _timer(self) -> None:
+        """Heartbeats, silent peers, logon deadlines and schedule ticks."""
+        step = 0.1
+        next_tick = self.loop.time() + self.tick_s
+        timeout_n = self.cfg.timeout_heartbeats
+        while True:
+            await asyncio.sleep(step)
+            now = self.loop.time()
+            for s in list(self.sessions):
+                if s.state == ACTIVE:
+                    hb = s.heartbeat_s
+                    if now - s.last_rx > hb * timeout_n:
+                        s.close(GatewayReason.HEARTBEAT_TIMEOUT, f"nothing received for {hb * timeout_n:.1f}s")
+                    elif now - s.last_tx >= hb:
+                        s.send(ServerHeartbeat(time.time_ns()))
+                elif s.state in (NEW, LOGGING_ON) and now - s.last_rx > LOGON_DEADLINE_S:
+                    s.close(GatewayReason.NOT_LOGGED_ON, f"no logon within {LOGON_DEADLINE_S:.0f}s")
+            if self.tick_s and now >= next_tick:
+                next_tick = now + self.tick_s
+                self.p_cmds.append(Tick())
+                self.p_origins.append(self.streams[self.operator_member])
+                self.wake()
+
+    # --- checks ----------------------------------------------------------------------
+
+    def _check(self) -> None:
+        """Assert the gateway's invariants (O(members + reports + orders))."""
+        for stream in self.streams.values():
+            stream._check()
+        live = self.core.engine.orders
+        for oid, info in self.track.items():
+            order = live.get(oid)
+            if order is not None:
+                assert info[2] == order.qty, (oid, info, order)
+                assert info[0] == order.coid
+        for oid in live:
+            assert oid in self.track, oid
+        for oid in self.track:
+            assert oid in live, oid
+        for s in self.sessions:
+            if s.joined:
+                assert s in s.stream.sessions  # type: ignore[union-attr]

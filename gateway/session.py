@@ -1,0 +1,416 @@
+"""One member connection: framing, logon, role checks, throttle, heartbeats.
+
+A ``Session`` is an asyncio Protocol. Each socket read (``data_received``) is split into
+every complete frame it holds; the frames are decoded with the one inbound decoder and
+checked here (session order, the user's role, throttle, client order id), then handed
+to the server's core queue in one go. The core applies the batch and writes the replies.
+
+Contract:
+- Nothing a peer sends can raise out of ``data_received``: a frame that does not decode
+  gets a ``SessionReject(MALFORMED)``; more than ``malformed_max`` of them, an oversized
+  length, or anything but a Logon first closes the session with a ``SessionClosed``.
+- The member of every command is the session's member (operators' mass cancels and
+  registry staff commands keep the member or account they name); ``seq``/``ts`` are
+  zeroed for the sequencer.
+- A client order id already used today by the member is never entered again: its
+  original outcome is sent back in a ``Resent``.
+- Orders over the token bucket (``orders_per_second``, ``burst``) are rejected with
+  THROTTLED; more than ``flood_factor x orders_per_second`` messages in one second
+  close the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from engine.messages import Amend, Cancel, EndOfDay, Halt, HitOrder, MassCancel, NewOrder, Rejected, Resume
+from gateway.framing import FrameSplitter, FrameTooLarge
+from gateway.protocol import (
+    AUTHORITY_COMMANDS,
+    CLERK_COMMANDS,
+    PROTOCOL_VERSION,
+    QUERIES,
+    CodMode,
+    GatewayReason,
+    Heartbeat,
+    Logon,
+    LogonAck,
+    LogonReject,
+    Logout,
+    Notice,
+    QueryRejected,
+    Role,
+    SessionClosed,
+    SessionReject,
+)
+
+if TYPE_CHECKING:
+    from gateway.server import MemberStream, Server
+
+log = logging.getLogger("etx.session")
+
+COID_MAX = 36  # characters in a client order id (a UUID fits)
+HEARTBEAT_MIN_MS = 100
+HEARTBEAT_MAX_MS = 60_000
+REPLAY_CHUNK = 10_000  # reports encoded per step of a replay, between yields to the loop
+
+# What each role may send: type -> kind. Anything not listed is NOT_PERMITTED.
+K_ORDER, K_OWN, K_STAFF, K_QUERY, K_HEARTBEAT, K_LOGOUT, K_LOGON = 1, 2, 3, 4, 5, 6, 7
+_COMMON: dict[type, int] = {Heartbeat: K_HEARTBEAT, Logout: K_LOGOUT, Logon: K_LOGON, **{q: K_QUERY for q in QUERIES}}
+PERMISSIONS: dict[Role, dict[type, int]] = {
+    Role.TRADER: {**_COMMON, NewOrder: K_ORDER, HitOrder: K_ORDER, Cancel: K_OWN, Amend: K_OWN, MassCancel: K_OWN},
+    Role.READ_ONLY: dict(_COMMON),
+    Role.OPERATOR: {**_COMMON, Halt: K_STAFF, Resume: K_STAFF, MassCancel: K_STAFF, EndOfDay: K_STAFF},
+    Role.CLERK: {**_COMMON, **{c: K_STAFF for c in CLERK_COMMANDS}},
+    Role.AUTHORITY: {**_COMMON, **{c: K_STAFF for c in AUTHORITY_COMMANDS}},
+}
+_ALL_COMMANDS = frozenset(t for perms in PERMISSIONS.values() for t, k in perms.items() if k in (K_ORDER, K_OWN, K_STAFF))
+
+NEW, LOGGING_ON, ACTIVE, CLOSED = 0, 1, 2, 3
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
+
+
+class Session(asyncio.Protocol):
+    """See the module docstring."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        cfg = server.cfg
+        self.state = NEW
+        self.splitter = FrameSplitter(cfg.max_frame)
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.session_id = 0
+        self.member = ""
+        self.user = ""
+        self.actor = ""
+        self.role = Role.READ_ONLY
+        self.stream: MemberStream | None = None
+        self.perms: dict[type, int] = {}
+        self.cod = False
+        self.heartbeat_s = cfg.heartbeat_ms / 1000
+        self.index = 0  # inbound frames seen
+        self.malformed = 0
+        self.held: list[memoryview] = []  # frames that arrived behind the Logon
+        self.wbuf = bytearray()  # replies of the current core batch
+        self.rate = float(cfg.orders_per_second)
+        self.burst = float(cfg.burst)
+        self.tokens = float(cfg.burst)
+        self.refilled = 0.0
+        self.window = 0.0  # start of the flood-count second
+        self.window_count = 0
+        self.flood_max = cfg.flood_factor * cfg.orders_per_second
+        self.last_rx = 0.0
+        self.last_tx = 0.0
+        self.paused = False
+        self.joined = False  # attached to the member's stream (receives its reports)
+
+    # --- asyncio.Protocol ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.last_rx = self.last_tx = self.refilled = self.window = self.server.loop.time()
+        self.server.session_opened(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = CLOSED
+        self.server.session_lost(self)
+
+    def pause_writing(self) -> None:
+        pass  # the server checks the write buffer size after each flush instead
+
+    def resume_writing(self) -> None:
+        pass
+
+    def data_received(self, data: bytes) -> None:
+        server = self.server
+        now = server.loop.time()
+        self.last_rx = now
+        if self.state != ACTIVE:
+            if self.state == NEW:
+                self._before_logon(data)
+            elif self.state == LOGGING_ON:
+                self._hold(data)
+            return
+        try:
+            frames = self.splitter.split(data)
+        except FrameTooLarge as e:
+            self.close(GatewayReason.FRAME_TOO_LARGE, str(e))
+            return
+        # The bucket is refilled once per read, not per message.
+        tokens = self.tokens + (now - self.refilled) * self.rate
+        self.tokens = tokens if tokens < self.burst else self.burst
+        self.refilled = now
+        if now - self.window >= 1.0:
+            self.window = now
+            self.window_count = 0
+        self.window_count += len(frames)
+        if self.window_count > self.flood_max:
+            self.close(GatewayReason.FLOODING, f"more than {self.flood_max} messages in one second")
+            return
+        self._frames(frames)
+
+    # --- frames ------------------------------------------------------------------
+
+    def _frames(self, frames: list[memoryview]) -> None:
+        # Hot loop: names bound to locals because it runs per message.
+        server = self.server
+        decode = server.decode
+        perms = self.perms
+        stream = self.stream
+        assert stream is not None
+        member = self.member
+        coids = stream.coids
+        submit_cmd, submit_origin = server.p_cmds.append, server.p_origins.append
+        submit_extra, submit_extra_from = server.p_extra.append, server.p_extra_from.append
+        index = self.index
+        tokens = self.tokens
+        for frame in frames:
+            index += 1
+            try:
+                msg = decode(frame)
+            except _DECODE_ERRORS as e:
+                self.index = index
+                self._malformed(str(e))
+                if self.state == CLOSED:
+                    break
+                continue
+            kind = perms.get(type(msg))
+            if kind == K_ORDER:
+                coid = msg.coid
+                if tokens < 1.0:
+                    self._reject(msg, GatewayReason.THROTTLED, "over the session's order rate")
+                    continue
+                tokens -= 1.0
+                seen = coids.get(coid, False)
+                if seen is not False:
+                    submit_extra(_Dup(coid))  # answered with the original outcome by the core
+                    submit_extra_from(self)
+                    continue
+                if not 0 < len(coid) <= COID_MAX:
+                    self._reject(msg, GatewayReason.INVALID_FIELD, f"coid must have 1-{COID_MAX} characters, got {len(coid)}")
+                    continue
+                coids[coid] = None  # pending: the core records the outcome
+                msg.member = member
+                msg.seq = msg.ts = 0
+                submit_cmd(msg)
+                submit_origin(stream)
+            elif kind == K_OWN:
+                if tokens < 1.0:
+                    self._reject(msg, GatewayReason.THROTTLED, "over the session's order rate")
+                    continue
+                tokens -= 1.0
+                msg.member = member
+                msg.seq = msg.ts = 0
+                submit_cmd(msg)
+                submit_origin(stream)
+            elif kind == K_QUERY:
+                if tokens < 1.0:
+                    self.send(QueryRejected(msg.req_id, GatewayReason.THROTTLED, "over the session's message rate"))
+                    continue
+                tokens -= 1.0
+                submit_extra(msg)
+                submit_extra_from(self)
+            elif kind == K_STAFF:
+                if tokens < 1.0:
+                    self._reject(msg, GatewayReason.THROTTLED, "over the session's order rate")
+                    continue
+                tokens -= 1.0
+                if type(msg) is MassCancel:
+                    if msg.member and msg.member not in server.streams:
+                        self._reject(msg, GatewayReason.UNKNOWN_MEMBER, f"unknown member {msg.member!r}")
+                        continue
+                elif hasattr(msg, "actor"):
+                    msg.actor = self.actor  # registry commands name who ran them
+                msg.seq = msg.ts = 0
+                submit_cmd(msg)
+                submit_origin(stream)
+            elif kind == K_HEARTBEAT:
+                pass  # last_rx is already updated
+            elif kind == K_LOGOUT:
+                self.index = index
+                self.close(GatewayReason.LOGOUT, "logged out")
+                break
+            elif kind == K_LOGON:
+                self._session_reject(index, GatewayReason.ALREADY_LOGGED_ON, "already logged on")
+            elif type(msg) in _ALL_COMMANDS:
+                self._reject(msg, GatewayReason.NOT_PERMITTED, f"role {self.role.name.lower()} may not send {type(msg).__name__}")
+            else:
+                self._session_reject(index, GatewayReason.NOT_PERMITTED, f"{type(msg).__name__} is not accepted from a client")
+        self.index = index
+        self.tokens = tokens
+        server.wake(self)
+
+    def _reject(self, msg: Any, reason: int, text: str) -> None:
+        """A sequenced Rejected report for a command the gateway refused; it goes through
+        the core queue so it takes its place in the member's sequence."""
+        coid = getattr(msg, "coid", "")
+        if coid and len(coid) <= COID_MAX and self.stream is not None and coid not in self.stream.coids:
+            self.stream.coids[coid] = None
+        else:
+            coid = "" if len(coid) > COID_MAX else coid
+        rej = Rejected(0, time.time_ns(), self.member, coid, getattr(msg, "order_id", 0), int(reason), text)
+        self.server.p_extra.append(rej)
+        self.server.p_extra_from.append(self.stream)
+        self.server.wake()
+
+    def _malformed(self, text: str) -> None:
+        self.malformed += 1
+        if self.malformed > self.server.cfg.malformed_max:
+            self.close(GatewayReason.TOO_MANY_MALFORMED, f"more than {self.server.cfg.malformed_max} malformed frames")
+            return
+        self._session_reject(self.index, GatewayReason.MALFORMED, text[:200])
+
+    def _session_reject(self, index: int, reason: int, text: str) -> None:
+        self.send(SessionReject(index, int(reason), text))
+
+    # --- logon -------------------------------------------------------------------
+
+    def _before_logon(self, data: bytes) -> None:
+        try:
+            frames = self.splitter.split(data)
+        except FrameTooLarge as e:
+            self.close(GatewayReason.FRAME_TOO_LARGE, str(e))
+            return
+        if not frames:
+            return
+        self.index += 1
+        try:
+            msg = self.server.decode(frames[0])
+        except _DECODE_ERRORS as e:
+            self._session_reject(self.index, GatewayReason.MALFORMED, str(e)[:200])
+            self.close(GatewayReason.NOT_LOGGED_ON, "the first message must be a valid Logon")
+            return
+        if type(msg) is not Logon:
+            self.close(GatewayReason.NOT_LOGGED_ON, f"the first message must be a Logon, got {type(msg).__name__}")
+            return
+        self.held = frames[1:]
+        if msg.version != PROTOCOL_VERSION:
+            self._logon_reject(GatewayReason.UNSUPPORTED_VERSION,
+                               f"protocol version {msg.version} not supported; this server speaks {PROTOCOL_VERSION}")
+            return
+        self.state = LOGGING_ON
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self.server.spawn(self._logon(msg))
+
+    def _hold(self, data: bytes) -> None:
+        # Reading is paused while logging on; whatever was already read waits here.
+        try:
+            self.held += self.splitter.split(data)
+        except FrameTooLarge as e:
+            self.close(GatewayReason.FRAME_TOO_LARGE, str(e))
+
+    async def _logon(self, msg: Logon) -> None:
+        server = self.server
+        user, reason, text = await server.auth.check(msg.member, msg.user, msg.secret, self.peer)
+        if self.state != LOGGING_ON:
+            return  # the connection went away meanwhile
+        if user is None:
+            self._logon_reject(reason, text)
+            return
+        stream = server.streams.get(user.member)
+        if stream is None:
+            self._logon_reject(GatewayReason.BAD_CREDENTIALS, "unknown member or user, or wrong secret")
+            return
+        if msg.last_seq < 0 or msg.last_seq > stream.seq:
+            self._logon_reject(GatewayReason.SEQ_AHEAD,
+                               f"last_seq {msg.last_seq} is outside [0, {stream.seq}], the member's sequence")
+            return
+        if len(server.sessions) > server.cfg.sessions_max:
+            self._logon_reject(GatewayReason.SESSION_LIMIT, "too many sessions")
+            return
+        self.member, self.user, self.role = user.member, user.user, user.role
+        self.actor = f"{user.member}/{user.user}"
+        self.stream = stream
+        self.perms = PERMISSIONS[user.role]
+        self.cod = msg.cod == CodMode.ON or (msg.cod == CodMode.DEFAULT and user.role == Role.TRADER)
+        hb = msg.heartbeat_ms or server.cfg.heartbeat_ms
+        hb = min(max(hb, HEARTBEAT_MIN_MS), HEARTBEAT_MAX_MS)
+        self.heartbeat_s = hb / 1000
+        self.session_id = server.next_session_id()
+        self.send(LogonAck(PROTOCOL_VERSION, self.member, self.user, int(self.role), stream.seq, hb, self.cod,
+                           self.session_id))
+        log.info("logon: member=%s user=%s role=%s peer=%s session=%d last_seq=%d",
+                 self.member, self.user, self.role.name.lower(), self.peer, self.session_id, msg.last_seq)
+        # Replay what the client missed, in chunks; new reports keep arriving meanwhile,
+        # and the session joins the live stream only once it has caught up, with no
+        # await in between: nothing is lost or sent twice.
+        sent = msg.last_seq
+        if sent < stream.base:
+            self.send(Notice(GatewayReason.REPLAY_TRIMMED,
+                             f"reports up to {stream.base} are no longer kept; replay starts at {stream.base + 1}"))
+            sent = stream.base
+        while sent < stream.seq:
+            upto = min(stream.seq, sent + REPLAY_CHUNK)
+            server.write_reports(self, stream, sent, upto)
+            sent = upto
+            if self.state == CLOSED:
+                return
+            await asyncio.sleep(0)
+            if self.state == CLOSED:
+                return
+        stream.sessions.append(self)
+        self.joined = True
+        self.state = ACTIVE
+        assert self.transport is not None
+        self.transport.resume_reading()
+        held, self.held = self.held, []
+        if held:
+            self.data_received_frames(held)
+
+    def data_received_frames(self, frames: list[memoryview]) -> None:
+        self._frames(frames)
+
+    def _logon_reject(self, reason: int, text: str) -> None:
+        self.send(LogonReject(int(reason), text))
+        self._end()
+
+    # --- output and closing ------------------------------------------------------
+
+    def send(self, msg: Any) -> None:
+        """Write one message now (session-level replies; the core batches its own)."""
+        if self.state == CLOSED or self.transport is None:
+            return
+        buf = bytearray()
+        self.server.writer.append(buf, msg)
+        self.transport.write(buf)
+        self.last_tx = self.server.loop.time()
+
+    def close(self, reason: int, text: str) -> None:
+        """End the session with a SessionClosed; pending output is flushed first."""
+        if self.state == CLOSED:
+            return
+        if self.wbuf and self.transport is not None:
+            self.transport.write(self.wbuf)
+            self.wbuf = bytearray()
+        self.send(SessionClosed(int(reason), text))
+        if reason not in (GatewayReason.LOGOUT, GatewayReason.SHUTDOWN):
+            log.info("session closed: member=%s user=%s peer=%s reason=%d %s",
+                     self.member, self.user, self.peer, reason, text)
+        self._end()
+
+    def _end(self) -> None:
+        # Detaching from the stream and cancel-on-disconnect happen in connection_lost.
+        self.state = CLOSED
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _Dup(msgspec.Struct, gc=False):
+    """A retransmitted client order id, answered by the core in order."""
+
+    coid: str
+
