@@ -1,0 +1,44 @@
+"""The ``etx`` command line: one subcommand per job, each in the module that owns it.
+
+Subcommand modules are imported only when their command runs, so ``etx --help`` stays
+fast and one broken optional dependency does not take every command down. Each module
+named in COMMANDS defines ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("gateway.demo", "run a short exchange day with simulated members and show the results"),
+    "serve": ("gateway.serve", "run the exchange service (engine, settlement, gateway) from a config file"),
+    "load": ("gateway.load", "load-test a running exchange over TCP"),
+    "replay": ("gateway.replay", "replay an order stream or a LOBSTER file through the engine"),
+    "registry": ("settlement.cli", "registry accounts, balances, history, operations and audit"),
+    "journal": ("gateway.journal_cli", "verify, inspect and summarise a journal"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="etx", description="etx: an exchange for emission allowances")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_) in COMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    if not argv or argv[0] not in COMMANDS:
+        args = parser.parse_args(argv)  # prints help or the error for an unknown command
+        parser.print_help()
+        return 2
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    command = argparse.ArgumentParser(prog=f"etx {name}", description=COMMANDS[name][1])
+    module.add_arguments(command)
+    args = command.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
