@@ -90,6 +90,17 @@ def capture(core: Snapshottable) -> Capture:
     return Capture(core.last_seq, core.state_hash(), body)
 
 
+def list_snapshots(directory: Path | str) -> list[tuple[int, Path]]:
+    """(last seq, path) of every snapshot file in the directory, oldest first."""
+    out = []
+    for p in Path(directory).iterdir():
+        stem = p.name[: -len(SNAPSHOT_SUFFIX)]
+        if p.name.endswith(SNAPSHOT_SUFFIX) and stem.isdigit():
+            out.append((int(stem), p))
+    out.sort()
+    return out
+
+
 def snapshot_name(last_seq: int) -> str:
     return f"{last_seq:020d}{SNAPSHOT_SUFFIX}"
 
@@ -138,13 +149,7 @@ class SnapshotStore:
 
     def list(self) -> list[tuple[int, Path]]:
         """(last seq, path) of every snapshot file, oldest first."""
-        out = []
-        for p in self.directory.iterdir():
-            stem = p.name[: -len(SNAPSHOT_SUFFIX)]
-            if p.name.endswith(SNAPSHOT_SUFFIX) and stem.isdigit():
-                out.append((int(stem), p))
-        out.sort()
-        return out
+        return list_snapshots(self.directory)
 
     def write(self, cap: Capture) -> Path:
         """Write the snapshot durably under its final name (see the module docstring)."""
