@@ -110,6 +110,7 @@ class Client:
             asyncio.open_connection(self.host, self.port, ssl=self.ssl, limit=READ_CHUNK), timeout)
         self._reader = reader
         self.closed_by_server = None
+        self._forget_end_marks()
         self._send_now(Logon(PROTOCOL_VERSION, self.member, self.user, self._secret, self.last_seq, self.cod,
                              self.heartbeat_ms))
         splitter = FrameSplitter(MAX_OUTBOUND_FRAME)
@@ -135,6 +136,16 @@ class Client:
         self._sent_at = loop.time()
         self._tasks = [asyncio.create_task(self._read_loop(splitter)), asyncio.create_task(self._heartbeat_loop())]
         return first
+
+    def _forget_end_marks(self) -> None:
+        """Drop the end-of-stream marks of earlier connections; keep their messages."""
+        kept = []
+        while not self._inbox.empty():
+            msg = self._inbox.get_nowait()
+            if msg is not None:
+                kept.append(msg)
+        for msg in kept:
+            self._inbox.put_nowait(msg)
 
     async def reconnect(self, timeout: float = 10.0) -> LogonAck:
         """Drop the connection (if any) and log on again from ``last_seq``."""

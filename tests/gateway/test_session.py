@@ -1,0 +1,213 @@
+"""Session rules over real TCP: logon checks and lockout, throttle and flooding,
+malformed and oversized frames, session order, heartbeats and silent peers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+import pytest
+
+from engine import Accepted, NewOrder, Rejected, Side
+from gateway.client import LogonError
+from gateway.config import SessionSection
+from gateway.framing import encode_frame
+from gateway.protocol import (
+    PROTOCOL_VERSION,
+    GatewayReason,
+    Heartbeat,
+    Logon,
+    LogonAck,
+    LogonReject,
+    QueryInstruments,
+    Report,
+    ServerHeartbeat,
+    SessionClosed,
+    SessionReject,
+    outbound_decoder,
+)
+from tests.gateway.harness import SECRET, SYMBOL, Harness, body_of, run
+
+DECODE = outbound_decoder().decode
+
+
+class Raw:
+    """A bare socket speaking frames, for what the client library never sends."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.buf = b""
+
+    @classmethod
+    async def open(cls, port: int) -> Raw:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def recv(self, timeout: float = 5.0) -> object | None:
+        """The next message, or None when the server closed the connection."""
+        while True:
+            if len(self.buf) >= 4:
+                n = int.from_bytes(self.buf[:4], "big")
+                if len(self.buf) >= 4 + n:
+                    body, self.buf = self.buf[4:4 + n], self.buf[4 + n:]
+                    return DECODE(body)
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            if not data:
+                return None
+            self.buf += data
+
+    async def until_closed(self, timeout: float = 5.0) -> list[object]:
+        out = []
+        while (msg := await self.recv(timeout)) is not None:
+            out.append(msg)
+        return out
+
+    async def logon(self, member: str = "M1", user: str = "t1", **kw: object) -> LogonAck:
+        self.send(encode_frame(Logon(PROTOCOL_VERSION, member, user, SECRET, **kw)))  # type: ignore[arg-type]
+        ack = await self.recv()
+        assert isinstance(ack, LogonAck), ack
+        return ack
+
+
+@run
+async def test_bad_logons_lock_the_user_and_are_logged_without_the_secret(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "etx.auth")
+    async with Harness() as h:
+        for i in range(5):
+            c = h.new_client("M1", "t1", secret=f"wrong-{i}-xyzzy")
+            with pytest.raises(LogonError) as e:
+                await c.connect()
+            assert e.value.reason == (GatewayReason.BAD_CREDENTIALS if i < 4 else GatewayReason.LOCKED)
+        with pytest.raises(LogonError) as e:
+            await h.new_client("M1", "t1").connect()  # the right secret, but locked
+        assert e.value.reason == GatewayReason.LOCKED
+        await h.client("M1", "t1b")  # another user of the member is not locked
+        with pytest.raises(LogonError) as e:
+            await h.new_client("M9", "ghost").connect()
+        assert e.value.reason == GatewayReason.BAD_CREDENTIALS  # unknown user: the same answer
+    text = caplog.text
+    assert "failed logon" in text and "user locked" in text and "member=M1 user=t1" in text
+    assert "wrong-" not in text and SECRET not in text
+
+
+@run
+async def test_lock_expires() -> None:
+    now = [0.0]
+    async with Harness(clock=lambda: now[0], lockout_s=30) as h:
+        for _ in range(5):
+            with pytest.raises(LogonError):
+                await h.new_client("M2", "t2", secret="nope").connect()
+        with pytest.raises(LogonError):
+            await h.new_client("M2", "t2").connect()
+        now[0] += 31
+        await h.client("M2", "t2")
+
+
+@run
+async def test_logon_refusals() -> None:
+    async with Harness() as h:
+        raw = await Raw.open(h.port)
+        raw.send(encode_frame(Logon(PROTOCOL_VERSION + 1, "M1", "t1", SECRET)))
+        rej = await raw.recv()
+        assert isinstance(rej, LogonReject) and rej.reason == GatewayReason.UNSUPPORTED_VERSION
+        assert await raw.recv() is None
+        raw = await Raw.open(h.port)
+        raw.send(encode_frame(Logon(PROTOCOL_VERSION, "M1", "t1", SECRET, last_seq=5)))
+        rej = await raw.recv()
+        assert isinstance(rej, LogonReject) and rej.reason == GatewayReason.SEQ_AHEAD
+        # Anything but a logon first closes the session.
+        raw = await Raw.open(h.port)
+        raw.send(encode_frame(NewOrder("M1", "x", SYMBOL, 1, 1, 10_000)))
+        msgs = await raw.until_closed()
+        assert isinstance(msgs[-1], SessionClosed) and msgs[-1].reason == GatewayReason.NOT_LOGGED_ON
+        assert h.exchange.engine.orders == {}
+        # A second logon on a live session is refused, the session goes on.
+        raw = await Raw.open(h.port)
+        await raw.logon()
+        raw.send(encode_frame(Logon(PROTOCOL_VERSION, "M1", "t1", SECRET)))
+        rej2 = await raw.recv()
+        assert isinstance(rej2, SessionReject) and rej2.reason == GatewayReason.ALREADY_LOGGED_ON and rej2.index == 2
+
+
+@run
+async def test_orders_sent_with_the_logon_are_taken_after_it() -> None:
+    async with Harness() as h:
+        raw = await Raw.open(h.port)
+        raw.send(encode_frame(Logon(PROTOCOL_VERSION, "M1", "t1", SECRET))
+                 + encode_frame(NewOrder("M1", "early", SYMBOL, 1, 10, 9_900)))
+        assert isinstance(await raw.recv(), LogonAck)
+        rep = await raw.recv()
+        assert isinstance(rep, Report) and isinstance(rep.body, Accepted) and rep.body.coid == "early"
+
+
+@run
+async def test_throttle_rejects_and_flooding_closes() -> None:
+    cfg = SessionSection(orders_per_second=50, burst=20, flood_factor=4)
+    async with Harness(cfg) as h:
+        m1 = await h.client("M1", "t1")
+        for i in range(30):
+            m1.new_order(SYMBOL, Side.BUY, 1, 9_000 + i)
+        bodies = [(await m1.wait_for(lambda m: isinstance(m, Report))).body for _ in range(30)]
+        accepted = [b for b in bodies if isinstance(b, Accepted)]
+        throttled = [b for b in bodies if isinstance(b, Rejected) and b.reason == GatewayReason.THROTTLED]
+        assert len(accepted) == 20 and len(throttled) == 10
+        assert all(b.coid for b in throttled)
+        await asyncio.sleep(0.2)  # the bucket refills at 50 a second
+        m1.new_order(SYMBOL, Side.BUY, 1, 9_500)
+        assert isinstance(await body_of(m1, Accepted), Accepted)
+        # Far over the limit (more than 4 x 50 messages in a second): closed.
+        m2 = await h.client("M2", "t2")
+        for i in range(250):
+            m2.new_order(SYMBOL, Side.SELL, 1, 10_500 + i)
+        closed = await m2.wait_for(lambda m: isinstance(m, SessionClosed))
+        assert closed.reason == GatewayReason.FLOODING
+        h.check()
+
+
+@run
+async def test_malformed_frames_are_rejected_then_close_the_session() -> None:
+    cfg = SessionSection(malformed_max=3)
+    async with Harness(cfg) as h:
+        before = msgspec.msgpack.encode(h.exchange.engine.state()[2:])
+        raw = await Raw.open(h.port)
+        await raw.logon()
+        bad = [b"\x00\x00\x00\x01\xc1",  # not msgpack
+               encode_frame([999, 1, 2]),  # unknown tag
+               encode_frame([1, "M1", "c", SYMBOL, "one", 1])]  # wrong type
+        for i, frame in enumerate(bad):
+            raw.send(frame)
+            rej = await raw.recv()
+            assert isinstance(rej, SessionReject) and rej.reason == GatewayReason.MALFORMED and rej.index == i + 2
+        raw.send(encode_frame(QueryInstruments(7)))  # the session still works
+        assert (await raw.recv()).req_id == 7  # type: ignore[attr-defined]
+        raw.send(bad[0])
+        msgs = await raw.until_closed()
+        assert isinstance(msgs[-1], SessionClosed) and msgs[-1].reason == GatewayReason.TOO_MANY_MALFORMED
+        # An oversized length closes at once, before the body is read.
+        raw = await Raw.open(h.port)
+        await raw.logon()
+        raw.send((10**7).to_bytes(4, "big") + b"x" * 100)
+        msgs = await raw.until_closed()
+        assert isinstance(msgs[-1], SessionClosed) and msgs[-1].reason == GatewayReason.FRAME_TOO_LARGE
+        assert msgspec.msgpack.encode(h.exchange.engine.state()[2:]) == before
+
+
+@run
+async def test_heartbeats_both_ways_and_a_silent_peer_is_disconnected() -> None:
+    async with Harness() as h:
+        raw = await Raw.open(h.port)
+        ack = await raw.logon(heartbeat_ms=100)
+        assert ack.heartbeat_ms == 100
+        for _ in range(12):  # keeps the session alive past the timeout (0.3 s)
+            raw.send(encode_frame(Heartbeat()))
+            await asyncio.sleep(0.05)
+        msgs = await raw.until_closed()  # then silence: closed after 3 intervals
+        assert isinstance(msgs[-1], SessionClosed) and msgs[-1].reason == GatewayReason.HEARTBEAT_TIMEOUT
+        assert sum(isinstance(m, ServerHeartbeat) for m in msgs) >= 2
+        # The client library heartbeats on its own and stays connected.
+        m1 = await h.client("M1", "t1", heartbeat_ms=100)
+        await asyncio.sleep(0.6)
+        assert m1.connected and m1.closed_by_server is None
