@@ -318,11 +318,12 @@ class LobsterReplay:
     def _instrument(self, opening: dict[int, dict[int, int]]) -> Instrument:
         """Scan the rows to replay for their price range and largest size."""
         lo, hi, size_max = 0, 0, 1
-        prices = [p for side in opening.values() for p in side]
-        for p in prices:
-            if p % PRICE_PER_CENT == 0:
-                cents = p // PRICE_PER_CENT
-                lo, hi = (min(lo, cents) if lo else cents), max(hi, cents)
+        for levels in opening.values():
+            for p, size in levels.items():
+                if p % PRICE_PER_CENT == 0:
+                    cents = p // PRICE_PER_CENT
+                    lo, hi = (min(lo, cents) if lo else cents), max(hi, cents)
+                    size_max = max(size_max, size)
         for _, line in self._rows():
             try:
                 msg = parse_message(line)
