@@ -315,10 +315,13 @@ class Server:
                 rep = self._report(frm, msg, touched)
                 if msg.coid:
                     frm.coids[msg.coid] = rep
-            elif t is _Dup:
-                self._resend(frm, msg.coid)
             else:
-                self._query(frm, msg)
+                if touched:  # reports queued so far go out ahead of this answer
+                    self._encode(touched)
+                if t is _Dup:
+                    self._resend(frm, msg.coid)
+                else:
+                    self._query(frm, msg)
         if touched:
             self._encode(touched)
         self._write()

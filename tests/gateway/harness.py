@@ -40,12 +40,16 @@ _HASH = hash_secret(SECRET, n=TEST_N)
 
 
 def make_exchange(members: tuple[str, ...] = MEMBERS, cash: int = CASH, allowances: int = ALLOWANCES,
-                  fees: Fees | None = None) -> Exchange:
+                  fees: Fees | None = None, unfunded: tuple[str, ...] = ()) -> Exchange:
+    """An exchange whose members have opened accounts; all but ``unfunded`` hold
+    ``cash`` and ``allowances``."""
     exchange = Exchange([Instrument(symbol=SYMBOL, ref_price=REF)], Ledger(fees or Fees()), schedule=ALWAYS_OPEN)
     seq = Sequencer(clock=lambda: 1)
     cmds: list[Any] = []
     for m in members:
         cmds.append(OpenAccount("setup", m, int(HolderType.COMPLIANCE), m))
+        if m in unfunded:
+            continue
         if cash:
             cmds.append(Deposit("setup", m, cash))
         if allowances:
