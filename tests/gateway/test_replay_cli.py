@@ -156,3 +156,23 @@ def test_command_line_process(stream: Path, tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "gateway.cli", "replay", str(bad)], capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 1 and "truncated" in run.stdout and "Traceback" not in run.stderr
+
+
+def test_docs_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The JSON Lines example in docs/replay.md replays to the output shown there."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "replay.md").read_text()
+    stream = doc.split("```jsonl\n", 1)[1].split("```", 1)[0]
+    shown = doc.split("$ etx replay example.jsonl\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    Path("example.jsonl").write_text(stream)
+    code, out, _ = replay(capsys, "example.jsonl")
+    assert code == 0
+    lines = out.splitlines()
+    expected = shown.splitlines()
+    assert len(lines) == len(expected)
+    for line, want in zip(lines, expected, strict=True):
+        if "..." in want:
+            head = want.split("...", 1)[0]
+            assert line.startswith(head), (line, want)
+        else:
+            assert line == want
