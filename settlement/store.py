@@ -1,0 +1,578 @@
+"""The registry store: the legal, persistent record of accounts, balances and postings.
+
+One interface (``RegistryStore``), two databases: SQLite by default (WAL, BEGIN
+IMMEDIATE, synchronous=FULL) and PostgreSQL for scale (psycopg 3, COPY for the bulk
+rows). ``open_store(url_or_path)`` picks by prefix: ``postgresql://`` (or
+``postgres://``) is PostgreSQL, anything else a SQLite file path.
+
+Contract:
+- ``migrate()`` brings the schema to the latest version (versioned, each step in its
+  own transaction, recorded in ``schema_version``); it is safe to run on every start.
+- ``write_batch(postings, last_seq)`` writes postings (legs inside), the resulting
+  balances, account and obligation records, and the last settled engine sequence
+  number in ONE transaction: a crash leaves all of it or none. ``last_seq`` means every
+  posting with ``seq <= last_seq`` is in the store, so a restart resumes after it.
+  Writing a posting that is already stored with the same content changes nothing; the
+  same id with another content raises ``StoreError`` and the batch writes nothing.
+- Constraints forbid negative balances, pending beyond the balance and duplicate
+  posting ids, whatever the caller does.
+- Every posting keeps what caused it (kind, trade id or command seq, actor), when
+  (``ts``), and its full encoded content (``body``, legs included): the account
+  history is complete. Postings are indexed by their two parties (``subject``: the
+  account a command concerns, or a trade's buyer; ``counterparty``: a trade's seller,
+  a transfer's target) rather than one row per leg: a row per leg cost four times
+  the rest of a trade's write. The fee accounts' history is the trades; the end of day
+  postings are few and filtered when read.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import msgspec
+
+from engine.ledger import CASH
+from settlement.ledger import Fees, Ledger, LedgerSnapshot
+from settlement.messages import FEE_TYPES, AccountState, ObligationState, Posting
+
+SCHEMA_VERSION = 1
+ROLES = ("clerk", "authority", "admin")
+READ_CHUNK = 10_000  # postings read per query when streaming the whole record
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_posting = msgspec.msgpack.Decoder(Posting).decode
+
+
+class StoreError(Exception):
+    """The store refused a write (a posting id reused with another content, a
+    constraint) or is not usable; the failed transaction changed nothing."""
+
+
+def _migrations(dialect: str) -> list[list[str]]:
+    """The schema, one list of statements per version."""
+    blob = "BLOB" if dialect == "sqlite" else "BYTEA"
+    big = "INTEGER" if dialect == "sqlite" else "BIGINT"
+    without_rowid = " WITHOUT ROWID" if dialect == "sqlite" else ""
+    return [
+        [
+            f"CREATE TABLE meta (key TEXT PRIMARY KEY, value {big} NOT NULL)",
+            "INSERT INTO meta (key, value) VALUES ('last_seq', 0), ('next_no', 1)",
+            "CREATE TABLE accounts (account TEXT PRIMARY KEY, holder_type INTEGER NOT NULL "
+            "CHECK (holder_type BETWEEN 1 AND 7), name TEXT NOT NULL, status INTEGER NOT NULL CHECK (status IN (1, 2)))",
+            f"CREATE TABLE balances (account TEXT NOT NULL, asset TEXT NOT NULL, balance {big} NOT NULL "
+            "CHECK (balance >= 0), pending " + big + " NOT NULL CHECK (pending >= 0 AND pending <= balance), "
+            f"PRIMARY KEY (account, asset)){without_rowid}",
+            f"CREATE TABLE obligations (account TEXT NOT NULL, year INTEGER NOT NULL, required {big} NOT NULL, "
+            f"surrendered {big} NOT NULL, ccer {big} NOT NULL, "
+            "CHECK (0 <= ccer AND ccer <= surrendered AND surrendered <= required), PRIMARY KEY (account, year))",
+            f"CREATE TABLE postings (no {big} PRIMARY KEY, posting_id TEXT NOT NULL UNIQUE, seq {big} NOT NULL, "
+            f"ts {big} NOT NULL, kind TEXT NOT NULL, ref TEXT NOT NULL, actor TEXT NOT NULL, subject TEXT NOT NULL, "
+            f"counterparty TEXT NOT NULL, text TEXT NOT NULL, body {blob} NOT NULL)",
+            "CREATE INDEX postings_subject ON postings (subject, no) WHERE subject <> ''",
+            "CREATE INDEX postings_counterparty ON postings (counterparty, no) WHERE counterparty <> ''",
+            "CREATE INDEX postings_kind ON postings (kind, no) WHERE kind <> 'trade'",
+            "CREATE TABLE users (name TEXT PRIMARY KEY, role TEXT NOT NULL "
+            "CHECK (role IN ('clerk', 'authority', 'admin')))",
+        ],
+    ]
+
+
+class RegistryStore(Protocol):
+    url: str
+
+    def migrate(self) -> int: ...
+    def write_batch(self, postings: Sequence[Posting], last_seq: int) -> int: ...
+    def last_seq(self) -> int: ...
+    def balances(self) -> list[tuple[str, str, int, int]]: ...
+    def accounts(self) -> list[AccountState]: ...
+    def obligations(self) -> list[ObligationState]: ...
+    def history(self, account: str, limit: int = 100) -> list[Posting]: ...
+    def postings(self, kinds: str = "all") -> Iterator[Posting]: ...
+    def kind_totals(self) -> list[tuple[str, str, int]]: ...
+    def eod_count(self) -> int: ...
+    def load_ledger(self, fees: Fees | None = None) -> Ledger: ...
+    def add_user(self, name: str, role: str) -> None: ...
+    def role_of(self, name: str) -> str | None: ...
+    def user_count(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class _Pause:
+    """Test hook for the crash test: with ETX_TEST_PAUSE_IN_BATCH=N the Nth batch
+    written by this process stops inside its transaction, after half its postings,
+    prints PAUSED on stderr and sleeps (to be killed there)."""
+
+    batch = int(os.environ.get("ETX_TEST_PAUSE_IN_BATCH", "0") or 0)
+    count = 0
+
+    @classmethod
+    def due(cls) -> bool:
+        if not cls.batch:
+            return False
+        cls.count += 1
+        return cls.count == cls.batch
+
+    @staticmethod
+    def stop() -> None:
+        print("PAUSED", file=sys.stderr, flush=True)
+        time.sleep(3600)
+
+
+def parties(p: Posting) -> tuple[str, str]:
+    """(subject, counterparty) a posting is indexed by: for a trade its buyer and
+    seller (the first two legs), for a command the account it concerns and the other
+    account of its legs (a transfer's target)."""
+    if p.kind == "trade":
+        return p.legs[0][0], p.legs[1][0]
+    subject = p.subject
+    for leg in p.legs:
+        if leg[0] != subject:
+            return subject, leg[0]
+    return subject, ""
+
+
+class _Prepared:
+    """The rows one batch writes, built once for either database."""
+
+    __slots__ = ("postings", "balances", "accounts", "obligations", "next_no")
+
+    def __init__(self, postings: Sequence[Posting], next_no: int) -> None:
+        prows: list[tuple[Any, ...]] = []
+        sums: dict[tuple[str, str], list[int]] = {}
+        accounts: dict[str, AccountState] = {}
+        obligations: dict[tuple[str, int], ObligationState] = {}
+        no = next_no
+        encode = _encode
+        for p in postings:
+            subject, counterparty = parties(p)
+            prows.append((no, p.posting_id, p.seq, p.ts, p.kind, p.ref, p.actor, subject, counterparty, p.text,
+                          encode(p)))
+            for account, asset, delta, pending in p.legs:
+                key = (account, asset)
+                s = sums.get(key)
+                if s is None:
+                    sums[key] = [delta, pending]
+                else:
+                    s[0] += delta
+                    s[1] += pending
+            if p.account is not None:
+                accounts[p.account.account] = p.account
+            if p.obligation is not None:
+                obligations[p.obligation.account, p.obligation.year] = p.obligation
+            no += 1
+        self.postings = prows
+        self.balances = [(a, s, v[0], v[1]) for (a, s), v in sums.items()]
+        self.accounts = [(a.account, a.holder_type, a.name, a.status) for a in accounts.values()]
+        self.obligations = [(o.account, o.year, o.required, o.surrendered, o.ccer) for o in obligations.values()]
+        self.next_no = no
+
+
+class _SqlStore:
+    """What both databases share: the write protocol and the read queries. Dialects
+    provide ``_query``, ``_transaction`` and the bulk statements."""
+
+    url: str
+    ph: str  # the parameter placeholder
+
+    # --- dialect hooks ----------------------------------------------------------------
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> None:
+        raise NotImplementedError
+
+    def _begin(self) -> None:
+        raise NotImplementedError
+
+    def _commit(self) -> None:
+        raise NotImplementedError
+
+    def _rollback(self) -> None:
+        raise NotImplementedError
+
+    def _write_rows(self, prep: _Prepared, pause: bool) -> None:
+        raise NotImplementedError
+
+    def _is_duplicate(self, exc: Exception) -> bool:
+        raise NotImplementedError
+
+    def _errors(self) -> tuple[type[Exception], ...]:
+        raise NotImplementedError
+
+    def _dialect(self) -> str:
+        raise NotImplementedError
+
+    # --- schema -----------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        """Apply every migration above the stored version; returns the version."""
+        self._begin()
+        try:
+            self._exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            rows = self._query("SELECT max(version) FROM schema_version")
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        version = rows[0][0] or 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"store schema version {version} is newer than this program's {SCHEMA_VERSION}")
+        for number, statements in enumerate(_migrations(self._dialect()), start=1):
+            if number <= version:
+                continue
+            self._begin()
+            try:
+                # Another process may have migrated meanwhile: check again inside the lock.
+                current = self._query("SELECT max(version) FROM schema_version")[0][0] or 0
+                if current < number:
+                    for sql in statements:
+                        self._exec(sql)
+                    self._exec(f"INSERT INTO schema_version (version) VALUES ({self.ph})", (number,))
+                self._commit()
+            except BaseException:
+                self._rollback()
+                raise
+        return SCHEMA_VERSION
+
+    # --- writes -----------------------------------------------------------------------
+
+    def write_batch(self, postings: Sequence[Posting], last_seq: int) -> int:
+        """Write postings and ``last_seq`` in one transaction; returns how many
+        postings were new."""
+        pause = _Pause.due()
+        errors = self._errors()
+        try:
+            return self._write(postings, last_seq, pause, dedupe=False)
+        except errors as exc:
+            if not self._is_duplicate(exc):
+                raise StoreError(f"batch refused by the store: {exc}") from exc
+        # Some postings are stored already (a restart re-sends what a crash cut off):
+        # write the batch again without them, after checking they are the same.
+        try:
+            return self._write(postings, last_seq, pause=False, dedupe=True)
+        except errors as exc:
+            raise StoreError(f"batch refused by the store: {exc}") from exc
+
+    def _write(self, postings: Sequence[Posting], last_seq: int, pause: bool, dedupe: bool) -> int:
+        self._begin()
+        try:
+            stored_last, next_no = self._meta_for_update()
+            if dedupe:
+                postings = self._without_stored(postings)
+            prep = _Prepared(postings, next_no)
+            self._write_rows(prep, pause)
+            ph = self.ph
+            if prep.balances:
+                self._upsert_balances(prep.balances)
+            if prep.accounts:
+                self._executemany(
+                    f"INSERT INTO accounts (account, holder_type, name, status) VALUES ({ph}, {ph}, {ph}, {ph}) "
+                    "ON CONFLICT (account) DO UPDATE SET holder_type = excluded.holder_type, "
+                    "name = excluded.name, status = excluded.status", prep.accounts)
+            if prep.obligations:
+                self._executemany(
+                    f"INSERT INTO obligations (account, year, required, surrendered, ccer) "
+                    f"VALUES ({ph}, {ph}, {ph}, {ph}, {ph}) ON CONFLICT (account, year) DO UPDATE SET "
+                    "required = excluded.required, surrendered = excluded.surrendered, ccer = excluded.ccer",
+                    prep.obligations)
+            self._executemany(f"UPDATE meta SET value = {ph} WHERE key = {ph}",
+                              [(max(stored_last, last_seq), "last_seq"), (prep.next_no, "next_no")])
+            self._commit()
+            return len(postings)
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _meta_for_update(self) -> tuple[int, int]:
+        rows = dict(self._query("SELECT key, value FROM meta"))
+        return int(rows["last_seq"]), int(rows["next_no"])
+
+    def _without_stored(self, postings: Sequence[Posting]) -> list[Posting]:
+        ids = [p.posting_id for p in postings]
+        stored: dict[str, bytes] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            marks = ", ".join([self.ph] * len(part))
+            for pid, body in self._query(f"SELECT posting_id, body FROM postings WHERE posting_id IN ({marks})", part):
+                stored[pid] = bytes(body)
+        fresh = []
+        for p in postings:
+            body = stored.get(p.posting_id)
+            if body is None:
+                fresh.append(p)
+            elif body != _encode(p):
+                raise StoreError(f"posting {p.posting_id} is stored with a different content")
+        return fresh
+
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    def _upsert_balances(self, rows: list[tuple[str, str, int, int]]) -> None:
+        raise NotImplementedError
+
+    # --- reads ------------------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        return int(self._query("SELECT value FROM meta WHERE key = 'last_seq'")[0][0])
+
+    def balances(self) -> list[tuple[str, str, int, int]]:
+        """(account, asset, balance, pending) for every entry, sorted."""
+        rows = self._query("SELECT account, asset, balance, pending FROM balances")
+        return sorted((a, s, int(b), int(p)) for a, s, b, p in rows)
+
+    def accounts(self) -> list[AccountState]:
+        rows = sorted(self._query("SELECT account, holder_type, name, status FROM accounts"))
+        return [AccountState(a, int(t), n, int(s)) for a, t, n, s in rows]
+
+    def obligations(self) -> list[ObligationState]:
+        rows = sorted(self._query("SELECT account, year, required, surrendered, ccer FROM obligations"))
+        return [ObligationState(a, int(y), int(r), int(s), int(c)) for a, y, r, s, c in rows]
+
+    def history(self, account: str, limit: int = 100) -> list[Posting]:
+        """The account's latest postings (commands about it, trades and transfers it
+        is a party to, days that freed its quantities, fees it received), oldest first."""
+        ph = self.ph
+        rows = self._query(
+            f"SELECT no, body FROM postings WHERE no IN (SELECT no FROM postings WHERE subject = {ph} "
+            f"UNION SELECT no FROM postings WHERE counterparty = {ph}) ORDER BY no DESC LIMIT {ph}",
+            (account, account, limit))
+        rows += self._query("SELECT no, body FROM postings WHERE kind = 'eod'")
+        fee = self._query(f"SELECT holder_type FROM accounts WHERE account = {ph}", (account,))
+        if fee and int(fee[0][0]) in FEE_TYPES:
+            rows += self._query(f"SELECT no, body FROM postings WHERE kind = 'trade' ORDER BY no DESC LIMIT {ph}",
+                                (limit,))
+        found: dict[int, Posting] = {}
+        for no, body in rows:
+            p = _decode_posting(bytes(body))
+            if p.subject == account or any(leg[0] == account for leg in p.legs):
+                found[int(no)] = p
+        return [found[no] for no in sorted(found)[-limit:]] if limit > 0 else []
+
+    def postings(self, kinds: str = "all") -> Iterator[Posting]:
+        """Every posting in the order written, read in chunks; ``kinds="commands"``
+        skips trades (through the kind index)."""
+        where = "AND kind <> 'trade'" if kinds == "commands" else ""
+        last = 0
+        while True:
+            rows = self._query(
+                f"SELECT no, body FROM postings WHERE no > {self.ph} {where} ORDER BY no LIMIT {READ_CHUNK}", (last,))
+            if not rows:
+                return
+            for _, body in rows:
+                yield _decode_posting(bytes(body))
+            last = rows[-1][0]
+
+    def kind_totals(self) -> list[tuple[str, str, int]]:
+        """(posting kind, asset, sum of balance deltas) over every posting but trades
+        (whose legs sum to zero per asset by construction; the audit checks them)."""
+        sums: dict[tuple[str, str], int] = {}
+        for p in self.postings("commands"):
+            for _, asset, delta, _ in p.legs:
+                key = (p.kind, asset)
+                sums[key] = sums.get(key, 0) + delta
+        return sorted((k, a, n) for (k, a), n in sums.items())
+
+    def eod_count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM postings WHERE kind = 'eod'")[0][0])
+
+    def load_ledger(self, fees: Fees | None = None) -> Ledger:
+        """A ledger with the store's accounts, balances, T+1 quantities and
+        obligations, and no holds (no order is open). The system accounts that the
+        fees name are recorded first if the store lacks them."""
+        ledger = Ledger(fees)
+        self.write_batch(ledger.take_postings(), self.last_seq())
+        totals: dict[tuple[str, str], int] = {}
+        for kind, asset, amount in self.kind_totals():
+            counter = {"allocate": "issued", "surrender": "surrendered", "retire": "retired",
+                       "deposit": "deposited", "withdraw": "withdrawn"}.get(kind)
+            if counter is not None:
+                key = (counter, asset)
+                totals[key] = totals.get(key, 0) + (amount if counter in ("issued", "deposited") else -amount)
+        entries = []
+        for account, asset, balance, pending in self.balances():
+            cash = asset == CASH
+            entries.append((account, asset, balance, 0, 0 if cash else pending, pending if cash else 0))
+        snap = LedgerSnapshot(
+            self.eod_count() + 1, self.accounts(), entries, self.obligations(),
+            [(c, a, n) for (c, a), n in sorted(totals.items())],
+        )
+        ledger.restore(snap, keep_holds=False)
+        return ledger
+
+    # --- users ------------------------------------------------------------------------
+
+    def add_user(self, name: str, role: str) -> None:
+        if role not in ROLES:
+            raise StoreError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        ph = self.ph
+        self._begin()
+        try:
+            self._exec(f"INSERT INTO users (name, role) VALUES ({ph}, {ph}) ON CONFLICT (name) DO UPDATE SET "
+                       "role = excluded.role", (name, role))
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+
+    def role_of(self, name: str) -> str | None:
+        rows = self._query(f"SELECT role FROM users WHERE name = {self.ph}", (name,))
+        return str(rows[0][0]) if rows else None
+
+    def user_count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM users")[0][0])
+
+
+class SqliteStore(_SqlStore):
+    """A SQLite file in WAL mode; every commit is durable (synchronous=FULL)."""
+
+    ph = "?"
+
+    def __init__(self, path: str) -> None:
+        self.url = path
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite store {path!r}: {exc}") from exc
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+
+    def _dialect(self) -> str:
+        return "sqlite"
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.db.execute(sql, params).fetchall()
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.db.execute(sql, params)
+
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.db.executemany(sql, rows)
+
+    def _begin(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def _commit(self) -> None:
+        self.db.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+
+    def _errors(self) -> tuple[type[Exception], ...]:
+        return (sqlite3.IntegrityError,)
+
+    def _is_duplicate(self, exc: Exception) -> bool:
+        return "UNIQUE constraint failed: postings.posting_id" in str(exc)
+
+    def _write_rows(self, prep: _Prepared, pause: bool) -> None:
+        db = self.db
+        sql = "INSERT INTO postings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        if pause:
+            half = len(prep.postings) // 2
+            db.executemany(sql, prep.postings[:half])
+            _Pause.stop()
+            db.executemany(sql, prep.postings[half:])
+        else:
+            db.executemany(sql, prep.postings)
+
+    def _upsert_balances(self, rows: list[tuple[str, str, int, int]]) -> None:
+        # SQLite checks CHECK constraints on the row an upsert proposes, before the
+        # conflict turns it into an update; so create missing rows at zero, then add.
+        db = self.db
+        db.executemany("INSERT OR IGNORE INTO balances (account, asset, balance, pending) VALUES (?, ?, 0, 0)",
+                       [(a, s) for a, s, _, _ in rows])
+        db.executemany("UPDATE balances SET balance = balance + ?, pending = pending + ? "
+                       "WHERE account = ? AND asset = ?", [(d, p, a, s) for a, s, d, p in rows])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class PostgresStore(_SqlStore):
+    """A PostgreSQL database through psycopg 3; bulk rows go in with COPY."""
+
+    ph = "%s"
+
+    def __init__(self, dsn: str) -> None:
+        import psycopg  # imported here so SQLite users do not need the driver
+
+        self.url = dsn
+        self._psycopg = psycopg
+        try:
+            self.db = psycopg.connect(dsn, autocommit=True)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to PostgreSQL store: {exc}") from exc
+
+    def _dialect(self) -> str:
+        return "postgresql"
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.db.execute(sql, params).fetchall()
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.db.execute(sql, params)
+
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self.db.cursor() as cur:
+            cur.executemany(sql, rows)
+
+    def _begin(self) -> None:
+        self.db.execute("BEGIN")
+
+    def _commit(self) -> None:
+        self.db.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self.db.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE:
+            self.db.execute("ROLLBACK")
+
+    def _meta_for_update(self) -> tuple[int, int]:
+        # The row lock makes writers from several processes take turns, like BEGIN IMMEDIATE.
+        rows = dict(self._query("SELECT key, value FROM meta ORDER BY key FOR UPDATE"))
+        return int(rows["last_seq"]), int(rows["next_no"])
+
+    def _errors(self) -> tuple[type[Exception], ...]:
+        return (self._psycopg.errors.IntegrityError,)
+
+    def _is_duplicate(self, exc: Exception) -> bool:
+        return isinstance(exc, self._psycopg.errors.UniqueViolation) and "posting_id" in str(exc)
+
+    def _write_rows(self, prep: _Prepared, pause: bool) -> None:
+        with self.db.cursor() as cur:
+            with cur.copy("COPY postings (no, posting_id, seq, ts, kind, ref, actor, subject, counterparty, text, "
+                          "body) FROM STDIN") as copy:
+                write = copy.write_row
+                half = len(prep.postings) // 2 if pause else -1
+                for i, row in enumerate(prep.postings):
+                    if i == half:
+                        _Pause.stop()
+                    write(row)
+
+    def _upsert_balances(self, rows: list[tuple[str, str, int, int]]) -> None:
+        # Like SQLite, PostgreSQL checks the row an upsert proposes: zero rows first, then add.
+        accounts, assets, deltas, pendings = (list(c) for c in zip(*rows, strict=True))
+        self.db.execute(
+            "INSERT INTO balances (account, asset, balance, pending) "
+            "SELECT a, s, 0, 0 FROM unnest(%s::text[], %s::text[]) AS u(a, s) ON CONFLICT DO NOTHING",
+            (accounts, assets))
+        self.db.execute(
+            "UPDATE balances AS b SET balance = b.balance + u.d, pending = b.pending + u.p "
+            "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[]) AS u(a, s, d, p) "
+            "WHERE b.account = u.a AND b.asset = u.s",
+            (accounts, assets, deltas, pendings))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def open_store(url_or_path: str) -> SqliteStore | PostgresStore:
+    """PostgreSQL for ``postgresql://`` / ``postgres://`` URLs, else a SQLite file."""
+    if url_or_path.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url_or_path)
+    return SqliteStore(url_or_path)

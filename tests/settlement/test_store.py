@@ -1,0 +1,168 @@
+"""The registry store, the same tests on a SQLite file and on PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from engine import CASH, EndOfDay, NewOrder, Side
+from settlement import (
+    Allocate,
+    Deposit,
+    OpenAccount,
+    Posting,
+    SetObligation,
+    Surrender,
+    SuspendAccount,
+    Withdraw,
+)
+from settlement.store import SCHEMA_VERSION, StoreError, open_store
+from tests.settlement.helpers import FEES, Market
+
+
+def busy_market() -> Market:
+    m = Market()
+    m.send(
+        OpenAccount("clerk", "A", 1, "Alpha Power"), OpenAccount("clerk", "B", 1), OpenAccount("clerk", "C", 2),
+        Deposit("clerk", "A", 90_000_000), Deposit("clerk", "C", 10_000_000),
+        Allocate("mee", "AUTHORITY", "B", "CEA24", 20_000), Allocate("mee", "AUTHORITY", "B", "CEA23", 500),
+        SetObligation("mee", "AUTHORITY", "B", 2024, 1000),
+    )
+    m.send(NewOrder("B", "s1", "CEA24", int(Side.SELL), 5000, 10_000),
+           NewOrder("B", "s2", "CEA24", int(Side.SELL), 5000, 10_100),
+           NewOrder("A", "b1", "CEA24", int(Side.BUY), 6000, 10_100),
+           NewOrder("C", "b2", "CEA24", int(Side.BUY), 100, 10_100))
+    m.send(Surrender("clerk", "B", "CEA23", 300, 2024), SuspendAccount("clerk", "C"))
+    return m
+
+
+def store_picture(ledger: Any) -> list[tuple[str, str, int, int]]:
+    out = []
+    for (account, asset), e in sorted(ledger.entries.items()):
+        if e[0]:
+            out.append((account, asset, e[0], e[3] if asset == CASH else e[2]))
+    return out
+
+
+def nonzero(rows: list[tuple[str, str, int, int]]) -> list[tuple[str, str, int, int]]:
+    return [r for r in rows if r[2] or r[3]]
+
+
+def test_migrate_is_versioned_and_idempotent(store: Any) -> None:
+    assert store.migrate() == SCHEMA_VERSION
+    assert store.migrate() == SCHEMA_VERSION
+    assert store.last_seq() == 0
+    assert store.balances() == []
+
+
+def test_batch_writes_everything_and_reads_back(store: Any) -> None:
+    m = busy_market()
+    postings = m.ledger.take_postings()
+    assert store.write_batch(postings, m.exchange.last_seq) == len(postings)
+    assert store.last_seq() == m.exchange.last_seq
+    assert nonzero(store.balances()) == store_picture(m.ledger)
+    assert store.accounts() == [m.ledger.accounts[a] for a in sorted(m.ledger.accounts)]
+    assert store.obligations() == list(m.ledger.obligations.values())
+    assert list(store.postings()) == postings
+    # The account history is the audit trail: opened, funded, traded, in order.
+    history = store.history("A")
+    assert [p.kind for p in history] == ["open", "deposit", "trade", "trade"]
+    assert history[0].actor == "clerk" and history[2].ref == "1"
+    assert store.history("A", limit=1) == history[-1:]
+    loaded = store.load_ledger(FEES)
+    assert store_picture(loaded) == store_picture(m.ledger)
+    assert loaded.accounts == m.ledger.accounts and loaded.obligations == m.ledger.obligations
+    assert loaded.supply() == m.ledger.supply()
+    loaded._check()
+
+
+def test_end_of_day_survives_a_reload(store: Any) -> None:
+    m = busy_market()
+    m.send(EndOfDay())
+    store.write_batch(m.ledger.take_postings(), m.exchange.last_seq)
+    loaded = store.load_ledger(FEES)
+    assert loaded.day == 2
+    assert loaded.withdrawable("B") == m.ledger.withdrawable("B") > 0
+    assert all(p == 0 for _, _, _, p in store.balances())
+
+
+def test_same_posting_twice_changes_nothing(store: Any) -> None:
+    m = busy_market()
+    postings = m.ledger.take_postings()
+    store.write_batch(postings[:10], 3)
+    before = store.balances()
+    assert store.write_batch(postings[:10], 3) == 0
+    assert store.balances() == before
+    # A batch that overlaps what is stored writes only the rest.
+    assert store.write_batch(postings, m.exchange.last_seq) == len(postings) - 10
+    assert nonzero(store.balances()) == store_picture(m.ledger)
+    assert len(list(store.postings())) == len(postings)
+
+
+def test_same_id_different_content_is_refused_whole(store: Any) -> None:
+    m = busy_market()
+    postings = m.ledger.take_postings()
+    store.write_batch(postings[:-1], 1)
+    before = (store.balances(), store.last_seq())
+    forged = msgspec.structs.replace(postings[5], text="forged")
+    with pytest.raises(StoreError, match="different content"):
+        store.write_batch([postings[-1], forged], 99)
+    assert (store.balances(), store.last_seq()) == before
+
+
+def test_constraints_forbid_negative_balances(store: Any) -> None:
+    m = busy_market()
+    store.write_batch(m.ledger.take_postings(), 5)
+    before = (store.balances(), store.last_seq(), len(list(store.postings())))
+    bad = Posting("X1", 6, 6, "withdraw", "6", "clerk", (("A", CASH, -10**12, 0),), "A")
+    with pytest.raises(StoreError, match="refused"):
+        store.write_batch([bad], 6)
+    pending = Posting("X2", 6, 6, "eod", "6", "", (("A", CASH, 0, 10**12),))
+    with pytest.raises(StoreError, match="refused"):
+        store.write_batch([pending], 6)
+    assert (store.balances(), store.last_seq(), len(list(store.postings()))) == before
+
+
+def test_last_seq_never_goes_back(store: Any) -> None:
+    m = busy_market()
+    store.write_batch(m.ledger.take_postings(), 20)
+    store.write_batch([], 7)
+    assert store.last_seq() == 20
+
+
+def test_withdraw_posting_round_trip(store: Any) -> None:
+    m = busy_market()
+    m.send(EndOfDay())
+    m.send(Withdraw("clerk", "B", 1000))
+    store.write_batch(m.ledger.take_postings(), m.exchange.last_seq)
+    assert store.load_ledger(FEES).supply()[CASH] == m.ledger.supply()[CASH]
+
+
+def test_users(store: Any) -> None:
+    assert store.user_count() == 0
+    store.add_user("li", "clerk")
+    store.add_user("wang", "authority")
+    store.add_user("li", "admin")
+    assert store.role_of("li") == "admin" and store.role_of("wang") == "authority" and store.role_of("x") is None
+    with pytest.raises(StoreError, match="role must be"):
+        store.add_user("z", "boss")
+
+
+def test_two_connections_see_the_same_record(store_url: str, store: Any) -> None:
+    m = busy_market()
+    store.write_batch(m.ledger.take_postings(), 9)
+    other = open_store(store_url)
+    try:
+        assert other.migrate() == SCHEMA_VERSION
+        assert other.last_seq() == 9 and other.balances() == store.balances()
+    finally:
+        other.close()
+
+
+def test_bad_store_location_fails_clearly(tmp_path: Any) -> None:
+    with pytest.raises(StoreError, match="cannot open"):
+        open_store(str(tmp_path / "missing-dir" / "x.sqlite"))
+    with pytest.raises(StoreError, match="cannot connect"):
+        open_store("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
