@@ -36,10 +36,12 @@ nothing behind, and replay decodes a whole record with one ``Decoder.decode`` ca
 
 from __future__ import annotations
 
+import asyncio
 import errno as errno_
 import os
 import struct
 import threading
+import weakref
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -504,6 +506,7 @@ class GroupCommitter:
         self.failure: JournalUnavailable | None = None
         self.commits = 0
         self.commands = 0
+        self._notifiers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopNotifier] = weakref.WeakKeyDictionary()
         self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
         self._thread.start()
 
@@ -530,19 +533,17 @@ class GroupCommitter:
             self._next_seq += n
             self._queue.append((cmds, done))
             self._pending += n
-            self._cond.notify()
+            if len(self._queue) == 1:  # the thread sleeps only on an empty queue
+                self._cond.notify()
 
     async def commit(self, cmds: Sequence[Any]) -> None:
         """Return once the commands are durable; raise JournalUnavailable if they are not."""
-        import asyncio
-
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-
-        def done(error: BaseException | None) -> None:
-            loop.call_soon_threadsafe(_settle, fut, error)
-
-        self.submit(cmds, done)
+        notifier = self._notifiers.get(loop)
+        if notifier is None:
+            notifier = self._notifiers[loop] = _LoopNotifier(loop)
+        self.submit(cmds, lambda error: notifier.add(fut, error))
         await fut
 
     @property
@@ -638,10 +639,34 @@ def _take(
     return taken, count
 
 
-def _settle(fut: Any, error: BaseException | None) -> None:
-    if fut.done():
-        return
-    if error is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(error)
+class _LoopNotifier:
+    """Resolves an event loop's commit futures with one wake-up of the loop per group
+    commit instead of one per submission (call_soon_threadsafe writes to a pipe)."""
+
+    __slots__ = ("loop", "lock", "ready")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.ready: list[tuple[asyncio.Future[None], BaseException | None]] = []
+
+    def add(self, fut: asyncio.Future[None], error: BaseException | None) -> None:
+        with self.lock:
+            first = not self.ready
+            self.ready.append((fut, error))
+        if first:
+            try:
+                self.loop.call_soon_threadsafe(self.flush)
+            except RuntimeError:  # the loop has closed: nobody waits any more
+                pass
+
+    def flush(self) -> None:
+        with self.lock:
+            ready, self.ready = self.ready, []
+        for fut, error in ready:
+            if fut.done():
+                continue
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
