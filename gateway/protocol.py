@@ -90,6 +90,7 @@ class GatewayReason(IntEnum):
     SESSION_LIMIT = 118  # too many sessions for this user or server
     UNKNOWN_INSTRUMENT = 119  # a query named an instrument that does not exist
     UNKNOWN_MEMBER = 120  # an operator query or mass cancel named an unknown member
+    JOURNAL_UNAVAILABLE = 121  # the command could not be made durable, so it was not entered
 
 
 class CodMode(IntEnum):

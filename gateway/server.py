@@ -144,6 +144,18 @@ class MemberStream:
             assert s.member == self.member and s.joined
 
 
+class _NamedOrigin:
+    """Origins for replayed events: the member an event names (recovery has no
+    sessions)."""
+
+    def __init__(self, streams: dict[str, MemberStream], staff: MemberStream, events: list[Any]) -> None:
+        self.streams, self.staff = streams, staff
+        self.by_seq = {ev.seq: ev.member for ev in events if type(ev) is Rejected}
+
+    def __getitem__(self, seq: int) -> MemberStream:
+        return self.streams.get(self.by_seq.get(seq, ""), self.staff)
+
+
 class Server:
     """See the module docstring."""
 
@@ -157,7 +169,7 @@ class Server:
         operator_member: str = "EXCH",
         sequencer: Sequencer | None = None,
         journal: Callable[[list[Any]], Awaitable[None]] = _no_journal,
-        settle: Callable[[list[Any]], None] | None = None,
+        on_events: Iterable[Callable[[list[Any]], None]] = (),
         tick_s: float = 1.0,
         pending_max: int = PENDING_MAX,
     ) -> None:
@@ -166,7 +178,9 @@ class Server:
         self.cfg = cfg or SessionSection()
         self.sequencer = sequencer or Sequencer(seq=core.engine.last_seq, ts=core.engine.last_ts)
         self._journal = journal
-        self._settle = settle
+        # Called with each batch's events before they are dropped (market data, the
+        # registry writer): synchronous, cheap, no I/O.
+        self.on_events = list(on_events)
         self.tick_s = tick_s
         self.pending_max = pending_max
         self.decode = inbound_decoder().decode
@@ -291,7 +305,19 @@ class Server:
             stamp = self.sequencer.stamp
             for cmd in cmds:
                 stamp(cmd)
-            await self._journal(cmds)
+            try:
+                await self._journal(cmds)
+            except Exception as e:  # not durable: nothing of the batch may be applied
+                log.error("journal refused a batch of %d commands (%s); they are rejected", len(cmds), e)
+                self.sequencer.seq = cmds[0].seq - 1  # the numbers were never used
+                now = time.time_ns()
+                for cmd, origin in zip(cmds, origins, strict=True):
+                    if type(cmd) is Tick:
+                        continue
+                    extra.append(Rejected(0, now, origin.member, getattr(cmd, "coid", ""), getattr(cmd, "order_id", 0),
+                                          int(GatewayReason.JOURNAL_UNAVAILABLE), "the journal is unavailable; not entered"))
+                    extra_from.append(origin)
+                cmds, origins = [], []
         # From here to the writes there is no await: routing, replay at logon and
         # session ends see each batch whole.
         self._apply(cmds, origins, extra, extra_from)
@@ -305,8 +331,8 @@ class Server:
             self.commands += len(cmds)
             out = core.out
             self._route(out, origins, cmds[0].seq, touched)
-            if self._settle is not None:
-                self._settle(out)
+            for listener in self.on_events:
+                listener(out)
             out.clear()
             self._encode(touched)
         for msg, frm in zip(extra, extra_from, strict=True):
@@ -399,23 +425,21 @@ class Server:
                 if target is not None:
                     report(target, ev, touched)
 
-    def rebuild(self, cmds: list[Any], events: list[Any]) -> None:
+    def rebuild(self, events: list[Any]) -> None:
         """Route the events of journaled commands replayed at start (recovery) into the
         members' histories and client order id tables, writing nothing: clients that
-        log on afterwards get them by replay. Call before ``start`` with each batch."""
-        if not cmds:
-            return
-        origins = [self._origin_of(cmd) for cmd in cmds]
+        log on afterwards get them by replay. Call before ``start``, batch by batch.
+        (A rejection is routed to the member it names, an unnamed one to the
+        exchange's staff; gateway rejections were never journaled.)"""
         touched: list[MemberStream] = []
-        self._route(events, origins, cmds[0].seq, touched)
+        streams, staff = self.streams, self.streams[self.operator_member]
+        origins = _NamedOrigin(streams, staff, events)
+        self._route(events, origins, 0, touched)  # type: ignore[arg-type]
         for stream in touched:
             stream.mark = -1
-        self.sequencer.seq = cmds[-1].seq
-        self.sequencer.ts = max(self.sequencer.ts, cmds[-1].ts)
-
-    def _origin_of(self, cmd: Any) -> MemberStream:
-        member = getattr(cmd, "member", "") or getattr(cmd, "actor", "").partition("/")[0]
-        return self.streams.get(member) or self.streams[self.operator_member]
+        last = self.core.engine.last_seq
+        self.sequencer.seq = last
+        self.sequencer.ts = max(self.sequencer.ts, self.core.engine.last_ts)
 
     def _untracked(self, order_id: int, member: str, side: int) -> list[Any]:
         """Tracking for an order the gateway did not see accepted (a core restored from
