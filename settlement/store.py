@@ -105,7 +105,8 @@ class RegistryStore(Protocol):
 class _Pause:
     """Test hook for the crash test: with ETX_TEST_PAUSE_IN_BATCH=N the Nth batch
     written by this process stops inside its transaction, after half its postings,
-    prints PAUSED on stderr and sleeps (to be killed there)."""
+    prints ``PAUSED <first posting id> <postings in the batch>`` on stderr and sleeps
+    (to be killed there)."""
 
     batch = int(os.environ.get("ETX_TEST_PAUSE_IN_BATCH", "0") or 0)
     count = 0
@@ -118,8 +119,9 @@ class _Pause:
         return cls.count == cls.batch
 
     @staticmethod
-    def stop() -> None:
-        print("PAUSED", file=sys.stderr, flush=True)
+    def stop(prep: _Prepared) -> None:
+        first = prep.postings[0][1] if prep.postings else ""
+        print("PAUSED", first, len(prep.postings), file=sys.stderr, flush=True)
         time.sleep(3600)
 
 
@@ -476,7 +478,7 @@ class SqliteStore(_SqlStore):
         if pause:
             half = len(prep.postings) // 2
             db.executemany(sql, prep.postings[:half])
-            _Pause.stop()
+            _Pause.stop(prep)
             db.executemany(sql, prep.postings[half:])
         else:
             db.executemany(sql, prep.postings)
@@ -551,7 +553,7 @@ class PostgresStore(_SqlStore):
                 half = len(prep.postings) // 2 if pause else -1
                 for i, row in enumerate(prep.postings):
                     if i == half:
-                        _Pause.stop()
+                        _Pause.stop(prep)
                     write(row)
 
     def _upsert_balances(self, rows: list[tuple[str, str, int, int]]) -> None:
