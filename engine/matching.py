@@ -104,17 +104,17 @@ class Market:
         self.open_price = self.high_price = self.low_price = self.last_price = 0
         self.volume = self.value = self.trades = 0
 
-    def record(self, first: int, last: int, high: int, low: int, volume: int, value: int, trades: int) -> None:
-        """Add a run of trades to the day's statistics."""
+    def record(self, price: int, qty: int, trades: int) -> None:
+        """Add the fills at one price (one or more trades) to the day's statistics."""
         if not self.open_price:
-            self.open_price = first
-        self.last_price = last
-        if high > self.high_price:
-            self.high_price = high
-        if low < self.low_price or not self.low_price:
-            self.low_price = low
-        self.volume += volume
-        self.value += value
+            self.open_price = price
+        self.last_price = price
+        if price > self.high_price:
+            self.high_price = price
+        if price < self.low_price or not self.low_price:
+            self.low_price = price
+        self.volume += qty
+        self.value += price * qty
         self.trades += trades
 
     def close_price(self) -> int:
@@ -196,7 +196,7 @@ class Engine:
         self.last_seq = 0
         self.last_ts = 0
         self._order_ids = itertools.count(1)  # next() is one C call in the hot path
-        self.next_trade_id = 1
+        self._trade_ids = itertools.count(1)
         self.day = 1
         self._next_change = -1  # ts of the next schedule change; -1: not computed yet
         self._expire_at = 1 << 62  # ts of the current day's close
@@ -211,6 +211,15 @@ class Engine:
             Tick: self._tick,
             EndOfDay: self._end_of_day,
         }
+
+    @property
+    def next_trade_id(self) -> int:
+        """The id the next trade will get."""
+        return int(self._trade_ids.__reduce__()[1][0])
+
+    @next_trade_id.setter
+    def next_trade_id(self, value: int) -> None:
+        self._trade_ids = itertools.count(value)
 
     @property
     def next_order_id(self) -> int:
@@ -426,25 +435,25 @@ class Engine:
         limit = (order.price - opp.base) * opp.sign
         if opp.best > limit:
             return
-        # Hot loop: attributes bound to locals, they are read per fill.
-        out = self.out
-        emit = out.append
+        # The hottest loop of the engine. Attributes are bound to locals, and the
+        # price, the statistics and the level's total are kept per level, not per fill.
+        emit = self._emit
         levels = opp.levels
         member, side, taker_id = order.member, order.side, order.order_id
         holds = market.holds
         ledger = self.ledger
         symbol = market.symbol
         qty = order.qty
-        trade_id = self.next_trade_id
+        trade_ids = self._trade_ids
         orders = self.orders
-        volume = value = 0
-        high, low = market.high_price, market.low_price
-        first_price = last_price = 0
         while qty and opp.best <= limit:
             key = opp.best
             level = levels[key]
             assert level is not None
-            while qty and level.qty:
+            price = opp.base + opp.sign * key
+            lqty = level.qty
+            filled = fills = 0  # at this level
+            while qty and lqty:
                 maker = level[0]
                 mqty = maker.qty
                 if not mqty:
@@ -452,30 +461,29 @@ class Engine:
                     level.dead -= 1
                     continue
                 if maker.member == member:
+                    level.qty = lqty
                     qty = self._self_trade(market, opp, level, key, order, maker, qty, seq, ts)
+                    lqty = level.qty
                     if qty < 0:  # the incoming order is gone
                         qty = 0
                         break
                     continue
-                fill = qty if qty < mqty else mqty
-                price = maker.price
-                trade = Trade(seq, ts, trade_id, symbol, price, fill, side, maker.order_id, maker.member, taker_id, member)
-                trade_id += 1
-                emit(trade)
-                qty -= fill
-                mqty -= fill
-                maker.qty = mqty
+                if qty < mqty:
+                    fill = qty
+                    maker.qty = mqty = mqty - qty
+                    qty = 0
+                else:
+                    fill = mqty
+                    qty -= mqty
+                    mqty = maker.qty = 0
+                    level.popleft()
+                    del orders[maker.order_id]
                 maker.filled += fill
-                level.qty -= fill
-                volume += fill
-                value += price * fill
-                last_price = price
-                if not first_price:
-                    first_price = price
-                if price > high:
-                    high = price
-                if price < low or not low:
-                    low = price
+                lqty -= fill
+                filled += fill
+                fills += 1
+                trade = Trade(seq, ts, next(trade_ids), symbol, price, fill, side, maker.order_id, maker.member, taker_id, member)
+                emit(trade)
                 if holds:
                     assert ledger is not None
                     if side == BUY:
@@ -487,17 +495,15 @@ class Engine:
                         freed = maker.hold - new
                         maker.hold = new
                     ledger.settle(trade, freed)
-                if not mqty:
-                    level.popleft()
-                    del orders[maker.order_id]
-            if not level.qty:
+            if fills:
+                market.record(price, filled, fills)
+            if lqty:
+                level.qty = lqty
+            else:
                 level.reset()
                 opp.emptied(key)
         order.filled += order.qty - qty
         order.qty = qty
-        if volume:
-            market.record(first_price, last_price, high, low, volume, value, trade_id - self.next_trade_id)
-        self.next_trade_id = trade_id
 
     def _self_trade(
         self, market: Market, opp: HalfBook, level: Level, key: int, order: Order, maker: Order,
@@ -712,8 +718,7 @@ class Engine:
         order = Order(order_id, member, cmd.coid, market.symbol, side, price, qty, 0, IOC, CANCEL_INCOMING, hold, ts)
         self.out.append(Accepted(seq, ts, member, cmd.coid, order_id, market.symbol, side, price, qty, LIMIT, IOC))
         fill = qty if qty < target.qty else target.qty
-        trade = Trade(seq, ts, self.next_trade_id, market.symbol, price, fill, side, target.order_id, target.member, order_id, member)
-        self.next_trade_id += 1
+        trade = Trade(seq, ts, next(self._trade_ids), market.symbol, price, fill, side, target.order_id, target.member, order_id, member)
         self.out.append(trade)
         if market.holds:
             ledger = self.ledger
@@ -735,14 +740,15 @@ class Engine:
             level = half.levels[key]
             assert level is not None
             level.qty -= fill
-        market.record(price, price, price, price, fill, price * fill, 1)
+        market.record(price, fill, 1)
         if order.qty:
             self._drop_incoming(market, order, IOC_REST, seq, ts)
 
     def _cancel_where(self, keep: Callable[[Order], bool], reason: int, seq: int, ts: int) -> None:
         """Cancel every live order for which keep(order) is False, in order id order."""
         out = self.out
-        for order in [o for o in self.orders.values() if not keep(o)]:
+        doomed = sorted((o for o in self.orders.values() if not keep(o)), key=lambda o: o.order_id)
+        for order in doomed:
             market = self.markets[order.instrument]
             qty = self._remove_resting(market, order)
             out.append(Cancelled(seq, ts, order.member, order.order_id, order.instrument, qty, reason))
@@ -825,7 +831,7 @@ class Engine:
 
     def _expire_all(self, seq: int, ts: int) -> None:
         out = self.out
-        for order in list(self.orders.values()):
+        for order in sorted(self.orders.values(), key=lambda o: o.order_id):
             market = self.markets[order.instrument]
             qty = self._remove_resting(market, order)
             out.append(Expired(seq, ts, order.member, order.order_id, order.instrument, qty))

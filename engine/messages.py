@@ -100,9 +100,11 @@ class NewOrder(Command, tag=1):
     side: int
     qty: int
     price: int = 0  # ignored for market orders
-    ord_type: int = OrdType.LIMIT
-    tif: int = TimeInForce.DAY
-    stp: int = Stp.DEFAULT
+    # Plain int defaults: an IntEnum member would make every comparison and hash in
+    # the engine's hot path take the slow, subclass-aware route.
+    ord_type: int = int(OrdType.LIMIT)
+    tif: int = int(TimeInForce.DAY)
+    stp: int = int(Stp.DEFAULT)
     seq: int = 0
     ts: int = 0
 
@@ -133,7 +135,7 @@ class MassCancel(Command, tag=4):
 
     member: str = ""
     instrument: str = ""
-    reason: int = CancelReason.MASS_CANCEL
+    reason: int = int(CancelReason.MASS_CANCEL)
     seq: int = 0
     ts: int = 0
 
