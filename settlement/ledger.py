@@ -66,6 +66,7 @@ from settlement.messages import (
     Transfer,
     Withdraw,
 )
+from settlement.units import format_yuan
 
 PPM = 1_000_000
 BUY = int(Side.BUY)
@@ -416,7 +417,7 @@ class Ledger:
         if bad:
             return bad
         return self._done(cmd, kind, ((cmd.account, CASH, cmd.amount, 0),), cmd.account,
-                          f"deposit {cmd.amount} fen")
+                          f"deposit {format_yuan(cmd.amount)} CNY")
 
     def _withdraw(self, cmd: Withdraw, kind: str) -> RegistryDone | RegistryRejected:
         state = self._account(cmd, kind, cmd.account, MEMBER_TYPES | FEE_TYPES)
@@ -429,10 +430,10 @@ class Ledger:
         if cmd.amount > free:
             b, h, _, u = self.entry(cmd.account, CASH)
             return self._reject(cmd, kind, RegistryReason.INSUFFICIENT_CASH,
-                                f"withdrawable cash is {free} fen (balance {b}, held {h}, unsettled sales {u}), "
-                                f"asked {cmd.amount}")
+                                f"withdrawable cash is {format_yuan(free)} CNY (balance {format_yuan(b)}, held "
+                                f"{format_yuan(h)}, unsettled sales {format_yuan(u)}), asked {format_yuan(cmd.amount)}")
         return self._done(cmd, kind, ((cmd.account, CASH, -cmd.amount, 0),), cmd.account,
-                          f"withdraw {cmd.amount} fen")
+                          f"withdraw {format_yuan(cmd.amount)} CNY")
 
     def _allocate(self, cmd: Allocate, kind: str) -> RegistryDone | RegistryRejected:
         source = self.accounts.get(cmd.source)
