@@ -59,6 +59,14 @@ class Level(deque[Order]):
     def live(self) -> int:
         return len(self) - self.dead
 
+    def compact(self) -> None:
+        """Drop the dead entries; callers do it once more than half the deque
+        (plus a little slack) is dead, so the cost is amortised O(1) per cancel."""
+        live = [o for o in self if o.qty]
+        self.clear()
+        self.extend(live)
+        self.dead = 0
+
 
 class HalfBook:
     """One side: levels by key (0 = best possible price), a bitmap of non-empty
@@ -105,10 +113,7 @@ class HalfBook:
             return
         level.dead += 1
         if 2 * level.dead > len(level) + 16:
-            live = [o for o in level if o.qty]
-            level.clear()
-            level.extend(live)
-            level.dead = 0
+            level.compact()
 
     def emptied(self, key: int) -> None:
         """The level at key has no live orders left: unmark it, move best if needed."""

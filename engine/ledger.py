@@ -16,6 +16,7 @@ from typing import Protocol
 from engine.messages import Side, Trade
 
 CASH = "CNY"
+BUY = int(Side.BUY)
 
 
 class HoldLedger(Protocol):
@@ -51,66 +52,73 @@ class HoldLedger(Protocol):
 
 
 class SimpleLedger:
-    """Balances and holds per (account, asset); fees are zero."""
+    """Balances and holds per (account, asset), as one small list ``[balance, held]``
+    per entry (one dict lookup per operation); fees are zero."""
 
-    __slots__ = ("balance", "held")
+    __slots__ = ("entries",)
 
     def __init__(self) -> None:
-        self.balance: dict[tuple[str, str], int] = {}
-        self.held: dict[tuple[str, str], int] = {}
+        self.entries: dict[tuple[str, str], list[int]] = {}
 
     def deposit(self, account: str, asset: str, amount: int) -> None:
         assert amount >= 0
-        key = (account, asset)
-        self.balance[key] = self.balance.get(key, 0) + amount
+        e = self.entries.setdefault((account, asset), [0, 0])
+        e[0] += amount
 
     def available(self, account: str, asset: str) -> int:
-        key = (account, asset)
-        return self.balance.get(key, 0) - self.held.get(key, 0)
+        e = self.entries.get((account, asset))
+        return e[0] - e[1] if e else 0
+
+    @property
+    def balance(self) -> dict[tuple[str, str], int]:
+        """Balance per (account, asset)."""
+        return {key: e[0] for key, e in self.entries.items()}
+
+    @property
+    def held(self) -> dict[tuple[str, str], int]:
+        """Held amount per (account, asset), non-zero only."""
+        return {key: e[1] for key, e in self.entries.items() if e[1]}
 
     def cash_required(self, notional: int) -> int:
         return notional
 
     def hold(self, account: str, asset: str, amount: int) -> bool:
-        key = (account, asset)
-        held = self.held.get(key, 0)
-        if self.balance.get(key, 0) - held < amount:
+        e = self.entries.get((account, asset))
+        if e is None or e[0] - e[1] < amount:
             return False
-        self.held[key] = held + amount
+        e[1] += amount
         return True
 
     def release(self, account: str, asset: str, amount: int) -> None:
-        key = (account, asset)
-        held = self.held[key] - amount
-        assert held >= 0, (key, amount)
-        self.held[key] = held
+        e = self.entries[account, asset]
+        assert 0 <= amount <= e[1], (account, asset, amount, e)
+        e[1] -= amount
 
     def settle(self, trade: Trade, buyer_hold: int) -> None:
-        if trade.aggressor == Side.BUY:
+        if trade.aggressor == BUY:
             buyer, seller = trade.taker_member, trade.maker_member
         else:
             buyer, seller = trade.maker_member, trade.taker_member
-        cost = trade.price * trade.qty
-        assert buyer_hold >= cost, (trade, buyer_hold)
-        balance, held = self.balance, self.held
-        bc, sc = (buyer, CASH), (seller, CASH)
-        ba, sa = (buyer, trade.instrument), (seller, trade.instrument)
-        held[bc] -= buyer_hold
-        balance[bc] -= cost
-        balance[sc] = balance.get(sc, 0) + cost
-        held[sa] -= trade.qty
-        balance[sa] -= trade.qty
-        balance[ba] = balance.get(ba, 0) + trade.qty
-        assert held[bc] >= 0 and held[sa] >= 0 and balance[bc] >= held[bc], trade
+        qty, symbol = trade.qty, trade.instrument
+        cost = trade.price * qty
+        entries = self.entries
+        bc, sa = entries[buyer, CASH], entries[seller, symbol]
+        assert cost <= buyer_hold <= bc[1] and qty <= sa[1], (trade, buyer_hold, bc, sa)
+        bc[1] -= buyer_hold
+        bc[0] -= cost
+        sa[1] -= qty
+        sa[0] -= qty
+        sc = entries.get((seller, CASH))
+        if sc is None:
+            sc = entries[seller, CASH] = [0, 0]
+        sc[0] += cost
+        ba = entries.get((buyer, symbol))
+        if ba is None:
+            ba = entries[buyer, symbol] = [0, 0]
+        ba[0] += qty
 
     def end_of_day(self) -> None:
         pass
 
     def state(self) -> list[tuple[str, str, int, int]]:
-        keys = sorted(set(self.balance) | set(self.held))
-        out = []
-        for key in keys:
-            b, h = self.balance.get(key, 0), self.held.get(key, 0)
-            if b or h:
-                out.append((key[0], key[1], b, h))
-        return out
+        return [(a, s, e[0], e[1]) for (a, s), e in sorted(self.entries.items()) if e[0] or e[1]]

@@ -243,7 +243,7 @@ class Engine:
         first, last = cmds[0], cmds[-1]
         if first.seq != self.last_seq + 1 or last.seq != self.last_seq + len(cmds) or first.ts < self.last_ts:  # type: ignore[attr-defined]
             raise AssertionError(
-                f"batch out of sequence: seq {first.seq}..{last.seq} ts {first.ts} "  # type: ignore[attr-defined]
+                f"commands out of order (a sequence gap or time going back): seq {first.seq}..{last.seq} ts {first.ts} "  # type: ignore[attr-defined]
                 f"after seq {self.last_seq} ts {self.last_ts}"
             )
         # Bound to locals: this loop runs per command.
@@ -499,6 +499,8 @@ class Engine:
                 market.record(price, filled, fills)
             if lqty:
                 level.qty = lqty
+                if 2 * level.dead > len(level) + 16:  # fills took live orders off the front
+                    level.compact()
             else:
                 level.reset()
                 opp.emptied(key)
