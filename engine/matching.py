@@ -167,6 +167,7 @@ class Engine:
         schedule: Schedule = ALWAYS_OPEN,
         stp_default: int = CANCEL_RESTING,
         member_stp: dict[str, int] | None = None,
+        acks: bool = True,
     ) -> None:
         self.markets: dict[str, Market] = {}
         for rules in instruments:
@@ -187,6 +188,10 @@ class Engine:
         self.schedule = schedule
         self.stp_default = stp_default
         self.member_stp = dict(member_stp or {})
+        # acks=False leaves out the plain acknowledgements (Accepted, and Cancelled for a
+        # member's own cancel), for pure-matching replays and benchmarks that need only
+        # trades and state changes. The gateway always runs with acks.
+        self.acks = acks
         self.out: list[Event] = []  # drained by the caller with out.clear(), never replaced
         self._emit = self.out.append
         self.orders: dict[int, Order] = {}
@@ -374,7 +379,8 @@ class Engine:
         used.add(coid)
         order = Order(order_id, member, coid, market.symbol, side, price, qty, 0, tif,
                       cmd.stp or self.member_stp.get(member, self.stp_default), hold, ts)
-        self._emit(Accepted(seq, ts, member, coid, order_id, market.symbol, side, price, qty, cmd.ord_type, tif))
+        if self.acks:
+            self._emit(Accepted(seq, ts, member, coid, order_id, market.symbol, side, price, qty, cmd.ord_type, tif))
         if tif != DAY or cmd.ord_type != LIMIT:
             # IOC, FOK and market orders: trade what they can now, cancel the rest.
             if tif != FOK or self._fok_fillable(market, order):
@@ -619,7 +625,8 @@ class Engine:
             level.qty += qty
             half.kill(order, key)
         del self.orders[order.order_id]
-        self.out.append(Cancelled(cmd.seq, cmd.ts, order.member, order.order_id, order.instrument, qty, USER))
+        if self.acks:
+            self._emit(Cancelled(cmd.seq, cmd.ts, order.member, order.order_id, order.instrument, qty, USER))
 
     def _amend(self, cmd: Amend) -> None:
         order = self._own_order(cmd)
