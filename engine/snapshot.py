@@ -11,14 +11,15 @@ Contract:
   the body; a file that does not verify raises ``SnapshotCorrupt`` (the caller falls back
   to an older snapshot). The state hash in the header is checked by the caller after
   ``restore``: only the core can compute it.
-- ``retire`` keeps the ``keep`` newest snapshots and deletes the journal segments that
-  lie entirely at or below the oldest kept one (never the newest segment, never one
-  holding a sequence at or above ``keep_seq_from``).
+- ``retire`` keeps the ``keep`` newest snapshots and the newest end-of-day one, and
+  deletes the journal segments that lie entirely at or below the oldest kept one (never
+  the newest segment, never one holding a sequence at or above ``keep_seq_from``).
 
 File format (little-endian; file name ``{last_seq:020d}.snapshot``):
 
-    header (36 bytes): magic "ETXS", version u16 (1), hash_len u16, last_seq u64,
-        body_len u64, body_crc32 u32, header_crc32 u32 (over the bytes before it and the hash)
+    header (36 bytes): magic "ETXS", version u16 (1), hash_len u16, flags u32 (bit 0:
+        taken right after an end of day), last_seq u64, body_len u64, body_crc32 u32,
+        header_crc32 u32 (over the bytes before it and the hash)
     state hash: hash_len bytes of ASCII (the core's ``state_hash()``)
     body: msgpack of the core's ``snapshot()`` object
 """
@@ -37,7 +38,8 @@ from engine.journal import fsync_dir, list_segments
 
 SNAPSHOT_MAGIC = b"ETXS"
 SNAPSHOT_VERSION = 1
-SNAPSHOT_HEADER = struct.Struct("<4sHHQQII")
+SNAPSHOT_HEADER = struct.Struct("<4sHHIQQII")
+END_OF_DAY = 1  # header flag
 SNAPSHOT_SUFFIX = ".snapshot"
 TMP_SUFFIX = ".tmp"
 KEEP_DEFAULT = 3
@@ -70,6 +72,7 @@ class Capture(msgspec.Struct, frozen=True):
     last_seq: int
     state_hash: str
     body: bytes
+    end_of_day: bool = False  # taken right after an EndOfDay: the next day starts after it
 
 
 class Loaded(msgspec.Struct, frozen=True):
@@ -77,6 +80,7 @@ class Loaded(msgspec.Struct, frozen=True):
     last_seq: int
     state_hash: str
     state: Any
+    end_of_day: bool = False
 
 
 class Retired(msgspec.Struct):
@@ -84,10 +88,10 @@ class Retired(msgspec.Struct):
     segments: list[str]
 
 
-def capture(core: Snapshottable) -> Capture:
+def capture(core: Snapshottable, end_of_day: bool = False) -> Capture:
     """Encode the core's state now (see the module docstring)."""
     body = msgspec.msgpack.encode(core.snapshot())
-    return Capture(core.last_seq, core.state_hash(), body)
+    return Capture(core.last_seq, core.state_hash(), body, end_of_day)
 
 
 def list_snapshots(directory: Path | str) -> list[tuple[int, Path]]:
@@ -107,18 +111,20 @@ def snapshot_name(last_seq: int) -> str:
 
 def encode_snapshot(cap: Capture) -> bytes:
     digest = cap.state_hash.encode("ascii")
+    flags = END_OF_DAY if cap.end_of_day else 0
     head = SNAPSHOT_HEADER.pack(
-        SNAPSHOT_MAGIC, SNAPSHOT_VERSION, len(digest), cap.last_seq, len(cap.body), zlib.crc32(cap.body), 0
+        SNAPSHOT_MAGIC, SNAPSHOT_VERSION, len(digest), flags, cap.last_seq, len(cap.body), zlib.crc32(cap.body), 0
     )[:-4]
     return head + struct.pack("<I", zlib.crc32(digest, zlib.crc32(head))) + digest + cap.body
 
 
-def decode_snapshot_header(data: bytes | memoryview, path: Path | str) -> tuple[int, str, int]:
-    """(last_seq, state hash, offset of the body) of a snapshot file's bytes, verified."""
+def decode_snapshot_header(data: bytes | memoryview, path: Path | str) -> tuple[int, str, int, bool]:
+    """(last_seq, state hash, offset of the body, end of day) of a snapshot file's
+    bytes, verified."""
     size = SNAPSHOT_HEADER.size
     if len(data) < size:
         raise SnapshotCorrupt(path, f"{len(data)} bytes, shorter than the header")
-    magic, version, hash_len, last_seq, body_len, body_crc, header_crc = SNAPSHOT_HEADER.unpack_from(data, 0)
+    magic, version, hash_len, flags, last_seq, body_len, body_crc, header_crc = SNAPSHOT_HEADER.unpack_from(data, 0)
     if magic != SNAPSHOT_MAGIC:
         raise SnapshotCorrupt(path, f"expected magic {SNAPSHOT_MAGIC!r}, found {bytes(magic)!r}")
     digest = bytes(data[size : size + hash_len])
@@ -131,7 +137,7 @@ def decode_snapshot_header(data: bytes | memoryview, path: Path | str) -> tuple[
         raise SnapshotCorrupt(path, f"expected {start + body_len} bytes, the file has {len(data)}")
     if zlib.crc32(memoryview(data)[start:]) != body_crc:
         raise SnapshotCorrupt(path, "body checksum mismatch")
-    return last_seq, digest.decode("ascii"), start
+    return last_seq, digest.decode("ascii"), start, bool(flags & END_OF_DAY)
 
 
 class SnapshotStore:
@@ -150,6 +156,20 @@ class SnapshotStore:
     def list(self) -> list[tuple[int, Path]]:
         """(last seq, path) of every snapshot file, oldest first."""
         return list_snapshots(self.directory)
+
+    def newest_end_of_day(self) -> int | None:
+        """The seq of the newest end-of-day snapshot whose header verifies, if any."""
+        for seq, path in reversed(self.list()):
+            try:
+                with open(path, "rb") as f:
+                    head = f.read(SNAPSHOT_HEADER.size)
+            except OSError:
+                continue
+            if len(head) == SNAPSHOT_HEADER.size:
+                flags = SNAPSHOT_HEADER.unpack_from(head, 0)[3]
+                if flags & END_OF_DAY:
+                    return seq
+        return None
 
     def write(self, cap: Capture) -> Path:
         """Write the snapshot durably under its final name (see the module docstring)."""
@@ -179,7 +199,7 @@ class SnapshotStore:
                 data = f.read()
         except OSError as e:
             raise SnapshotCorrupt(path, f"cannot read: {e}") from e
-        last_seq, digest, start = decode_snapshot_header(data, path)
+        last_seq, digest, start, eod = decode_snapshot_header(data, path)
         name = Path(path).name
         if name != snapshot_name(last_seq):
             raise SnapshotCorrupt(path, f"header says seq {last_seq}, the file name disagrees")
@@ -187,20 +207,22 @@ class SnapshotStore:
             state = msgspec.msgpack.decode(memoryview(data)[start:], type=state_type)
         except msgspec.DecodeError as e:
             raise SnapshotCorrupt(path, f"body does not decode: {e}") from e
-        return Loaded(str(path), last_seq, digest, state)
+        return Loaded(str(path), last_seq, digest, state, eod)
 
     def retire(self, journal_dir: Path | str | None = None, keep_seq_from: int | None = None) -> Retired:
-        """Delete all but the ``keep`` newest snapshots, and the journal segments whose
-        every command is at or below the oldest kept snapshot's seq (and below
+        """Delete all but the ``keep`` newest snapshots (and the newest end-of-day one),
+        and the journal segments whose every command is at or below the oldest kept
+        snapshot's seq (and below
         ``keep_seq_from``, a sequence some reader still needs). Directories are synced."""
         snaps = self.list()
-        gone = snaps[: -self.keep] if len(snaps) > self.keep else []
+        eod = self.newest_end_of_day()
+        gone = [(s, p) for s, p in snaps[: -self.keep] if s != eod] if len(snaps) > self.keep else []
         for _, p in gone:
             p.unlink()
         if gone:
             fsync_dir(self.directory)
         removed = Retired([str(p) for _, p in gone], [])
-        kept = snaps[len(gone) :]
+        kept = [sp for sp in snaps if sp not in gone]
         if journal_dir is None or not kept:
             return removed
         limit = kept[0][0]  # segments entirely at or below it are covered by a snapshot

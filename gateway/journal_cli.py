@@ -136,12 +136,12 @@ def _verify(journal_dir: Path, snapshot_dir: Path | None, config: str | None) ->
     if snapshot_dir is not None and snapshot_dir.is_dir():
         for _, path in list_snapshots(snapshot_dir):
             try:
-                sseq, digest, _ = decode_snapshot_header(path.read_bytes(), path)
+                sseq, digest, _, eod = decode_snapshot_header(path.read_bytes(), path)
             except SnapshotCorrupt as e:
                 print(f"damaged: {e}")
                 ok = False
                 continue
-            print(f"snapshot {path.name}: seq {sseq}, state hash {digest}")
+            print(f"snapshot {path.name}: seq {sseq}, state hash {digest}{', end of day' if eod else ''}")
             snaps.append((sseq, digest, path))
     if config is not None and damage is None and ok:
         ok = _verify_replay(journal_dir, config, snaps) and ok
@@ -277,7 +277,7 @@ def collect_stats(journal_dir: Path, snapshot_dir: Path | None) -> Stats:
         for _, path in list_snapshots(snapshot_dir):
             data = path.read_bytes()
             try:
-                seq, digest, _ = decode_snapshot_header(data, path)
+                seq, digest, _, _ = decode_snapshot_header(data, path)
             except SnapshotCorrupt as e:
                 seq, digest = -1, f"damaged: {e.reason}"
             snaps.append(SnapshotStats(path.name, seq, len(data), digest))

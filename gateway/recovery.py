@@ -17,10 +17,16 @@ Contract of ``recover(data_dir, make_core, ...)``:
   exchange must not start on state it cannot prove.
 - Returns a ``Recovery``: the core, the open journal (appends continue at
   ``last_seq + 1``), the snapshot store and a ``RecoveryReport`` for the log.
+
+``Snapshotter`` takes the running core's snapshots: every ``every_commands`` commands
+and after each end of day, captured on the core's thread between two batches and
+written (then old snapshots and journal segments retired) on a thread of its own.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 import typing
 from collections.abc import Callable, Sequence
@@ -31,7 +37,9 @@ import msgspec
 
 from engine.journal import SEGMENT_BYTES_DEFAULT, Journal, JournalCorrupt, TornTail
 from engine.messages import ENGINE_COMMANDS
-from engine.snapshot import KEEP_DEFAULT, SnapshotCorrupt, SnapshotStore
+from engine.snapshot import KEEP_DEFAULT, Capture, SnapshotCorrupt, SnapshotStore, capture
+
+log = logging.getLogger("etx.recovery")
 
 JOURNAL_DIR = "journal"
 SNAPSHOT_DIR = "snapshots"
@@ -199,3 +207,100 @@ def _restore_newest(
         report.snapshot, report.snapshot_seq = str(path), seq
         return core, seq
     return make_core(), 0
+
+
+class Snapshotter:
+    """Snapshots of the running core, without stopping trading for long.
+
+    ``after_batch(events)`` is called on the core's thread after each applied batch
+    (it has the signature of the server's ``on_events`` listeners). It captures a
+    snapshot when ``every_commands`` commands have been applied since the last one,
+    or when ``day()`` changed (an end of day: that capture is flagged, and retention
+    keeps the newest such snapshot). Capturing encodes the state at once; that is the
+    pause, measured in ``pauses_s``. Writing, syncing and retiring (``store.retire``
+    with ``keep_seq_from()``: e.g. the registry store's last settled seq + 1, so
+    recovery can still regenerate what settlement lacks) run on the snapshot thread.
+    A periodic capture is skipped while the previous write is still running (the next
+    batch tries again); an end-of-day capture is always queued. Write errors are logged
+    and counted; trading goes on and the next capture tries again.
+    """
+
+    def __init__(
+        self,
+        core: Any,
+        store: SnapshotStore,
+        journal_dir: Path | str | None = None,
+        *,
+        every_commands: int = 100_000,
+        day: Callable[[], int] | None = None,
+        keep_seq_from: Callable[[], int] | None = None,
+    ) -> None:
+        if every_commands < 1:
+            raise ValueError(f"every_commands must be positive, got {every_commands}")
+        self.core, self.store, self.journal_dir = core, store, journal_dir
+        self.every_commands = every_commands
+        self.day, self.keep_seq_from = day, keep_seq_from
+        self._day = day() if day is not None else 0
+        self._last = core.last_seq
+        self._cond = threading.Condition()
+        self._queue: list[Capture] = []
+        self._busy = False
+        self._closed = False
+        self.taken = 0
+        self.written = 0
+        self.errors = 0
+        self.pauses_s: list[float] = []  # capture time of each snapshot (the pause trading sees)
+        self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
+        self._thread.start()
+
+    def after_batch(self, events: Any = None) -> None:
+        core = self.core
+        end_of_day = False
+        if self.day is not None:
+            today = self.day()
+            if today != self._day:
+                self._day, end_of_day = today, True
+        if not end_of_day and (core.last_seq - self._last < self.every_commands or self._busy):
+            return
+        self.take(end_of_day)
+
+    def take(self, end_of_day: bool = False) -> None:
+        """Capture now (on the core's thread) and queue the write."""
+        started = time.perf_counter()
+        cap = capture(self.core, end_of_day)
+        self.pauses_s.append(time.perf_counter() - started)
+        self._last = cap.last_seq
+        self.taken += 1
+        with self._cond:
+            self._busy = True
+            self._queue.append(cap)
+            self._cond.notify()
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Write what is queued, then stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                cap = self._queue.pop(0)
+            try:
+                path = self.store.write(cap)
+                keep = self.keep_seq_from() if self.keep_seq_from is not None else None
+                retired = self.store.retire(self.journal_dir, keep_seq_from=keep)
+                self.written += 1
+                log.info("snapshot %s written (seq %d%s); retired %d snapshots and %d journal segments",
+                         path.name, cap.last_seq, ", end of day" if cap.end_of_day else "",
+                         len(retired.snapshots), len(retired.segments))
+            except Exception as e:  # a full disk must not stop trading: the journal still has it all
+                self.errors += 1
+                log.error("snapshot at seq %d not written: %s", cap.last_seq, e)
+            with self._cond:
+                self._busy = bool(self._queue)

@@ -12,7 +12,7 @@ import pytest
 
 from engine.journal import Journal, JournalCorrupt, list_segments
 from engine.snapshot import SNAPSHOT_HEADER, Capture, SnapshotStore, capture, encode_snapshot, snapshot_name
-from gateway.recovery import JOURNAL_DIR, SNAPSHOT_DIR, journal_command_types, recover
+from gateway.recovery import JOURNAL_DIR, SNAPSHOT_DIR, Snapshotter, journal_command_types, recover, snapshot_type_of
 from tests.crash.workload import exchange_workload
 
 SEED = 20260503
@@ -182,3 +182,48 @@ def test_empty_directory_starts_empty(tmp_path: Path, work: Any) -> None:
     rec = recover(tmp_path / "new", make_core)
     assert rec.last_seq == 10
     rec.journal.close()
+
+
+def test_snapshotter_periodic_and_end_of_day(tmp_path: Path, work: Any) -> None:
+    make_core, cmds = work
+    journal = Journal(tmp_path / JOURNAL_DIR, journal_command_types(), segment_bytes=16 << 10)
+    store = SnapshotStore(tmp_path / SNAPSHOT_DIR, keep=2)
+    core = make_core()
+    snapper = Snapshotter(core, store, journal.directory, every_commands=1500, day=lambda: core.engine.day)
+    eod_seq = next(c.seq for c in cmds if type(c).__name__ == "EndOfDay")
+    rng = random.Random(SEED)
+    i = 0
+    while i < len(cmds):
+        batch = cmds[i : i + rng.randint(1, 250)]
+        journal.append_batch(batch)
+        core.apply_batch(batch)
+        snapper.after_batch(core.out)
+        core.out.clear()
+        i += len(batch)
+    snapper.close()
+    journal.close()
+    assert snapper.errors == 0 and snapper.written == snapper.taken >= len(cmds) // 1500
+    assert len(snapper.pauses_s) == snapper.taken
+    snaps = store.list()
+    eod = store.newest_end_of_day()
+    assert eod is not None and eod >= eod_seq and eod in {s for s, _ in snaps}
+    assert len(snaps) == 3 and eod < snaps[-2][0], "the end-of-day snapshot outlives the keep count"
+    assert store.load(dict((s, p) for s, p in snaps)[eod], snapshot_type_of(core)).end_of_day
+    # Journal segments from the oldest kept snapshot (the end of day) on are kept.
+    rec = recover(tmp_path, make_core, events_from_seq=eod + 1)
+    assert rec.report.snapshot_seq == eod and rec.report.state_hash == clean_hash(make_core, cmds)
+    rec.journal.close()
+
+
+def test_snapshotter_write_failure_does_not_stop_trading(tmp_path: Path, work: Any) -> None:
+    make_core, cmds = work
+    store = SnapshotStore(tmp_path / SNAPSHOT_DIR)
+    core = make_core()
+    snapper = Snapshotter(core, store, every_commands=100)
+    (tmp_path / SNAPSHOT_DIR).rmdir()  # the snapshot directory is gone: writes fail
+    core.apply_batch(cmds[:300])
+    snapper.after_batch()
+    snapper.close()
+    assert snapper.taken == 1 and snapper.errors == 1 and snapper.written == 0
+    core.apply_batch(cmds[300:400])  # the core goes on
+    assert core.last_seq == 400
