@@ -56,7 +56,7 @@ from gateway.auth import hash_secret
 from gateway.client import Client
 from gateway.config import Config, load
 from gateway.protocol import CodMode, Fill, Report
-from gateway.recovery import JOURNAL_DIR, journal_command_types
+from gateway.recovery import JOURNAL_DIR, core_factory, journal_command_types
 from settlement.audit import audit
 from settlement.messages import Allocate, Deposit, HolderType, OpenAccount
 from settlement.store import open_store
@@ -97,20 +97,6 @@ def write_config(directory: Path, port: int) -> Path:
     path = directory / "etx.toml"
     path.write_text("\n".join(lines))
     return path
-
-
-def make_core(cfg: Config) -> Any:
-    """The core ``etx serve`` builds from this config."""
-    import gateway.serve as serve
-
-    if hasattr(serve, "make_core"):
-        return serve.make_core(cfg)
-    # Until gateway.serve exposes its composition, the same construction as Service.
-    from settlement import Exchange, Fees, Ledger
-
-    trading_ppm, registry_ppm = cfg.fee_rates_ppm()
-    return Exchange(cfg.instruments(), Ledger(Fees(trading_ppm=trading_ppm, settlement_ppm=registry_ppm)),
-                    schedule=cfg.schedule(), stp_default=cfg.stp_default(), member_stp=cfg.member_stp())
 
 
 class Serve:
@@ -230,7 +216,7 @@ class Replay:
     """A clean replay of the journal from an empty core, advanced as the journal grows."""
 
     def __init__(self, cfg: Config, journal_dir: Path) -> None:
-        self.core = make_core(cfg)
+        self.core = core_factory(cfg)()
         self.journal_dir = journal_dir
         self.decoder = command_decoder(journal_command_types())
         self.accepted: dict[tuple[str, str], int] = {}  # (member, coid) -> order_id

@@ -6,8 +6,8 @@ next start cuts it).
 
 - ``verify``: every segment's header, every record's checksum and sequence range, that
   every record decodes, and every snapshot's checksums. With ``--config`` it also
-  replays the whole journal into a fresh core and checks each snapshot's recorded
-  state hash against the replayed state at its sequence, then prints the state hash
+  replays the whole journal into a fresh core (``gateway.recovery.core_factory``) and
+  checks each snapshot's recorded state hash against the replayed state at its sequence, then prints the state hash
   after replay. Exit status 0 when everything verifies (a torn tail is a warning), 1
   when anything is damaged.
 - ``inspect``: the commands in a sequence range, one JSON object per line.
@@ -187,13 +187,11 @@ def _verify_replay(journal_dir: Path, config: str, snaps: list[tuple[int, str, P
 
 
 def _core_from_config(path: str) -> Any:
-    """The core ``etx serve`` would build from this config, fresh."""
-    import importlib
+    """The core ``etx serve`` builds from this config, fresh."""
+    from gateway.config import load
+    from gateway.recovery import core_factory
 
-    from gateway import config as config_mod
-
-    serve = importlib.import_module("gateway.serve")  # the composition root builds cores
-    return serve.make_core(config_mod.load(path))
+    return core_factory(load(path))()
 
 
 def _inspect(journal_dir: Path, from_seq: int, to_seq: int, limit: int, type_name: str) -> int:

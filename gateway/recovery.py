@@ -111,6 +111,24 @@ def journal_command_types() -> tuple[type, ...]:
     return tuple(ENGINE_COMMANDS) + tuple(REGISTRY_COMMANDS)
 
 
+def core_factory(cfg: Any) -> Callable[[], Any]:
+    """``make_core`` for a ``gateway.config.Config``: a fresh ``settlement.Exchange``
+    with the configuration's instruments, fees, schedule and self-trade prevention.
+    The one composition of the core, for ``etx serve``, ``etx journal verify`` and the
+    crash tests alike: a replay is only proof when it runs into the same core."""
+    from settlement import Exchange, Fees, Ledger
+
+    trading_ppm, registry_ppm = cfg.fee_rates_ppm()
+    fees = Fees(trading_ppm=trading_ppm, settlement_ppm=registry_ppm)
+    instruments, schedule = cfg.instruments(), cfg.schedule()
+    stp, member_stp = cfg.stp_default(), cfg.member_stp()
+
+    def make_core() -> Exchange:
+        return Exchange(instruments, Ledger(fees), schedule=schedule, stp_default=stp, member_stp=member_stp)
+
+    return make_core
+
+
 def snapshot_type_of(core: Any) -> Any:
     """The type ``core.snapshot()`` returns, from its annotation."""
     hints = typing.get_type_hints(type(core).snapshot)

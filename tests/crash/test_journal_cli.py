@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 
+from benchmarks.crash_soak import write_config
 from engine.journal import list_segments
-from engine.snapshot import SnapshotStore
+from engine.snapshot import Capture, SnapshotStore, decode_snapshot_header, encode_snapshot
 from gateway.cli import main
-from gateway.recovery import JOURNAL_DIR, SNAPSHOT_DIR
+from gateway.config import load
+from gateway.recovery import JOURNAL_DIR, SNAPSHOT_DIR, core_factory
 from tests.crash.test_recovery import run
 from tests.crash.workload import exchange_workload
 
@@ -92,3 +94,26 @@ def test_inspect(data: tuple[Path, list[Any]], capsys: pytest.CaptureFixture[str
 def test_missing_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["journal", "stats", str(tmp_path / "nope")]) == 2
     assert "no journal directory" in capsys.readouterr().err
+
+
+def test_verify_with_config_replays_and_checks_snapshot_hashes(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, 0)
+    make_core = core_factory(load(config))
+    _, cmds = exchange_workload(2_000, SEED)
+    data = tmp_path / "data"
+    run(data, make_core, cmds, snapshot_at=(700, 1400), segment_bytes=16 << 10)
+    clean = make_core()
+    clean.apply_batch(cmds)
+    assert main(["journal", "verify", str(data), "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("state hash matches the replay") == 2
+    assert f"replayed to seq {len(cmds)}: state hash {clean.state_hash()}" in out
+    # A snapshot whose checksums are fine but whose recorded hash is not the replay's.
+    (seq, path), _ = SnapshotStore(data / SNAPSHOT_DIR).list()
+    body = path.read_bytes()
+    start = decode_snapshot_header(body, path)[2]
+    path.write_bytes(encode_snapshot(Capture(seq, "f" * 32, body[start:])))
+    assert main(["journal", "verify", str(data), "--config", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert f"damaged: snapshot {path.name} records {'f' * 32}" in out and "NOT verified" in out
