@@ -150,18 +150,23 @@ class _Prepared:
         obligations: dict[tuple[str, int], ObligationState] = {}
         no = next_no
         encode = _encode
+        get = sums.get  # bound once: it runs per leg
         for p in postings:
-            subject, counterparty = parties(p)
+            legs = p.legs
+            if p.kind == "trade":  # inlined parties(): the common case, per posting
+                subject, counterparty = legs[0][0], legs[1][0]
+            else:
+                subject, counterparty = parties(p)
             prows.append((no, p.posting_id, p.seq, p.ts, p.kind, p.ref, p.actor, subject, counterparty, p.text,
                           encode(p)))
-            for account, asset, delta, pending in p.legs:
-                key = (account, asset)
-                s = sums.get(key)
+            for leg in legs:
+                key = leg[:2]
+                s = get(key)
                 if s is None:
-                    sums[key] = [delta, pending]
+                    sums[key] = [leg[2], leg[3]]
                 else:
-                    s[0] += delta
-                    s[1] += pending
+                    s[0] += leg[2]
+                    s[1] += leg[3]
             if p.account is not None:
                 accounts[p.account.account] = p.account
             if p.obligation is not None:
@@ -443,6 +448,8 @@ class SqliteStore(_SqlStore):
             raise StoreError(f"cannot open SQLite store {path!r}: {exc}") from exc
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
+        self._known: set[tuple[str, str]] = set()  # balance rows known to exist
+        self._after_commit: list[tuple[str, str]] = []
 
     def _dialect(self) -> str:
         return "sqlite"
@@ -461,8 +468,12 @@ class SqliteStore(_SqlStore):
 
     def _commit(self) -> None:
         self.db.execute("COMMIT")
+        if self._after_commit:
+            self._known.update(self._after_commit)
+            self._after_commit = []
 
     def _rollback(self) -> None:
+        self._after_commit = []
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
 
@@ -486,9 +497,13 @@ class SqliteStore(_SqlStore):
     def _upsert_balances(self, rows: list[tuple[str, str, int, int]]) -> None:
         # SQLite checks CHECK constraints on the row an upsert proposes, before the
         # conflict turns it into an update; so create missing rows at zero, then add.
+        # Rows are never deleted, so a row once seen exists for good (``_known``).
         db = self.db
-        db.executemany("INSERT OR IGNORE INTO balances (account, asset, balance, pending) VALUES (?, ?, 0, 0)",
-                       [(a, s) for a, s, _, _ in rows])
+        known = self._known
+        new = [(a, s) for a, s, _, _ in rows if (a, s) not in known]
+        if new:
+            db.executemany("INSERT OR IGNORE INTO balances (account, asset, balance, pending) VALUES (?, ?, 0, 0)", new)
+            self._after_commit = new
         db.executemany("UPDATE balances SET balance = balance + ?, pending = pending + ? "
                        "WHERE account = ? AND asset = ?", [(d, p, a, s) for a, s, d, p in rows])
 
