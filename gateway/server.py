@@ -28,6 +28,7 @@ and ``ledger`` (``settlement.exchange.Exchange``, or ``EngineCore`` around a bar
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import ssl
 import time
@@ -89,6 +90,8 @@ log = logging.getLogger("etx.server")
 MAKER, TAKER = int(Liquidity.MAKER), int(Liquidity.TAKER)
 BUY = int(Side.BUY)
 PENDING_MAX = 200_000  # queued messages above which sessions stop being read
+BATCH_MAX = 16_384  # commands per core batch (one journal record holds at most 65,536)
+PIPELINE_DEPTH = 4  # batches being journaled at once
 BALANCES_PER_REPLY = 10_000
 LOGON_DEADLINE_S = 10.0  # a connection that has not logged on by then is closed
 STAFF = (Role.OPERATOR, Role.CLERK, Role.AUTHORITY)
@@ -118,6 +121,12 @@ class EngineCore:
 
 async def _no_journal(batch: list[Any]) -> None:
     return None
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark a journal failure as seen; the core loop reports it."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 class MemberStream:
@@ -201,7 +210,10 @@ class Server:
         self._wakeup: asyncio.Event | None = None
         self._paused: list[Session] = []
         self._dirty_set: set[Session] = set()  # sessions with output in the current batch
-        self._batch_lock = asyncio.Lock()
+        # Batches stamped and being journaled, in sequence order:
+        # (journal future or None, commands, their streams, other work, its sessions).
+        self._inflight: collections.deque[tuple[Any, list[Any], list[MemberStream], list[Any], list[Any]]] = (
+            collections.deque())
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self._session_ids = 0
@@ -229,11 +241,11 @@ class Server:
         self._stopping = True
         if self._server is not None:
             self._server.close()
-        await self._run_batch()
+        await self._drain()
         for s in list(self.sessions):
             s.cod = False  # a shutdown is not a member's disconnect
             s.close(GatewayReason.SHUTDOWN, "the exchange is shutting down")
-        await self._run_batch()
+        await self._drain()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -283,44 +295,90 @@ class Server:
     # --- the core loop ---------------------------------------------------------------
 
     async def _core_loop(self) -> None:
+        """Take batches, start their journal writes, apply each once durable, in order.
+
+        Up to ``PIPELINE_DEPTH`` batches are journaled at once: while one waits for its
+        fsync the next is stamped and submitted (the journal group-commits them), so
+        the core applies one batch while the disk works on the next. Nothing is
+        applied, and so nothing acknowledged, before its own batch is durable."""
         wakeup = self._wakeup
         assert wakeup is not None
+        inflight = self._inflight
         while True:
-            await wakeup.wait()
-            wakeup.clear()
-            await self._run_batch()
+            while (self.p_cmds or self.p_extra) and len(inflight) < PIPELINE_DEPTH:
+                self._take()
+            if not inflight:
+                wakeup.clear()
+                if self.p_cmds or self.p_extra:
+                    continue
+                await wakeup.wait()
+                continue
+            head = inflight[0]
+            fut = head[0]
+            if fut is not None and not fut.done():
+                # Wait for the head to be durable, or for new input to journal meanwhile.
+                wakeup.clear()
+                waiter = asyncio.ensure_future(wakeup.wait())
+                await asyncio.wait((fut, waiter), return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                continue
+            inflight.popleft()
+            self._finish(head)
 
-    async def _run_batch(self) -> None:
-        # One batch at a time: stop() may run one while the loop awaits the journal.
-        async with self._batch_lock:
-            await self._run_batch_locked()
-
-    async def _run_batch_locked(self) -> None:
+    def _take(self) -> None:
+        """Move the queue (at most BATCH_MAX commands) into a stamped batch whose
+        journal write starts now."""
         cmds, origins = self.p_cmds, self.p_origins
         extra, extra_from = self.p_extra, self.p_extra_from
-        if not cmds and not extra:
-            return
-        self.p_cmds, self.p_origins, self.p_extra, self.p_extra_from = [], [], [], []
+        if len(cmds) > BATCH_MAX:  # the rest waits for the next batch, queries with it
+            self.p_cmds, self.p_origins = cmds[BATCH_MAX:], origins[BATCH_MAX:]
+            cmds, origins = cmds[:BATCH_MAX], origins[:BATCH_MAX]
+            extra, extra_from = [], []
+        else:
+            self.p_cmds, self.p_origins, self.p_extra, self.p_extra_from = [], [], [], []
+        fut: asyncio.Future[None] | None = None
         if cmds:
             stamp = self.sequencer.stamp
             for cmd in cmds:
                 stamp(cmd)
-            try:
-                await self._journal(cmds)
-            except Exception as e:  # not durable: nothing of the batch may be applied
-                log.error("journal refused a batch of %d commands (%s); they are rejected", len(cmds), e)
-                self.sequencer.seq = cmds[0].seq - 1  # the numbers were never used
-                now = time.time_ns()
-                for cmd, origin in zip(cmds, origins, strict=True):
+            if self._journal is not _no_journal:
+                fut = asyncio.ensure_future(self._journal(cmds))
+                fut.add_done_callback(_retrieve)
+        self._inflight.append((fut, cmds, origins, extra, extra_from))
+
+    def _finish(self, entry: tuple[Any, list[Any], list[MemberStream], list[Any], list[Any]]) -> None:
+        fut, cmds, origins, extra, extra_from = entry
+        if fut is not None and fut.exception() is not None:
+            # Not durable: nothing of it may be applied, nor of the batches journaled
+            # after it (the journal refuses everything after a gap). Their numbers
+            # were never used: stamping resumes at this batch's first.
+            doomed = [(cmds, origins, extra, extra_from)]
+            while self._inflight:
+                _, c, o, e, f = self._inflight.popleft()
+                doomed.append((c, o, e, f))
+            log.error("journal refused %d batches (%s); their commands are rejected", len(doomed), fut.exception())
+            self.sequencer.seq = cmds[0].seq - 1
+            now = time.time_ns()
+            for c, o, e, f in doomed:
+                for cmd, origin in zip(c, o, strict=True):
                     if type(cmd) is Tick:
                         continue
-                    extra.append(Rejected(0, now, origin.member, getattr(cmd, "coid", ""), getattr(cmd, "order_id", 0),
-                                          int(GatewayReason.JOURNAL_UNAVAILABLE), "the journal is unavailable; not entered"))
-                    extra_from.append(origin)
-                cmds, origins = [], []
+                    e.append(Rejected(0, now, origin.member, getattr(cmd, "coid", ""), getattr(cmd, "order_id", 0),
+                                      int(GatewayReason.JOURNAL_UNAVAILABLE), "the journal is unavailable; not entered"))
+                    f.append(origin)
+                self._apply([], [], e, f)
+            return
         # From here to the writes there is no await: routing, replay at logon and
         # session ends see each batch whole.
         self._apply(cmds, origins, extra, extra_from)
+
+    async def _drain(self, timeout_s: float = 30.0) -> None:
+        """Wait until everything queued is applied (or the timeout passes)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        while (self.p_cmds or self.p_extra or self._inflight) and loop.time() < end:
+            self.wake()
+            await asyncio.sleep(0.005)
 
     def _apply(self, cmds: list[Any], origins: list[MemberStream], extra: list[Any], extra_from: list[Any]) -> None:
         core = self.core
