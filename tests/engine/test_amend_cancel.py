@@ -237,9 +237,8 @@ def test_mass_cancel_reports_open_quantities(v: Venue) -> None:
 
 
 def test_mass_cancel_goes_in_order_id_order(v: Venue) -> None:
-    # The engine documents that _cancel_where cancels "in order id order". It walks
-    # its order index, a dict in insertion order, and an amend that loses priority
-    # re-inserts the order at the end: order 1 is then cancelled after order 2.
+    # Mass cancels go in order id order, whatever the orders' places in the book: an
+    # amend that loses priority must not move order 1 behind order 2.
     first = v.rest("A", BUY, 5, 9_990)
     second = v.rest("A", BUY, 5, 9_990)
     v.send(Amend("A", first, 9_980, 5))

@@ -127,10 +127,9 @@ def test_engine_configuration_errors() -> None:
 
 @pytest.mark.parametrize("mode", [Stp.DEFAULT, 9, -1])
 def test_engine_rejects_a_member_stp_that_is_not_a_mode(mode: int) -> None:
-    # stp_default is checked, member_stp is not: a member configured with 0 (DEFAULT)
-    # or an unknown number gets orders whose mode is none of the four, and the first
-    # self-trade of such an order fails an assertion in the middle of a match, with
-    # the book half updated. The configuration must be refused up front.
+    # A member configured with 0 (DEFAULT) or an unknown number would get orders whose
+    # mode is none of the four, and the first self-trade of such an order would fail
+    # in the middle of a match. The configuration must be refused up front.
     with pytest.raises(ValueError):
         Engine([cx("A")], SimpleLedger(), member_stp={"M": mode})
 
@@ -177,9 +176,8 @@ def test_always_open() -> None:
 
 def test_an_empty_schedule_keeps_the_market_closed() -> None:
     # Schedule.check() accepts a schedule without windows (a day with no trading) and
-    # state_at() answers "closed" for it, but the engine reads windows[-1] to find the
-    # day's close and fails with IndexError on its first command. Either check() must
-    # refuse it or the engine must run with it; here we require the latter.
+    # state_at() answers "closed" for it; the engine must then run, closed, and not
+    # look for the end of a last window that does not exist.
     sched = Schedule(windows=[])
     sched.check()
     assert sched.state_at(local_ns(10))[0] is False
