@@ -184,7 +184,7 @@ def test_registry_operations() -> None:
     (Deposit("clerk", "BUYER", -5), R.INVALID_AMOUNT),
     (Deposit("clerk", "BUYER", 10**16), R.INVALID_AMOUNT),
     (Deposit("clerk", "AUTHORITY", 5), R.WRONG_ACCOUNT_TYPE),
-    (Deposit("clerk", "BUYER", "5"), R.INVALID_FIELD),
+    (Deposit("clerk", "BUYER", "5"), R.INVALID_FIELD),  # type: ignore[arg-type]
     (Withdraw("clerk", "BUYER", 10_000_001), R.INSUFFICIENT_CASH),
     (Allocate("mee", "BUYER", "SELLER", "CEA24", 5), R.NOT_AUTHORITY),
     (Allocate("mee", "AUTHORITY", "SELLER", "CNY", 5), R.INVALID_ASSET),
@@ -260,7 +260,7 @@ def test_settle_day_and_duplicate_command() -> None:
     cmd = Deposit("clerk", "BUYER", 5, seq=drive.seq + 1, ts=1)
     drive.seq += 1
     assert isinstance(ledger.execute(cmd), RegistryDone)
-    assert ledger.execute(msgspec.structs.replace(cmd)).text == "already applied"  # type: ignore[union-attr]
+    assert ledger.execute(msgspec.structs.replace(cmd)).text == "already applied"
     with pytest.raises(LedgerError, match="different content"):
         ledger.execute(msgspec.structs.replace(cmd, amount=6))
 
