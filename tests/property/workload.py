@@ -148,6 +148,31 @@ def make_config(c: Chooser) -> Config:
 # --- the driver ----------------------------------------------------------------------------
 
 
+def build_engine(config: Config, **kw: Any) -> tuple[Engine, SimpleLedger]:
+    """A fresh engine and ledger for the configuration."""
+    ledger = SimpleLedger()
+    for (account, asset), amount in config.balances.items():
+        ledger.deposit(account, asset, amount)
+    engine = Engine(config.instruments, ledger, schedule=config.schedule,
+                    stp_default=config.stp_default, member_stp=config.member_stp, **kw)
+    return engine, ledger
+
+
+def recorded(seed: int, steps: int) -> Pair:
+    """A pair that has run ``steps`` random commands (checked against the reference):
+    its ``journal`` and ``events`` are a realistic stream to replay."""
+    c = RandomChooser(seed)
+    pair = Pair(make_config(c))
+    work = Workload(pair)
+    pair.step([Tick()])
+    while pair.steps < steps:
+        if c.chance(0.1):
+            work.advance(c)
+        pair.step([work.any(c)])
+    pair.check()
+    return pair
+
+
 def normal(ev: Event) -> Event:
     """Events as compared: a rejection's text is the engine's own wording."""
     if isinstance(ev, Rejected):
@@ -163,16 +188,14 @@ class Pair:
         self.config = config
         self.clock = ManualClock(config.start_ns)
         self.sequencer = Sequencer(self.clock)
-        self.ledger = SimpleLedger()
-        for (account, asset), amount in config.balances.items():
-            self.ledger.deposit(account, asset, amount)
-        self.engine = Engine(config.instruments, self.ledger, schedule=config.schedule,
-                             stp_default=config.stp_default, member_stp=config.member_stp)
+        self.engine, self.ledger = build_engine(config)
         self.reference = Reference(config.instruments, config.balances, schedule=config.schedule,
                                    stp_default=config.stp_default, member_stp=config.member_stp)
         self.tracker = OrderTracker()
         self.totals = self.asset_totals()
         self.steps = 0
+        self.journal: list[Command] = []  # every stamped command, in order
+        self.events: list[Event] = []  # every event the engine emitted, as emitted
 
     def asset_totals(self) -> dict[str, int]:
         sums: dict[str, int] = defaultdict(int)
@@ -189,6 +212,8 @@ class Pair:
         else:
             for cmd in stamped:
                 engine.apply(cmd)
+        self.journal.extend(stamped)
+        self.events.extend(engine.out)
         got = [normal(ev) for ev in engine.out]
         engine.out.clear()
         want: list[Event] = []
