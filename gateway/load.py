@@ -39,7 +39,7 @@ from engine import NewOrder, Side
 from gateway.auth import hash_secret
 from gateway.client import Client
 from gateway.framing import MAX_OUTBOUND_FRAME, FrameSplitter, encode_frame
-from gateway.protocol import PROTOCOL_VERSION, CodMode, Logon, Report
+from gateway.protocol import PROTOCOL_VERSION, CodMode, Heartbeat, Logon, Report
 
 SYMBOL = "CEA24"
 REF = 10_000
@@ -69,7 +69,7 @@ class _Session(asyncio.Protocol):
         self.acked = self.rejected = self.fills = 0
         self.sent_at: list[float] = []  # send time per order index
         self.latencies: list[float] = []
-        self.coid_base = 0
+        self.prefix = ""  # client order ids of this run start with it
         self.logged_on: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.closed = asyncio.get_running_loop().create_future()
         self.wake = asyncio.Event()
@@ -81,6 +81,7 @@ class _Session(asyncio.Protocol):
         self.transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.wake.set()
         if not self.closed.done():
             self.closed.set_result(exc)
         if not self.logged_on.done():
@@ -96,6 +97,8 @@ class _Session(asyncio.Protocol):
                 body = msg[2]
                 kind = body[0]
                 if kind == _ACCEPTED or kind == _REJECTED:
+                    if not body[4].startswith(self.prefix):
+                        continue  # replayed at logon from an earlier run
                     self.acked += 1
                     if kind == _REJECTED:
                         self.rejected += 1
@@ -103,7 +106,7 @@ class _Session(asyncio.Protocol):
                         coid = body[4]
                         idx = int(coid[coid.rindex("-") + 1:])
                         self.latencies.append(now - self.sent_at[idx])
-                elif kind == _FILL:
+                elif kind == _FILL and body[4].startswith(self.prefix):
                     self.fills += 1
             elif tag == 150 and not self.logged_on.done():
                 self.logged_on.set_result(msg)
@@ -117,6 +120,7 @@ CROSS_SHARE = 0.1  # orders priced through the other side's book; the rest rest 
 
 
 def _orders(member: str, prefix: str, side: int, n: int, rng: random.Random, qty_max: int) -> list[bytes]:
+    # Client order ids are PREFIX-INDEX: the index finds the send time of an order.
     """Passive limits 1-30 ticks from the reference on the order's own side, and a
     share priced 20 ticks through it that trade against the other side's book."""
     out = []
@@ -127,9 +131,10 @@ def _orders(member: str, prefix: str, side: int, n: int, rng: random.Random, qty
     return out
 
 
-async def _open(host: str, port: int, member: str, user: str, secret: str) -> _Session:
+async def _open(host: str, port: int, member: str, user: str, secret: str, prefix: str) -> _Session:
     loop = asyncio.get_running_loop()
     _, proto = await loop.create_connection(_Session, host, port)
+    proto.prefix = prefix  # before the logon: replayed reports of earlier runs must not count
     assert proto.transport is not None
     proto.transport.write(encode_frame(Logon(PROTOCOL_VERSION, member, user, secret, 0, int(CodMode.ON))))
     await asyncio.wait_for(proto.logged_on, 10)
@@ -140,12 +145,23 @@ async def drive(host: str, port: int, creds: list[tuple[str, str, str, int]], *,
                 window: int = 20_000, qty_max: int = 10, seed: int = 1) -> LoadResult:
     """Run the load over sessions given as (member, user, secret, side)."""
     rng = random.Random(seed)
-    sessions = [await _open(host, port, m, u, s) for m, u, s, _ in creds]
-    n = len(sessions)
+    n = len(creds)
     per = int((rate or 150_000) * seconds / n * 1.2) + 1000
     run_id = os.urandom(3).hex()
+    # Encoded before logging on: the sessions must not sit silent past the heartbeat timeout.
     frames = [_orders(m, f"{run_id}{k}", side, per, rng, qty_max) for k, (m, _, _, side) in enumerate(creds)]
+    sessions = [await _open(host, port, m, u, s, f"{run_id}{k}-") for k, (m, u, s, _) in enumerate(creds)]
     loop = asyncio.get_running_loop()
+    beat = encode_frame(Heartbeat())
+
+    async def heartbeats() -> None:
+        while True:
+            await asyncio.sleep(0.3)
+            for s in sessions:
+                if s.transport is not None and not s.transport.is_closing():
+                    s.transport.write(beat)
+
+    beating = asyncio.create_task(heartbeats())
     for s in sessions:
         s.sent_at = [0.0] * per
         s.timing = bool(rate)
@@ -155,7 +171,7 @@ async def drive(host: str, port: int, creds: list[tuple[str, str, str, int]], *,
 
     async def blast(k: int) -> None:  # throughput: keep `window` orders in flight
         s, fr = sessions[k], frames[k]
-        while loop.time() < end and sent[k] < per:
+        while loop.time() < end and sent[k] < per and not s.closed.done():
             room = window - (sent[k] - s.acked)
             if room > 0:
                 upto = min(per, sent[k] + room, sent[k] + 4096)
@@ -164,15 +180,17 @@ async def drive(host: str, port: int, creds: list[tuple[str, str, str, int]], *,
             s.wake.clear()
             await s.wake.wait()
 
-    async def pace() -> None:  # latency: rate/1000 orders per millisecond, spread over sessions
-        per_ms = rate / 1000
-        due = 0.0
+    async def pace() -> None:  # latency: `rate` orders a second, written every millisecond or so
         k = 0
+        total = 0
+        t0 = time.perf_counter()
         while loop.time() < end:
-            due += per_ms
             now = time.perf_counter()
+            due = int((now - t0) * rate) - total  # catches up if a sleep ran long
             while due >= 1:
                 s = sessions[k]
+                if s.closed.done():
+                    raise ConnectionError("the exchange closed a load session")
                 i = sent[k]
                 if i >= per:
                     return
@@ -180,6 +198,7 @@ async def drive(host: str, port: int, creds: list[tuple[str, str, str, int]], *,
                 s.transport.write(frames[k][i])  # type: ignore[union-attr]
                 sent[k] = i + 1
                 due -= 1
+                total += 1
                 k = (k + 1) % n
             await asyncio.sleep(0.001)
 
@@ -191,7 +210,12 @@ async def drive(host: str, port: int, creds: list[tuple[str, str, str, int]], *,
     # Let the acknowledgements of what was sent arrive (bounded wait).
     deadline = loop.time() + 30
     while sum(s.acked for s in sessions) < sum(sent) and loop.time() < deadline:
+        if any(s.closed.done() for s in sessions):
+            break
         await asyncio.sleep(0.01)
+    beating.cancel()
+    if any(s.closed.done() for s in sessions):
+        raise ConnectionError("the exchange closed a load session before acknowledging everything")
     acked_total = sum(s.acked for s in sessions)
     if not rate:
         elapsed = loop.time() - start  # throughput counts until the last acknowledgement

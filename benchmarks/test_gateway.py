@@ -1,0 +1,43 @@
+"""End-to-end gateway benchmark: one load process against ``etx serve`` (journal,
+settlement to SQLite, gateway) over loopback, as ``etx load --spawn`` runs it.
+
+Throughput: orders entered and acknowledged per second, as fast as the exchange
+acknowledges them (two member sessions, a tenth of the orders trade, every fill
+settled). Latency: median and 99th percentile from write to acknowledgement at half
+the throughput reached. Run with
+``.venv/bin/pytest benchmarks/test_gateway.py --benchmark-only -p no:cacheprovider -s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from gateway.load import Spawned, drive
+
+SECONDS = float(os.environ.get("ETX_LOAD_SECONDS", "5"))
+
+
+def test_gateway_throughput_and_latency(benchmark: Any) -> None:
+    results: dict[str, Any] = {}
+
+    async def once() -> None:
+        spawned = Spawned(1)
+        port = await spawned.start()
+        try:
+            top = await drive("127.0.0.1", port, spawned.creds(), seconds=SECONDS, rate=0)
+            half = await drive("127.0.0.1", port, spawned.creds(), seconds=SECONDS, rate=int(top.rate / 2), seed=2)
+        finally:
+            spawned.stop()
+        results["top"], results["half"] = top, half
+
+    benchmark.pedantic(lambda: asyncio.run(once()), rounds=1, iterations=1)
+    top, half = results["top"], results["half"]
+    benchmark.extra_info.update({
+        "orders_per_s": round(top.rate), "fills": top.fills, "half_rate": half.target_rate,
+        "latency_p50_us": round(half.latency_p50_us), "latency_p99_us": round(half.latency_p99_us),
+    })
+    print(f"\nthroughput {top.rate:,.0f} orders/s ({top.acked:,} acknowledged, {top.fills:,} fills); "
+          f"at {half.target_rate:,}/s latency median {half.latency_p50_us:,.0f} us, p99 {half.latency_p99_us:,.0f} us")
+    assert top.acked == top.orders and half.acked == half.orders
