@@ -357,6 +357,11 @@ async def _main(args: argparse.Namespace) -> int:
         _print(res)
         if args.latency_at_half and not args.rate:
             half = int(res.rate / 2)
+            if spawned is not None:  # a fresh exchange: no backlog of the first run
+                print("  exchange: " + (spawned.stop().strip().splitlines() or ["(no output)"])[-1])
+                spawned = Spawned(args.pairs)
+                port = await spawned.start()
+                creds = spawned.creds()
             res2 = await drive(host, port, creds, seconds=args.seconds, rate=half, seed=2)
             _print(res2)
     finally:
