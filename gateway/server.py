@@ -2,10 +2,13 @@
 
 Contract:
 - Sessions (``gateway.session``) put checked commands on the core queue. The core loop
-  takes everything queued (across sessions) as one batch, stamps each command with the
-  sequencer, awaits ``journal(batch)`` (the write-ahead seam: a no-op by default, and no
-  acknowledgement leaves before it returns), applies the batch to the core in one call,
-  then routes the core's events and writes each session's replies with one write.
+  takes everything queued (across sessions, at most BATCH_MAX) as one batch, stamps
+  each command with the sequencer, starts ``journal(batch)`` (the write-ahead seam: a
+  no-op by default), and applies the batch to the core in one call only once that
+  journal write has returned (up to PIPELINE_DEPTH batches are journaled at once, so
+  no acknowledgement leaves before its batch is durable); then it routes the core's
+  events and writes each session's replies with one write. A batch the journal refuses
+  is rejected whole (JOURNAL_UNAVAILABLE) and its sequence numbers are reused.
 - Outbound application messages are ``Report(seq_out, body)`` in a per-member sequence
   shared by all of the member's sessions. Each member keeps its recent reports
   (``history_max``) for replay at logon: a client that logs on with the last seq_out it
