@@ -33,6 +33,21 @@ class Sequencer:
         return cmd
 
 
+    def stamp_batch(self, cmds: list[Command]) -> list[Command]:
+        """Stamp a batch in order, reading the clock once: the commands of one batch
+        share a timestamp (they arrived together)."""
+        ts = self.clock()
+        if ts < self.ts:
+            ts = self.ts
+        seq = self.seq
+        for cmd in cmds:
+            seq += 1
+            cmd.seq = seq  # type: ignore[attr-defined]
+            cmd.ts = ts  # type: ignore[attr-defined]
+        self.seq, self.ts = seq, ts
+        return cmds
+
+
 class ManualClock:
     """A clock for tests and simulations: time moves only when told."""
 
