@@ -41,6 +41,7 @@ import contextlib
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -99,13 +100,24 @@ def write_config(directory: Path, port: int) -> Path:
     return path
 
 
+def freeze_code(target: Path) -> Path:
+    """A copy of the packages ``etx serve`` runs from, taken at the start, so that a
+    long soak in a working tree others edit keeps testing one version of the code
+    (the same one this process imported)."""
+    root = Path(__file__).resolve().parent.parent
+    for package in ("engine", "settlement", "gateway"):
+        shutil.copytree(root / package, target / package, ignore=shutil.ignore_patterns("__pycache__"),
+                        dirs_exist_ok=True)
+    return target
+
+
 class Serve:
     """One ``etx serve`` process at a time, its output appended to ``serve.log``."""
 
     RECOVERED = re.compile(r"last seq (\d+), state hash ([0-9a-f]+)")
 
-    def __init__(self, config: Path, data: Path, port: int) -> None:
-        self.config, self.data, self.port = config, data, port
+    def __init__(self, config: Path, data: Path, port: int, code: Path) -> None:
+        self.config, self.data, self.port, self.code = config, data, port, code
         self.log = data.parent / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.start_at = 0
@@ -116,7 +128,7 @@ class Serve:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config), "--data", str(self.data),
                  "--listen", f"127.0.0.1:{self.port}", "--no-market-data", "--log-level", "INFO"],
-                stdout=out, stderr=subprocess.STDOUT, cwd=str(Path(__file__).resolve().parent.parent),
+                stdout=out, stderr=subprocess.STDOUT, cwd=str(self.code),
             )
 
     def output(self) -> str:
@@ -262,7 +274,7 @@ class Soak:
         self.data.mkdir(parents=True, exist_ok=True)
         self.config_path = write_config(workdir, self.port)
         self.cfg = load(self.config_path)
-        self.serve = Serve(self.config_path, self.data, self.port)
+        self.serve = Serve(self.config_path, self.data, self.port, freeze_code(workdir / "code"))
         self.replay = Replay(self.cfg, self.data / JOURNAL_DIR)
         self.traders = [Trader(m, self.port, random.Random(self.rng.random())) for m in TRADERS]
         self.clerk = Client("127.0.0.1", self.port, "EXCH", "clerk", SECRET, cod=CodMode.OFF, coid_prefix="clerk-")
@@ -278,6 +290,12 @@ class Soak:
         self.problems.append(f"cycle {self.cycle} (seed {self.seed}): {text}")
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        except Exception as e:  # the harness or the exchange stopped answering: say why
+            self.problem(f"the soak stopped: {e!r}\n--- serve log ---\n{self.serve.output()[-3000:]}")
+
+    async def _run(self) -> None:
         self.serve.start()
         await self.serve.ready()
         await self.connect_all()
@@ -472,7 +490,7 @@ class Soak:
         finally:
             store.close()
         result = subprocess.run([sys.executable, "-m", "gateway.cli", "journal", "verify", str(self.data)],
-                                capture_output=True, text=True, cwd=str(Path(__file__).resolve().parent.parent))
+                                capture_output=True, text=True, cwd=str(self.serve.code))
         if result.returncode != 0:
             self.problem(f"etx journal verify failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
 
