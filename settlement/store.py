@@ -18,11 +18,13 @@ Contract:
   posting ids, whatever the caller does.
 - Every posting keeps what caused it (kind, trade id or command seq, actor), when
   (``ts``), and its full encoded content (``body``, legs included): the account
-  history is complete. Postings are indexed by their two parties (``subject``: the
-  account a command concerns, or a trade's buyer; ``counterparty``: a trade's seller,
-  a transfer's target) rather than one row per leg: a row per leg cost four times
-  the rest of a trade's write. The fee accounts' history is the trades; the end of day
-  postings are few and filtered when read.
+  history is complete. An account's history is found through ``account_spans``: one
+  row per account per batch naming the batch's range of postings, which are then
+  filtered by their two parties (``subject``: the account a command concerns, or a
+  trade's buyer; ``counterparty``: a trade's seller, a transfer's target) or their
+  legs. One row per leg cost four times the rest of a trade's write, and indexes on
+  the two parties still 40 %; a span per account and batch costs a fraction of a row
+  per trade and keeps every posting reachable from every account it touches.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import msgspec
 
 from engine.ledger import CASH
 from settlement.ledger import Fees, Ledger, LedgerSnapshot
-from settlement.messages import FEE_TYPES, AccountState, ObligationState, Posting
+from settlement.messages import MEMBER_TYPES, AccountState, ObligationState, Posting
 
 SCHEMA_VERSION = 1
 ROLES = ("clerk", "authority", "admin")
@@ -75,8 +77,8 @@ def _migrations(dialect: str) -> list[list[str]]:
             f"CREATE TABLE postings (no {big} PRIMARY KEY, posting_id TEXT NOT NULL UNIQUE, seq {big} NOT NULL, "
             f"ts {big} NOT NULL, kind TEXT NOT NULL, ref TEXT NOT NULL, actor TEXT NOT NULL, subject TEXT NOT NULL, "
             f"counterparty TEXT NOT NULL, text TEXT NOT NULL, body {blob} NOT NULL)",
-            "CREATE INDEX postings_subject ON postings (subject, no) WHERE subject <> ''",
-            "CREATE INDEX postings_counterparty ON postings (counterparty, no) WHERE counterparty <> ''",
+            f"CREATE TABLE account_spans (account TEXT NOT NULL, first_no {big} NOT NULL, last_no {big} NOT NULL, "
+            f"PRIMARY KEY (account, first_no)){without_rowid}",
             "CREATE INDEX postings_kind ON postings (kind, no) WHERE kind <> 'trade'",
             "CREATE TABLE users (name TEXT PRIMARY KEY, role TEXT NOT NULL "
             "CHECK (role IN ('clerk', 'authority', 'admin')))",
@@ -143,13 +145,14 @@ def parties(p: Posting) -> tuple[str, str]:
 class _Prepared:
     """The rows one batch writes, built once for either database."""
 
-    __slots__ = ("postings", "balances", "accounts", "obligations", "next_no")
+    __slots__ = ("postings", "balances", "accounts", "obligations", "spans", "next_no")
 
     def __init__(self, postings: Sequence[Posting], next_no: int) -> None:
         prows: list[tuple[Any, ...]] = []
         sums: dict[tuple[str, str], list[int]] = {}
         accounts: dict[str, AccountState] = {}
         obligations: dict[tuple[str, int], ObligationState] = {}
+        touched: set[str] = set()
         no = next_no
         encode = _encode
         get = sums.get  # bound once: it runs per leg
@@ -169,6 +172,8 @@ class _Prepared:
                 else:
                     s[0] += leg[2]
                     s[1] += leg[3]
+            if subject:
+                touched.add(subject)
             if p.account is not None:
                 accounts[p.account.account] = p.account
             if p.obligation is not None:
@@ -176,6 +181,8 @@ class _Prepared:
             no += 1
         self.postings = prows
         self.balances = [(a, s, v[0], v[1]) for (a, s), v in sums.items()]
+        touched.update(a for a, _ in sums)
+        self.spans = [(a, next_no, no - 1) for a in touched] if no > next_no else []
         self.accounts = [(a.account, a.holder_type, a.name, a.status) for a in accounts.values()]
         self.obligations = [(o.account, o.year, o.required, o.surrendered, o.ccer) for o in obligations.values()]
         self.next_no = no
@@ -279,6 +286,9 @@ class _SqlStore:
             ph = self.ph
             if prep.balances:
                 self._upsert_balances(prep.balances)
+            if prep.spans:
+                self._executemany(f"INSERT INTO account_spans (account, first_no, last_no) VALUES ({ph}, {ph}, {ph})",
+                                  prep.spans)
             if prep.accounts:
                 self._executemany(
                     f"INSERT INTO accounts (account, holder_type, name, status) VALUES ({ph}, {ph}, {ph}, {ph}) "
@@ -347,21 +357,24 @@ class _SqlStore:
         """The account's latest postings (commands about it, trades and transfers it
         is a party to, days that freed its quantities, fees it received), oldest first."""
         ph = self.ph
-        rows = self._query(
-            f"SELECT no, body FROM postings WHERE no IN (SELECT no FROM postings WHERE subject = {ph} "
-            f"UNION SELECT no FROM postings WHERE counterparty = {ph}) ORDER BY no DESC LIMIT {ph}",
-            (account, account, limit))
-        rows += self._query("SELECT no, body FROM postings WHERE kind = 'eod'")
+        if limit <= 0:
+            return []
         fee = self._query(f"SELECT holder_type FROM accounts WHERE account = {ph}", (account,))
-        if fee and int(fee[0][0]) in FEE_TYPES:
-            rows += self._query(f"SELECT no, body FROM postings WHERE kind = 'trade' ORDER BY no DESC LIMIT {ph}",
-                                (limit,))
-        found: dict[int, Posting] = {}
-        for no, body in rows:
-            p = _decode_posting(bytes(body))
-            if p.subject == account or any(leg[0] == account for leg in p.legs):
-                found[int(no)] = p
-        return [found[no] for no in sorted(found)[-limit:]] if limit > 0 else []
+        everything = bool(fee) and int(fee[0][0]) not in MEMBER_TYPES  # system accounts: legs in every trade
+        spans = self._query(f"SELECT first_no, last_no FROM account_spans WHERE account = {ph} "
+                            "ORDER BY first_no DESC", (account,))
+        found: list[Posting] = []
+        for first, last in spans:
+            rows = self._query(
+                f"SELECT body FROM postings WHERE no BETWEEN {ph} AND {ph} AND (subject = {ph} OR counterparty = {ph} "
+                f"OR kind = 'eod' OR {ph}) ORDER BY no DESC", (first, last, account, account, everything))
+            for (body,) in rows:
+                p = _decode_posting(bytes(body))
+                if p.subject == account or any(leg[0] == account for leg in p.legs):
+                    found.append(p)
+                    if len(found) == limit:
+                        return found[::-1]
+        return found[::-1]
 
     def postings(self, kinds: str = "all") -> Iterator[Posting]:
         """Every posting in the order written, read in chunks; ``kinds="commands"``

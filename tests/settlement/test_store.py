@@ -166,3 +166,18 @@ def test_bad_store_location_fails_clearly(tmp_path: Any) -> None:
         open_store(str(tmp_path / "missing-dir" / "x.sqlite"))
     with pytest.raises(StoreError, match="cannot connect"):
         open_store("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
+
+
+def test_history_across_batches_and_for_fee_accounts(store: Any) -> None:
+    m = busy_market()
+    m.send(EndOfDay())
+    postings = m.ledger.take_postings()
+    for i in range(0, len(postings), 3):  # many small batches: many spans
+        store.write_batch(postings[i:i + 3], 0)
+    expected = [p for p in postings if p.subject == "A" or any(leg[0] == "A" for leg in p.legs)]
+    assert store.history("A", limit=1000) == expected
+    assert [p.kind for p in expected] == ["open", "deposit", "trade", "trade", "eod"]
+    assert store.history("A", limit=2) == expected[-2:]
+    fees = store.history("EXCHANGE-FEES", limit=1000)
+    assert [p.kind for p in fees] == ["open", "trade", "trade", "trade"]
+    assert store.history("NOBODY") == [] and store.history("A", limit=0) == []
