@@ -9,6 +9,7 @@ from settlement.messages import (
     AccountState,
     AccountStatus,
     Allocate,
+    AnyPosting,
     Deposit,
     HolderType,
     ObligationState,
@@ -23,13 +24,14 @@ from settlement.messages import (
     SettleDay,
     Surrender,
     SuspendAccount,
+    TradePosting,
     Transfer,
     Withdraw,
 )
 
 __all__ = [
-    "AccountState", "AccountStatus", "Allocate", "Deposit", "Exchange", "ExchangeSnapshot", "Fees",
+    "AccountState", "AccountStatus", "Allocate", "AnyPosting", "Deposit", "Exchange", "ExchangeSnapshot", "Fees",
     "HolderType", "Ledger", "LedgerError", "LedgerSnapshot", "ObligationState", "OpenAccount", "Posting",
     "RegistryDone", "RegistryReason", "RegistryRejected", "ReinstateAccount", "Retire", "SetObligation",
-    "SettleDay", "Surrender", "SuspendAccount", "Transfer", "Withdraw", "vintage",
+    "SettleDay", "Surrender", "SuspendAccount", "TradePosting", "Transfer", "Withdraw", "vintage",
 ]

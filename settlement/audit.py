@@ -5,7 +5,10 @@ Checks, over the whole store:
   obligation ever out of bounds; no leg on an unknown account; no id twice);
 - every trade posting is complete delivery versus payment: its cash and its one
   allowance asset each sum to zero over its legs, the buyer pays, the seller
-  delivers, and no trade id is settled twice;
+  delivers, and no trade id is settled twice; a ``TradePosting`` (whose legs are
+  derived, so complete by construction) also has a positive price and quantity,
+  fees that are not negative, a reserve share within the trading fees and a buyer's
+  pending change within what the buyer paid;
 - the balances table equals the sum of all postings' legs, and the account and
   obligation tables equal what the postings say;
 - conservation per asset: allocated - surrendered - retired = sum of balances of each
@@ -21,6 +24,7 @@ from typing import Any
 
 from engine.ledger import CASH
 from settlement.ledger import Fees, Ledger, LedgerError
+from settlement.messages import TradePosting
 from settlement.store import RegistryStore
 
 DIFFERENCES_MAX = 1000  # stop listing after this many; the count is still reported
@@ -56,6 +60,16 @@ def _trade_problems(p: Any) -> list[str]:
         problems.append(f"trade {p.posting_id}: legs in more than one allowance asset")
     if p.posting_id != f"T{p.ref}":
         problems.append(f"trade {p.posting_id}: id does not match its trade id {p.ref}")
+    if type(p) is TradePosting:
+        if p.price <= 0 or p.qty <= 0:
+            problems.append(f"trade {p.posting_id}: price {p.price} and quantity {p.qty} must be positive")
+        if p.trading_fee < 0 or p.settlement_fee < 0 or not 0 <= p.reserve <= 2 * p.trading_fee:
+            problems.append(f"trade {p.posting_id}: fees do not add up: trading {p.trading_fee} and settlement "
+                            f"{p.settlement_fee} per side must not be negative, and the reserve {p.reserve} must "
+                            f"be within both trading fees ({2 * p.trading_fee})")
+        if not -pay >= -p.buyer_pending >= 0:
+            problems.append(f"trade {p.posting_id}: the buyer's pending change {p.buyer_pending} is not within "
+                            f"[{pay}, 0]")
     return problems
 
 

@@ -29,10 +29,10 @@ from settlement.audit import audit
 from settlement.ledger import Ledger
 from settlement.messages import (
     Allocate,
+    AnyPosting,
     Deposit,
     HolderType,
     OpenAccount,
-    Posting,
     RegistryReason,
     RegistryRejected,
     ReinstateAccount,
@@ -259,7 +259,7 @@ def _history(store: RegistryStore, account: str, limit: int) -> int:
     return 0
 
 
-def _history_line(p: Posting, account: str) -> str:
+def _history_line(p: AnyPosting, account: str) -> str:
     moves = []
     for name, asset, delta, pending in p.legs:
         if name != account:

@@ -22,10 +22,24 @@ proceeds. A share of the trading fees goes to the risk reserve. ``cash_required(
 ceil(n * (trading_ppm + settlement_ppm) / 1e6)``: because the hold rounds up and each
 fill's fee rounds down, the hold the engine takes always covers every fill of it.
 
-Every change is a ``Posting`` appended to the ``postings`` outbox (the settler takes it
-from there to the store). Posting the same id twice changes nothing; the same id with a
-different content is an error. The ids already applied are kept in ``applied`` (about
-100 bytes each, for the life of the process).
+Every change is a posting appended to the ``postings`` outbox (the settler takes it
+from there to the store): a ``TradePosting`` for a trade, a ``Posting`` for the rest.
+Posting the same id twice changes nothing; the same id with a different content is an
+error (``LedgerError``, and nothing changes). How the ledger knows what it applied:
+- registry commands, days, the system accounts, and every posting given to
+  ``apply_posting`` (recorded postings, which can come again): their ids and a
+  fingerprint of their content are kept in ``applied`` (about 100 bytes each, for the
+  life of the process; there are few of them);
+- trades from ``settle``: the engine numbers trades in strictly increasing order, so
+  the ledger keeps a watermark, the highest trade id settled (``trade_mark``), and the
+  last trade itself, instead of an id per trade (which would cost about 100 bytes and
+  a formatted id per trade). The last trade again changes nothing; with a different
+  content it is an error; a trade at or below the watermark that is not the last one
+  is refused (``LedgerError``): its content is not kept, so it cannot be recognised,
+  and the engine never sends one (a restarted exchange settles its replayed trades into
+  a fresh ledger, and the store recognises those it holds already). Trade postings
+  given to ``apply_posting`` raise the watermark too, so no trade settles twice
+  whichever way it arrives.
 
 Registry commands (``execute``) answer with ``RegistryDone`` or ``RegistryRejected``;
 a rejected command changes nothing.
@@ -48,6 +62,7 @@ from settlement.messages import (
     AccountState,
     AccountStatus,
     Allocate,
+    AnyPosting,
     Deposit,
     HolderType,
     Leg,
@@ -63,6 +78,7 @@ from settlement.messages import (
     SettleDay,
     Surrender,
     SuspendAccount,
+    TradePosting,
     Transfer,
     Withdraw,
 )
@@ -148,6 +164,7 @@ class Ledger:
         "fees", "entries", "_live", "accounts", "obligations", "postings", "applied", "day",
         "issued", "surrendered", "retired", "deposited", "withdrawn", "cause_seq", "cause_ts",
         "_trading_ppm", "_settlement_ppm", "_buyer_ppm", "_share_ppm", "_fee_entries", "_handlers",
+        "trade_mark", "_last_trade",
     )
 
     def __init__(self, fees: Fees | None = None) -> None:
@@ -158,8 +175,10 @@ class Ledger:
         self._live: dict[tuple[str, str], Entry] = {}  # entries of active accounts: holds look here
         self.accounts: dict[str, AccountState] = {}
         self.obligations: dict[tuple[str, int], ObligationState] = {}
-        self.postings: list[Posting] = []  # the outbox
-        self.applied: dict[str, int] = {}  # posting id -> fingerprint of its content
+        self.postings: list[AnyPosting] = []  # the outbox
+        self.applied: dict[str, int] = {}  # posting id -> fingerprint of its content (not settle's trades)
+        self.trade_mark = 0  # the highest trade id settled (the watermark)
+        self._last_trade: TradePosting | None = None  # the trade settled at the watermark
         self.day = 1
         # Conservation counters: what entered and left each asset.
         self.issued: dict[str, int] = {}
@@ -217,65 +236,66 @@ class Ledger:
         e[1] -= amount
 
     def settle(self, trade: Trade, buyer_hold: int) -> None:
+        # The engine's hot path, once per fill: no text, no container, no fingerprint;
+        # the posting is one untracked Struct of numbers and names already held.
+        trade_id = trade.trade_id
+        if trade_id <= self.trade_mark:
+            self._settle_again(trade)
+            return
         if trade.aggressor == BUY:
             buyer, seller = trade.taker_member, trade.maker_member
         else:
             buyer, seller = trade.maker_member, trade.taker_member
         instrument, price, qty = trade.instrument, trade.price, trade.qty
-        posting_id = f"T{trade.trade_id}"
-        fingerprint = hash((instrument, price, qty, buyer, seller))
-        prior = self.applied.get(posting_id)
-        if prior is not None:
-            if prior != fingerprint:
-                raise LedgerError(f"posting {posting_id} was applied with a different content")
-            return
         notional = price * qty
         tf = notional * self._trading_ppm // PPM
         sf = notional * self._settlement_ppm // PPM
         cost = notional + tf + sf
-        net = notional - tf - sf
         entries = self.entries
         bc = entries.get((buyer, CASH))
         sa = entries.get((seller, instrument))
-        if bc is None or sa is None or not cost <= buyer_hold <= bc[1] or not 0 < qty <= sa[1] or price <= 0:
+        if bc is None or sa is None or buyer_hold < cost or bc[1] < buyer_hold or sa[1] < qty or qty <= 0 or price <= 0:
             raise LedgerError(
-                f"trade {trade.trade_id}: holds do not cover it (buyer {buyer} frees {buyer_hold} of "
+                f"trade {trade_id}: holds do not cover it (buyer {buyer} frees {buyer_hold} of "
                 f"{bc[1] if bc else 0} held for cost {cost}; seller {seller} holds {sa[1] if sa else 0} of {qty} t)"
             )
         sc = entries.get((seller, CASH)) or self._entry(seller, CASH)
         ba = entries.get((buyer, instrument)) or self._entry(buyer, instrument)
+        net = notional - tf - sf
         bc[1] -= buyer_hold
-        bc[0] -= cost
-        pending = bc[3]
+        balance = bc[0] = bc[0] - cost
         # Spending uses today's sale proceeds first: what is left of them stays unwithdrawable.
         dp = 0
-        if pending > bc[0]:
-            dp = bc[0] - pending
-            bc[3] = bc[0]
+        if bc[3] > balance:
+            dp = balance - bc[3]
+            bc[3] = balance
         sc[0] += net
         sc[3] += net
         sa[1] -= qty
         sa[0] -= qty
         ba[0] += qty
         ba[2] += qty
-        legs: list[Leg] = [(buyer, CASH, -cost, dp), (seller, CASH, net, net),
-                           (seller, instrument, -qty, 0), (buyer, instrument, qty, qty)]
-        if tf or sf:
-            fees = self.fees
-            ex, rr, rg = self._fee_entries
-            trading = 2 * tf
-            reserve = trading * self._share_ppm // PPM
-            if trading - reserve:
-                ex[0] += trading - reserve
-                legs.append((fees.exchange_account, CASH, trading - reserve, 0))
-            if reserve:
-                rr[0] += reserve
-                legs.append((fees.reserve_account, CASH, reserve, 0))
-            if sf:
-                rg[0] += 2 * sf
-                legs.append((fees.registry_account, CASH, 2 * sf, 0))
-        self.applied[posting_id] = fingerprint
-        self.postings.append(Posting(posting_id, trade.seq, trade.ts, "trade", str(trade.trade_id), "", tuple(legs)))
+        reserve = 2 * tf * self._share_ppm // PPM
+        ex, rr, rg = self._fee_entries
+        ex[0] += 2 * tf - reserve
+        rr[0] += reserve
+        rg[0] += 2 * sf
+        fees = self.fees
+        posting = self._last_trade = TradePosting(
+            trade_id, trade.seq, trade.ts, instrument, price, qty, buyer, seller, dp, tf, sf, reserve,
+            fees.exchange_account, fees.reserve_account, fees.registry_account)
+        self.trade_mark = trade_id
+        self.postings.append(posting)
+
+    def _settle_again(self, trade: Trade) -> None:
+        """A trade at or below the watermark: the last one again changes nothing."""
+        last = self._last_trade
+        if last is None or last.trade_id != trade.trade_id:
+            raise LedgerError(f"trade {trade.trade_id}: trades settle in increasing id order and trade "
+                              f"{self.trade_mark} is settled already")
+        if (last.instrument, last.price, last.qty, last.buyer, last.seller) != (
+                trade.instrument, trade.price, trade.qty, trade.buyer, trade.seller):
+            raise LedgerError(f"posting T{trade.trade_id} was applied with a different content")
 
     def end_of_day(self) -> None:
         """T+1 quantities become sellable and sale proceeds withdrawable. The cause is
@@ -306,7 +326,7 @@ class Ledger:
         e = self.entries.get((account, CASH))
         return max(0, e[0] - e[1] - e[3]) if e else 0
 
-    def take_postings(self) -> list[Posting]:
+    def take_postings(self) -> list[AnyPosting]:
         """Hand the outbox over (the core's thread only) and start a new one."""
         out = self.postings
         self.postings = []
@@ -575,7 +595,7 @@ class Ledger:
         self.apply_posting(posting, fingerprint)
         self.postings.append(posting)
 
-    def apply_posting(self, posting: Posting, fingerprint: int | None = None) -> bool:
+    def apply_posting(self, posting: AnyPosting, fingerprint: int | None = None) -> bool:
         """Apply a posting's legs and records, all or nothing; False (and no change)
         when it was applied already. Used for the ledger's own postings and to
         rebuild a ledger from recorded postings (the audit)."""
@@ -629,6 +649,9 @@ class Ledger:
             self.obligations[ob.account, ob.year] = ob
         if posting.kind == "eod":
             self.day += 1
+        if type(posting) is TradePosting and posting.trade_id > self.trade_mark:
+            self.trade_mark = posting.trade_id
+            self._last_trade = posting
         self.applied[pid] = fingerprint
         return True
 
@@ -675,6 +698,10 @@ class Ledger:
                 raise ValueError(f"restore: system account {account} missing")
             self._entry(account, CASH)
         self.obligations = {(ob.account, ob.year): ob for ob in snap.obligations}
+        # The snapshot keeps no applied ids and no trade watermark (the store has the
+        # postings): the trades after it start a new watermark.
+        self.trade_mark = 0
+        self._last_trade = None
         self.issued, self.surrendered, self.retired = {}, {}, {}
         self.deposited = self.withdrawn = 0
         for counter, asset, amount in snap.totals:
@@ -725,6 +752,8 @@ class Ledger:
         for account in self.fees.system_accounts():
             assert self.accounts[account].status == ACTIVE, account
         assert self.day >= 1
+        last = self._last_trade
+        assert (last.trade_id if last is not None else 0) == self.trade_mark, (last, self.trade_mark)
 
 
 def _entry_ok(e: Entry, cash: bool) -> bool:

@@ -6,7 +6,7 @@ same sequencer, journal and event stream as the engine's own messages. Every com
 names the user who runs it (``actor``) and ends with ``seq`` and ``ts``, stamped by the
 sequencer. Amounts are integers: cash in fen, allowances and CCER in tonnes.
 
-A ``Posting`` is the unit of record: every balance change, and every change to an
+A posting is the unit of record: every balance change, and every change to an
 account or a compliance obligation, is one posting with an id (``T<trade id>`` for a
 trade, ``C<seq>`` for a registry command, ``D<day>`` for an end of day, ``G-<account>``
 for the system accounts the ledger creates), what caused it, who, when, and its legs.
@@ -15,14 +15,22 @@ A leg is ``(account, asset, delta, pending_delta)``: ``delta`` changes the balan
 and not sellable until the next trading day; cash from today's sales, not withdrawable
 until the end-of-day settlement). Within a trade posting the deltas of each asset sum
 to zero (fees are legs too).
+
+Two record types share that shape (``AnyPosting``). ``Posting`` lists its legs. A
+trade, the one posting made per fill, is a ``TradePosting``: the trade and the fee
+amounts as plain numbers, from which ``legs`` (and ``posting_id``, ``ref``) are derived
+when read, so settling a trade allocates one untracked object and formats no text. Both
+are tagged array-like Structs (tags 90 and 91), and the store keeps either as it is.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import ClassVar
 
 import msgspec
 
+from engine.ledger import CASH
 from engine.messages import Command, Event
 
 
@@ -252,7 +260,7 @@ class ObligationState(msgspec.Struct, array_like=True, gc=False):
     ccer: int  # the CCER part of ``surrendered``
 
 
-class Posting(msgspec.Struct, array_like=True, gc=False):
+class Posting(msgspec.Struct, array_like=True, gc=False, tag=90):
     posting_id: str
     seq: int  # the engine sequence number of the command that caused it (0: genesis)
     ts: int
@@ -264,3 +272,67 @@ class Posting(msgspec.Struct, array_like=True, gc=False):
     text: str = ""  # human-readable detail
     account: AccountState | None = None
     obligation: ObligationState | None = None
+
+
+class TradePosting(msgspec.Struct, array_like=True, gc=False, tag=91):
+    """The posting of one trade (one fill), delivery versus payment with fees.
+
+    Its legs, derived by ``legs``: the buyer pays the notional plus both fees (and
+    ``buyer_pending`` of today's sale proceeds are spent first), the seller receives the
+    notional less both fees (not withdrawable until the end of day), the seller delivers
+    ``qty``, the buyer receives it (not sellable until the next trading day), and the fee
+    accounts receive both sides' fees: the exchange the trading fees less ``reserve``,
+    the risk reserve ``reserve``, the registry the settlement fees. A fee leg of zero is
+    left out. Only numbers and names the ledger already holds are stored: nothing is
+    formatted and no container is built when a trade settles.
+    """
+
+    trade_id: int
+    seq: int  # the engine sequence number of the command that made the trade
+    ts: int
+    instrument: str
+    price: int  # fen per tonne
+    qty: int  # tonnes
+    buyer: str
+    seller: str
+    buyer_pending: int  # change of the buyer's unwithdrawable cash (<= 0): today's proceeds spent
+    trading_fee: int  # fen, paid by each side
+    settlement_fee: int  # fen, paid by each side
+    reserve: int  # fen: the part of the two trading fees that goes to the risk reserve
+    exchange_account: str
+    reserve_account: str
+    registry_account: str
+
+    kind: ClassVar[str] = "trade"
+    actor: ClassVar[str] = ""
+    subject: ClassVar[str] = ""
+    text: ClassVar[str] = ""
+    account: ClassVar[AccountState | None] = None
+    obligation: ClassVar[ObligationState | None] = None
+
+    @property
+    def posting_id(self) -> str:
+        return f"T{self.trade_id}"
+
+    @property
+    def ref(self) -> str:
+        return str(self.trade_id)
+
+    @property
+    def legs(self) -> tuple[Leg, ...]:
+        buyer, seller, instrument, qty = self.buyer, self.seller, self.instrument, self.qty
+        notional = self.price * qty
+        trading, settlement, reserve = self.trading_fee, self.settlement_fee, self.reserve
+        net = notional - trading - settlement
+        legs: list[Leg] = [(buyer, CASH, -(notional + trading + settlement), self.buyer_pending),
+                           (seller, CASH, net, net), (seller, instrument, -qty, 0), (buyer, instrument, qty, qty)]
+        if 2 * trading - reserve:
+            legs.append((self.exchange_account, CASH, 2 * trading - reserve, 0))
+        if reserve:
+            legs.append((self.reserve_account, CASH, reserve, 0))
+        if settlement:
+            legs.append((self.registry_account, CASH, 2 * settlement, 0))
+        return tuple(legs)
+
+
+AnyPosting = Posting | TradePosting

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from settlement.ledger import Ledger
-from settlement.messages import Posting
+from settlement.messages import AnyPosting
 from settlement.store import RegistryStore, open_store
 
 BATCH_MAX = 10_000
@@ -58,7 +58,7 @@ class Settler:
         self.batches = 0  # transactions written
         self.written = 0  # postings written
         self.error: BaseException | None = None
-        self._chunks: deque[tuple[Sequence[Posting], int]] = deque()
+        self._chunks: deque[tuple[Sequence[AnyPosting], int]] = deque()
         self._pending = 0  # postings handed over and not yet durable
         self._taken_seq = resume_after  # complete through this seq, as far as chunks were taken
         self._latest = resume_after  # the last through_seq handed over
@@ -88,7 +88,7 @@ class Settler:
             return False
         return self.submit(ledger.take_postings(), through_seq)
 
-    def submit(self, postings: Sequence[Posting], through_seq: int) -> bool:
+    def submit(self, postings: Sequence[AnyPosting], through_seq: int) -> bool:
         """Queue postings that complete every command up to ``through_seq``."""
         if postings and postings[0].seq <= self.resume_after:
             after = self.resume_after
@@ -138,9 +138,9 @@ class Settler:
 
     # --- the writer's side ------------------------------------------------------------
 
-    def _take(self) -> tuple[list[Posting], int]:
+    def _take(self) -> tuple[list[AnyPosting], int]:
         """The next batch and the sequence number it completes (under the lock)."""
-        batch: list[Posting] = []
+        batch: list[AnyPosting] = []
         room = self.batch_max
         last = self._taken_seq
         chunks = self._chunks

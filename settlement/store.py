@@ -17,8 +17,10 @@ Contract:
 - Constraints forbid negative balances, pending beyond the balance and duplicate
   posting ids, whatever the caller does.
 - Every posting keeps what caused it (kind, trade id or command seq, actor), when
-  (``ts``), and its full encoded content (``body``, legs included): the account
-  history is complete. An account's history is found through ``account_spans``: one
+  (``ts``), and its full encoded content (``body``: the posting as msgpack, a tagged
+  array, ``Posting`` or ``TradePosting`` as the ledger made it; a trade's legs are
+  derived from its numbers when read): the account history is complete, and a posting
+  reads back equal to the one written. An account's history is found through ``account_spans``: one
   row per account per batch naming the batch's range of postings, which are then
   filtered by their two parties (``subject``: the account a command concerns, or a
   trade's buyer; ``counterparty``: a trade's seller, a transfer's target) or their
@@ -40,7 +42,7 @@ import msgspec
 
 from engine.ledger import CASH
 from settlement.ledger import Fees, Ledger, LedgerSnapshot
-from settlement.messages import MEMBER_TYPES, AccountState, ObligationState, Posting
+from settlement.messages import MEMBER_TYPES, AccountState, AnyPosting, ObligationState, TradePosting
 
 SCHEMA_VERSION = 1
 ROLES = ("clerk", "authority", "admin")
@@ -49,7 +51,7 @@ SQLITE_CACHE_KIB = 65_536
 SQLITE_CHECKPOINT_PAGES = 10_000
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode_posting = msgspec.msgpack.Decoder(Posting).decode
+_decode_posting = msgspec.msgpack.Decoder(AnyPosting).decode
 
 
 class StoreError(Exception):
@@ -90,13 +92,13 @@ class RegistryStore(Protocol):
     url: str
 
     def migrate(self) -> int: ...
-    def write_batch(self, postings: Sequence[Posting], last_seq: int) -> int: ...
+    def write_batch(self, postings: Sequence[AnyPosting], last_seq: int) -> int: ...
     def last_seq(self) -> int: ...
     def balances(self) -> list[tuple[str, str, int, int]]: ...
     def accounts(self) -> list[AccountState]: ...
     def obligations(self) -> list[ObligationState]: ...
-    def history(self, account: str, limit: int = 100) -> list[Posting]: ...
-    def postings(self, kinds: str = "all") -> Iterator[Posting]: ...
+    def history(self, account: str, limit: int = 100) -> list[AnyPosting]: ...
+    def postings(self, kinds: str = "all") -> Iterator[AnyPosting]: ...
     def kind_totals(self) -> list[tuple[str, str, int]]: ...
     def eod_count(self) -> int: ...
     def load_ledger(self, fees: Fees | None = None) -> Ledger: ...
@@ -129,10 +131,12 @@ class _Pause:
         time.sleep(3600)
 
 
-def parties(p: Posting) -> tuple[str, str]:
+def parties(p: AnyPosting) -> tuple[str, str]:
     """(subject, counterparty) a posting is indexed by: for a trade its buyer and
     seller (the first two legs), for a command the account it concerns and the other
     account of its legs (a transfer's target)."""
+    if type(p) is TradePosting:
+        return p.buyer, p.seller
     if p.kind == "trade":
         return p.legs[0][0], p.legs[1][0]
     subject = p.subject
@@ -147,7 +151,7 @@ class _Prepared:
 
     __slots__ = ("postings", "balances", "accounts", "obligations", "spans", "next_no")
 
-    def __init__(self, postings: Sequence[Posting], next_no: int) -> None:
+    def __init__(self, postings: Sequence[AnyPosting], next_no: int) -> None:
         prows: list[tuple[Any, ...]] = []
         sums: dict[tuple[str, str], list[int]] = {}
         accounts: dict[str, AccountState] = {}
@@ -158,8 +162,8 @@ class _Prepared:
         get = sums.get  # bound once: it runs per leg
         for p in postings:
             legs = p.legs
-            if p.kind == "trade":  # inlined parties(): the common case, per posting
-                subject, counterparty = legs[0][0], legs[1][0]
+            if type(p) is TradePosting:  # inlined parties(): the common case, per posting
+                subject, counterparty = p.buyer, p.seller
             else:
                 subject, counterparty = parties(p)
             prows.append((no, p.posting_id, p.seq, p.ts, p.kind, p.ref, p.actor, subject, counterparty, p.text,
@@ -258,7 +262,7 @@ class _SqlStore:
 
     # --- writes -----------------------------------------------------------------------
 
-    def write_batch(self, postings: Sequence[Posting], last_seq: int) -> int:
+    def write_batch(self, postings: Sequence[AnyPosting], last_seq: int) -> int:
         """Write postings and ``last_seq`` in one transaction; returns how many
         postings were new."""
         pause = _Pause.due()
@@ -275,7 +279,7 @@ class _SqlStore:
         except errors as exc:
             raise StoreError(f"batch refused by the store: {exc}") from exc
 
-    def _write(self, postings: Sequence[Posting], last_seq: int, pause: bool, dedupe: bool) -> int:
+    def _write(self, postings: Sequence[AnyPosting], last_seq: int, pause: bool, dedupe: bool) -> int:
         self._begin()
         try:
             stored_last, next_no = self._meta_for_update()
@@ -312,7 +316,7 @@ class _SqlStore:
         rows = dict(self._query("SELECT key, value FROM meta"))
         return int(rows["last_seq"]), int(rows["next_no"])
 
-    def _without_stored(self, postings: Sequence[Posting]) -> list[Posting]:
+    def _without_stored(self, postings: Sequence[AnyPosting]) -> list[AnyPosting]:
         ids = [p.posting_id for p in postings]
         stored: dict[str, bytes] = {}
         for i in range(0, len(ids), 500):
@@ -353,7 +357,7 @@ class _SqlStore:
         rows = sorted(self._query("SELECT account, year, required, surrendered, ccer FROM obligations"))
         return [ObligationState(a, int(y), int(r), int(s), int(c)) for a, y, r, s, c in rows]
 
-    def history(self, account: str, limit: int = 100) -> list[Posting]:
+    def history(self, account: str, limit: int = 100) -> list[AnyPosting]:
         """The account's latest postings (commands about it, trades and transfers it
         is a party to, days that freed its quantities, fees it received), oldest first."""
         ph = self.ph
@@ -363,7 +367,7 @@ class _SqlStore:
         everything = bool(fee) and int(fee[0][0]) not in MEMBER_TYPES  # system accounts: legs in every trade
         spans = self._query(f"SELECT first_no, last_no FROM account_spans WHERE account = {ph} "
                             "ORDER BY first_no DESC", (account,))
-        found: list[Posting] = []
+        found: list[AnyPosting] = []
         for first, last in spans:
             rows = self._query(
                 f"SELECT body FROM postings WHERE no BETWEEN {ph} AND {ph} AND (subject = {ph} OR counterparty = {ph} "
@@ -376,7 +380,7 @@ class _SqlStore:
                         return found[::-1]
         return found[::-1]
 
-    def postings(self, kinds: str = "all") -> Iterator[Posting]:
+    def postings(self, kinds: str = "all") -> Iterator[AnyPosting]:
         """Every posting in the order written, read in chunks; ``kinds="commands"``
         skips trades (through the kind index)."""
         where = "AND kind <> 'trade'" if kinds == "commands" else ""

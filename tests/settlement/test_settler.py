@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from engine import CASH
-from settlement import Exchange, Ledger, Posting
+from settlement import Exchange, Ledger, Posting, TradePosting
 from settlement.audit import audit
 from settlement.settler import Settler, SettlerError
 from settlement.store import open_store
@@ -105,14 +105,19 @@ def test_audit_finds_every_kind_of_difference(store: Any) -> None:
 def test_audit_detects_a_partial_or_double_trade(store: Any) -> None:
     ex = exchange_run()
     postings = ex.ledger.take_postings()
-    trade = next(p for p in postings if p.kind == "trade")
-    half = msgspec.structs.replace(trade, posting_id="T999999", ref="999999", legs=trade.legs[:3])
-    twice = msgspec.structs.replace(trade, posting_id="T1000000")  # the same trade id under another posting
+    trade = next(p for p in postings if isinstance(p, TradePosting))
+    # Trades written as plain postings with legs of their own: part of a trade, and the
+    # same trade id under another posting id.
+    half = Posting("T999999", trade.seq, trade.ts, "trade", "999999", "", trade.legs[:3])
+    twice = Posting("T1000000", trade.seq, trade.ts, "trade", trade.ref, "", trade.legs)
+    # A compact trade whose numbers no ledger would make: a reserve above the trading fees.
+    greedy = msgspec.structs.replace(trade, trade_id=1000001, qty=1, reserve=2 * trade.trading_fee + 1, buyer_pending=0)
     store.write_batch(postings, ex.last_seq)
-    store.write_batch([half, twice], ex.last_seq)  # the store takes legs it cannot judge
+    store.write_batch([half, twice, greedy], ex.last_seq)  # the store takes legs it cannot judge
     diffs = audit(store)
     assert any("T999999" in d and "legs" in d for d in diffs), diffs
     assert any(f"trade {trade.ref} settled twice" in d for d in diffs), diffs
+    assert any("T1000001" in d and "reserve" in d for d in diffs), diffs
 
 
 @pytest.mark.parametrize("batch", [3, 7])
@@ -169,6 +174,10 @@ def test_restart_after_a_clean_run_writes_nothing_new(store_url: str) -> None:
     store = open_store(store_url)
     try:
         assert audit(store, ex.ledger) == []
-        assert len(list(store.postings())) == len(ex.ledger.applied)
+        stored = list(store.postings())
+        # Every command posting once (the ledger's applied ids), every trade once, in order.
+        assert len([p for p in stored if p.kind != "trade"]) == len(ex.ledger.applied)
+        trade_ids = [p.trade_id for p in stored if isinstance(p, TradePosting)]
+        assert trade_ids == list(range(1, ex.ledger.trade_mark + 1)) and trade_ids
     finally:
         store.close()
