@@ -725,7 +725,8 @@ class Engine:
         order_id = next(self._order_ids)
         self.coids.setdefault(member, set()).add(cmd.coid)
         order = Order(order_id, member, cmd.coid, market.symbol, side, price, qty, 0, IOC, CANCEL_INCOMING, hold, ts)
-        self.out.append(Accepted(seq, ts, member, cmd.coid, order_id, market.symbol, side, price, qty, LIMIT, IOC))
+        if self.acks:
+            self._emit(Accepted(seq, ts, member, cmd.coid, order_id, market.symbol, side, price, qty, LIMIT, IOC))
         fill = qty if qty < target.qty else target.qty
         trade = Trade(seq, ts, next(self._trade_ids), market.symbol, price, fill, side, target.order_id, target.member, order_id, member)
         self.out.append(trade)
