@@ -161,7 +161,7 @@ class Ledger:
     docstring for the contract."""
 
     __slots__ = (
-        "fees", "entries", "_live", "accounts", "obligations", "postings", "applied", "day",
+        "fees", "entries", "_by_account", "_live", "accounts", "obligations", "postings", "applied", "day",
         "issued", "surrendered", "retired", "deposited", "withdrawn", "cause_seq", "cause_ts",
         "_trading_ppm", "_settlement_ppm", "_buyer_ppm", "_share_ppm", "_fee_entries", "_handlers",
         "trade_mark", "_last_trade",
@@ -172,7 +172,13 @@ class Ledger:
         fees.check()
         self.fees = fees
         self.entries: dict[tuple[str, str], Entry] = {}
-        self._live: dict[tuple[str, str], Entry] = {}  # entries of active accounts: holds look here
+        # The same entries by account, then asset: the hot paths find an entry with two
+        # string keys (hashes cached in the strings, mostly identical objects) instead of
+        # building, hashing and comparing a tuple key.
+        self._by_account: dict[str, dict[str, Entry]] = {}
+        # Active accounts only, each the same dict as in _by_account: holds look here,
+        # so a suspended account takes no new hold.
+        self._live: dict[str, dict[str, Entry]] = {}
         self.accounts: dict[str, AccountState] = {}
         self.obligations: dict[tuple[str, int], ObligationState] = {}
         self.postings: list[AnyPosting] = []  # the outbox
@@ -221,8 +227,9 @@ class Ledger:
         return notional - (-notional * self._buyer_ppm // PPM)
 
     def hold(self, account: str, asset: str, amount: int) -> bool:
-        e = self._live.get((account, asset))
-        if e is None:
+        try:
+            e = self._live[account][asset]
+        except KeyError:  # no entry, or a suspended account: nothing to hold
             return amount == 0 and account in self.accounts and self.accounts[account].status == ACTIVE
         if 0 <= amount <= e[0] - e[1] - e[2]:
             e[1] += amount
@@ -230,7 +237,7 @@ class Ledger:
         return False
 
     def release(self, account: str, asset: str, amount: int) -> None:
-        e = self.entries[account, asset]
+        e = self._by_account[account][asset]
         if not 0 <= amount <= e[1]:
             raise LedgerError(f"release of {amount} {asset} from {account}: only {e[1]} held")
         e[1] -= amount
@@ -251,18 +258,19 @@ class Ledger:
         tf = notional * self._trading_ppm // PPM
         sf = notional * self._settlement_ppm // PPM
         cost = notional + tf + sf
-        entries = self.entries
-        bc = entries.get((buyer, CASH))
-        sa = entries.get((seller, instrument))
-        if bc is None or sa is None or buyer_hold < cost or bc[1] < buyer_hold or sa[1] < qty or qty <= 0 or price <= 0:
-            raise LedgerError(
-                f"trade {trade_id}: holds do not cover it (buyer {buyer} frees {buyer_hold} of "
-                f"{bc[1] if bc else 0} held for cost {cost}; seller {seller} holds {sa[1] if sa else 0} of {qty} t)"
-            )
-        sc = entries.get((seller, CASH)) or self._entry(seller, CASH)
-        ba = entries.get((buyer, instrument)) or self._entry(buyer, instrument)
+        by_account = self._by_account
+        try:
+            buyer_entries, seller_entries = by_account[buyer], by_account[seller]
+            bc, sa = buyer_entries[CASH], seller_entries[instrument]
+        except KeyError:
+            raise LedgerError(self._uncovered(trade, buyer_hold, cost)) from None
+        buyer_held, seller_held = bc[1], sa[1]
+        if buyer_hold < cost or buyer_held < buyer_hold or seller_held < qty or qty <= 0 or price <= 0:
+            raise LedgerError(self._uncovered(trade, buyer_hold, cost))
+        sc = seller_entries.get(CASH) or self._entry(seller, CASH)
+        ba = buyer_entries.get(instrument) or self._entry(buyer, instrument)
         net = notional - tf - sf
-        bc[1] -= buyer_hold
+        bc[1] = buyer_held - buyer_hold
         balance = bc[0] = bc[0] - cost
         # Spending uses today's sale proceeds first: what is left of them stays unwithdrawable.
         dp = 0
@@ -271,7 +279,7 @@ class Ledger:
             bc[3] = balance
         sc[0] += net
         sc[3] += net
-        sa[1] -= qty
+        sa[1] = seller_held - qty
         sa[0] -= qty
         ba[0] += qty
         ba[2] += qty
@@ -286,6 +294,11 @@ class Ledger:
             fees.exchange_account, fees.reserve_account, fees.registry_account)
         self.trade_mark = trade_id
         self.postings.append(posting)
+
+    def _uncovered(self, trade: Trade, buyer_hold: int, cost: int) -> str:
+        held, qty = self.entry(trade.buyer, CASH)[1], self.entry(trade.seller, trade.instrument)[1]
+        return (f"trade {trade.trade_id}: holds do not cover it (buyer {trade.buyer} frees {buyer_hold} of {held} "
+                f"held for cost {cost}; seller {trade.seller} holds {qty} of {trade.qty} t)")
 
     def _settle_again(self, trade: Trade) -> None:
         """A trade at or below the watermark: the last one again changes nothing."""
@@ -574,9 +587,13 @@ class Ledger:
         e = self.entries.get(key)
         if e is None:
             e = self.entries[key] = [0, 0, 0, 0]
-            state = self.accounts.get(account)
-            if state is not None and state.status == ACTIVE:
-                self._live[key] = e
+            by_asset = self._by_account.get(account)
+            if by_asset is None:
+                by_asset = self._by_account[account] = {}
+                state = self.accounts.get(account)
+                if state is not None and state.status == ACTIVE:
+                    self._live[account] = by_asset
+            by_asset[asset] = e
         return e
 
     def _end_of_day(self, seq: int, ts: int, actor: str) -> str:
@@ -656,14 +673,13 @@ class Ledger:
         return True
 
     def _set_account(self, state: AccountState) -> None:
-        self.accounts[state.account] = state
         account = state.account
-        for key, e in self.entries.items():
-            if key[0] == account:
-                if state.status == ACTIVE:
-                    self._live[key] = e
-                else:
-                    self._live.pop(key, None)
+        self.accounts[account] = state
+        by_asset = self._by_account.get(account)
+        if state.status == ACTIVE and by_asset is not None:
+            self._live[account] = by_asset
+        else:
+            self._live.pop(account, None)
 
     # --- snapshot, state, invariants --------------------------------------------------
 
@@ -687,6 +703,7 @@ class Ledger:
         self.day = snap.day
         self.accounts = {}
         self.entries = {}
+        self._by_account = {}
         self._live = {}
         for state in snap.accounts:
             self.accounts[state.account] = state
@@ -737,10 +754,13 @@ class Ledger:
             assert account in self.accounts, (account, asset)
             assert _entry_ok(e, asset == CASH), (account, asset, e)
             assert asset == CASH or e[3] == 0, (account, asset, e)
-            live = self.accounts[account].status == ACTIVE
-            assert (self._live.get((account, asset)) is e) == live, (account, asset)
+            assert self._by_account[account][asset] is e, (account, asset)
             totals[asset] = totals.get(asset, 0) + e[0]
-        assert len(self._live) == sum(1 for a, _ in self.entries if self.accounts[a].status == ACTIVE)
+        assert sum(len(by_asset) for by_asset in self._by_account.values()) == len(self.entries)
+        for account, by_asset in self._by_account.items():
+            live = self.accounts[account].status == ACTIVE
+            assert (self._live.get(account) is by_asset) == live, account
+        assert all(account in self._by_account for account in self._live)
         supply = self.supply()
         for asset in set(totals) | set(supply):
             assert totals.get(asset, 0) == supply.get(asset, 0), (asset, totals.get(asset, 0), supply.get(asset, 0))
