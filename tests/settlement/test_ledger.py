@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import msgspec
 import pytest
 
@@ -23,6 +25,7 @@ from settlement import (
     SettleDay,
     Surrender,
     SuspendAccount,
+    TradePosting,
     Transfer,
     Withdraw,
 )
@@ -98,8 +101,16 @@ def test_settle_moves_cash_allowances_and_fees() -> None:
     assert ledger.entry("RISK-RESERVE", CASH)[0] == reserve
     assert ledger.entry("REGISTRY-FEES", CASH)[0] == 2 * sf
     [posting] = ledger.take_postings()
-    assert posting.posting_id == "T1" and posting.kind == "trade" and posting.seq == 1001
+    assert posting.posting_id == "T1" and posting.kind == "trade" and posting.seq == 1001 and posting.ref == "1"
     assert legs_by_asset(posting.legs) == {CASH: 0, "CEA24": 0}
+    assert posting.legs == (
+        ("BUYER", CASH, -(3_000_000 + tf + sf), 0), ("SELLER", CASH, 3_000_000 - tf - sf, 3_000_000 - tf - sf),
+        ("SELLER", "CEA24", -300, 0), ("BUYER", "CEA24", 300, 300),
+        ("EXCHANGE-FEES", CASH, 2 * tf - reserve, 0), ("RISK-RESERVE", CASH, reserve, 0),
+        ("REGISTRY-FEES", CASH, 2 * sf, 0),
+    )
+    # One object per trade, which the garbage collector does not track.
+    assert isinstance(posting, TradePosting) and not gc.is_tracked(posting)
     # The buyer cannot sell today what it bought today; the seller may buy with the proceeds.
     assert not ledger.hold("BUYER", "CEA24", 1)
     assert ledger.hold("SELLER", CASH, 2_000_000)
@@ -126,6 +137,34 @@ def test_settle_same_id_twice_changes_nothing_and_different_content_is_an_error(
     with pytest.raises(LedgerError, match="different content"):
         ledger.settle(trade(1, 11, 10_000), need)
     assert ledger.snapshot() == before
+
+
+def test_settle_without_fees_has_no_fee_legs() -> None:
+    ledger, _ = setup(Fees())
+    need = ledger.cash_required(10_000 * 10)
+    assert need == 100_000 and ledger.hold("BUYER", CASH, need) and ledger.hold("SELLER", "CEA24", 10)
+    ledger.take_postings()
+    ledger.settle(trade(1, 10, 10_000), need)
+    [posting] = ledger.take_postings()
+    assert posting.legs == (("BUYER", CASH, -100_000, 0), ("SELLER", CASH, 100_000, 100_000),
+                            ("SELLER", "CEA24", -10, 0), ("BUYER", "CEA24", 10, 10))
+    assert ledger.entry("EXCHANGE-FEES", CASH) == (0, 0, 0, 0)
+    ledger._check()
+
+
+def test_settle_refuses_a_trade_older_than_the_last() -> None:
+    ledger, _ = setup()
+    need = ledger.cash_required(10_000 * 10)
+    assert ledger.hold("BUYER", CASH, 3 * need) and ledger.hold("SELLER", "CEA24", 30)
+    ledger.settle(trade(2, 10, 10_000), need)
+    ledger.settle(trade(5, 10, 10_000), need)  # ids may skip; they only increase
+    assert ledger.trade_mark == 5
+    before, n = ledger.snapshot(), len(ledger.postings)
+    for old in (1, 2, 4):
+        with pytest.raises(LedgerError, match="increasing id order"):
+            ledger.settle(trade(old, 10, 10_000), need)
+    assert ledger.snapshot() == before and len(ledger.postings) == n and ledger.trade_mark == 5
+    ledger._check()
 
 
 def test_settle_refuses_what_the_holds_do_not_cover() -> None:
@@ -280,6 +319,36 @@ def test_snapshot_restore_and_replay_of_postings() -> None:
         rebuilt.apply_posting(p)
     assert rebuilt.full_state() == ledger.full_state()
     rebuilt._check()
+
+
+def test_recorded_trades_rebuild_the_ledger_and_raise_the_watermark() -> None:
+    ledger, drive = setup()
+    need = ledger.cash_required(10_000 * 10)
+    assert ledger.hold("BUYER", CASH, 2 * need) and ledger.hold("SELLER", "CEA24", 20)
+    ledger.settle(trade(1, 10, 10_000), need)
+    ledger.settle(trade(2, 10, 10_000), need)
+    drive.ok(Deposit("clerk", "SELLER", 5))
+    postings = ledger.take_postings()
+    rebuilt = Ledger(FEES)
+    rebuilt.take_postings()
+    for p in postings:
+        assert rebuilt.apply_posting(p) != p.posting_id.startswith("G-")  # genesis: its own already
+    assert not rebuilt.apply_posting(postings[-2])  # a recorded posting again changes nothing
+    assert rebuilt.full_state() == ledger.full_state() and rebuilt.trade_mark == 2
+    with pytest.raises(LedgerError, match="different content"):
+        rebuilt.apply_posting(msgspec.structs.replace(postings[-2], reserve=0))
+    # The trades it holds cannot settle again through the engine's path either.
+    assert rebuilt.hold("BUYER", CASH, need) and rebuilt.hold("SELLER", "CEA24", 10)
+    with pytest.raises(LedgerError, match="increasing id order"):
+        rebuilt.settle(trade(1, 10, 10_000), need)
+    rebuilt.settle(trade(2, 10, 10_000), need)  # the last one again: nothing changes
+    assert rebuilt.entry("BUYER", CASH)[1] == need
+    rebuilt._check()
+    # A snapshot keeps no watermark: the trades after it start a new one.
+    copy = Ledger(FEES)
+    copy.restore(rebuilt.snapshot())
+    assert copy.trade_mark == 0
+    copy._check()
 
 
 def test_account_types() -> None:
