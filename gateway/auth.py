@@ -5,10 +5,16 @@ Contract:
   stdlib's ``hashlib.scrypt``); the plain secret is never stored or logged.
 - ``Authenticator.check`` answers a logon with the user or a reason. It never says
   whether the member, the user or the secret was wrong (one reason for all three), and
-  it verifies a dummy hash for unknown users so that the answer takes the same time.
+  it verifies a dummy hash (of the configured users' cost) for unknown users so that
+  the answer takes the same time.
 - Five failures of one (member, user) within a minute lock it for ``lockout_s``; a
-  locked user is refused even with the right secret. Every failure is logged for
-  operators (member, user, peer, count), never with the secret.
+  locked user is refused even with the right secret. The lock is checked again when a
+  logon's turn to hash comes and before it succeeds, so guesses sent all at once
+  cannot outrun it. Every failure is logged for operators (member, user, peer, count),
+  never with the secret; names the client chose are logged quoted (``%r``), so they
+  cannot forge log lines.
+- Unknown (member, user) pairs are tracked and locked like known ones (the answers
+  must not tell them apart), at most ``tracked_max`` of each at once.
 - The hashing runs in a worker thread (scrypt releases the GIL), at most
   ``concurrent_max`` at once: a burst of logons cannot stall the core or eat memory.
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import hashlib
 import hmac
 import logging
@@ -69,8 +76,15 @@ class User(msgspec.Struct, kw_only=True):
     role: Role
     secret_hash: str
 
+    def __repr__(self) -> str:
+        # The hash stays out of logs and tracebacks: it is what an offline guesser needs.
+        return f"User(member={self.member!r}, user={self.user!r}, role={self.role!r}, secret_hash=<hidden>)"
+
+    __str__ = __repr__
+
 
 _DUMMY_HASH = hash_secret("etx-dummy", salt=b"\0" * 16)
+LOCKED_TEXT = "too many failed logons; try again later"
 
 
 class Authenticator:
@@ -94,6 +108,14 @@ class Authenticator:
         self._failures: dict[tuple[str, str], list[float]] = {}  # recent failure times
         self._locked_until: dict[tuple[str, str], float] = {}
         self._slots = asyncio.Semaphore(concurrent_max)
+        # Unknown users are checked against a hash of the same cost as the real ones, so
+        # that the time of the answer does not tell them apart.
+        params = collections.Counter(parse_hash(u.secret_hash)[:3] for u in self.users.values())
+        self._dummy = _DUMMY_HASH
+        if params:
+            n, r, p = params.most_common(1)[0][0]
+            if (n, r, p) != (SCRYPT_N, SCRYPT_R, SCRYPT_P):
+                self._dummy = hash_secret("etx-dummy", n=n, r=r, p=p, salt=b"\0" * 16)
 
     def locked(self, member: str, user: str) -> bool:
         until = self._locked_until.get((member, user))
@@ -108,22 +130,35 @@ class Authenticator:
         """(user, 0, "") on success, else (None, reason, text)."""
         key = (member, user)
         if self.locked(member, user):
-            log.warning("logon refused, user locked: member=%s user=%s peer=%s", member, user, peer)
-            return None, GatewayReason.LOCKED, "too many failed logons; try again later"
+            return self._refuse_locked(key, peer)
         found = self.users.get(key)
         ok = False
         if len(secret) <= SECRET_MAX:
             async with self._slots:
+                # Checked again: failures may have locked the user while this waited.
+                if self.locked(member, user):
+                    return self._refuse_locked(key, peer)
                 ok = await asyncio.get_running_loop().run_in_executor(
-                    None, verify_secret, secret, found.secret_hash if found else _DUMMY_HASH
+                    None, verify_secret, secret, found.secret_hash if found else self._dummy
                 )
+                # And again: a guess hashed beside the failure that locked the user
+                # must not get in.
+                if self.locked(member, user):
+                    return self._refuse_locked(key, peer)
+                if not ok or found is None:
+                    self._fail(key, peer)
+        else:
+            self._fail(key, peer)
         if ok and found is not None:
             self._failures.pop(key, None)
             return found, 0, ""
-        self._fail(key, peer)
         if self.locked(member, user):
-            return None, GatewayReason.LOCKED, "too many failed logons; try again later"
+            return None, GatewayReason.LOCKED, LOCKED_TEXT
         return None, GatewayReason.BAD_CREDENTIALS, "unknown member or user, or wrong secret"
+
+    def _refuse_locked(self, key: tuple[str, str], peer: str) -> tuple[None, int, str]:
+        log.warning("logon refused, user locked: member=%r user=%r peer=%s", key[0], key[1], peer)
+        return None, GatewayReason.LOCKED, LOCKED_TEXT
 
     def _fail(self, key: tuple[str, str], peer: str) -> None:
         now = self.clock()
@@ -133,9 +168,16 @@ class Authenticator:
             # Bounded: forget the oldest tracked key (dicts keep insertion order).
             self._failures.pop(next(iter(self._failures)))
         self._failures[key] = times
-        log.warning("failed logon %d within %.0fs: member=%s user=%s peer=%s",
+        log.warning("failed logon %d within %.0fs: member=%r user=%r peer=%s",
                     len(times), self.window_s, key[0], key[1], peer)
         if len(times) >= self.failures_max:
-            self._locked_until[key] = now + self.lockout_s
+            locked = self._locked_until
+            if len(locked) >= self.tracked_max and key not in locked:
+                # Bounded: forget the expired locks, then (still full) the oldest one.
+                for k in [k for k, until in locked.items() if until <= now]:
+                    del locked[k]
+                if len(locked) >= self.tracked_max:
+                    locked.pop(next(iter(locked)))
+            locked[key] = now + self.lockout_s
             del self._failures[key]
-            log.warning("user locked for %.0fs: member=%s user=%s", self.lockout_s, key[0], key[1])
+            log.warning("user locked for %.0fs: member=%r user=%r", self.lockout_s, key[0], key[1])

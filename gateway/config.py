@@ -85,6 +85,12 @@ class UserSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     role: str
     secret_hash: str
 
+    def __repr__(self) -> str:
+        # The hash stays out of logs and tracebacks (and so out of any repr of Config).
+        return f"UserSection(member={self.member!r}, user={self.user!r}, role={self.role!r}, secret_hash=<hidden>)"
+
+    __str__ = __repr__
+
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     exchange: ExchangeSection = msgspec.field(default_factory=ExchangeSection)
@@ -189,7 +195,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             seen.add((u.member, u.user))
         s = self.session
         for name in ("heartbeat_ms", "timeout_heartbeats", "orders_per_second", "burst", "flood_factor",
-                     "max_frame", "malformed_max", "failures_max", "sessions_max", "history_max", "write_buffer_max"):
+                     "max_frame", "malformed_max", "failures_max", "failure_window_s", "lockout_s", "sessions_max",
+                     "history_max", "write_buffer_max"):
             if getattr(s, name) <= 0:
                 raise ConfigError(f"session.{name} must be positive, got {getattr(s, name)}")
 

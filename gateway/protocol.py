@@ -122,6 +122,13 @@ class Logon(Msg, tag=50):
     cod: int = CodMode.DEFAULT
     heartbeat_ms: int = 0  # 0: the server's default
 
+    def __repr__(self) -> str:
+        # The secret never reaches a log line, an assertion message or a traceback.
+        return (f"Logon(version={self.version!r}, member={self.member!r}, user={self.user!r}, secret=<hidden>, "
+                f"last_seq={self.last_seq!r}, cod={self.cod!r}, heartbeat_ms={self.heartbeat_ms!r})")
+
+    __str__ = __repr__
+
 
 class Logout(Msg, tag=51):
     text: str = ""

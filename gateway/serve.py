@@ -164,7 +164,8 @@ class Service:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="the exchange's TOML configuration (see etx.example.toml)")
     parser.add_argument("--hash-secret", action="store_true",
-                        help="read a secret on standard input and print its secret_hash for the configuration")
+                        help="read a secret (typed without echo on a terminal, else one line of standard input) "
+                             "and print its secret_hash for the configuration")
     parser.add_argument("--data", default="etx-data", help="folder for the journal (and a relative SQLite registry)")
     parser.add_argument("--listen", default=None, help="HOST:PORT to listen on, overriding exchange.listen")
     parser.add_argument("--mqtt", default="127.0.0.1:1883", help="MQTT broker HOST:PORT for market data")
@@ -194,18 +195,32 @@ async def serve(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def hash_secret_command() -> int:
+    """Print the stored form of a secret. On a terminal the secret is read without echo;
+    it is never printed or logged, and one the gateway would refuse at logon (longer
+    than ``SECRET_MAX``) is refused here."""
+    import getpass
+    import sys
+
+    from gateway.auth import SECRET_MAX, hash_secret
+
+    if sys.stdin.isatty():
+        secret = getpass.getpass("secret: ")
+    else:
+        secret = sys.stdin.readline().rstrip("\r\n")
+    if not secret:
+        print("etx serve --hash-secret: no secret given")
+        return 2
+    if len(secret) > SECRET_MAX:
+        print(f"etx serve --hash-secret: a secret has at most {SECRET_MAX} characters, this one has {len(secret)}")
+        return 2
+    print(hash_secret(secret))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.hash_secret:
-        import sys
-
-        from gateway.auth import hash_secret
-
-        secret = sys.stdin.readline().rstrip("\n")
-        if not secret:
-            print("etx serve --hash-secret: no secret on standard input")
-            return 2
-        print(hash_secret(secret))
-        return 0
+        return hash_secret_command()
     if not args.config:
         print("etx serve: --config is required")
         return 2

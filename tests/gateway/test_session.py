@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 
 import msgspec
 import pytest
 
 from engine import Accepted, NewOrder, Rejected, Side
+from gateway.auth import Authenticator, User, hash_secret, verify_secret
 from gateway.client import LogonError
-from gateway.config import SessionSection
+from gateway.config import SessionSection, loads
 from gateway.framing import encode_frame
 from gateway.protocol import (
     PROTOCOL_VERSION,
@@ -22,6 +25,7 @@ from gateway.protocol import (
     LogonReject,
     QueryInstruments,
     Report,
+    Role,
     ServerHeartbeat,
     SessionClosed,
     SessionReject,
@@ -89,7 +93,7 @@ async def test_bad_logons_lock_the_user_and_are_logged_without_the_secret(caplog
             await h.new_client("M9", "ghost").connect()
         assert e.value.reason == GatewayReason.BAD_CREDENTIALS  # unknown user: the same answer
     text = caplog.text
-    assert "failed logon" in text and "user locked" in text and "member=M1 user=t1" in text
+    assert "failed logon" in text and "user locked" in text and "member='M1' user='t1'" in text
     assert "wrong-" not in text and SECRET not in text
 
 
@@ -211,3 +215,56 @@ async def test_heartbeats_both_ways_and_a_silent_peer_is_disconnected() -> None:
         m1 = await h.client("M1", "t1", heartbeat_ms=100)
         await asyncio.sleep(0.6)
         assert m1.connected and m1.closed_by_server is None
+
+
+@run
+async def test_concurrent_logons_cannot_outrun_the_lockout() -> None:
+    """Guesses sent at once all pass the lock check before any of them fails; each is
+    checked again when its turn to hash comes and before it succeeds, so no more than
+    the allowed failures are ever verified and the right secret behind them is refused."""
+    users = [User(member="M1", user="t1", role=Role.TRADER, secret_hash=hash_secret(SECRET, n=1 << 10))]
+    auth = Authenticator(users, concurrent_max=4)
+    tries = [auth.check("M1", "t1", f"guess-{i}") for i in range(12)] + [auth.check("M1", "t1", SECRET)]
+    answers = await asyncio.gather(*tries)
+    reasons = [reason for _, reason, _ in answers]
+    assert reasons.count(GatewayReason.BAD_CREDENTIALS) == 4
+    assert reasons[-1] == GatewayReason.LOCKED and answers[-1][0] is None
+    assert reasons.count(GatewayReason.LOCKED) == len(reasons) - 4
+
+
+@run
+async def test_lockouts_of_unknown_users_are_bounded() -> None:
+    auth = Authenticator([], failures_max=1, tracked_max=5)
+    for i in range(12):
+        await auth.check("M9", f"ghost{i}", "x")
+    assert len(auth._locked_until) <= 5 and len(auth._failures) <= 5
+
+
+def test_secrets_and_their_hashes_stay_out_of_reprs() -> None:
+    logon = Logon(PROTOCOL_VERSION, "M1", "t1", "pa55-word-xyzzy")
+    assert "pa55-word-xyzzy" not in repr(logon) and "M1" in repr(logon)
+    h = hash_secret("pa55-word-xyzzy", n=1 << 10)
+    user = User(member="M1", user="t1", role=Role.TRADER, secret_hash=h)
+    cfg = loads(f"""
+[[member]]
+id = "M1"
+[[user]]
+member = "M1"
+user = "t1"
+role = "trader"
+secret_hash = "{h}"
+""")
+    salt_and_hash = h.split("$", 4)[4]
+    for thing in (user, cfg, cfg.user[0], cfg.users()[0]):
+        assert salt_and_hash not in repr(thing) and salt_and_hash not in str(thing), type(thing)
+    assert "t1" in repr(user)
+
+
+def test_hash_secret_prints_a_hash_and_never_the_secret() -> None:
+    out = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--hash-secret"], input="pa55-word-xyzzy\n",
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert "pa55-word-xyzzy" not in out.stdout + out.stderr
+    assert verify_secret("pa55-word-xyzzy", out.stdout.strip())
+    long = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--hash-secret"], input="x" * 300 + "\n",
+                          capture_output=True, text=True, timeout=60)
+    assert long.returncode == 2 and "at most" in long.stdout
