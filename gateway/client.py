@@ -17,7 +17,8 @@ Contract:
 - ``last_seq`` is the highest ``Report.seq_out`` received; ``connect``/``reconnect``
   send it in the logon so the exchange replays only what is missing. Any report whose
   seq_out is not ``last_seq + 1`` is recorded in ``anomalies`` (the exchange promises
-  none: no gap, no duplicate).
+  none: no gap, no duplicate). A report with seq_out 0 is a refusal by the gateway,
+  outside the sequence: it is delivered and leaves ``last_seq`` alone.
 - Heartbeats are sent when the client has sent nothing for the agreed interval.
 - Prices are integers in fen, quantities in tonnes (see ``docs/protocol.md``).
 """
@@ -305,6 +306,9 @@ class Client:
     def _dispatch(self, msg: Any) -> None:
         t = type(msg)
         if t is Report:
+            if not msg.seq_out:  # a refusal by the gateway, outside the sequence
+                self._inbox.put_nowait(msg)
+                return
             if msg.seq_out != self.last_seq + 1:
                 self.anomalies.append(f"seq_out {msg.seq_out} after {self.last_seq}")
             if msg.seq_out > self.last_seq:

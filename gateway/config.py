@@ -43,9 +43,10 @@ class ExchangeSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class SessionSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     heartbeat_ms: int = 1000
     timeout_heartbeats: int = 3  # a peer silent this many intervals is disconnected
-    orders_per_second: int = 200_000
-    burst: int = 400_000
-    flood_factor: int = 4  # rejects above factor x burst within a second close the session
+    orders_per_second: int = 200_000  # each session's token rate for commands ...
+    burst: int = 400_000  # ... and its bucket size
+    queries_per_second: int = 100  # each session's rate (and bucket size) for queries
+    flood_factor: int = 4  # more than factor x orders_per_second messages in a second close the session
     max_frame: int = 64 * 1024
     malformed_max: int = 10  # malformed frames a session may send before it is closed
     failures_max: int = 5
@@ -194,9 +195,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise ConfigError(f"{where}: configured twice")
             seen.add((u.member, u.user))
         s = self.session
-        for name in ("heartbeat_ms", "timeout_heartbeats", "orders_per_second", "burst", "flood_factor",
-                     "max_frame", "malformed_max", "failures_max", "failure_window_s", "lockout_s", "sessions_max",
-                     "history_max", "write_buffer_max"):
+        for name in ("heartbeat_ms", "timeout_heartbeats", "orders_per_second", "burst", "queries_per_second",
+                     "flood_factor", "max_frame", "malformed_max", "failures_max", "failure_window_s", "lockout_s",
+                     "sessions_max", "history_max", "write_buffer_max"):
             if getattr(s, name) <= 0:
                 raise ConfigError(f"session.{name} must be positive, got {getattr(s, name)}")
 

@@ -17,8 +17,11 @@ Tags:
 
 Application messages to a member (order outcomes, fills, cancels, amends, market status)
 travel in a ``Report`` carrying the member's outbound sequence number ``seq_out``
-(1, 2, 3 ... per member, shared by all of the member's sessions). Query replies, session
-rejects, heartbeats and resends are not sequenced.
+(1, 2, 3 ... per member, shared by all of the member's sessions). Only what the core
+applied is sequenced, because only that is journaled and can be rebuilt after a restart:
+a command the gateway refuses itself (throttle, role, field checks, journal unavailable)
+is answered by a ``Report`` with ``seq_out`` 0, which is not replayed. Query replies,
+session rejects, heartbeats and resends are not sequenced either.
 """
 
 from __future__ import annotations
@@ -81,13 +84,13 @@ class GatewayReason(IntEnum):
     SEQ_AHEAD = 109  # last_seq is beyond the member's outbound sequence
     HEARTBEAT_TIMEOUT = 110  # the peer was silent too long
     SHUTDOWN = 111  # the exchange is shutting down
-    SLOW_CONSUMER = 112  # the peer does not read its reports fast enough
+    SLOW_CONSUMER = 112  # the peer does not read its reports fast enough (dropped, no message)
     TOO_MANY_MALFORMED = 113  # repeated malformed frames
     FLOODING = 114  # far over the throttle
     LOGOUT = 115  # the client asked to log out
     INVALID_FIELD = 116  # a field the gateway checks (e.g. client order id length)
     REPLAY_TRIMMED = 117  # reports older than the retained history cannot be replayed
-    SESSION_LIMIT = 118  # too many sessions for this user or server
+    SESSION_LIMIT = 118  # too many connections to the server (``sessions_max``)
     UNKNOWN_INSTRUMENT = 119  # a query named an instrument that does not exist
     UNKNOWN_MEMBER = 120  # an operator query or mass cancel named an unknown member
     JOURNAL_UNAVAILABLE = 121  # the command could not be made durable, so it was not entered
@@ -232,7 +235,8 @@ ReportBody = (
 
 
 class Report(Msg, tag=160):
-    """An application message for a member, in the member's outbound sequence."""
+    """An application message for a member, in the member's outbound sequence; ``seq_out``
+    0 for a refusal by the gateway, which is outside the sequence and not replayed."""
 
     seq_out: int
     body: ReportBody

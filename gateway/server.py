@@ -13,13 +13,22 @@ Contract:
   shared by all of the member's sessions. Each member keeps its recent reports
   (``history_max``) for replay at logon: a client that logs on with the last seq_out it
   saw gets every later report once, in order, and then the live stream.
+- The sequence holds only reports made from the core's events, so that ``rebuild``
+  makes exactly the same sequence from the journal's replay after a restart. What the
+  gateway refuses itself (in the session, or because the journal refused the batch)
+  goes to the member's sessions as ``Report(0, Rejected)``, outside the sequence.
+- A cancel-on-disconnect that the journal refused is entered again after the next
+  batch the journal takes, unless the member has logged on again meanwhile.
 - The engine's ``Trade`` names both members; it leaves as one ``Fill`` per side, so no
   member sees its counterparty. Market status (``StatusChanged``) and the day's close
   (``DayClosed``) go to every member's stream.
-- A client order id is registered when first seen and its first outcome (Accepted or
-  Rejected) is kept for the trading day; a retransmission gets that outcome in a
-  ``Resent``, and the order is never entered twice.
-- Queries are answered from the core's state after the batch they arrived with.
+- A client order id is registered when first seen and its first outcome from the core
+  (Accepted or Rejected) is kept for the trading day; a retransmission gets that outcome
+  in a ``Resent``, and the order is never entered twice. An id whose order was refused
+  before the core (and so never entered) is free again.
+- Queries are answered from the core's state after the batch they arrived with; a
+  member's open orders are found through its own index (``MemberStream.open``), so a
+  query costs what the member has open, not what the whole exchange has.
 - Limits: the core queue (``pending_max``: sessions stop being read above it), each
   member's history, each session's write buffer (a peer not reading is dropped),
   sessions, frames (see ``gateway.session``).
@@ -32,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
 import logging
 import ssl
 import time
@@ -86,7 +96,7 @@ from gateway.protocol import (
     ServerHeartbeat,
     inbound_decoder,
 )
-from gateway.session import ACTIVE, CLOSED, LOGGING_ON, NEW, Session, _Dup
+from gateway.session import ACTIVE, CLOSED, LOGGING_ON, NEW, REPLAY_CHUNK, Session, _Dup
 
 log = logging.getLogger("etx.server")
 
@@ -95,7 +105,9 @@ BUY = int(Side.BUY)
 PENDING_MAX = 200_000  # queued messages above which sessions stop being read
 BATCH_MAX = 16_384  # commands per core batch (one journal record holds at most 65,536)
 PIPELINE_DEPTH = 4  # batches being journaled at once
-BALANCES_PER_REPLY = 10_000
+BALANCES_PER_REPLY = 10_000  # rows of one BalancesReply (the rest is left out)
+DISCONNECT = int(CancelReason.DISCONNECT)
+JOURNAL_REFUSED = "the journal is unavailable; not entered"
 LOGON_DEADLINE_S = 10.0  # a connection that has not logged on by then is closed
 STAFF = (Role.OPERATOR, Role.CLERK, Role.AUTHORITY)
 
@@ -134,10 +146,11 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
 
 class MemberStream:
     """One member's outbound sequence: the last seq_out, the reports kept for replay
-    (``history[i]`` has seq_out ``base + 1 + i``), the live sessions, and the day's
-    client order ids with their first outcome (None while in flight)."""
+    (``history[i]`` has seq_out ``base + 1 + i``), the live sessions, the day's client
+    order ids with their first outcome (None while in flight), and the member's open
+    orders (order id -> the server's tracking entry of it)."""
 
-    __slots__ = ("member", "seq", "base", "history", "sessions", "coids", "mark")
+    __slots__ = ("member", "seq", "base", "history", "sessions", "coids", "mark", "open")
 
     def __init__(self, member: str) -> None:
         self.member = member
@@ -147,6 +160,7 @@ class MemberStream:
         self.sessions: list[Session] = []
         self.coids: dict[str, Report | None] = {}
         self.mark = -1  # index in history of the first report of the current batch
+        self.open: dict[int, list[Any]] = {}
 
     def _check(self) -> None:
         assert self.seq == self.base + len(self.history), (self.seq, self.base, len(self.history))
@@ -154,6 +168,8 @@ class MemberStream:
             assert rep.seq_out == self.base + 1 + i, (i, rep.seq_out)
         for s in self.sessions:
             assert s.member == self.member and s.joined
+        for info in self.open.values():
+            assert info[3] is self
 
 
 class _NamedOrigin:
@@ -184,6 +200,8 @@ class Server:
         on_events: Iterable[Callable[[list[Any]], None]] = (),
         tick_s: float = 1.0,
         pending_max: int = PENDING_MAX,
+        logon_deadline_s: float = LOGON_DEADLINE_S,
+        replay_chunk: int = REPLAY_CHUNK,
     ) -> None:
         self.core = core
         self.auth = auth
@@ -195,6 +213,8 @@ class Server:
         self.on_events = list(on_events)
         self.tick_s = tick_s
         self.pending_max = pending_max
+        self.logon_deadline_s = logon_deadline_s
+        self.replay_chunk = replay_chunk
         self.decode = inbound_decoder().decode
         self.writer = FrameWriter()
         self.operator_member = operator_member
@@ -206,8 +226,13 @@ class Server:
         self.p_origins: list[MemberStream] = []
         self.p_extra: list[Any] = []
         self.p_extra_from: list[Any] = []
-        # order_id -> [coid, side, open qty, stream] of each live order, to build Fills.
+        # order_id -> [coid, side, open qty, stream] of each live order, to build Fills;
+        # the same entries are in their stream's ``open``.
         self.track: dict[int, list[Any]] = {}
+        # Members whose cancel-on-disconnect the journal refused: entered again after
+        # the next batch it takes.
+        self._cod_retry: dict[str, MemberStream] = {}
+        self._cod_at: dict[str, float] = {}  # member -> when its last cancel-on-disconnect was queued
         self.sessions: set[Session] = set()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self._wakeup: asyncio.Event | None = None
@@ -230,6 +255,7 @@ class Server:
         """Listen; returns the bound (host, port)."""
         self.loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
+        self._track_core_orders()
         self._server = await self.loop.create_server(lambda: Session(self), host, port, ssl=ssl_context, backlog=256)
         self.spawn(self._core_loop())
         self.spawn(self._timer())
@@ -282,7 +308,8 @@ class Server:
         stream.sessions.remove(s)
         log.info("session ended: member=%s user=%s session=%d", s.member, s.user, s.session_id)
         if s.cod and not self._stopping:
-            self.p_cmds.append(MassCancel(s.member, "", int(CancelReason.DISCONNECT)))
+            self._cod_at[s.member] = self.loop.time()
+            self.p_cmds.append(MassCancel(s.member, "", DISCONNECT))
             self.p_origins.append(stream)
             self.wake()
 
@@ -363,17 +390,45 @@ class Server:
             self.sequencer.seq = cmds[0].seq - 1
             now = time.time_ns()
             for c, o, e, f in doomed:
+                refusals: list[Any] = []
+                refused_to: list[MemberStream] = []
                 for cmd, origin in zip(c, o, strict=True):
-                    if type(cmd) is Tick:
+                    t = type(cmd)
+                    if t is Tick:
                         continue
-                    e.append(Rejected(0, now, origin.member, getattr(cmd, "coid", ""), getattr(cmd, "order_id", 0),
-                                      int(GatewayReason.JOURNAL_UNAVAILABLE), "the journal is unavailable; not entered"))
-                    f.append(origin)
-                self._apply([], [], e, f)
+                    if t is MassCancel and cmd.reason == DISCONNECT:
+                        self._cod_retry[origin.member] = origin  # nobody to tell: try again later
+                        continue
+                    coid = getattr(cmd, "coid", "")
+                    if coid and origin.coids.get(coid, False) is None:
+                        del origin.coids[coid]  # never entered: the id is free again
+                    refusals.append(Rejected(0, now, origin.member, coid, getattr(cmd, "order_id", 0),
+                                             int(GatewayReason.JOURNAL_UNAVAILABLE), JOURNAL_REFUSED))
+                    refused_to.append(origin)
+                # Ahead of the batch's other work: a retransmission queued with it comes
+                # after its original's refusal (see _resend).
+                self._apply([], [], refusals + e, refused_to + f)
             return
         # From here to the writes there is no await: routing, replay at logon and
         # session ends see each batch whole.
         self._apply(cmds, origins, extra, extra_from)
+        if fut is not None and self._cod_retry:
+            self._retry_cancel_on_disconnect()
+
+    def _retry_cancel_on_disconnect(self) -> None:
+        """The journal takes batches again: enter the cancels-on-disconnect it refused,
+        for members none of whose traders has logged on since the session ended (a
+        trader back in the market decides about its open orders itself)."""
+        for member, stream in self._cod_retry.items():
+            ended = self._cod_at.get(member, 0.0)
+            if any(s.role == Role.TRADER and s.opened > ended for s in stream.sessions):
+                log.info("cancel-on-disconnect of %s not retried: a trader has logged on since", member)
+                continue
+            log.info("cancel-on-disconnect of %s retried now that the journal writes", member)
+            self.p_cmds.append(MassCancel(member, "", DISCONNECT))
+            self.p_origins.append(stream)
+        self._cod_retry.clear()
+        self.wake()
 
     async def _drain(self, timeout_s: float = 30.0) -> None:
         """Wait until everything queued is applied (or the timeout passes)."""
@@ -397,21 +452,29 @@ class Server:
             out.clear()
             self._encode(touched)
         for msg, frm in zip(extra, extra_from, strict=True):
+            if touched:  # reports queued so far go out ahead of this answer
+                self._encode(touched)
             t = type(msg)
             if t is Rejected:
-                rep = self._report(frm, msg, touched)
-                if msg.coid:
-                    frm.coids[msg.coid] = rep
+                self._refuse(frm, msg)
+            elif t is _Dup:
+                self._resend(frm, msg.coid)
             else:
-                if touched:  # reports queued so far go out ahead of this answer
-                    self._encode(touched)
-                if t is _Dup:
-                    self._resend(frm, msg.coid)
-                else:
-                    self._query(frm, msg)
+                self._query(frm, msg)
         if touched:
             self._encode(touched)
         self._write()
+
+    def _refuse(self, stream: MemberStream, rej: Rejected) -> None:
+        """A refusal by the gateway to every session of the member, outside its sequence."""
+        if not stream.sessions:
+            return
+        buf = bytearray()
+        self.writer.append(buf, Report(0, rej))
+        dirty = self._dirty_set
+        for s in stream.sessions:
+            s.wbuf += buf
+            dirty.add(s)
 
     def _report(self, stream: MemberStream, body: Any, touched: list[MemberStream]) -> Report:
         seq = stream.seq + 1
@@ -433,7 +496,7 @@ class Server:
             t = type(ev)
             if t is Accepted:
                 stream = streams[ev.member]
-                track[ev.order_id] = [ev.coid, ev.side, ev.qty, stream]
+                track[ev.order_id] = stream.open[ev.order_id] = [ev.coid, ev.side, ev.qty, stream]
                 stream.coids[ev.coid] = report(stream, ev, touched)
             elif t is Trade:
                 qty = ev.qty
@@ -447,16 +510,18 @@ class Server:
                 report(k[3], Fill(ev.seq, ev.ts, ev.taker_order_id, k[0], ev.trade_id, ev.instrument, k[1],
                                   ev.price, qty, TAKER, k[2]), touched)
                 if not m[2]:
-                    del track[ev.maker_order_id]
+                    del track[ev.maker_order_id], m[3].open[ev.maker_order_id]
                 if not k[2]:
-                    del track[ev.taker_order_id]
+                    del track[ev.taker_order_id], k[3].open[ev.taker_order_id]
             elif t is Rejected:
                 stream = origins[ev.seq - first_seq]
                 rep = report(stream, ev, touched)
                 if ev.coid and ev.member == stream.member:
                     stream.coids[ev.coid] = rep
             elif t is Cancelled or t is Expired:
-                track.pop(ev.order_id, None)
+                info = track.pop(ev.order_id, None)
+                if info is not None:
+                    del info[3].open[ev.order_id]
                 report(streams[ev.member], ev, touched)
             elif t is Amended:
                 info = track.get(ev.order_id)
@@ -468,7 +533,7 @@ class Server:
                 if info is not None:
                     info[2] = ev.qty_left
                     if not ev.qty_left:
-                        del track[ev.order_id]
+                        del track[ev.order_id], info[3].open[ev.order_id]
                 report(streams[ev.member], ev, touched)
             elif t is StatusChanged:
                 for stream in streams.values():
@@ -508,17 +573,37 @@ class Server:
         order = self.core.engine.orders.get(order_id)
         coid = order.coid if order is not None else ""
         qty = order.qty if order is not None else 0
-        info = [coid, side, qty, self.streams[member]]
-        self.track[order_id] = info
+        stream = self.streams[member]
+        info = [coid, side, qty, stream]
+        self.track[order_id] = stream.open[order_id] = info
         return info
+
+    def _track_core_orders(self) -> None:
+        """Make the tracking match the core's open orders before the first batch (a core
+        recovered from a snapshot holds orders whose acceptance was never routed here)."""
+        orders = self.core.engine.orders
+        for oid in [oid for oid in self.track if oid not in orders]:
+            info = self.track.pop(oid)
+            del info[3].open[oid]
+        for oid, order in orders.items():
+            known = self.track.get(oid)
+            if known is None:
+                self._untracked(oid, order.member, order.side)
+            else:
+                known[2] = order.qty
 
     def _resend(self, s: Session, coid: str) -> None:
         if s.state == CLOSED or s.stream is None:
             return
         rep = s.stream.coids.get(coid)
-        if rep is None:  # cannot happen: the original is ahead of it in the queue
-            rep = Report(0, Rejected(0, 0, s.member, coid, 0, int(GatewayReason.INVALID_FIELD), "original outcome unknown"))
-        self.writer.append(s.wbuf, Resent(rep.seq_out, rep.body))
+        if rep is None:
+            # The original is ahead of this in the queue, so it has an outcome unless
+            # the journal refused its batch (which freed the id): this copy was not
+            # entered either.
+            self.writer.append(s.wbuf, Report(0, Rejected(0, time.time_ns(), s.member, coid, 0,
+                                                          int(GatewayReason.JOURNAL_UNAVAILABLE), JOURNAL_REFUSED)))
+        else:
+            self.writer.append(s.wbuf, Resent(rep.seq_out, rep.body))
         self._dirty_set.add(s)
 
     def _encode(self, touched: list[MemberStream]) -> None:
@@ -557,9 +642,7 @@ class Server:
             s.wbuf = bytearray()
             s.last_tx = now
             if t.get_write_buffer_size() > limit:
-                log.warning("slow consumer closed: member=%s user=%s session=%d", s.member, s.user, s.session_id)
-                s.state = CLOSED
-                t.abort()
+                s.drop(GatewayReason.SLOW_CONSUMER, f"more than {limit} bytes of output unread")
         if self._paused and len(self.p_cmds) + len(self.p_extra) <= self.pending_max // 2:
             for s in self._paused:
                 s.paused = False
@@ -623,13 +706,14 @@ class Server:
         self._dirty_set.add(s)
 
     def _orders(self, q: QueryOrders, member: str) -> OrdersReply:
-        found = [o for o in self.core.engine.orders.values()
-                 if o.order_id > q.after_order_id and (not member or o.member == member)
-                 and (not q.instrument or o.instrument == q.instrument)]
-        found.sort(key=lambda o: o.order_id)
-        page = found[:ORDERS_PER_REPLY]
+        orders = self.core.engine.orders
+        after, instrument = q.after_order_id, q.instrument
+        ids: Iterable[int] = self.streams[member].open if member else orders
+        found = heapq.nsmallest(ORDERS_PER_REPLY + 1, (
+            oid for oid in ids if oid > after and (not instrument or orders[oid].instrument == instrument)))
+        page = [orders[oid] for oid in found[:ORDERS_PER_REPLY]]
         return OrdersReply(q.req_id, [OpenOrder(o.order_id, o.member, o.coid, o.instrument, o.side, o.price, o.qty,
-                                                o.filled, o.ts) for o in page], len(found) > len(page))
+                                                o.filled, o.ts) for o in page], len(found) > ORDERS_PER_REPLY)
 
     def _balances(self, q: QueryBalances, member: str) -> BalancesReply:
         ledger = self.core.ledger
@@ -658,8 +742,10 @@ class Server:
                         s.close(GatewayReason.HEARTBEAT_TIMEOUT, f"nothing received for {hb * timeout_n:.1f}s")
                     elif now - s.last_tx >= hb:
                         s.send(ServerHeartbeat(time.time_ns()))
-                elif s.state in (NEW, LOGGING_ON) and now - s.last_rx > LOGON_DEADLINE_S:
-                    s.close(GatewayReason.NOT_LOGGED_ON, f"no logon within {LOGON_DEADLINE_S:.0f}s")
+                elif s.state in (NEW, LOGGING_ON) and not s.acked and now - s.opened > self.logon_deadline_s:
+                    # From the connection, not the last byte: a logon trickled a byte at a
+                    # time must not hold a connection for ever.
+                    s.close(GatewayReason.NOT_LOGGED_ON, f"no logon within {self.logon_deadline_s:g}s")
             if self.tick_s and now >= next_tick:
                 next_tick = now + self.tick_s
                 self.p_cmds.append(Tick())
@@ -682,6 +768,10 @@ class Server:
             assert oid in self.track, oid
         for oid in self.track:
             assert oid in live, oid
+        assert sum(len(stream.open) for stream in self.streams.values()) == len(self.track)
+        for stream in self.streams.values():
+            for oid, info in stream.open.items():
+                assert self.track[oid] is info and live[oid].member == stream.member
         for s in self.sessions:
             if s.joined:
                 assert s in s.stream.sessions  # type: ignore[union-attr]

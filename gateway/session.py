@@ -14,9 +14,19 @@ Contract:
   zeroed for the sequencer.
 - A client order id already used today by the member is never entered again: its
   original outcome is sent back in a ``Resent``.
-- Orders over the token bucket (``orders_per_second``, ``burst``) are rejected with
-  THROTTLED; more than ``flood_factor x orders_per_second`` messages in one second
-  close the session.
+- A command the gateway refuses itself (throttle, role, field checks) never reaches the
+  core: its ``Rejected`` travels in a ``Report`` with ``seq_out`` 0 (outside the
+  member's sequence, which holds only what the journal can rebuild) and its client
+  order id stays unused.
+- Commands over the token bucket (``orders_per_second``, ``burst``) are rejected with
+  THROTTLED, queries over their own bucket (``queries_per_second``) too; more than
+  ``flood_factor x orders_per_second`` messages in one second close the session.
+- Limits of a connection: at most ``sessions_max`` connections (more are closed at
+  once, SESSION_LIMIT); a logon completed within the server's ``logon_deadline_s`` of
+  the connection; a replay at logon that waits for the client to read (at most one
+  chunk of reports beyond the transport's high-water mark) and drops a client that
+  reads nothing for ``timeout_heartbeats`` intervals (SLOW_CONSUMER); a closed
+  connection whose output is not taken within ``CLOSE_GRACE_S`` is aborted.
 """
 
 from __future__ import annotations
@@ -28,7 +38,18 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from engine.messages import Amend, Cancel, EndOfDay, Halt, HitOrder, MassCancel, NewOrder, Rejected, Resume
+from engine.messages import (
+    Amend,
+    Cancel,
+    CancelReason,
+    EndOfDay,
+    Halt,
+    HitOrder,
+    MassCancel,
+    NewOrder,
+    Rejected,
+    Resume,
+)
 from gateway.framing import FrameSplitter, FrameTooLarge
 from gateway.protocol import (
     AUTHORITY_COMMANDS,
@@ -57,7 +78,9 @@ log = logging.getLogger("etx.session")
 COID_MAX = 36  # characters in a client order id (a UUID fits)
 HEARTBEAT_MIN_MS = 100
 HEARTBEAT_MAX_MS = 60_000
-REPLAY_CHUNK = 10_000  # reports encoded per step of a replay, between yields to the loop
+REPLAY_CHUNK = 1_000  # reports written per step of a replay (about 100 KB), between waits for the client
+CLOSE_GRACE_S = 2.0  # a closed connection whose output the peer does not take by then is aborted
+MASS_CANCEL = int(CancelReason.MASS_CANCEL)
 
 # What each role may send: type -> kind. Anything not listed is NOT_PERMITTED.
 K_ORDER, K_OWN, K_STAFF, K_QUERY, K_HEARTBEAT, K_LOGOUT, K_LOGON = 1, 2, 3, 4, 5, 6, 7
@@ -101,14 +124,20 @@ class Session(asyncio.Protocol):
         self.rate = float(cfg.orders_per_second)
         self.burst = float(cfg.burst)
         self.tokens = float(cfg.burst)
+        self.qrate = float(cfg.queries_per_second)  # the query bucket: its rate is its size
+        self.qtokens = self.qrate
         self.refilled = 0.0
         self.window = 0.0  # start of the flood-count second
         self.window_count = 0
         self.flood_max = cfg.flood_factor * cfg.orders_per_second
         self.last_rx = 0.0
         self.last_tx = 0.0
+        self.opened = 0.0  # when the connection was made (the logon deadline counts from it)
         self.paused = False
+        self.acked = False  # the logon was accepted (the replay may still be running)
         self.joined = False  # attached to the member's stream (receives its reports)
+        self.writable = asyncio.Event()  # cleared while the transport's buffer is over its high-water mark
+        self.writable.set()
 
     # --- asyncio.Protocol ----------------------------------------------------------
 
@@ -117,7 +146,13 @@ class Session(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.last_rx = self.last_tx = self.refilled = self.window = self.server.loop.time()
+        self.last_rx = self.last_tx = self.refilled = self.window = self.opened = self.server.loop.time()
+        if len(self.server.sessions) >= self.server.cfg.sessions_max:
+            # Counted before the logon: connections that never log on take memory too.
+            log.warning("connection refused, %d sessions: peer=%s", len(self.server.sessions), self.peer)
+            self.send(SessionClosed(int(GatewayReason.SESSION_LIMIT), "too many connections; try again later"))
+            self._end()
+            return
         self.server.session_opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -125,10 +160,12 @@ class Session(asyncio.Protocol):
         self.server.session_lost(self)
 
     def pause_writing(self) -> None:
-        pass  # the server checks the write buffer size after each flush instead
+        # Live output is checked against write_buffer_max after each flush (the server);
+        # this flag paces only the replay at logon.
+        self.writable.clear()
 
     def resume_writing(self) -> None:
-        pass
+        self.writable.set()
 
     def data_received(self, data: bytes) -> None:
         server = self.server
@@ -145,9 +182,12 @@ class Session(asyncio.Protocol):
         except FrameTooLarge as e:
             self.close(GatewayReason.FRAME_TOO_LARGE, str(e))
             return
-        # The bucket is refilled once per read, not per message.
-        tokens = self.tokens + (now - self.refilled) * self.rate
+        # The buckets are refilled once per read, not per message.
+        elapsed = now - self.refilled
+        tokens = self.tokens + elapsed * self.rate
         self.tokens = tokens if tokens < self.burst else self.burst
+        tokens = self.qtokens + elapsed * self.qrate
+        self.qtokens = tokens if tokens < self.qrate else self.qrate
         self.refilled = now
         if now - self.window >= 1.0:
             self.window = now
@@ -208,15 +248,19 @@ class Session(asyncio.Protocol):
                     self._reject(msg, GatewayReason.THROTTLED, "over the session's order rate")
                     continue
                 tokens -= 1.0
+                if type(msg) is MassCancel and msg.reason != MASS_CANCEL:
+                    self._reject(msg, GatewayReason.INVALID_FIELD,
+                                 f"a mass cancel's reason must be {MASS_CANCEL}, got {msg.reason}")
+                    continue
                 msg.member = member
                 msg.seq = msg.ts = 0
                 submit_cmd(msg)
                 submit_origin(stream)
             elif kind == K_QUERY:
-                if tokens < 1.0:
-                    self.send(QueryRejected(msg.req_id, GatewayReason.THROTTLED, "over the session's message rate"))
+                if self.qtokens < 1.0:
+                    self.send(QueryRejected(msg.req_id, GatewayReason.THROTTLED, "over the session's query rate"))
                     continue
-                tokens -= 1.0
+                self.qtokens -= 1.0
                 submit_extra(msg)
                 submit_extra_from(self)
             elif kind == K_STAFF:
@@ -225,8 +269,11 @@ class Session(asyncio.Protocol):
                     continue
                 tokens -= 1.0
                 if type(msg) is MassCancel:
-                    if msg.member and msg.member not in server.streams:
-                        self._reject(msg, GatewayReason.UNKNOWN_MEMBER, f"unknown member {msg.member!r}")
+                    # Checked here so that the core never rejects a staff mass cancel: its
+                    # rejection would name the member, and a replay would route it there.
+                    problem = self._staff_mass_cancel_problem(msg)
+                    if problem is not None:
+                        self._reject(msg, *problem)
                         continue
                 elif hasattr(msg, "actor"):
                     msg.actor = self.actor  # registry commands name who ran them
@@ -249,14 +296,22 @@ class Session(asyncio.Protocol):
         self.tokens = tokens
         server.wake(self)
 
+    def _staff_mass_cancel_problem(self, msg: MassCancel) -> tuple[int, str] | None:
+        if msg.member and msg.member not in self.server.streams:
+            return GatewayReason.UNKNOWN_MEMBER, f"unknown member {msg.member!r}"
+        if msg.instrument and msg.instrument not in self.server.core.engine.markets:
+            return GatewayReason.UNKNOWN_INSTRUMENT, f"unknown instrument {msg.instrument!r}"
+        if msg.reason != MASS_CANCEL:
+            return GatewayReason.INVALID_FIELD, f"a mass cancel's reason must be {MASS_CANCEL}, got {msg.reason}"
+        return None
+
     def _reject(self, msg: Any, reason: int, text: str) -> None:
-        """A sequenced Rejected report for a command the gateway refused; it goes through
-        the core queue so it takes its place in the member's sequence."""
+        """An unsequenced Rejected (a Report with seq_out 0) for a command the gateway
+        refused. It goes through the core queue, so it follows the answers to what was
+        sent before it. The client order id stays unused: the order was not entered."""
         coid = getattr(msg, "coid", "")
-        if coid and len(coid) <= COID_MAX and self.stream is not None and coid not in self.stream.coids:
-            self.stream.coids[coid] = None
-        else:
-            coid = "" if len(coid) > COID_MAX else coid
+        if len(coid) > COID_MAX:
+            coid = ""
         rej = Rejected(0, time.time_ns(), self.member, coid, getattr(msg, "order_id", 0), int(reason), text)
         self.server.p_extra.append(rej)
         self.server.p_extra_from.append(self.stream)
@@ -297,6 +352,9 @@ class Session(asyncio.Protocol):
             self._logon_reject(GatewayReason.UNSUPPORTED_VERSION,
                                f"protocol version {msg.version} not supported; this server speaks {PROTOCOL_VERSION}")
             return
+        if msg.cod not in (CodMode.DEFAULT, CodMode.ON, CodMode.OFF):
+            self._logon_reject(GatewayReason.INVALID_FIELD, f"cod must be 0 (default), 1 (on) or 2 (off), got {msg.cod}")
+            return
         self.state = LOGGING_ON
         assert self.transport is not None
         self.transport.pause_reading()
@@ -325,9 +383,6 @@ class Session(asyncio.Protocol):
             self._logon_reject(GatewayReason.SEQ_AHEAD,
                                f"last_seq {msg.last_seq} is outside [0, {stream.seq}], the member's sequence")
             return
-        if len(server.sessions) > server.cfg.sessions_max:
-            self._logon_reject(GatewayReason.SESSION_LIMIT, "too many sessions")
-            return
         self.member, self.user, self.role = user.member, user.user, user.role
         self.actor = f"{user.member}/{user.user}"
         self.stream = stream
@@ -341,31 +396,55 @@ class Session(asyncio.Protocol):
                            self.session_id))
         log.info("logon: member=%s user=%s role=%s peer=%s session=%d last_seq=%d",
                  self.member, self.user, self.role.name.lower(), self.peer, self.session_id, msg.last_seq)
-        # Replay what the client missed, in chunks; new reports keep arriving meanwhile,
-        # and the session joins the live stream only once it has caught up, with no
-        # await in between: nothing is lost or sent twice.
+        self.acked = True
+        # Replay what the client missed, a chunk at a time, each once the client has
+        # read the one before (so the write buffer holds at most about one chunk). New
+        # reports keep arriving meanwhile and old ones may be trimmed; the session joins
+        # the live stream only once it has caught up, with no await in between: nothing
+        # is lost or sent twice.
         sent = msg.last_seq
-        if sent < stream.base:
-            self.send(Notice(GatewayReason.REPLAY_TRIMMED,
-                             f"reports up to {stream.base} are no longer kept; replay starts at {stream.base + 1}"))
-            sent = stream.base
-        while sent < stream.seq:
-            upto = min(stream.seq, sent + REPLAY_CHUNK)
+        chunk = server.replay_chunk
+        while True:
+            if sent < stream.base:
+                self.send(Notice(GatewayReason.REPLAY_TRIMMED,
+                                 f"reports up to {stream.base} are no longer kept; replay goes on at {stream.base + 1}"))
+                sent = stream.base
+            if sent >= stream.seq:
+                break
+            upto = min(stream.seq, sent + chunk)
             server.write_reports(self, stream, sent, upto)
             sent = upto
-            if self.state == CLOSED:
-                return
-            await asyncio.sleep(0)
-            if self.state == CLOSED:
+            if not await self._wait_writable():
                 return
         stream.sessions.append(self)
         self.joined = True
         self.state = ACTIVE
+        self.last_rx = server.loop.time()  # what the client sent during the replay is still unread
         assert self.transport is not None
         self.transport.resume_reading()
         held, self.held = self.held, []
         if held:
             self.data_received_frames(held)
+
+    async def _wait_writable(self) -> bool:
+        """Wait until the transport's buffer is below its low-water mark; drop the
+        session (False) if the client reads nothing for ``timeout_heartbeats``
+        intervals, or when it is closed meanwhile."""
+        if self.writable.is_set():
+            await asyncio.sleep(0)  # let the other sessions and the core loop run
+        limit_s = self.heartbeat_s * self.server.cfg.timeout_heartbeats
+        assert self.transport is not None
+        left = self.transport.get_write_buffer_size()
+        while not self.writable.is_set() and self.state != CLOSED:
+            try:
+                await asyncio.wait_for(self.writable.wait(), limit_s)
+            except TimeoutError:
+                now_left = self.transport.get_write_buffer_size()
+                if now_left >= left:
+                    self.drop(GatewayReason.SLOW_CONSUMER, f"nothing of the replay read for {limit_s:.1f}s")
+                    return False
+                left = now_left
+        return self.state != CLOSED
 
     def data_received_frames(self, frames: list[memoryview]) -> None:
         self._frames(frames)
@@ -398,11 +477,24 @@ class Session(asyncio.Protocol):
                      self.member, self.user, self.peer, reason, text)
         self._end()
 
+    def drop(self, reason: int, text: str) -> None:
+        """End the session at once, without a message: the peer is not reading, so
+        nothing more is put in front of it."""
+        if self.state == CLOSED:
+            return
+        log.warning("session dropped: member=%s user=%s peer=%s session=%d reason=%d %s",
+                    self.member, self.user, self.peer, self.session_id, reason, text)
+        self.state = CLOSED
+        self.abort()
+
     def _end(self) -> None:
         # Detaching from the stream and cancel-on-disconnect happen in connection_lost.
         self.state = CLOSED
         if self.transport is not None:
             self.transport.close()
+            if self.transport.get_write_buffer_size():
+                # A peer that does not take its last output must not hold the session.
+                self.server.loop.call_later(CLOSE_GRACE_S, self.abort)
 
     def abort(self) -> None:
         if self.transport is not None:

@@ -12,6 +12,10 @@ does not decode, a report for a command, a reply for a query), or that the sessi
 closed with a SessionClosed. At the end the server still serves a normal logon, its
 invariants hold, and the exchange's state (all but the sequence number and clock,
 which every command advances) is exactly what it was.
+
+Then the same fuzz runs through the exchange's staff (operator, clerk, authority), whose
+well-formed commands may change the exchange: there every frame must still be answered
+as its class requires, and the server must keep serving with its invariants intact.
 """
 
 from __future__ import annotations
@@ -215,6 +219,10 @@ async def test_fuzzed_frames_are_answered_and_change_nothing() -> None:
         await h.settle()
         assert state_of(h) == before, f"seed={SEED}: the exchange changed"
         h.check()
+        for staff in ("op", "clerk", "auth"):
+            await fuzz_session(h, rng, ("EXCH", staff), FRAMES // 10)
+            await h.settle()
+            h.check()
         # Every class of frame was exercised.
         assert all(counts.get(k, 0) > 0 for k in ("reject", "report", "reply", "nothing", "close")), counts
         assert counts_ro.get("report", 0) > 0

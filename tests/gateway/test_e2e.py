@@ -6,13 +6,32 @@ cancel-on-disconnect releases holds."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
+from typing import Any
 
-from engine import Accepted, Cancelled, Phase, Rejected, Side, StatusChanged
+import pytest
+
+from engine import Accepted, Cancelled, Halt, MassCancel, Phase, Rejected, Resume, Side, StatusChanged
 from engine.messages import CancelReason, Reason
-from gateway.client import QueryError
-from gateway.protocol import CodMode, Fill, GatewayReason, Liquidity, Report, Resent
+from gateway.client import Client, QueryError
+from gateway.config import SessionSection
+from gateway.framing import encode_frame
+from gateway.protocol import CodMode, Fill, GatewayReason, Liquidity, Notice, QueryOrders, Report, Resent
+from gateway.server import Server
 from settlement import Deposit, RegistryDone, RegistryRejected
-from tests.gateway.harness import ALLOWANCES, CASH, SYMBOL, Harness, body_of, drain, run
+from tests.gateway.harness import (
+    ALLOWANCES,
+    CASH,
+    MEMBERS,
+    OPERATOR_MEMBER,
+    SYMBOL,
+    Harness,
+    body_of,
+    drain,
+    run,
+)
+from tests.gateway.test_session import Raw
 
 BUY, SELL = Side.BUY, Side.SELL
 
@@ -247,4 +266,245 @@ async def test_registry_staff_roles() -> None:
         m1.send(Deposit("M1", "M1", 10**9))
         assert (await body_of(m1, Rejected)).reason == GatewayReason.NOT_PERMITTED
         assert balance(h, "M1", "CNY")[0] == CASH
+        h.check()
+
+
+async def refusal(c: Client, reason: int) -> Rejected:
+    """The next refusal by the gateway with this reason (a Report outside the sequence)."""
+    rep = await c.wait_for(lambda m: isinstance(m, Report) and isinstance(m.body, Rejected) and m.body.reason == reason)
+    assert rep.seq_out == 0, rep
+    return rep.body  # type: ignore[no-any-return]
+
+
+@run
+async def test_gateway_refusals_are_unsequenced_and_histories_rebuild_exactly() -> None:
+    """The gateway's own refusals (throttle, role, field checks) never reach the core or
+    the journal, so they are not numbered in the member's sequence (seq_out 0) and do
+    not use up the client order id. Every sequenced report can therefore be rebuilt from
+    the core's events alone, as a restart rebuilds them from the journal."""
+    cfg = SessionSection(orders_per_second=20, burst=3)
+    async with Harness(cfg) as h:
+        events: list[list[Any]] = []
+        h.server.on_events.append(lambda out: events.append(list(out)))
+        m1 = await h.client("M1", "t1", cod=CodMode.OFF)
+        ro = await h.client("M1", "ro")
+        op = await h.client("EXCH", "op")
+        coids = [m1.new_order(SYMBOL, BUY, 1, 9_900 + i) for i in range(5)]
+        got = {}
+        for _ in range(5):
+            rep = await m1.wait_for(lambda m: isinstance(m, Report))
+            got[rep.body.coid] = rep
+        accepted = [c for c in coids if isinstance(got[c].body, Accepted)]
+        refused = [c for c in coids if isinstance(got[c].body, Rejected)]
+        assert len(accepted) == 3 and len(refused) == 2, got
+        assert sorted(got[c].seq_out for c in accepted) == [1, 2, 3]
+        assert {(got[c].seq_out, got[c].body.reason) for c in refused} == {(0, GatewayReason.THROTTLED)}
+        assert m1.last_seq == 3 and not m1.anomalies
+        await asyncio.sleep(0.25)  # the bucket refills
+        # A refused order was never entered: its client order id is still free.
+        m1.new_order(SYMBOL, BUY, 1, 9_800, coid=refused[0])
+        again = await m1.wait_for(lambda m: isinstance(m, Report | Resent))
+        assert type(again) is Report and isinstance(again.body, Accepted) and again.seq_out == 4
+        # A read-only user's cancel and an operator's malformed mass cancels: refused, unsequenced.
+        ro.cancel(again.body.order_id)  # (the member's sessions all see its refusals, the throttled ones too)
+        await refusal(ro, GatewayReason.NOT_PERMITTED)
+        op.mass_cancel(instrument="NOPE", member="M1")
+        await refusal(op, GatewayReason.UNKNOWN_INSTRUMENT)
+        op.send(MassCancel("M1", SYMBOL, 9))
+        await refusal(op, GatewayReason.INVALID_FIELD)
+        m1.send(MassCancel("M1", "", int(CancelReason.DISCONNECT)))  # reserved for the gateway
+        await refusal(m1, GatewayReason.INVALID_FIELD)
+        # The exchange's own rejections are sequenced.
+        m1.new_order(SYMBOL, BUY, 1, 1)
+        rej = await m1.wait_for(lambda m: isinstance(m, Report) and isinstance(m.body, Rejected))
+        assert (rej.seq_out, rej.body.reason) == (5, Reason.PRICE_OUTSIDE_BAND)
+        op.send(Halt(SYMBOL))
+        op.send(Halt(SYMBOL))
+        op.send(Resume(SYMBOL))
+        await h.settle()
+        assert len(h.exchange.engine.orders) == 4
+        # A server rebuilt from the core's events alone holds exactly the same streams.
+        rebuilt = Server(h.exchange, h.auth, MEMBERS, cfg, operator_member=OPERATOR_MEMBER, tick_s=0)
+        for batch in events:
+            rebuilt.rebuild(batch)
+        for member, live in h.server.streams.items():
+            again_ = rebuilt.streams[member]
+            assert (again_.seq, again_.base) == (live.seq, live.base), member
+            assert [(r.seq_out, r.body) for r in again_.history] == [(r.seq_out, r.body) for r in live.history], member
+            assert again_.coids == live.coids, member
+        h.check()
+
+
+@run
+async def test_cancel_on_disconnect_refused_by_the_journal_is_retried_once_it_writes() -> None:
+    """A session ends while the journal refuses writes: its cancel-on-disconnect cannot be
+    entered then, so the gateway enters it after the journal writes again (the member
+    still being away), and the holds are released."""
+    async with Harness() as h:
+        down = [False]
+        tried: list[Any] = []
+
+        async def journal(batch: list[Any]) -> None:
+            if down[0]:
+                tried.extend(batch)
+                raise OSError("no space left on device")
+
+        h.server._journal = journal
+        m1 = await h.client("M1", "t1")  # cancel-on-disconnect on (a trader's default)
+        m2 = await h.client("M2", "t2", cod=CodMode.OFF)
+        m1.new_order(SYMBOL, BUY, 100, 10_000)
+        await body_of(m1, Accepted)
+        down[0] = True
+        m1.abort()
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if any(type(c) is MassCancel for c in tried):
+                break
+        assert any(type(c) is MassCancel and c.reason == CancelReason.DISCONNECT for c in tried)
+        assert [o.member for o in h.exchange.engine.orders.values()] == ["M1"]  # not entered: not durable
+        down[0] = False
+        m2.new_order(SYMBOL, SELL, 10, 10_500)  # the journal writes again
+        await body_of(m2, Accepted)
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if not any(o.member == "M1" for o in h.exchange.engine.orders.values()):
+                break
+        assert [o.member for o in h.exchange.engine.orders.values()] == ["M2"]
+        assert balance(h, "M1", "CNY") == (CASH, 0)
+        back = await h.client("M1", "t1", last_seq=m1.last_seq)
+        cancels = [m.body for m in await drain(back) if isinstance(m, Report)]
+        assert [(type(c), c.reason) for c in cancels] == [(Cancelled, CancelReason.DISCONNECT)]
+        h.check()
+
+
+@run
+async def test_a_full_core_queue_pauses_reading_and_loses_nothing() -> None:
+    async with Harness() as h:
+        h.server.pending_max = 10
+        paused: list[int] = []
+        h.server.on_events.append(lambda out: paused.append(len(h.server._paused)))
+        m1 = await h.client("M1", "t1")
+        coids = [m1.new_order(SYMBOL, SELL, 1, 10_000 + i) for i in range(300)]
+        got = [await body_of(m1, Accepted) for _ in range(300)]
+        assert [a.coid for a in got] == coids
+        assert max(paused) >= 1  # reading stopped while the queue was over its limit ...
+        assert h.server._paused == [] and all(not s.paused for s in h.server.sessions)  # ... and resumed
+        h.check()
+
+
+@run
+async def test_history_beyond_its_limit_is_trimmed_and_replay_says_so() -> None:
+    async with Harness(SessionSection(history_max=100)) as h:
+        m1 = await h.client("M1", "t1", cod=CodMode.OFF)
+        for i in range(150):
+            m1.new_order(SYMBOL, SELL, 1, 10_000 + i)
+        for _ in range(150):
+            await body_of(m1, Accepted)
+        stream = h.server.streams["M1"]
+        assert stream.seq == 150 and 0 < stream.base and len(stream.history) <= 100
+        fresh = await h.client("M1", "t1b")
+        msgs = await drain(fresh)
+        assert isinstance(msgs[0], Notice) and msgs[0].code == GatewayReason.REPLAY_TRIMMED
+        assert [r.seq_out for r in msgs[1:]] == list(range(stream.base + 1, 151))
+        h.check()
+
+
+async def _sell_many(c: Client, n: int, price: int = 10_000) -> None:
+    for i in range(n):
+        c.new_order(SYMBOL, SELL, 1, price + i % 1000)
+    for _ in range(n):
+        await c.wait_for(lambda m: isinstance(m, Report) and isinstance(m.body, Accepted), 30)
+
+
+def _session_of(h: Harness, user: str) -> Any:
+    return next(s for s in h.server.sessions if s.user == user)
+
+
+async def _slow_reader(h: Harness) -> Raw:
+    """A connection that reads through small socket buffers on both ends (the server's
+    kernel would otherwise take megabytes off the gateway's own write buffer)."""
+    raw = await Raw.open(h.port, rcvbuf=4096)
+    here = raw.writer.get_extra_info("sockname")
+    for _ in range(100):
+        mine = [s for s in h.server.sessions if s.peer == f"{here[0]}:{here[1]}"]
+        if mine:
+            break
+        await asyncio.sleep(0.01)
+    assert mine[0].transport is not None
+    mine[0].transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    return raw
+
+
+@run
+async def test_replay_to_a_slow_reader_keeps_its_buffer_bounded_and_survives_a_trim() -> None:
+    """The replay at logon waits for the client to read (a bounded write buffer, not the
+    whole history at once); if the history is trimmed meanwhile the replay says so and
+    goes on from the oldest report kept, never sending a report twice or out of order."""
+    async with Harness(SessionSection(history_max=30_000)) as h:
+        h.server.replay_chunk = 500
+        m1 = await h.client("M1", "t1", cod=CodMode.OFF)
+        await _sell_many(m1, 20_000)
+        raw = await _slow_reader(h)
+        await raw.logon("M1", "t1b", heartbeat_ms=5000)  # and then does not read for a while
+        s = _session_of(h, "t1b")
+        sizes = []
+        for _ in range(30):
+            await asyncio.sleep(0.01)
+            assert s.transport is not None
+            sizes.append(s.transport.get_write_buffer_size())
+        assert max(sizes) < 400_000, max(sizes)  # the 20,000 reports are about 1.8 MB
+        await _sell_many(m1, 11_000)  # the history passes its limit and is trimmed
+        stream = h.server.streams["M1"]
+        assert stream.base > 0
+        seqs: list[int] = []
+        notices = []
+        while not seqs or seqs[-1] < stream.seq:
+            msg = await raw.recv()
+            if isinstance(msg, Notice):
+                notices.append((len(seqs), msg))
+            elif isinstance(msg, Report):
+                seqs.append(msg.seq_out)
+        assert len(notices) == 1 and notices[0][1].code == GatewayReason.REPLAY_TRIMMED
+        cut = notices[0][0]
+        assert seqs[:cut] == list(range(1, cut + 1))
+        assert seqs[cut:] == list(range(seqs[cut], stream.seq + 1)) and seqs[cut] == stream.base + 1
+        h.check()
+
+
+@run
+async def test_a_replay_the_client_does_not_read_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "etx.session")
+    async with Harness() as h:
+        h.server.replay_chunk = 500
+        m1 = await h.client("M1", "t1", cod=CodMode.OFF)
+        await _sell_many(m1, 5_000)
+        raw = await _slow_reader(h)
+        await raw.logon("M1", "t1b", heartbeat_ms=100)
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if not any(s.user == "t1b" for s in h.server.sessions):
+                break
+        assert not any(s.user == "t1b" for s in h.server.sessions)
+        assert f"user=t1b peer={raw.writer.get_extra_info('sockname')[0]}" in caplog.text
+        assert f"reason={int(GatewayReason.SLOW_CONSUMER)}" in caplog.text
+        h.check()
+
+
+@run
+async def test_a_peer_that_does_not_read_its_replies_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "etx.session")
+    async with Harness(SessionSection(write_buffer_max=100_000)) as h:
+        m1 = await h.client("M1", "t1", cod=CodMode.OFF)
+        await _sell_many(m1, 500)
+        raw = await _slow_reader(h)
+        await raw.logon("M1", "t1b")
+        raw.send(b"".join(encode_frame(QueryOrders(i)) for i in range(300)))  # about 7 MB of replies, unread
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if not any(s.user == "t1b" for s in h.server.sessions):
+                break
+        assert not any(s.user == "t1b" for s in h.server.sessions)
+        assert "session dropped: member=M1 user=t1b" in caplog.text
+        assert f"reason={int(GatewayReason.SLOW_CONSUMER)}" in caplog.text
+        assert (await m1.query_book(SYMBOL)).instrument == SYMBOL  # the others go on
         h.check()

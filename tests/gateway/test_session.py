@@ -4,9 +4,13 @@ malformed and oversized frames, session order, heartbeats and silent peers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -29,6 +33,7 @@ from gateway.protocol import (
     ServerHeartbeat,
     SessionClosed,
     SessionReject,
+    inbound_decoder,
     outbound_decoder,
 )
 from tests.gateway.harness import SECRET, SYMBOL, Harness, body_of, run
@@ -44,8 +49,16 @@ class Raw:
         self.buf = b""
 
     @classmethod
-    async def open(cls, port: int) -> Raw:
-        return cls(*await asyncio.open_connection("127.0.0.1", port))
+    async def open(cls, port: int, rcvbuf: int = 0) -> Raw:
+        """A connection; ``rcvbuf`` shrinks the socket's receive buffer (set before the
+        connect, so the window stays small), for tests of peers that do not read."""
+        if not rcvbuf:
+            return cls(*await asyncio.open_connection("127.0.0.1", port))
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        return cls(*await asyncio.open_connection(sock=sock, limit=rcvbuf))
 
     def send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -240,6 +253,70 @@ async def test_lockouts_of_unknown_users_are_bounded() -> None:
     assert len(auth._locked_until) <= 5 and len(auth._failures) <= 5
 
 
+@run
+async def test_a_logon_must_complete_within_the_deadline_of_the_connection(caplog: pytest.LogCaptureFixture) -> None:
+    """A peer that trickles a logon one byte at a time is closed when the deadline from
+    its connection passes, however recently it sent a byte."""
+    caplog.set_level(logging.INFO, "etx.session")
+    async with Harness() as h:
+        h.server.logon_deadline_s = 0.3
+        raw = await Raw.open(h.port)
+        here = raw.writer.get_extra_info("sockname")
+        peer = f"{here[0]}:{here[1]}"
+        frame = encode_frame(Logon(PROTOCOL_VERSION, "M1", "t1", "x" * 200))
+        for i in range(len(frame) - 1):  # about 10 s of trickle if nothing stops it
+            if not any(s.peer == peer for s in h.server.sessions):
+                break
+            with contextlib.suppress(ConnectionError):
+                raw.send(frame[i:i + 1])
+            await asyncio.sleep(0.05)
+        assert not any(s.peer == peer for s in h.server.sessions), "still open after the deadline"
+        assert f"peer={peer} reason={int(GatewayReason.NOT_LOGGED_ON)} no logon within 0.3s" in caplog.text
+
+
+@run
+async def test_connections_beyond_the_limit_are_refused_before_logon() -> None:
+    async with Harness(SessionSection(sessions_max=3)) as h:
+        first = await h.client("M1", "t1")
+        idle = [await Raw.open(h.port) for _ in range(2)]  # connected, never logged on
+        extra = await Raw.open(h.port)
+        msgs = await extra.until_closed()
+        assert isinstance(msgs[-1], SessionClosed) and msgs[-1].reason == GatewayReason.SESSION_LIMIT
+        for r in idle:
+            r.writer.close()
+        for _ in range(100):
+            if len(h.server.sessions) < 3:
+                break
+            await asyncio.sleep(0.01)
+        await h.client("M2", "t2")  # room again
+        assert first.connected
+
+
+@run
+async def test_logon_with_an_unknown_cancel_on_disconnect_mode_is_refused() -> None:
+    async with Harness() as h:
+        raw = await Raw.open(h.port)
+        raw.send(encode_frame(Logon(PROTOCOL_VERSION, "M1", "t1", SECRET, cod=7)))
+        rej = await raw.recv()
+        assert isinstance(rej, LogonReject) and rej.reason == GatewayReason.INVALID_FIELD
+
+
+@run
+async def test_queries_have_their_own_smaller_rate() -> None:
+    """Queries cost the exchange far more than an order; they have a bucket of their own
+    (``queries_per_second``), and using it up does not stop orders."""
+    async with Harness(SessionSection(queries_per_second=5)) as h:
+        raw = await Raw.open(h.port)
+        await raw.logon()
+        raw.send(b"".join(encode_frame(QueryInstruments(i)) for i in range(1, 11))
+                 + encode_frame(NewOrder("M1", "q-1", SYMBOL, 1, 1, 9_900)))
+        got = [await raw.recv() for _ in range(11)]
+        answered = [m for m in got if type(m).__name__ == "InstrumentsReply"]
+        refused = [m for m in got if type(m).__name__ == "QueryRejected"]
+        assert len(answered) == 5 and {m.reason for m in refused} == {GatewayReason.THROTTLED}  # type: ignore[attr-defined]
+        assert any(isinstance(m, Report) and isinstance(m.body, Accepted) for m in got)
+
+
 def test_secrets_and_their_hashes_stay_out_of_reprs() -> None:
     logon = Logon(PROTOCOL_VERSION, "M1", "t1", "pa55-word-xyzzy")
     assert "pa55-word-xyzzy" not in repr(logon) and "M1" in repr(logon)
@@ -268,3 +345,16 @@ def test_hash_secret_prints_a_hash_and_never_the_secret() -> None:
     long = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--hash-secret"], input="x" * 300 + "\n",
                           capture_output=True, text=True, timeout=60)
     assert long.returncode == 2 and "at most" in long.stdout
+
+
+def test_the_protocol_documents_examples_are_exact() -> None:
+    """The worked encodings in docs/protocol.md are what the code produces."""
+    doc = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text()
+    short = re.search(r"frame +((?:[0-9a-f]{2} *)+)", doc)
+    assert short is not None
+    order = [1, "M001", "A-1", "CEA24", 1, 100, 10025]
+    assert bytes.fromhex(short.group(1)) == encode_frame(order)
+    assert inbound_decoder().decode(encode_frame(order)[4:]) == NewOrder("M001", "A-1", "CEA24", 1, 100, 10025)
+    full = re.search(r"every field: `((?:[0-9a-f]{2}\s*)+)`", doc)
+    assert full is not None
+    assert bytes.fromhex(" ".join(full.group(1).split())) == encode_frame(NewOrder("M001", "A-1", "CEA24", 1, 100, 10025))
