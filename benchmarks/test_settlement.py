@@ -2,12 +2,14 @@
 
     .venv/bin/pytest benchmarks/test_settlement.py --benchmark-only -p no:cacheprovider
 
-Workloads come from ``benchmarks.settle_load`` (real ledger, 2000 accounts, 7-leg
-trades with fees). Store writes are durable commits (SQLite WAL synchronous=FULL;
-PostgreSQL synchronous_commit on), one transaction per batch; each round writes into a
-fresh store. PostgreSQL is the server ``ETX_PG_DSN`` names, else a private one started
-for the session (tests/pgserver.py). The rate of each benchmark is in its
-``extra_info`` (ops_per_s or trades_per_s, from the round's median).
+Workloads come from ``benchmarks.settle_load`` (real ledger, 2000 accounts, trades
+with trading and settlement fees and a reserve share: 7 legs each, recorded as compact
+``TradePosting`` records whose legs are derived when the store writes them). Store
+writes are durable commits (SQLite WAL synchronous=FULL; PostgreSQL synchronous_commit
+on), one transaction per batch; each round writes into a fresh store. PostgreSQL is
+the server ``ETX_PG_DSN`` names, else a private one started for the session
+(tests/pgserver.py). The rate of each benchmark is in its ``extra_info`` (ops_per_s or
+trades_per_s, from the round's median).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 
 from benchmarks.settle_load import FEES, fresh_store, make_trades
 from engine import CASH, Side, Trade
-from settlement import Deposit, Ledger, OpenAccount, Posting
+from settlement import AnyPosting, Deposit, Ledger, OpenAccount
 from settlement.store import RegistryStore
 
 TRADES = 40_000
@@ -28,7 +30,7 @@ HOLD_PAIRS = 100_000
 
 
 @pytest.fixture(scope="module")
-def workload() -> tuple[list[Posting], list[Posting]]:
+def workload() -> tuple[list[AnyPosting], list[AnyPosting]]:
     setup, trades, _ = make_trades(TRADES)
     return setup, trades
 
@@ -99,7 +101,7 @@ def test_settle_in_memory(benchmark: Any) -> None:
     benchmark.extra_info["trades_per_s"] = round(n / benchmark.stats.stats.median)
 
 
-def _write_all(connect: Callable[[], RegistryStore], setup: list[Posting], trades: list[Posting], batch: int) -> None:
+def _write_all(connect: Callable[[], RegistryStore], setup: list[AnyPosting], trades: list[AnyPosting], batch: int) -> None:
     store = connect()
     try:
         for i in range(0, len(trades), batch):
@@ -109,7 +111,7 @@ def _write_all(connect: Callable[[], RegistryStore], setup: list[Posting], trade
         store.close()
 
 
-def _bench_store(benchmark: Any, target: str, workload: tuple[list[Posting], list[Posting]], batch: int) -> None:
+def _bench_store(benchmark: Any, target: str, workload: tuple[list[AnyPosting], list[AnyPosting]], batch: int) -> None:
     setup, trades = workload
     stores: list[Any] = []
 
@@ -133,12 +135,12 @@ def _bench_store(benchmark: Any, target: str, workload: tuple[list[Posting], lis
 
 
 @pytest.mark.parametrize("batch", [2_000, 10_000, 20_000])
-def test_store_sqlite(benchmark: Any, workload: tuple[list[Posting], list[Posting]], batch: int,
+def test_store_sqlite(benchmark: Any, workload: tuple[list[AnyPosting], list[AnyPosting]], batch: int,
                       tmp_path: Any) -> None:
     _bench_store(benchmark, str(tmp_path), workload, batch)
 
 
 @pytest.mark.parametrize("batch", [2_000, 10_000, 20_000])
-def test_store_postgresql(benchmark: Any, pg_target: str, workload: tuple[list[Posting], list[Posting]],
+def test_store_postgresql(benchmark: Any, pg_target: str, workload: tuple[list[AnyPosting], list[AnyPosting]],
                           batch: int) -> None:
     _bench_store(benchmark, pg_target, workload, batch)
