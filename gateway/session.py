@@ -463,6 +463,8 @@ class Session(asyncio.Protocol):
         self.server.writer.append(buf, msg)
         self.transport.write(buf)
         self.last_tx = self.server.loop.time()
+        if self.transport.get_write_buffer_size() > self.server.cfg.write_buffer_max:
+            self.drop(GatewayReason.SLOW_CONSUMER, f"more than {self.server.cfg.write_buffer_max} bytes of output unread")
 
     def close(self, reason: int, text: str) -> None:
         """End the session with a SessionClosed; pending output is flushed first."""

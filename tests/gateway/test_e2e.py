@@ -17,7 +17,18 @@ from engine.messages import CancelReason, Reason
 from gateway.client import Client, QueryError
 from gateway.config import SessionSection
 from gateway.framing import encode_frame
-from gateway.protocol import CodMode, Fill, GatewayReason, Liquidity, Notice, QueryOrders, Report, Resent
+from gateway.protocol import (
+    PROTOCOL_VERSION,
+    CodMode,
+    Fill,
+    GatewayReason,
+    Liquidity,
+    Logon,
+    Notice,
+    QueryOrders,
+    Report,
+    Resent,
+)
 from gateway.server import Server
 from settlement import Deposit, RegistryDone, RegistryRejected
 from tests.gateway.harness import (
@@ -25,6 +36,7 @@ from tests.gateway.harness import (
     CASH,
     MEMBERS,
     OPERATOR_MEMBER,
+    SECRET,
     SYMBOL,
     Harness,
     body_of,
@@ -507,4 +519,21 @@ async def test_a_peer_that_does_not_read_its_replies_is_dropped(caplog: pytest.L
         assert "session dropped: member=M1 user=t1b" in caplog.text
         assert f"reason={int(GatewayReason.SLOW_CONSUMER)}" in caplog.text
         assert (await m1.query_book(SYMBOL)).instrument == SYMBOL  # the others go on
+        h.check()
+
+
+@run
+async def test_a_peer_that_does_not_read_its_session_replies_is_dropped() -> None:
+    """Answers the session writes at once (session rejects, refused queries, heartbeats)
+    count against the write buffer limit as much as reports do."""
+    async with Harness(SessionSection(write_buffer_max=20_000)) as h:
+        raw = await _slow_reader(h)
+        await raw.logon("M1", "t1b")
+        logon = encode_frame(Logon(PROTOCOL_VERSION, "M1", "t1b", SECRET))
+        raw.send(logon * 3_000)  # each answered by a SessionReject(ALREADY_LOGGED_ON), never read
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if not any(s.user == "t1b" for s in h.server.sessions):
+                break
+        assert not any(s.user == "t1b" for s in h.server.sessions)
         h.check()
