@@ -14,7 +14,9 @@ Contract:
   never with the secret; names the client chose are logged quoted (``%r``), so they
   cannot forge log lines.
 - Unknown (member, user) pairs are tracked and locked like known ones (the answers
-  must not tell them apart), at most ``tracked_max`` of each at once.
+  must not tell them apart), at most ``tracked_max`` of each at once. Names longer
+  than ``NAME_MAX`` cannot be configured, so such logons are refused at once and not
+  tracked.
 - The hashing runs in a worker thread (scrypt releases the GIL), at most
   ``concurrent_max`` at once: a burst of logons cannot stall the core or eat memory.
 """
@@ -42,6 +44,7 @@ SCRYPT_R = 8
 SCRYPT_P = 1
 DKLEN = 32
 SECRET_MAX = 256  # characters; a longer secret is refused before hashing
+NAME_MAX = 64  # characters of a member id or user name (the configuration holds no longer one)
 
 
 def hash_secret(secret: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P,
@@ -85,6 +88,7 @@ class User(msgspec.Struct, kw_only=True):
 
 _DUMMY_HASH = hash_secret("etx-dummy", salt=b"\0" * 16)
 LOCKED_TEXT = "too many failed logons; try again later"
+BAD_TEXT = "unknown member or user, or wrong secret"
 
 
 class Authenticator:
@@ -128,6 +132,11 @@ class Authenticator:
 
     async def check(self, member: str, user: str, secret: str, peer: str = "") -> tuple[User | None, int, str]:
         """(user, 0, "") on success, else (None, reason, text)."""
+        if len(member) > NAME_MAX or len(user) > NAME_MAX:
+            # No user has such a name: nothing to lock, and nothing worth keeping in
+            # memory or writing to the log at a peer's choice of length.
+            log.warning("failed logon, a name longer than %d characters: peer=%s", NAME_MAX, peer)
+            return None, GatewayReason.BAD_CREDENTIALS, BAD_TEXT
         key = (member, user)
         if self.locked(member, user):
             return self._refuse_locked(key, peer)
@@ -154,7 +163,7 @@ class Authenticator:
             return found, 0, ""
         if self.locked(member, user):
             return None, GatewayReason.LOCKED, LOCKED_TEXT
-        return None, GatewayReason.BAD_CREDENTIALS, "unknown member or user, or wrong secret"
+        return None, GatewayReason.BAD_CREDENTIALS, BAD_TEXT
 
     def _refuse_locked(self, key: tuple[str, str], peer: str) -> tuple[None, int, str]:
         log.warning("logon refused, user locked: member=%r user=%r peer=%s", key[0], key[1], peer)

@@ -18,7 +18,7 @@ import msgspec
 
 from engine.instrument import ALWAYS_OPEN, NATIONAL_WINDOWS, Instrument, Schedule
 from engine.messages import Stp
-from gateway.auth import User, parse_hash
+from gateway.auth import NAME_MAX, User, parse_hash
 from gateway.protocol import ROLE_NAMES
 
 FEN_PER_YUAN = 100
@@ -169,6 +169,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         self.fee_rates_ppm()
         self.listen()
         members = {m.id for m in self.member}
+        for name in [*members, self.exchange.operator_member, *(u.user for u in self.user)]:
+            if not name or len(name) > NAME_MAX:
+                raise ConfigError(f"member ids and user names have at most {NAME_MAX} characters (and at least one), got {name!r}")
         if len(members) != len(self.member):
             raise ConfigError("member: an id is configured twice")
         if not self.member:

@@ -50,6 +50,7 @@ from engine.messages import (
     Rejected,
     Resume,
 )
+from gateway.auth import BAD_TEXT
 from gateway.framing import FrameSplitter, FrameTooLarge
 from gateway.protocol import (
     AUTHORITY_COMMANDS,
@@ -377,7 +378,7 @@ class Session(asyncio.Protocol):
             return
         stream = server.streams.get(user.member)
         if stream is None:
-            self._logon_reject(GatewayReason.BAD_CREDENTIALS, "unknown member or user, or wrong secret")
+            self._logon_reject(GatewayReason.BAD_CREDENTIALS, BAD_TEXT)
             return
         if msg.last_seq < 0 or msg.last_seq > stream.seq:
             self._logon_reject(GatewayReason.SEQ_AHEAD,

@@ -18,7 +18,7 @@ import pytest
 from engine import Accepted, NewOrder, Rejected, Side
 from gateway.auth import Authenticator, User, hash_secret, verify_secret
 from gateway.client import LogonError
-from gateway.config import SessionSection, loads
+from gateway.config import ConfigError, SessionSection, loads
 from gateway.framing import encode_frame
 from gateway.protocol import (
     PROTOCOL_VERSION,
@@ -358,3 +358,19 @@ def test_the_protocol_documents_examples_are_exact() -> None:
     full = re.search(r"every field: `((?:[0-9a-f]{2}\s*)+)`", doc)
     assert full is not None
     assert bytes.fromhex(" ".join(full.group(1).split())) == encode_frame(NewOrder("M001", "A-1", "CEA24", 1, 100, 10025))
+
+
+@run
+async def test_logons_with_oversized_names_are_refused_without_being_kept(caplog: pytest.LogCaptureFixture) -> None:
+    """Names longer than any configured one cannot belong to a user: they are refused
+    at once, neither tracked for lockout (which would keep them in memory) nor logged."""
+    caplog.set_level(logging.WARNING, "etx.auth")
+    auth = Authenticator([], tracked_max=10)
+    long = "u" * 10_000
+    for i in range(20):
+        user, reason, _ = await auth.check("M1", f"{i}{long}", "x" * 300)
+        assert user is None and reason == GatewayReason.BAD_CREDENTIALS
+    assert auth._failures == {} and auth._locked_until == {}
+    assert long not in caplog.text and max(len(r.getMessage()) for r in caplog.records) < 300
+    with pytest.raises(ConfigError, match="at most 64"):
+        loads(f'[[member]]\nid = "{"M" * 65}"\n')
