@@ -227,15 +227,16 @@ class Session(asyncio.Protocol):
             kind = perms.get(type(msg))
             if kind == K_ORDER:
                 coid = msg.coid
+                # A retransmission first: it is answered with the original outcome, never
+                # with a refusal that would say the order was not entered.
+                if coids.get(coid, False) is not False:
+                    submit_extra(_Dup(coid))  # answered with the original outcome by the core
+                    submit_extra_from(self)
+                    continue
                 if tokens < 1.0:
                     self._reject(msg, GatewayReason.THROTTLED, "over the session's order rate")
                     continue
                 tokens -= 1.0
-                seen = coids.get(coid, False)
-                if seen is not False:
-                    submit_extra(_Dup(coid))  # answered with the original outcome by the core
-                    submit_extra_from(self)
-                    continue
                 if not 0 < len(coid) <= COID_MAX:
                     self._reject(msg, GatewayReason.INVALID_FIELD, f"coid must have 1-{COID_MAX} characters, got {len(coid)}")
                     continue

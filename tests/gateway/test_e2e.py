@@ -537,3 +537,18 @@ async def test_a_peer_that_does_not_read_its_session_replies_is_dropped() -> Non
                 break
         assert not any(s.user == "t1b" for s in h.server.sessions)
         h.check()
+
+
+@run
+async def test_a_retransmission_over_the_throttle_still_gets_the_original_outcome() -> None:
+    """A refusal says the order was not entered; a retransmission of an order that was
+    entered must never get one, even when the session is out of tokens."""
+    async with Harness(SessionSection(orders_per_second=1, burst=1)) as h:
+        m1 = await h.client("M1", "t1")
+        m1.new_order(SYMBOL, BUY, 1, 9_900, coid="once")
+        m1.new_order(SYMBOL, BUY, 1, 9_900, coid="once")
+        first = await m1.wait_for(lambda m: isinstance(m, Report | Resent))
+        again = await m1.wait_for(lambda m: isinstance(m, Report | Resent))
+        assert type(first) is Report and isinstance(first.body, Accepted) and first.seq_out == 1
+        assert type(again) is Resent and again.body == first.body
+        h.check()
