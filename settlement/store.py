@@ -154,21 +154,46 @@ class _Prepared:
     def __init__(self, postings: Sequence[AnyPosting], next_no: int) -> None:
         prows: list[tuple[Any, ...]] = []
         sums: dict[tuple[str, str], list[int]] = {}
+        fee_sums: dict[str, int] = {}  # fee account -> cash received (trades' fee legs, summed per batch)
         accounts: dict[str, AccountState] = {}
         obligations: dict[tuple[str, int], ObligationState] = {}
         touched: set[str] = set()
         no = next_no
         encode = _encode
-        get = sums.get  # bound once: it runs per leg
+        get, fee_get = sums.get, fee_sums.get  # bound once: they run per leg
         for p in postings:
-            legs = p.legs
-            if type(p) is TradePosting:  # inlined parties(): the common case, per posting
-                subject, counterparty = p.buyer, p.seller
-            else:
-                subject, counterparty = parties(p)
+            if type(p) is TradePosting:
+                # The common case, per trade: the legs of TradePosting.legs (their one
+                # definition), summed without building them; a test holds the two equal.
+                buyer, seller, asset, qty = p.buyer, p.seller, p.instrument, p.qty
+                trade_id = p.trade_id
+                prows.append((no, f"T{trade_id}", p.seq, p.ts, "trade", str(trade_id), "", buyer, seller, "",
+                              encode(p)))
+                notional = p.price * qty
+                trading, settlement, reserve = p.trading_fee, p.settlement_fee, p.reserve
+                net = notional - trading - settlement
+                for key, delta, pending in (((buyer, CASH), -(notional + trading + settlement), p.buyer_pending),
+                                            ((seller, CASH), net, net), ((seller, asset), -qty, 0),
+                                            ((buyer, asset), qty, qty)):
+                    s = get(key)
+                    if s is None:
+                        sums[key] = [delta, pending]
+                    else:
+                        s[0] += delta
+                        s[1] += pending
+                if 2 * trading - reserve:
+                    fee_sums[p.exchange_account] = fee_get(p.exchange_account, 0) + 2 * trading - reserve
+                if reserve:
+                    fee_sums[p.reserve_account] = fee_get(p.reserve_account, 0) + reserve
+                if settlement:
+                    fee_sums[p.registry_account] = fee_get(p.registry_account, 0) + 2 * settlement
+                touched.add(buyer)
+                no += 1
+                continue
+            subject, counterparty = parties(p)
             prows.append((no, p.posting_id, p.seq, p.ts, p.kind, p.ref, p.actor, subject, counterparty, p.text,
                           encode(p)))
-            for leg in legs:
+            for leg in p.legs:
                 key = leg[:2]
                 s = get(key)
                 if s is None:
@@ -183,6 +208,12 @@ class _Prepared:
             if p.obligation is not None:
                 obligations[p.obligation.account, p.obligation.year] = p.obligation
             no += 1
+        for account, amount in fee_sums.items():
+            s = get((account, CASH))
+            if s is None:
+                sums[account, CASH] = [amount, 0]
+            else:
+                s[0] += amount
         self.postings = prows
         self.balances = [(a, s, v[0], v[1]) for (a, s), v in sums.items()]
         touched.update(a for a, _ in sums)
