@@ -587,8 +587,11 @@ class GroupCommitter:
 
     def _commit(self, taken: list[tuple[Sequence[Any], Callable[[BaseException | None], None]]]) -> None:
         """One group commit; a group over the record limits goes one submission per
-        record instead. Tells every submitter its outcome."""
+        record instead. Tells every submitter its outcome -- on a failure only after
+        the committer is marked failed, so a submitter that reacts at once (rewinding
+        its sequence) is refused cleanly rather than seen out of sequence."""
         error: JournalUnavailable | None = None
+        failed: list[Callable[[BaseException | None], None]] = []
         groups = [taken]
         i = 0
         while i < len(groups):
@@ -612,14 +615,16 @@ class GroupCommitter:
                 else:
                     self.commits += 1
                     self.commands += len(cmds)
-            for _, done in group:
-                done(error)
+                    for _, done in group:
+                        done(None)
+                    continue
+            failed.extend(done for _, done in group)
         if error is None:
             return
         with self._cond:
             self.failure = error
             rest, self._queue, self._pending = self._queue, [], 0
-        for _, done in rest:
+        for done in failed + [done for _, done in rest]:
             done(error)
         if self.on_state is not None:
             self.on_state(False, error.reason)

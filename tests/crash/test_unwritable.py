@@ -104,8 +104,7 @@ def test_disk_full_refuses_alerts_resumes(tmp_path: Path, caplog: pytest.LogCapt
 
 
 def test_outbound_sequence_survives_refusals_and_restart(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """FAILS ON PURPOSE until the gateway stops numbering its own rejections in the
-    member's outbound sequence: a JOURNAL_UNAVAILABLE rejection takes a seq_out but is
-    not journaled, so the history rebuilt at restart is shorter than what the member
-    saw, and its logon with its last seq is refused (SEQ_AHEAD)."""
+    """A JOURNAL_UNAVAILABLE rejection is not journaled, so it must not take a place in
+    the member's outbound sequence: after a restart the rebuilt history must be what
+    the member saw, and its logon with its last seq must be accepted."""
     run_outage(tmp_path, caplog, check_outbound=True)

@@ -340,6 +340,31 @@ def test_group_commit_failure_and_recovery(tmp_path: Path, stream: list[Any]) ->
     assert replayed(tmp_path) == stream[:70]
 
 
+def test_group_commit_failure_is_visible_before_submitters_hear_of_it(tmp_path: Path, stream: list[Any]) -> None:
+    """A submitter told of a failure rewinds and submits again at once: it must be
+    refused as unavailable, not as out of sequence."""
+    j = write(tmp_path, stream[:50])
+    gc = GroupCommitter(j, probe_interval_s=60)
+    saved = _full(j)
+    again: list[BaseException] = []
+    done = threading.Event()
+
+    def on_done(err: BaseException | None) -> None:
+        assert isinstance(err, JournalUnavailable)
+        try:
+            gc.submit(stream[50:60], lambda e: None)  # the same sequence numbers again
+        except Exception as e:
+            again.append(e)
+        done.set()
+
+    gc.submit(stream[50:60], on_done)
+    assert done.wait(10)
+    assert len(again) == 1 and isinstance(again[0], JournalUnavailable), again
+    _mend(j, saved)
+    gc.close()
+    j.close()
+
+
 def test_group_commit_limits(tmp_path: Path, stream: list[Any]) -> None:
     j = Journal(tmp_path, ENGINE_COMMANDS)
     gc = GroupCommitter(j, batch_commands_max=100, pending_commands_max=150)
