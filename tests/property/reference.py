@@ -8,8 +8,8 @@ every rule is re-derived here from the specification, in the most obvious way:
   linear scan with the key (price, then arrival), arrival being a counter stamped
   whenever an order enters the book;
 - holds are never stored: what a member has held is *computed* from the book (price x
-  open quantity of its resting buys, the open quantity of its resting sells, in
-  instruments with holds), so "holds equal what open orders require" holds here by
+  open quantity of its resting buys plus the fee on it, the open quantity of its
+  resting sells, in instruments with holds), so "holds equal what open orders require" holds here by
   construction and the engine's ledger is compared against it;
 - the price band is computed with exact fractions; the closing price with exact
   rounding of value / volume;
@@ -149,12 +149,16 @@ class Reference:
         schedule: Schedule,
         stp_default: int = CANCEL_RESTING,
         member_stp: dict[str, int] | None = None,
+        fee_divisor: int = 0,
     ) -> None:
         self.markets = {rules.symbol: Market(rules) for rules in instruments}
         self.balance = dict(balances)
         self.schedule = schedule
         self.stp_default = stp_default
         self.member_stp = dict(member_stp or {})
+        # Buyers pay notional // fee_divisor on each fill (0: no fee) to FEES; a buy
+        # holds its notional plus that fee.
+        self.fee_divisor = fee_divisor
         self.coids: set[tuple[str, str]] = set()
         self.next_order_id = 1
         self.next_trade_id = 1
@@ -164,6 +168,12 @@ class Reference:
         self.out: list[Event] = []
 
     # --- what the book implies --------------------------------------------------------
+
+    def fee(self, notional: int) -> int:
+        return notional // self.fee_divisor if self.fee_divisor else 0
+
+    def cash_required(self, order: Order) -> int:
+        return order.price * order.qty + self.fee(order.price * order.qty)
 
     def resting(self) -> list[Order]:
         return [o for m in self.markets.values() for o in m.orders]
@@ -183,7 +193,7 @@ class Reference:
                 if o.member != member:
                     continue
                 if asset == CASH and o.side == BUY:
-                    total += o.price * o.qty
+                    total += self.cash_required(o)
                 elif asset == m.symbol and o.side == SELL:
                     total += o.qty
         return total
@@ -197,7 +207,7 @@ class Reference:
             if not self.markets[o.symbol].rules.holds:
                 continue
             key = (o.member, CASH) if o.side == BUY else (o.member, o.symbol)
-            out[key] = out.get(key, 0) + (o.price * o.qty if o.side == BUY else o.qty)
+            out[key] = out.get(key, 0) + (self.cash_required(o) if o.side == BUY else o.qty)
         return {k: v for k, v in out.items() if v}
 
     def book(self, symbol: str) -> list[tuple[int, str, int, int, int]]:
@@ -302,7 +312,7 @@ class Reference:
     def can_hold(self, cmd: NewOrder | HitOrder, m: Market, side: int, price: int, qty: int) -> bool:
         if not m.rules.holds:
             return True
-        if side == BUY and self.available(cmd.member, CASH) < price * qty:
+        if side == BUY and self.available(cmd.member, CASH) < price * qty + self.fee(price * qty):
             self.reject(cmd, INSUFFICIENT_FUNDS, cmd.coid)
             return False
         if side == SELL and self.available(cmd.member, m.symbol) < qty:
@@ -416,6 +426,7 @@ class Reference:
         if m.rules.holds:
             buyer, seller = (taker, maker) if taker.side == BUY else (maker, taker)
             self.move(buyer.member, seller.member, CASH, price * qty)
+            self.move(buyer.member, "FEES", CASH, self.fee(price * qty))
             self.move(seller.member, buyer.member, m.symbol, qty)
 
     def move(self, source: str, target: str, asset: str, amount: int) -> None:
@@ -459,7 +470,8 @@ class Reference:
             reason = PRICE_OUTSIDE_BAND
         elif price == order.price and qty == order.qty:
             reason = AMEND_NO_CHANGE
-        elif rules.holds and order.side == BUY and price * qty - order.price * order.qty > self.available(order.member, CASH):
+        elif (rules.holds and order.side == BUY and price * qty + self.fee(price * qty) - self.cash_required(order)
+              > self.available(order.member, CASH)):
             reason = INSUFFICIENT_FUNDS
         elif rules.holds and order.side == SELL and qty - order.qty > self.available(order.member, m.symbol):
             reason = INSUFFICIENT_HOLDINGS

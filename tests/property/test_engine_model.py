@@ -56,6 +56,11 @@ class EngineMatchesReference(RuleBasedStateMachine):
         self.run(self.work.new_order(DataChooser(data)))
 
     @rule(data=st.data())
+    def ladder(self, data: st.DataObject) -> None:
+        for cmd in self.work.ladder(DataChooser(data)):
+            self.run(cmd)
+
+    @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
         self.run(self.work.cancel(DataChooser(data)))
 

@@ -83,9 +83,8 @@ def test_continue_from_a_snapshot(run: tuple[Config, list[Command], list[Event],
         first[0].apply(cmd)
     done = len(first[0].out)
     snap = msgspec.msgpack.decode(msgspec.msgpack.encode(first[0].snapshot()), type=EngineSnapshot)
-    engine, ledger = build_engine(config)
+    engine, ledger = build_engine(config, ledger=copy.deepcopy(first[1]))  # the ledger restores itself elsewhere
     engine.restore(snap)
-    ledger.entries = copy.deepcopy(first[1].entries)  # the ledger restores itself elsewhere
     assert engine.state_hash() == first[0].state_hash()
     engine._check()
     for cmd in journal[cut:]:
@@ -114,7 +113,7 @@ def test_without_acks_a_hit_order_is_not_acknowledged_either() -> None:
     # The acks option promises to leave out Accepted events; a hit order's Accepted is
     # as plain an acknowledgement as a new order's (its trade and any IOC rest follow).
     config = recorded(5, 1).config
-    engine, ledger = build_engine(config, acks=False)
+    engine, _ = build_engine(config, acks=False)
     seq = Sequencer(ManualClock(national_start() + 3_600_000_000_000))  # 10:25 local
     symbol = config.instruments[0].symbol
     rules = config.instruments[0]

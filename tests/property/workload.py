@@ -49,6 +49,7 @@ from engine import (
     Sequencer,
     SimpleLedger,
     Tick,
+    Trade,
 )
 from tests.property.reference import Reference
 
@@ -108,6 +109,62 @@ class Config:
     stp_default: int
     member_stp: dict[str, int]
     balances: dict[tuple[str, str], int] = field(default_factory=dict)
+    fee_divisor: int = 0  # 0: SimpleLedger; else FeeLedger charging notional // fee_divisor
+
+
+class FeeLedger:
+    """A hold ledger whose buyers pay a fee of ``notional // divisor`` on every fill, to
+    the FEES account, so that holds are not simply price x quantity: a buy holds
+    ``cash_required(n) = n + n // divisor``. Flooring keeps the ledger contract
+    (``cash_required(a) - cash_required(b)`` covers a fill of notional ``a - b`` and its
+    fee), so every settle must find its cost and fee inside the hold it frees."""
+
+    FEES = "FEES"
+
+    def __init__(self, divisor: int) -> None:
+        self.divisor = divisor
+        self.balance: dict[tuple[str, str], int] = {}
+        self.held: dict[tuple[str, str], int] = {}
+
+    def deposit(self, account: str, asset: str, amount: int) -> None:
+        self.balance[account, asset] = self.balance.get((account, asset), 0) + amount
+
+    def cash_required(self, notional: int) -> int:
+        return notional + notional // self.divisor
+
+    def hold(self, account: str, asset: str, amount: int) -> bool:
+        key = (account, asset)
+        if self.balance.get(key, 0) - self.held.get(key, 0) < amount:
+            return False
+        self.held[key] = self.held.get(key, 0) + amount
+        return True
+
+    def release(self, account: str, asset: str, amount: int) -> None:
+        key = (account, asset)
+        assert 0 <= amount <= self.held.get(key, 0), (key, amount)
+        self.held[key] -= amount
+
+    def settle(self, trade: Trade, buyer_hold: int) -> None:
+        buyer, seller = trade.buyer, trade.seller
+        cost = trade.price * trade.qty
+        fee = cost // self.divisor
+        assert cost + fee <= buyer_hold <= self.held.get((buyer, CASH), 0), (trade, buyer_hold)
+        assert trade.qty <= self.held.get((seller, trade.instrument), 0), trade
+        self.held[buyer, CASH] -= buyer_hold
+        self.deposit(buyer, CASH, -cost - fee)
+        self.deposit(seller, CASH, cost)
+        self.deposit(self.FEES, CASH, fee)
+        self.held[seller, trade.instrument] -= trade.qty
+        self.deposit(seller, trade.instrument, -trade.qty)
+        self.deposit(buyer, trade.instrument, trade.qty)
+
+    def end_of_day(self) -> None:
+        pass
+
+    def state(self) -> list[tuple[str, str, int, int]]:
+        keys = sorted(set(self.balance) | set(self.held))
+        rows = [(a, s, self.balance.get((a, s), 0), self.held.get((a, s), 0)) for a, s in keys]
+        return [row for row in rows if row[2] or row[3]]
 
 
 def national_start(day: int = 0) -> int:
@@ -136,23 +193,25 @@ def make_config(c: Chooser) -> Config:
         schedule, start = ALWAYS_OPEN, 19_905 * 1440 * NS_PER_MINUTE - 60 * NS_PER_MINUTE
     stp_default = c.choice([1, 2, 3, 4])
     member_stp = {"C": c.choice([1, 2, 3, 4])} if c.chance(0.5) else {}
+    fee_divisor = 500 if c.chance(0.3) else 0
     balances: dict[tuple[str, str], int] = {}
     for member, cash, qty in [("A", 10**9, 10_000), ("B", 10**9, 10_000), ("C", 20_000_000, 3_000),
                               ("POOR", 30_000, 40)]:
         balances[(member, CASH)] = cash
         for inst in instruments:
             balances[(member, inst.symbol)] = qty
-    return Config(instruments, schedule, start, stp_default, member_stp, balances)
+    return Config(instruments, schedule, start, stp_default, member_stp, balances, fee_divisor)
 
 
 # --- the driver ----------------------------------------------------------------------------
 
 
-def build_engine(config: Config, **kw: Any) -> tuple[Engine, SimpleLedger]:
-    """A fresh engine and ledger for the configuration."""
-    ledger = SimpleLedger()
-    for (account, asset), amount in config.balances.items():
-        ledger.deposit(account, asset, amount)
+def build_engine(config: Config, ledger: Any = None, **kw: Any) -> tuple[Engine, Any]:
+    """A fresh engine for the configuration, on a fresh ledger unless one is given."""
+    if ledger is None:
+        ledger = FeeLedger(config.fee_divisor) if config.fee_divisor else SimpleLedger()
+        for (account, asset), amount in config.balances.items():
+            ledger.deposit(account, asset, amount)
     engine = Engine(config.instruments, ledger, schedule=config.schedule,
                     stp_default=config.stp_default, member_stp=config.member_stp, **kw)
     return engine, ledger
@@ -190,7 +249,8 @@ class Pair:
         self.sequencer = Sequencer(self.clock)
         self.engine, self.ledger = build_engine(config)
         self.reference = Reference(config.instruments, config.balances, schedule=config.schedule,
-                                   stp_default=config.stp_default, member_stp=config.member_stp)
+                                   stp_default=config.stp_default, member_stp=config.member_stp,
+                                   fee_divisor=config.fee_divisor)
         self.tracker = OrderTracker()
         self.totals = self.asset_totals()
         self.steps = 0
@@ -361,6 +421,24 @@ class Workload:
             stp = c.choice([5, -1])
         price = self.price(c, symbol, side) if ord_type != 2 or c.chance(0.5) else 0
         return NewOrder(member, self.coid(c, member), symbol, side, self.qty(c, symbol), price, ord_type, tif, stp)
+
+    def ladder(self, c: Chooser) -> list[NewOrder]:
+        """One member's passive orders on several levels of one side: deep books for
+        hit orders (best five levels) and sweeps."""
+        member = self.member(c)
+        symbol = c.choice(self.symbols)
+        m = self.pair.reference.markets[symbol]
+        side = c.choice([1, 2])
+        book = self.pair.reference.book(symbol)
+        same = [p for _, _, s, p, _ in book if s == side]
+        start = same[0] if same else max(m.low, min(m.high, m.ref // m.rules.tick * m.rules.tick))
+        step = m.rules.tick * (-1 if side == 1 else 1)
+        orders = []
+        for k in range(c.integer(3, 8)):
+            price = max(m.low, min(m.high, start + step * k))
+            qty = max(m.rules.qty_min, m.rules.lot * c.integer(1, 3))
+            orders.append(NewOrder(member, self.coid(c, member), symbol, side, qty, price))
+        return orders
 
     def cancel(self, c: Chooser) -> Cancel:
         oid, owner = self.order_id(c)
