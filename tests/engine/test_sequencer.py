@@ -35,6 +35,29 @@ def test_the_sequencer_holds_a_clock_that_steps_back() -> None:
     assert seq.stamp(Tick()).ts == 1_100  # type: ignore[attr-defined]
 
 
+def test_stamp_batch_numbers_consecutively_with_one_time() -> None:
+    clock = ManualClock(1_000)
+    seq = Sequencer(clock)
+    seq.stamp(Tick())
+    clock.now = 2_000
+    cmds = seq.stamp_batch([Tick(), Tick(), Tick()])
+    assert [(c.seq, c.ts) for c in cmds] == [(2, 2_000), (3, 2_000), (4, 2_000)]  # type: ignore[attr-defined]
+    clock.now = 1_500  # back: held
+    (cmd,) = seq.stamp_batch([Tick()])
+    assert (cmd.seq, cmd.ts) == (5, 2_000)  # type: ignore[attr-defined]
+    assert seq.stamp_batch([]) == [] and seq.seq == 5
+    assert seq.stamp(Tick()).seq == 6  # type: ignore[attr-defined]
+
+
+def test_a_stamped_batch_is_what_apply_batch_takes() -> None:
+    eng = engine()
+    seq = Sequencer(ManualClock(0))
+    eng.apply_batch(seq.stamp_batch([Tick(), NewOrder("A", "1", "X", 1, 1, 1_000), Tick()]))
+    eng.apply_batch(seq.stamp_batch([NewOrder("B", "1", "X", 2, 1, 1_000)]))
+    assert [type(e).__name__ for e in eng.out] == ["StatusChanged", "Accepted", "Accepted", "Trade"]
+    assert eng.last_seq == 4
+
+
 def test_the_sequencer_can_resume_from_a_journal_position() -> None:
     seq = Sequencer(ManualClock(50), seq=41, ts=70)
     cmd = seq.stamp(Tick())

@@ -9,7 +9,8 @@ Two drivers over one generator (workload.py):
   open orders), conserved totals per asset, the same day statistics, and an event
   stream that ``OrderTracker`` accepts with the same live orders as the book;
 - a long seeded random run (the seed is printed; set ETX_SEED to replay another) that
-  also feeds the engine through ``apply_batch`` in chunks.
+  also feeds the engine batches stamped by ``Sequencer.stamp_batch`` through
+  ``apply_batch``.
 
 The ``slow`` variant runs the state machine with many more examples.
 """
@@ -133,19 +134,13 @@ def test_random_commands_against_reference(seed: int) -> None:
     work = Workload(pair)
     pair.step([Tick()])
     while pair.steps < 10_000:
+        if c.chance(0.1):
+            work.advance(c)
+        before = pair.steps
         if c.chance(0.2):
-            # A chunk through apply_batch, with time passing inside it.
-            chunk = []
-            for _ in range(c.integer(1, 8)):
-                if c.chance(0.1):
-                    work.advance(c)
-                chunk.append(work.any(c))
-            before = pair.steps
-            pair.step(chunk, batch=True)
+            # A batch, as the gateway hands them over: one timestamp, one apply_batch.
+            pair.step([work.any(c) for _ in range(c.integer(1, 8))], batch=True)
         else:
-            if c.chance(0.1):
-                work.advance(c)
-            before = pair.steps
             pair.step([work.any(c)])
         if pair.steps // 100 != before // 100:
             pair.check()

@@ -264,9 +264,11 @@ class Pair:
         return {k: v for k, v in sums.items() if v}
 
     def step(self, cmds: list[Command], batch: bool = False) -> list[Event]:
-        """Stamp and apply commands (through apply_batch when asked); compare events."""
-        stamped = [self.sequencer.stamp(cmd) for cmd in cmds]
+        """Stamp and apply commands (a batch: stamped and applied as one, sharing a
+        timestamp); compare events."""
+        stamped = self.sequencer.stamp_batch(cmds) if batch else [self.sequencer.stamp(cmd) for cmd in cmds]
         engine = self.engine
+        before = engine.state()[2:] if len(cmds) == 1 else None  # all but the last seq and ts
         if batch:
             engine.apply_batch(stamped)
         else:
@@ -283,6 +285,8 @@ class Pair:
             raise AssertionError(diff(stamped, got, want))
         for ev in got:
             self.tracker.feed(ev)
+        if before is not None and len(got) == 1 and isinstance(got[0], Rejected):
+            assert engine.state()[2:] == before, f"{stamped[0]!r} was rejected but changed the state"
         self.steps += len(cmds)
         return got
 
