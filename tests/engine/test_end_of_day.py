@@ -3,6 +3,8 @@ next day's reference price and band roll from it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from engine import (
@@ -32,7 +34,7 @@ def trade(v: Venue, qty: int, price: int) -> None:
     v.buy("B", qty, price)
 
 
-def closes(out: list[object]) -> dict[str, DayClosed]:
+def closes(out: Sequence[object]) -> dict[str, DayClosed]:
     return {e.instrument: e for e in out if isinstance(e, DayClosed)}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from engine import (
     Amend,
     Cancel,
@@ -36,7 +38,7 @@ def phases(v: Venue) -> dict[str, int]:
     return {s: m.phase for s, m in v.engine.markets.items()}
 
 
-def statuses(events: list[object]) -> list[tuple[str, int]]:
+def statuses(events: Sequence[object]) -> list[tuple[str, int]]:
     return [(e.instrument, e.phase) for e in events if isinstance(e, StatusChanged)]
 
 

@@ -270,4 +270,5 @@ def test_accepted_reports_the_order_not_its_stp() -> None:
     assert isinstance(ack, Accepted)
     assert v.engine.order(ack.order_id).stp == Stp.DECREMENT  # type: ignore[union-attr]
     ack = v.buy("A", 1, 10_000)[0]
+    assert isinstance(ack, Accepted)
     assert v.engine.order(ack.order_id).stp == Stp.CANCEL_RESTING  # type: ignore[union-attr]

@@ -68,7 +68,7 @@ def test_replay_in_one_batch(run: tuple[Config, list[Command], list[Event], str]
 def test_replay_from_the_journals_bytes(run: tuple[Config, list[Command], list[Event], str]) -> None:
     config, journal, events, digest = run
     data = msgspec.msgpack.encode(journal)
-    decoded: list[Command] = msgspec.msgpack.decode(data, type=list[AnyCommand])  # type: ignore[arg-type]
+    decoded: list[Command] = msgspec.msgpack.decode(data, type=list[AnyCommand])
     assert decoded == journal
     got, engine = replay(config, decoded)
     assert msgspec.msgpack.encode(got) == msgspec.msgpack.encode(events)

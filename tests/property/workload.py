@@ -313,7 +313,7 @@ class Pair:
 
 def engine_book(engine: Engine, symbol: str) -> list[tuple[int, str, int, int, int]]:
     """The engine's resting orders through its public queries (L2, then L3)."""
-    rows = []
+    rows: list[tuple[int, str, int, int, int]] = []
     bids, asks = engine.depth(symbol, 1 << 30)
     for side, levels in ((1, bids), (2, asks)):
         for price, qty, count in levels:
