@@ -20,13 +20,15 @@ from typing import Any
 
 import pytest
 
+from benchmarks.generator import generate
 from benchmarks.settle_load import FEES, fresh_store, make_trades
-from engine import CASH, Side, Trade
-from settlement import AnyPosting, Deposit, Ledger, OpenAccount
+from engine import ALWAYS_OPEN, CASH, Engine, Side, Trade
+from settlement import Allocate, AnyPosting, Deposit, HolderType, Ledger, OpenAccount, RegistryDone
 from settlement.store import RegistryStore
 
 TRADES = 40_000
 HOLD_PAIRS = 100_000
+ENGINE_COMMANDS = int(os.environ.get("ETX_BENCH_N", "50000"))
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +101,41 @@ def test_settle_in_memory(benchmark: Any) -> None:
 
     benchmark.pedantic(settle_all, setup=setup, rounds=3, iterations=1)
     benchmark.extra_info["trades_per_s"] = round(n / benchmark.stats.stats.median)
+
+
+def test_engine_on_the_ledger(benchmark: Any) -> None:
+    """The engine on the generator's mixed stream with holds (as benchmarks/test_engine.py's
+    mixed-holds, ``ETX_BENCH_N`` commands) against this ledger with fees: holds,
+    releases and the settlement of every fill, postings included. Next to that suite's
+    SimpleLedger run it shows what settlement adds per command."""
+    work = generate("mixed", ENGINE_COMMANDS, 1, holds=True)
+    engines: list[Engine] = []
+
+    def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
+        ledger = Ledger(FEES)
+        cmds: list[Any] = [OpenAccount("clerk", a, int(HolderType.COMPLIANCE)) for a in
+                           sorted({a for a, _, _ in work.header.holds})]
+        cmds += [Deposit("clerk", a, n) if asset == CASH else Allocate("mee", "AUTHORITY", a, asset, n)
+                 for a, asset, n in work.header.holds]
+        for seq, cmd in enumerate(cmds, start=1):
+            cmd.seq = seq
+            assert isinstance(ledger.execute(cmd), RegistryDone)
+        engine = Engine(work.header.instruments, ledger, schedule=ALWAYS_OPEN, stp_default=work.header.stp_default)
+        engine.apply_batch(work.warmup)
+        engine.out.clear()
+        ledger.take_postings()
+        engines.append(engine)
+        return (work.commands,), {}
+
+    def measured(commands: list[Any]) -> None:
+        engines[-1].apply_batch(commands)
+
+    benchmark.pedantic(measured, setup=setup, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["commands_per_second"] = round(len(work.commands) / benchmark.stats.stats.median)
+    ledger = engines[-1].ledger
+    assert isinstance(ledger, Ledger)
+    benchmark.extra_info["trades"] = sum(p.kind == "trade" for p in ledger.postings)
+    engines[-1]._check()
 
 
 def _write_all(connect: Callable[[], RegistryStore], setup: list[AnyPosting], trades: list[AnyPosting], batch: int) -> None:
