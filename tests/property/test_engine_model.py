@@ -114,12 +114,12 @@ def machine_settings(examples: int, steps: int) -> settings:
 
 
 def test_engine_matches_reference() -> None:
-    run_state_machine_as_test(EngineMatchesReference, settings=machine_settings(60, 50))
+    run_state_machine_as_test(EngineMatchesReference, settings=machine_settings(120, 60))
 
 
 @pytest.mark.slow
 def test_engine_matches_reference_long() -> None:
-    run_state_machine_as_test(EngineMatchesReference, settings=machine_settings(500, 100))
+    run_state_machine_as_test(EngineMatchesReference, settings=machine_settings(600, 100))
 
 
 SEEDS = [int(s) for s in os.environ.get("ETX_SEED", "20240701,17").split(",")]
@@ -133,7 +133,7 @@ def test_random_commands_against_reference(seed: int) -> None:
     print(pair.config)
     work = Workload(pair)
     pair.step([Tick()])
-    while pair.steps < 10_000:
+    while pair.steps < 20_000:
         if c.chance(0.1):
             work.advance(c)
         before = pair.steps
