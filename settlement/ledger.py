@@ -39,7 +39,8 @@ error (``LedgerError``, and nothing changes). How the ledger knows what it appli
   and the engine never sends one (a restarted exchange settles its replayed trades into
   a fresh ledger, and the store recognises those it holds already). Trade postings
   given to ``apply_posting`` raise the watermark too, so no trade settles twice
-  whichever way it arrives.
+  whichever way it arrives (a recorded trade in a plain ``Posting``, which keeps no
+  trade numbers, raises it without being the last trade: settling that id is refused).
 
 Registry commands (``execute``) answer with ``RegistryDone`` or ``RegistryRejected``;
 a rejected command changes nothing.
@@ -666,9 +667,12 @@ class Ledger:
             self.obligations[ob.account, ob.year] = ob
         if posting.kind == "eod":
             self.day += 1
-        if type(posting) is TradePosting and posting.trade_id > self.trade_mark:
-            self.trade_mark = posting.trade_id
-            self._last_trade = posting
+        if posting.kind == "trade":
+            number = _trade_number(posting)
+            if number > self.trade_mark:
+                # A recorded trade raises the watermark: settle never applies it again.
+                self.trade_mark = number
+                self._last_trade = posting if type(posting) is TradePosting else None
         self.applied[pid] = fingerprint
         return True
 
@@ -773,7 +777,7 @@ class Ledger:
             assert self.accounts[account].status == ACTIVE, account
         assert self.day >= 1
         last = self._last_trade
-        assert (last.trade_id if last is not None else 0) == self.trade_mark, (last, self.trade_mark)
+        assert self.trade_mark >= 0 and (last is None or last.trade_id == self.trade_mark), (last, self.trade_mark)
 
 
 def _entry_ok(e: Entry, cash: bool) -> bool:
@@ -783,6 +787,16 @@ def _entry_ok(e: Entry, cash: bool) -> bool:
     if cash:
         return unsellable == 0 and held <= balance and unwithdrawable <= balance
     return held + unsellable <= balance and unwithdrawable == 0
+
+
+def _trade_number(posting: AnyPosting) -> int:
+    """The trade id of a trade posting; 0 when a plain posting's reference is not a number."""
+    if type(posting) is TradePosting:
+        return posting.trade_id
+    try:
+        return int(posting.ref)
+    except ValueError:
+        return 0
 
 
 def legs_by_asset(legs: Iterable[Leg]) -> dict[str, int]:

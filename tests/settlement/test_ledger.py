@@ -16,6 +16,7 @@ from settlement import (
     Ledger,
     LedgerError,
     OpenAccount,
+    Posting,
     RegistryDone,
     RegistryReason,
     RegistryRejected,
@@ -348,6 +349,14 @@ def test_recorded_trades_rebuild_the_ledger_and_raise_the_watermark() -> None:
     copy = Ledger(FEES)
     copy.restore(rebuilt.snapshot())
     assert copy.trade_mark == 0
+    copy._check()
+    # A trade recorded as a plain posting (legs listed) raises the watermark as well.
+    trade_posting = postings[-2]
+    assert isinstance(trade_posting, TradePosting)
+    plain = Posting("T7", trade_posting.seq, trade_posting.ts, "trade", "7", "", trade_posting.legs)
+    assert copy.apply_posting(plain) and copy.trade_mark == 7
+    with pytest.raises(LedgerError, match="increasing id order"):
+        copy.settle(trade(7, 10, 10_000), need)
     copy._check()
 
 
