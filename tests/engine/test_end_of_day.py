@@ -59,7 +59,10 @@ def test_end_of_day_expires_day_orders_and_rolls_the_band() -> None:
 
 
 def test_without_trades_the_previous_close_carries() -> None:
-    v = venue(ref=10_001, tick=5)  # a reference off the tick carries as it is
+    # The close carries the previous close (even off the tick, as configured). The
+    # event's open_price is 0, "nothing traded", as messages.DayClosed documents; the
+    # market's published opening price for such a day is the previous close too.
+    v = venue(ref=10_001, tick=5)
     out = v.send(EndOfDay())
     day = closes(out)["CEA24"]
     assert (day.open_price, day.close_price, day.volume, day.value) == (0, 10_001, 0, 0)

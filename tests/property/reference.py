@@ -94,6 +94,7 @@ class Order:
                  tif: int, stp: int) -> None:
         self.id, self.member, self.coid, self.symbol = oid, member, coid, symbol
         self.side, self.price, self.qty, self.tif, self.stp = side, price, qty, tif, stp
+        self.filled = 0
         self.arrival = 0
 
     def __repr__(self) -> str:
@@ -210,10 +211,11 @@ class Reference:
             out[key] = out.get(key, 0) + (self.cash_required(o) if o.side == BUY else o.qty)
         return {k: v for k, v in out.items() if v}
 
-    def book(self, symbol: str) -> list[tuple[int, str, int, int, int]]:
-        """Resting orders as (id, member, side, price, qty): bids best first, then asks."""
+    def book(self, symbol: str) -> list[tuple[int, str, int, int, int, int]]:
+        """Resting orders as (id, member, side, price, qty, filled): bids best first,
+        then asks."""
         m = self.markets[symbol]
-        return [(o.id, o.member, o.side, o.price, o.qty) for side in (BUY, SELL) for o in m.in_priority(side)]
+        return [(o.id, o.member, o.side, o.price, o.qty, o.filled) for side in (BUY, SELL) for o in m.in_priority(side)]
 
     # --- applying commands ------------------------------------------------------------
 
@@ -415,6 +417,8 @@ class Reference:
         self.out.append(Trade(seq, ts, self.next_trade_id, m.symbol, price, qty, taker.side, maker.id,
                               maker.member, taker.id, taker.member))
         self.next_trade_id += 1
+        maker.filled += qty
+        taker.filled += qty
         if not m.open:
             m.open = price
         m.last = price

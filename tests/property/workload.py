@@ -311,15 +311,15 @@ class Pair:
         assert engine.day == ref.day
 
 
-def engine_book(engine: Engine, symbol: str) -> list[tuple[int, str, int, int, int]]:
+def engine_book(engine: Engine, symbol: str) -> list[tuple[int, str, int, int, int, int]]:
     """The engine's resting orders through its public queries (L2, then L3)."""
-    rows: list[tuple[int, str, int, int, int]] = []
+    rows: list[tuple[int, str, int, int, int, int]] = []
     bids, asks = engine.depth(symbol, 1 << 30)
     for side, levels in ((1, bids), (2, asks)):
         for price, qty, count in levels:
             orders = engine.level_orders(symbol, side, price)
             assert len(orders) == count and sum(o.qty for o in orders) == qty, (symbol, side, price)
-            rows.extend((o.order_id, o.member, o.side, o.price, o.qty) for o in orders)
+            rows.extend((o.order_id, o.member, o.side, o.price, o.qty, o.filled) for o in orders)
     return rows
 
 
@@ -377,8 +377,8 @@ class Workload:
         if tick > 1 and c.chance(0.02):
             return m.ref // tick * tick + 1
         book = ref.book(symbol)
-        bids = [p for _, _, side, p, _ in book if side == 1]
-        asks = [p for _, _, side, p, _ in book if side == 2]
+        bids = [p for _, _, side, p, _, _ in book if side == 1]
+        asks = [p for _, _, side, p, _, _ in book if side == 2]
         anchors = [max(m.low, min(m.high, m.ref // tick * tick))]
         if bids:
             anchors.append(bids[0])
@@ -434,7 +434,7 @@ class Workload:
         m = self.pair.reference.markets[symbol]
         side = c.choice([1, 2])
         book = self.pair.reference.book(symbol)
-        same = [p for _, _, s, p, _ in book if s == side]
+        same = [p for _, _, s, p, _, _ in book if s == side]
         start = same[0] if same else max(m.low, min(m.high, m.ref // m.rules.tick * m.rules.tick))
         step = m.rules.tick * (-1 if side == 1 else 1)
         orders = []
