@@ -61,7 +61,8 @@ def test_end_of_day_expires_day_orders_and_rolls_the_band() -> None:
 def test_without_trades_the_previous_close_carries() -> None:
     # The close carries the previous close (even off the tick, as configured). The
     # event's open_price is 0, "nothing traded", as messages.DayClosed documents; the
-    # market's published opening price for such a day is the previous close too.
+    # market's rule that such a day's opening price is the previous close as well is
+    # left to the event's readers.
     v = venue(ref=10_001, tick=5)
     out = v.send(EndOfDay())
     day = closes(out)["CEA24"]
