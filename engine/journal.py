@@ -9,7 +9,9 @@ Contract:
   failed batch is not in the journal (the file is cut back to its last durable end
   before anything else is written) and ``last_seq`` still names the last durable
   command. Every later append, and ``probe()``, first tries to repair; the journal
-  works again as soon as the disk does.
+  works again as soon as the disk does. The probe exercises the journal's own
+  descriptor (creating the segment the next append needs, if any), so it succeeds
+  only when the next append can.
 - Reading verifies every record's checksum and the sequence continuity. A bad record
   at the very end of the newest segment, with nothing valid after it, is a torn write
   from a crash (that write was never acknowledged): ``Journal()`` cuts it and reports
@@ -272,6 +274,7 @@ class Journal:
         self.failure: JournalUnavailable | None = None
         self.appends = 0  # group commits (fsyncs) done
         self._fd = -1
+        self._rolling = False  # a new segment was needed and could not be made yet
         self._path: Path | None = None
         self._end = 0  # durable end of the active segment
         self._first = 0  # first seq of the active segment
@@ -348,7 +351,9 @@ class Journal:
         record = encode_record(first, n, body)
         try:
             if self._fd < 0 or (self._end + len(record) > self.segment_bytes and self._end > SEGMENT_HEADER.size):
+                self._rolling = True
                 self._roll(first)
+                self._rolling = False
             view = memoryview(record)
             pos = self._end
             done = 0
@@ -389,28 +394,28 @@ class Journal:
 
     def probe(self) -> bool:
         """After a failure: cut the active segment back to its durable end, then check
-        that PROBE_BYTES can be written and synced (and remove them). True when the
-        journal works again. Bytes past the durable end are never trusted: after a
-        failed fsync the kernel may have dropped them."""
+        that PROBE_BYTES can be written and synced there (and remove them). True when
+        the journal works again. The probe goes through the journal's own descriptor,
+        the one the next append writes to: when that append needs a new segment (the
+        journal had none, or making the next one failed) the probe makes it, so a
+        disk that takes a test file but not the journal is never called writable.
+        Bytes past the durable end are never trusted: after a failed fsync the kernel
+        may have dropped them."""
         if self.failure is None:
             return True
         try:
             if self._fd >= 0:
-                os.ftruncate(self._fd, self._end)
-                zeros = bytes(PROBE_BYTES)
-                done = 0
-                while done < PROBE_BYTES:
-                    done += os.pwrite(self._fd, zeros[done:], self._end + done)
-                os.fdatasync(self._fd)
-                os.ftruncate(self._fd, self._end)
-                os.fdatasync(self._fd)
-            else:
-                probe = self.directory / ".probe"
-                with open(probe, "wb") as f:
-                    f.write(bytes(PROBE_BYTES))
-                    f.flush()
-                    os.fsync(f.fileno())
-                probe.unlink()
+                os.ftruncate(self._fd, self._end)  # before anything else: cut what was not durable
+            if self._fd < 0 or self._rolling:
+                self._roll(self.last_seq + 1)
+                self._rolling = False
+            zeros = bytes(PROBE_BYTES)
+            done = 0
+            while done < PROBE_BYTES:
+                done += os.pwrite(self._fd, zeros[done:], self._end + done)
+            os.fdatasync(self._fd)
+            os.ftruncate(self._fd, self._end)
+            os.fdatasync(self._fd)
         except OSError as e:
             self._fail(e)
             return False
@@ -474,12 +479,17 @@ class GroupCommitter:
     thread once they are durable (error None) or definitely not (a JournalUnavailable).
     ``commit(cmds)`` is the asyncio form: it returns when durable or raises.
 
-    When the journal fails, every queued submission fails with the same error, later
-    submissions fail at once (nothing is sequenced past a gap), ``on_state(False,
-    reason)`` tells the operator, and the thread probes every ``probe_interval_s``; once
-    a probe succeeds ``on_state(True, "")`` and submissions are taken again. Commands
-    that failed were never durable: their sequence numbers are free again
-    (``journal.last_seq`` names the last durable one) and the caller must re-stamp.
+    When the journal fails, the committer is marked failed and its expected sequence
+    goes back to ``journal.last_seq + 1`` (under its lock, in one step), then
+    ``on_state(False, reason)`` tells the operator, and only then is every queued
+    submission failed with the same error: a submitter that reacts at once (rewinding
+    its sequencer and submitting again) is refused as unavailable, never seen out of
+    sequence, and the alert is out before any refusal. Later submissions fail at once
+    (nothing is sequenced past a gap) and the thread probes every
+    ``probe_interval_s`` through the journal's own descriptor; once a probe succeeds
+    submissions are taken again (from ``journal.last_seq + 1``) and then
+    ``on_state(True, "")`` is called. Commands that failed were never durable: their
+    sequence numbers are free again and the caller must re-stamp.
     """
 
     def __init__(
@@ -588,8 +598,8 @@ class GroupCommitter:
     def _commit(self, taken: list[tuple[Sequence[Any], Callable[[BaseException | None], None]]]) -> None:
         """One group commit; a group over the record limits goes one submission per
         record instead. Tells every submitter its outcome -- on a failure only after
-        the committer is marked failed, so a submitter that reacts at once (rewinding
-        its sequence) is refused cleanly rather than seen out of sequence."""
+        the committer is marked failed with its sequence rewound and the operator
+        told (see the class docstring)."""
         error: JournalUnavailable | None = None
         failed: list[Callable[[BaseException | None], None]] = []
         groups = [taken]
@@ -623,11 +633,12 @@ class GroupCommitter:
             return
         with self._cond:
             self.failure = error
+            self._next_seq = self.journal.last_seq + 1  # the failed commands' numbers are free again
             rest, self._queue, self._pending = self._queue, [], 0
-        for done in failed + [done for _, done in rest]:
-            done(error)
         if self.on_state is not None:
             self.on_state(False, error.reason)
+        for done in failed + [done for _, done in rest]:
+            done(error)
 
 
 def _take(

@@ -277,6 +277,52 @@ def test_file_size_limit_mid_record_leaves_nothing_behind(tmp_path: Path, stream
     assert replayed(tmp_path) == stream[:400]
 
 
+def test_probe_makes_the_segment_the_next_append_needs(tmp_path: Path, stream: list[Any]) -> None:
+    """The active segment is full and no new file can be opened (EMFILE): writes to
+    the old descriptor would still work, but the journal is not writable until the
+    next segment can be made, and the probe says so."""
+    j = write(tmp_path, stream[:100], segment_bytes=2048)
+    before = list_segments(tmp_path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.open(os.devnull, os.O_RDONLY)
+    os.close(lowest_free)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no new descriptor
+        with pytest.raises(JournalUnavailable) as e:
+            j.append_batch(stream[100:200])  # more than the segment has room for
+        assert e.value.errno == errno.EMFILE
+        assert not j.probe(), "the probe must test the segment the next append writes to"
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert list_segments(tmp_path) == before and j.last_seq == 100
+    assert j.probe()
+    after = list_segments(tmp_path)
+    assert after[:-1] == before and after[-1][0] == 101  # made by the probe, still empty
+    j.append_batch(stream[100:200])
+    j.close()
+    assert replayed(tmp_path) == stream[:200]
+
+
+def test_probe_of_an_empty_journal_makes_its_first_segment(tmp_path: Path, stream: list[Any]) -> None:
+    j = Journal(tmp_path, ENGINE_COMMANDS)
+    j.rebase(40)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.open(os.devnull, os.O_RDONLY)
+    os.close(lowest_free)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+        with pytest.raises(JournalUnavailable):
+            j.append_batch(stream[40:50])
+        assert not j.probe()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert not list_segments(tmp_path)
+    assert j.probe() and [s for s, _ in list_segments(tmp_path)] == [41]
+    j.append_batch(stream[40:50])
+    j.close()
+    assert replayed(tmp_path, after=40) == stream[40:50]
+
+
 def test_group_commit_asyncio(tmp_path: Path, stream: list[Any]) -> None:
     j = Journal(tmp_path, ENGINE_COMMANDS)
     gc = GroupCommitter(j)
@@ -315,8 +361,11 @@ def test_group_commit_failure_and_recovery(tmp_path: Path, stream: list[Any]) ->
     results: list[BaseException | None] = []
     done = threading.Event()
 
+    alerted: list[bool] = []
+
     def cb(err: BaseException | None) -> None:
         results.append(err)
+        alerted.append(bool(states) and states[0][0] is False)  # the operator hears first
         if len(results) == 2:
             done.set()
 
@@ -324,7 +373,7 @@ def test_group_commit_failure_and_recovery(tmp_path: Path, stream: list[Any]) ->
         gc.submit(stream[50:60], cb)
         gc.submit(stream[60:70], cb)
     assert done.wait(10)
-    assert all(isinstance(r, JournalUnavailable) for r in results)
+    assert all(isinstance(r, JournalUnavailable) for r in results) and alerted == [True, True]
     assert changed.wait(10) and states[0][0] is False and "ENOSPC" in states[0][1]
     with pytest.raises(JournalUnavailable):
         gc.submit(stream[50:60], cb)  # refused at once while unavailable
