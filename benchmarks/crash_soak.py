@@ -182,7 +182,14 @@ class Trader:
     def take(self, msg: Any) -> None:
         if type(msg) is not Report:
             return
-        self.reports[msg.seq_out] = body = msg.body
+        body = msg.body
+        if not msg.seq_out:
+            # A refusal by the gateway (throttle, journal unavailable): outside the
+            # member's sequence, never replayed, and its order was not entered.
+            if type(body) is Rejected and body.coid:
+                self.unanswered = max(self.unanswered - 1, 0)
+            return
+        self.reports[msg.seq_out] = body
         t = type(body)
         if t is Accepted:
             self.accepted[body.coid] = body.order_id
@@ -341,7 +348,7 @@ class Soak:
         q = c._inbox
         while not q.empty():
             msg = q.get_nowait()
-            if type(msg) is Report:
+            if type(msg) is Report and msg.seq_out:  # seq_out 0: a gateway refusal, not numbered
                 self.staff_reports[msg.seq_out] = msg.body
 
     async def fund(self) -> None:
@@ -432,7 +439,7 @@ class Soak:
                 seen: dict[int, Any] = {}
                 while not fresh._inbox.empty():
                     msg = fresh._inbox.get_nowait()
-                    if type(msg) is Report:
+                    if type(msg) is Report and msg.seq_out:
                         seen[msg.seq_out] = msg.body
             finally:
                 await fresh.close()
