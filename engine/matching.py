@@ -241,26 +241,27 @@ class Engine:
         self.apply_batch((cmd,))
 
     def apply_batch(self, cmds: Sequence[Command]) -> None:
-        """Apply stamped commands in order. The batch must continue the sequence with
-        no gap (checked once per batch: the sequencer numbers consecutively)."""
-        if not cmds:
-            return
-        first, last = cmds[0], cmds[-1]
-        if first.seq != self.last_seq + 1 or last.seq != self.last_seq + len(cmds) or first.ts < self.last_ts:  # type: ignore[attr-defined]
-            raise AssertionError(
-                f"commands out of order (a sequence gap or time going back): seq {first.seq}..{last.seq} ts {first.ts} "  # type: ignore[attr-defined]
-                f"after seq {self.last_seq} ts {self.last_ts}"
-            )
+        """Apply stamped commands in order. Each must carry the next sequence number and
+        a timestamp no earlier than the one before (a violation is a programmer error)."""
         # Bound to locals: this loop runs per command.
         handlers = self._handlers
         next_change = self._next_change
+        seq, last_ts = self.last_seq, self.last_ts
         for cmd in cmds:
             ts = cmd.ts  # type: ignore[attr-defined]
+            seq += 1
+            if cmd.seq != seq or ts < last_ts:  # type: ignore[attr-defined]
+                self.last_seq, self.last_ts = seq - 1, last_ts
+                raise AssertionError(
+                    f"commands out of order (a sequence gap or time going back): got seq {cmd.seq} ts {ts} "  # type: ignore[attr-defined]
+                    f"after seq {seq - 1} ts {last_ts}"
+                )
+            last_ts = ts
             if ts >= next_change:
-                self._advance_clock(cmd.seq, ts)  # type: ignore[attr-defined]
+                self._advance_clock(seq, ts)
                 next_change = self._next_change
             handlers[type(cmd)](cmd)
-        self.last_seq, self.last_ts = last.seq, last.ts  # type: ignore[attr-defined]
+        self.last_seq, self.last_ts = seq, last_ts
 
     # --- orders ------------------------------------------------------------------------
 
@@ -851,7 +852,8 @@ class Engine:
         for market in self.markets.values():
             close = market.close_price()
             low, high = market.rules.band(close)
-            self.out.append(DayClosed(cmd.seq, cmd.ts, market.symbol, market.open_price, close,
+            # With no trade, both the opening and the closing price carry the previous close.
+            self.out.append(DayClosed(cmd.seq, cmd.ts, market.symbol, market.open_price or market.ref_price, close,
                                       market.volume, market.value, close, low, high))
             market.new_day(close)
         self.coids.clear()

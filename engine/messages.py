@@ -74,7 +74,6 @@ class Reason(IntEnum):
     AMEND_NO_CHANGE = 16
     NOT_HALTED = 17
     ALREADY_HALTED = 18
-    DAY_NOT_CLOSED = 19
 
 
 class CancelReason(IntEnum):
@@ -281,7 +280,7 @@ class DayClosed(Event, tag=108):
     seq: int
     ts: int
     instrument: str
-    open_price: int  # 0 when nothing traded
+    open_price: int  # the first trade's price; the previous close when nothing traded
     close_price: int
     volume: int
     value: int

@@ -59,14 +59,12 @@ def test_end_of_day_expires_day_orders_and_rolls_the_band() -> None:
 
 
 def test_without_trades_the_previous_close_carries() -> None:
-    # The close carries the previous close (even off the tick, as configured). The
-    # event's open_price is 0, "nothing traded", as messages.DayClosed documents; the
-    # market's rule that such a day's opening price is the previous close as well is
-    # left to the event's readers.
+    # The close carries the previous close (even off the tick, as configured), and so
+    # does the day's opening price: DOMAIN.md, "No trade: both carry the previous close".
     v = venue(ref=10_001, tick=5)
     out = v.send(EndOfDay())
     day = closes(out)["CEA24"]
-    assert (day.open_price, day.close_price, day.volume, day.value) == (0, 10_001, 0, 0)
+    assert (day.open_price, day.close_price, day.volume, day.value) == (10_001, 10_001, 0, 0)
     assert (day.next_ref_price, day.next_band_low, day.next_band_high) == (10_001, 9_005, 11_000)
     other = closes(out)["CEA23"]
     assert (other.close_price, other.next_band_low, other.next_band_high) == (8_000, 7_200, 8_800)
@@ -131,8 +129,8 @@ def test_two_days_in_a_row() -> None:
 
 def test_end_of_day_is_accepted_in_any_phase() -> None:
     """The engine accepts EndOfDay even during continuous trading (it expires what
-    rests and rolls the day); Reason.DAY_NOT_CLOSED exists but is never emitted. The
-    operator's tooling is expected to send EndOfDay after the close."""
+    rests and rolls the day). The operator's tooling is expected to send EndOfDay after
+    the close."""
     v = Venue([cx()], schedule=Schedule(), start_ns=local_ns(10, 0))
     v.fund("A", cash=10**8)
     v.rest("A", BUY, 1, 9_990)

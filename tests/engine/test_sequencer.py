@@ -96,3 +96,17 @@ def test_apply_batch_checks_the_same_contract() -> None:
     eng = engine()
     with pytest.raises(AssertionError):
         eng.apply_batch([Tick(seq=1, ts=0), Tick(seq=3, ts=0)])
+
+
+def test_apply_batch_checks_every_command_not_only_the_ends() -> None:
+    # A batch whose first and last commands look right but whose middle repeats a
+    # sequence number or goes back in time is refused, and the engine keeps the last
+    # good position.
+    eng = engine()
+    with pytest.raises(AssertionError, match="order"):
+        eng.apply_batch([Tick(seq=1, ts=5), Tick(seq=1, ts=5), Tick(seq=3, ts=5)])
+    assert (eng.last_seq, eng.last_ts) == (1, 5)
+    with pytest.raises(AssertionError, match="order"):
+        eng.apply_batch([Tick(seq=2, ts=6), Tick(seq=3, ts=0)])
+    assert (eng.last_seq, eng.last_ts) == (2, 6)
+

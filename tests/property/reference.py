@@ -584,7 +584,7 @@ class Reference:
         for m in self.markets.values():
             close = m.close_price()
             low, high = band(m.rules, close)
-            self.out.append(DayClosed(cmd.seq, cmd.ts, m.symbol, m.open, close, m.volume, m.value, close, low, high))
+            self.out.append(DayClosed(cmd.seq, cmd.ts, m.symbol, m.open or m.ref, close, m.volume, m.value, close, low, high))
             m.start_day(close)
         self.coids.clear()
         self.day += 1
