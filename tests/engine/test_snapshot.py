@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from benchmarks.generator import generate
@@ -95,6 +96,50 @@ def test_damaged_snapshot_is_refused(tmp_path: Path, work: Any, damage: str) -> 
     assert path.name in str(e.value)
 
 
+class Note(msgspec.Struct, array_like=True):
+    """Edge state of the test: what a gateway would keep beside the core."""
+
+    seq: int
+    lines: list[str]
+
+
+class NoteEdge:
+    """Taken on the core's thread as references, encoded by the writer."""
+
+    def __init__(self, seq: int, lines: list[str]) -> None:
+        self.seq, self.lines = seq, list(lines)
+        self.encoded = 0
+
+    def encode(self) -> bytes:
+        self.encoded += 1
+        return msgspec.msgpack.encode(Note(self.seq, self.lines))
+
+
+def test_edge_state_travels_with_the_core(tmp_path: Path, work: Any) -> None:
+    store = SnapshotStore(tmp_path)
+    e = engine_after(work, 2500)
+    edge = NoteEdge(2500, ["a", "b"])
+    cap = capture(e, edge=edge)
+    assert edge.encoded == 0, "the edge state is encoded by the writer, not at capture"
+    path = store.write(cap)
+    assert edge.encoded == 1
+    loaded = store.load(path, EngineSnapshot, Note)
+    assert loaded.edge == Note(2500, ["a", "b"]) and loaded.last_seq == 2500
+    assert loaded.state_hash == e.state_hash(), "the state hash is the core's alone"
+    core_only = store.load(path, EngineSnapshot)  # a reader without the edge's type
+    assert core_only.edge is None and core_only.state == loaded.state
+    fresh = build_engine(work.header)
+    fresh.restore(loaded.state)
+    assert fresh.state_hash() == e.state_hash()
+    plain = store.load(store.write(capture(engine_after(work, 2600))), EngineSnapshot, Note)
+    assert plain.edge is None  # a snapshot without edge state says so
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0x01  # inside the edge state: the body checksum covers it
+    path.write_bytes(bytes(data))
+    with pytest.raises(SnapshotCorrupt, match="checksum"):
+        store.load(path, EngineSnapshot, Note)
+
+
 def test_leftover_temporary_files_are_removed(tmp_path: Path, work: Any) -> None:
     (tmp_path / (snapshot_name(5) + ".tmp")).write_bytes(b"half a snapshot")
     store = SnapshotStore(tmp_path)
@@ -117,12 +162,25 @@ def test_retire_snapshots_and_segments(tmp_path: Path, work: Any) -> None:
         store.write(capture(e))
     segments_before = list_segments(journal.directory)
     assert len(segments_before) > 5
-    # A reader still needs everything from seq 1500 on: segments reaching it stay.
-    retired = store.retire(journal.directory, keep_seq_from=1500)
+    # A reader needs everything from seq 800 on and no snapshot lies below it: a
+    # restart would replay from seq 1, so no segment may go.
+    retired = store.retire(journal.directory, keep_seq_from=800)
     assert [Path(p).name for p in retired.snapshots] == [snapshot_name(1000), snapshot_name(2000)]
-    assert [s for s, _ in store.list()] == [3000, 3500]
+    assert not retired.segments and list_segments(journal.directory) == segments_before
+    for seq in (1000, 2000):  # as they were
+        journal_state = build_engine(work.header)
+        journal_state.apply_batch(cmds[:seq])
+        store.write(capture(journal_state))
+    # A reader still needs everything from seq 1500 on: the snapshot a restart then
+    # starts from (1000) stays beyond the keep count, and so do the segments after it.
+    retired = store.retire(journal.directory, keep_seq_from=1500)
+    assert [Path(p).name for p in retired.snapshots] == [snapshot_name(2000)]
+    assert [s for s, _ in store.list()] == [1000, 3000, 3500]
     left = list_segments(journal.directory)
-    assert left[0][0] <= 1500 and retired.segments
+    assert left[0][0] <= 1001 and retired.segments
+    for path in retired.segments:  # only segments entirely at or below seq 1000 went
+        nxt = min(first for first, p in segments_before if first > int(Path(path).name[:20]))
+        assert nxt - 1 <= 1000
     retired = store.retire(journal.directory)
     left = list_segments(journal.directory)
     assert left[0][0] <= 3001 and (len(left) == 1 or left[1][0] > 3001)
