@@ -5,6 +5,8 @@ the events as the gateway would.
 Run: ``python -m benchmarks.engine_bench [-n 100000] [--runs 5] [--regimes mixed,add]``
 
 Columns:
+- ``no-acks``: as ``match`` with the engine's plain acknowledgements off
+  (``Engine(acks=False)``: no Accepted, no Cancelled for a member's own cancel).
 - ``match``: one ``engine.apply_batch(commands)`` over the whole measured stream;
   events are appended to ``engine.out`` as always (and dropped after the run).
 - ``match+enc``: the stream applied in batches of ``--batch`` commands; after each
@@ -54,6 +56,19 @@ def time_match(work: Workload, batch: int) -> float:
     return (time.perf_counter_ns() - t0) / 1e9
 
 
+def time_match_noacks(work: Workload, batch: int) -> float:
+    """As time_match, with the engine's plain acknowledgements off (acks=False):
+    trades, rejects and state changes only, for pure-matching replays."""
+    engine = build_engine(work.header)
+    engine.apply_batch(work.warmup)
+    engine.out.clear()
+    engine.acks = False
+    cmds = work.commands
+    t0 = time.perf_counter_ns()
+    engine.apply_batch(cmds)
+    return (time.perf_counter_ns() - t0) / 1e9
+
+
 def time_encoded(work: Workload, batch: int) -> float:
     engine = build_engine(work.header)
     engine.apply_batch(work.warmup)
@@ -88,11 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or args.runs < 1 or args.n < 1 or args.batch < 1:
         parser.error(f"unknown regimes {unknown}" if unknown else "-n, --runs and --batch must be positive")
     print(f"engine commands/s, median of {args.runs} runs, {args.n:,} measured commands per regime, seed {args.seed}")
-    print(f"{'regime':<10}{'match':>12}{'match+enc':>12}{'holds':>12}{'holds+enc':>12}{'events/cmd':>12}")
+    print(f"{'regime':<10}{'no-acks':>12}{'match':>12}{'match+enc':>12}{'holds':>12}{'holds+enc':>12}{'events/cmd':>12}")
     for regime in regimes:
         plain = generate(regime, args.n, args.seed)
         held = generate(regime, args.n, args.seed, holds=True)
         cells = [
+            median_rate(plain, time_match_noacks, args.runs, args.batch),
             median_rate(plain, time_match, args.runs, args.batch),
             median_rate(plain, time_encoded, args.runs, args.batch),
             median_rate(held, time_match, args.runs, args.batch),
