@@ -33,14 +33,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from engine import CASH, Side, Trade
-from settlement import Allocate, Deposit, Fees, Ledger, OpenAccount, Posting
+from settlement import Allocate, AnyPosting, Deposit, Fees, Ledger, OpenAccount
 from settlement.settler import Settler
 from settlement.store import RegistryStore, open_store
 
 FEES = Fees(trading_ppm=500, settlement_ppm=100, reserve_share_ppm=200_000)
 
 
-def make_trades(n: int, accounts: int = 2000, seed: int = 7) -> tuple[list[Posting], list[Posting], Ledger]:
+def make_trades(n: int, accounts: int = 2000, seed: int = 7) -> tuple[list[AnyPosting], list[AnyPosting], Ledger]:
     """(setup postings, n trade postings, the ledger) from the real ledger."""
     rng = random.Random(seed)
     ledger = Ledger(FEES)
@@ -110,7 +110,7 @@ def fresh_store(target: str) -> Iterator[Callable[[], RegistryStore]]:
             yield lambda: open_store(path)
 
 
-def write_rate(target: str, setup: list[Posting], trades: list[Posting], batch: int, via_settler: bool) -> float:
+def write_rate(target: str, setup: list[AnyPosting], trades: list[AnyPosting], batch: int, via_settler: bool) -> float:
     """Trades per second written durably in batches of ``batch``."""
     with fresh_store(target) as connect:
         store = connect()
