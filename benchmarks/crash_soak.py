@@ -4,6 +4,11 @@ moments and restarted, with every promise checked after every restart.
 Run: ``.venv/bin/python -m benchmarks.crash_soak --kills 200 [--seed N] [--dir PATH]``
 (``tests/crash/test_crash.py`` runs the same harness with 20 kills in CI).
 
+``etx serve`` takes snapshots (by default every 1,500 commands, every 0.5 s of
+trading, keeping 2,000 reports per member), so restarts start from a snapshot and
+replay the journal after it, and the members' streams come from the snapshot's
+window; ``--no-snapshots`` replays the whole journal at every start instead.
+
 Each cycle starts ``etx serve`` (a subprocess, plain TCP, SQLite registry in the data
 directory), connects the traders (four members) and the registry staff (a clerk and
 the authority; the first cycle opens and funds the accounts through them), drives
@@ -21,7 +26,8 @@ last outbound sequence it saw:
 3. no client saw a gap or a duplicate in its outbound sequence, and (every
    ``history_every`` cycles) a fresh session of each member replaying its whole
    history from sequence 0 gets exactly the reports seen so far, under the same
-   sequence numbers;
+   sequence numbers -- from the start of the window a snapshot kept on, announced
+   by REPLAY_TRIMMED, and never fewer than that window's reports;
 4. the open orders the exchange reports equal the replay's;
 5. once settlement caught up with the recovered sequence: the registry audit
    (``settlement.audit``) finds nothing, and the store holds exactly one trade posting
@@ -56,7 +62,7 @@ from engine.messages import Accepted, Cancelled, Expired, Rejected, Side, TimeIn
 from gateway.auth import hash_secret
 from gateway.client import Client
 from gateway.config import Config, load
-from gateway.protocol import CodMode, Fill, Report
+from gateway.protocol import CodMode, Fill, GatewayReason, Notice, Report
 from gateway.recovery import JOURNAL_DIR, core_factory, journal_command_types
 from settlement.audit import audit
 from settlement.messages import Allocate, Deposit, HolderType, OpenAccount
@@ -71,6 +77,9 @@ ALLOWANCES = 10**8  # t per member
 WINDOW = 200  # orders a trader may have unanswered
 READY_S = 60.0  # a start (recovery included) must listen within this
 SETTLE_S = 60.0  # settlement must catch up within this after a restart
+SNAPSHOT_EVERY = 1_500  # commands
+SNAPSHOT_INTERVAL_S = 0.5
+SNAPSHOT_HISTORY = 2_000  # reports per member
 
 
 def free_port() -> int:
@@ -115,19 +124,22 @@ class Serve:
     """One ``etx serve`` process at a time, its output appended to ``serve.log``."""
 
     RECOVERED = re.compile(r"last seq (\d+), state hash ([0-9a-f]+)")
+    RECOVERED_FROM = re.compile(r"recovered from (?:snapshot \S+ \(seq (\d+)\)|an empty state) and (\d+) journaled")
 
-    def __init__(self, config: Path, data: Path, port: int, code: Path) -> None:
-        self.config, self.data, self.port, self.code = config, data, port, code
+    def __init__(self, config: Path, data: Path, port: int, code: Path, args: tuple[str, ...] = ()) -> None:
+        self.config, self.data, self.port, self.code, self.args = config, data, port, code, args
         self.log = data.parent / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.start_at = 0
+        self.snapshot_seq = 0  # of the last start's recovery (0: none)
+        self.replayed = 0
 
     def start(self) -> None:
         self.start_at = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config), "--data", str(self.data),
-                 "--listen", f"127.0.0.1:{self.port}", "--no-market-data", "--log-level", "INFO"],
+                 "--listen", f"127.0.0.1:{self.port}", "--no-market-data", "--log-level", "INFO", *self.args],
                 stdout=out, stderr=subprocess.STDOUT, cwd=str(self.code),
             )
 
@@ -144,8 +156,10 @@ class Serve:
             text = self.output()
             if "etx serving on" in text:
                 found = self.RECOVERED.findall(text)
-                if not found:
+                origin = self.RECOVERED_FROM.findall(text)
+                if not found or not origin:
                     raise RuntimeError(f"etx serve logged no recovery line:\n{text[-3000:]}")
+                self.snapshot_seq, self.replayed = int(origin[-1][0] or 0), int(origin[-1][1])
                 return int(found[-1][0]), found[-1][1]
             if self.proc.poll() is not None:
                 raise RuntimeError(f"etx serve exited with {self.proc.returncode}:\n{text[-3000:]}")
@@ -273,15 +287,20 @@ class Replay:
 
 class Soak:
     def __init__(self, kills: int, seed: int, workdir: Path, history_every: int = 1, load_s: float = 0.6,
-                 say: Any = print) -> None:
+                 say: Any = print, snapshots: bool = True, snapshot_every: int = SNAPSHOT_EVERY,
+                 snapshot_interval_s: float = SNAPSHOT_INTERVAL_S, snapshot_history: int = SNAPSHOT_HISTORY) -> None:
         self.kills, self.seed, self.history_every, self.load_s, self.say = kills, seed, history_every, load_s, say
+        self.snapshots = snapshots
+        self.window = snapshot_history if snapshots else 1 << 62  # reports per member a restart keeps at least
+        serve_args = (("--snapshot-every", str(snapshot_every), "--snapshot-interval", str(snapshot_interval_s),
+                       "--snapshot-history", str(snapshot_history)) if snapshots else ("--no-snapshots",))
         self.rng = random.Random(seed)
         self.port = free_port()
         self.data = workdir / "data"
         self.data.mkdir(parents=True, exist_ok=True)
         self.config_path = write_config(workdir, self.port)
         self.cfg = load(self.config_path)
-        self.serve = Serve(self.config_path, self.data, self.port, freeze_code(workdir / "code"))
+        self.serve = Serve(self.config_path, self.data, self.port, freeze_code(workdir / "code"), serve_args)
         self.replay = Replay(self.cfg, self.data / JOURNAL_DIR)
         self.traders = [Trader(m, self.port, random.Random(self.rng.random())) for m in TRADERS]
         self.clerk = Client("127.0.0.1", self.port, "EXCH", "clerk", SECRET, cod=CodMode.OFF, coid_prefix="clerk-")
@@ -290,6 +309,9 @@ class Soak:
         self.problems: list[str] = []
         self.restart_s: list[float] = []
         self.recovered_seq: list[int] = []
+        self.from_snapshot: list[int] = []  # snapshot seq of each restart (0: replayed from seq 1)
+        self.replayed: list[int] = []  # journaled commands each restart replayed
+        self.trimmed = 0  # history checks that began with REPLAY_TRIMMED
         self.startup_kills = 0
         self.cycle = 0
 
@@ -321,10 +343,13 @@ class Soak:
             seq, digest = await self.serve.ready()
             self.restart_s.append(time.monotonic() - started)
             self.recovered_seq.append(seq)
+            self.from_snapshot.append(self.serve.snapshot_seq)
+            self.replayed.append(self.serve.replayed)
             await self.connect_all()
             await self.check(seq, digest)
             if self.cycle % 10 == 0 or self.cycle == self.kills:
-                self.say(f"cycle {self.cycle}/{self.kills}: recovered seq {seq}, "
+                self.say(f"cycle {self.cycle}/{self.kills}: recovered seq {seq} "
+                         f"(snapshot {self.serve.snapshot_seq}, {self.serve.replayed} replayed), "
                          f"restart {self.restart_s[-1]:.2f} s, {len(self.replay.trades)} trades, "
                          f"{len(self.problems)} problems")
         await self.finish()
@@ -429,24 +454,44 @@ class Soak:
         await self.check_settlement(seq)
 
     async def check_history(self) -> None:
-        """A fresh session of each member replays its whole history from 0."""
+        """A fresh session of each member replays its whole history from 0: after a
+        restart from a snapshot, from the start of the window the snapshot kept."""
         for t in self.traders:
             fresh = Client("127.0.0.1", self.port, t.member, f"t{t.member}", SECRET, cod=CodMode.OFF,
                            coid_prefix=f"{t.member}-check-")
+            trimmed = False
             try:
-                await fresh.connect(timeout=30)
+                ack = await fresh.connect(timeout=30)
                 await fresh.query_instruments(timeout=30)
                 seen: dict[int, Any] = {}
                 while not fresh._inbox.empty():
                     msg = fresh._inbox.get_nowait()
                     if type(msg) is Report and msg.seq_out:
                         seen[msg.seq_out] = msg.body
+                    elif type(msg) is Notice and msg.code == GatewayReason.REPLAY_TRIMMED:
+                        trimmed = not seen  # only ever before the first report
             finally:
                 await fresh.close()
-            if fresh.anomalies:
-                self.problem(f"{t.member}: history replay anomalies {fresh.anomalies[:5]}")
+            first = min(seen, default=ack.next_seq + 1)
+            anomalies = fresh.anomalies
+            if trimmed:
+                self.trimmed += 1
+                # The one jump the trim announced, from 0 to the first report kept.
+                if anomalies[:1] == [f"seq_out {first} after 0"]:
+                    anomalies = anomalies[1:]
+                kept = ack.next_seq - first + 1
+                if kept < min(self.window, ack.next_seq):
+                    self.problem(f"{t.member}: the replay kept {kept} of {ack.next_seq} reports, "
+                                 f"fewer than the snapshot window of {self.window}")
+            elif first != 1 and ack.next_seq:
+                self.problem(f"{t.member}: history replay from 0 began at {first} without REPLAY_TRIMMED")
+            if anomalies:
+                self.problem(f"{t.member}: history replay anomalies {anomalies[:5]}")
+            if len(seen) != ack.next_seq - first + 1:
+                self.problem(f"{t.member}: history replay gave {len(seen)} reports for seq_out {first}.."
+                             f"{ack.next_seq}")
             for seq_out, body in t.reports.items():
-                if seen.get(seq_out) != body:
+                if seq_out >= first and seen.get(seq_out) != body:
                     self.problem(f"{t.member}: report {seq_out} was {body!r}, the replayed history has "
                                  f"{seen.get(seq_out)!r}")
                     break
@@ -504,9 +549,14 @@ class Soak:
     def summary(self) -> str:
         rs = sorted(self.restart_s)
         median = rs[len(rs) // 2] if rs else 0.0
+        replayed = sorted(self.replayed)
+        from_snapshot = sum(1 for s in self.from_snapshot if s)
         return (f"{self.kills} kills under load and {self.startup_kills} during a start, seed {self.seed}: {self.replay.commands} journaled commands, "
                 f"{len(self.replay.trades)} trades, {sum(len(t.accepted) for t in self.traders)} orders acknowledged; "
                 f"restart (process start + recovery + listen) median {median:.2f} s, max {max(rs, default=0):.2f} s; "
+                f"{from_snapshot} of {len(self.from_snapshot)} restarts from a snapshot, replaying "
+                f"median {replayed[len(replayed) // 2] if replayed else 0} and at most {max(replayed, default=0)} "
+                f"journaled commands; {self.trimmed} history replays trimmed to a snapshot's window; "
                 f"{len(self.problems)} problems")
 
 
@@ -526,12 +576,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=int.from_bytes(os.urandom(4), "little"))
     p.add_argument("--dir", help="work directory (default: a new temporary one, kept)")
     p.add_argument("--history-every", type=int, default=10, help="replay whole histories every N cycles")
+    p.add_argument("--snapshot-every", type=int, default=SNAPSHOT_EVERY, help="etx serve's --snapshot-every")
+    p.add_argument("--snapshot-interval", type=float, default=SNAPSHOT_INTERVAL_S,
+                   help="etx serve's --snapshot-interval")
+    p.add_argument("--snapshot-history", type=int, default=SNAPSHOT_HISTORY, help="etx serve's --snapshot-history")
+    p.add_argument("--no-snapshots", action="store_true", help="etx serve without snapshots")
     args = p.parse_args(argv)
     workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="etx-soak-"))
     print(f"crash soak: {args.kills} kills, seed {args.seed}, in {workdir}", flush=True)
     started = time.monotonic()
     s = asyncio.run(soak(args.kills, args.seed, workdir, history_every=args.history_every,
-                         say=lambda line: print(line, flush=True)))
+                         say=lambda line: print(line, flush=True), snapshots=not args.no_snapshots,
+                         snapshot_every=args.snapshot_every, snapshot_interval_s=args.snapshot_interval,
+                         snapshot_history=args.snapshot_history))
     for line in s.problems:
         print(f"PROBLEM {line}")
     print(s.summary())

@@ -6,20 +6,25 @@ Contract of ``recover(data_dir, make_core, ...)``:
 - Loads the newest snapshot in ``data_dir/snapshots`` that verifies, restores it into
   a fresh ``make_core()`` and checks the core's ``state_hash()`` against the hash
   recorded with the snapshot. A snapshot that fails any of this is reported and
-  skipped; the next older one is tried, and at last an empty core.
+  skipped; the next older one is tried, and at last an empty core. With
+  ``edge_type`` (``etx serve``: the gateway's member streams) only snapshots that
+  carry edge state are used, and ``on_restored(core, edge)`` receives the decoded
+  edge state once its snapshot is restored, before anything is replayed.
 - Replays every journaled command after the snapshot through ``core.apply_batch``,
   handing each batch's events to ``on_replayed_events`` (the gateway rebuilds its
   members' outbound reports from them, settlement re-settles what the registry store
   has not committed). ``events_from_seq`` makes recovery start from a snapshot taken
-  before that sequence, so every event from it on is regenerated.
+  before that sequence, so every event from it on is regenerated (``etx serve``
+  passes the registry store's last settled seq + 1).
 - Damage anywhere but the tail raises ``JournalCorrupt`` (segment and byte offset in
   the message), as does a journal that does not reach back to the snapshot: the
   exchange must not start on state it cannot prove.
 - Returns a ``Recovery``: the core, the open journal (appends continue at
   ``last_seq + 1``), the snapshot store and a ``RecoveryReport`` for the log.
 
-``Snapshotter`` takes the running core's snapshots: every ``every_commands`` commands
-and after each end of day, captured on the core's thread between two batches and
+``Snapshotter`` takes the running core's snapshots: every ``every_commands`` commands,
+every ``every_s`` seconds (when something was applied) and after each end of day,
+captured on the core's thread between two batches (with the edge state, if any) and
 written (then old snapshots and journal segments retired) on a thread of its own.
 """
 
@@ -37,7 +42,7 @@ import msgspec
 
 from engine.journal import SEGMENT_BYTES_DEFAULT, Journal, JournalCorrupt, TornTail
 from engine.messages import ENGINE_COMMANDS
-from engine.snapshot import KEEP_DEFAULT, Capture, SnapshotCorrupt, SnapshotStore, capture
+from engine.snapshot import KEEP_DEFAULT, Capture, EdgeState, SnapshotCorrupt, SnapshotStore, capture
 
 log = logging.getLogger("etx.recovery")
 
@@ -102,6 +107,7 @@ class Recovery(typing.NamedTuple):
     snapshots: SnapshotStore
     last_seq: int
     report: RecoveryReport
+    edge: Any = None  # the restored snapshot's edge state (None: an empty start, or none asked for)
 
 
 def journal_command_types() -> tuple[type, ...]:
@@ -147,6 +153,8 @@ def recover(
     on_replayed_events: Callable[[list[Any]], None] | None = None,
     segment_bytes: int = SEGMENT_BYTES_DEFAULT,
     keep_snapshots: int = KEEP_DEFAULT,
+    edge_type: Any = None,
+    on_restored: Callable[[Any, Any], None] | None = None,
 ) -> Recovery:
     """See the module docstring. ``on_replayed_events`` receives the core's ``out`` list
     after each batch and must not keep it (it is cleared afterwards)."""
@@ -160,7 +168,10 @@ def recover(
         report.torn = list(journal.repair)
         store = SnapshotStore(data / SNAPSHOT_DIR, keep=keep_snapshots)
         journal_empty = not journal.segments()
-        core, snap_seq = _restore_newest(store, make_core, snapshot_type, journal, journal_empty, events_from_seq, report)
+        core, snap_seq, edge = _restore_newest(
+            store, make_core, snapshot_type, edge_type, journal, journal_empty, events_from_seq, report)
+        if on_restored is not None:
+            on_restored(core, edge)
         if journal_empty:
             if snap_seq:
                 report.notes.append(f"the journal is empty; it continues after the snapshot's seq {snap_seq}")
@@ -186,29 +197,36 @@ def recover(
     report.last_seq = core.last_seq
     report.state_hash = core.state_hash()
     report.seconds = time.perf_counter() - started
-    return Recovery(core, journal, store, core.last_seq, report)
+    return Recovery(core, journal, store, core.last_seq, report, edge)
 
 
 def _restore_newest(
     store: SnapshotStore,
     make_core: Callable[[], Any],
     snapshot_type: Any,
+    edge_type: Any,
     journal: Journal,
     journal_empty: bool,
     events_from_seq: int | None,
     report: RecoveryReport,
-) -> tuple[Any, int]:
-    """The newest usable snapshot restored into a fresh core, or a fresh core."""
+) -> tuple[Any, int, Any]:
+    """The newest usable snapshot restored into a fresh core (with its edge state), or
+    a fresh core."""
+    newer = 0
     for seq, path in reversed(store.list()):
         if events_from_seq is not None and seq >= events_from_seq:
-            continue  # events from events_from_seq on must be regenerated by replay
+            newer += 1  # events from events_from_seq on must be regenerated by replay
+            continue
         if not journal_empty and seq > journal.last_seq:
             report.skipped.append(SkippedSnapshot(str(path), f"seq {seq} is past the journal's end {journal.last_seq}"))
             continue
         core = make_core()
         try:
             kind = snapshot_type if snapshot_type is not None else snapshot_type_of(core)
-            loaded = store.load(path, kind)
+            loaded = store.load(path, kind, edge_type)
+            if edge_type is not None and loaded.edge is None:
+                report.skipped.append(SkippedSnapshot(str(path), "it carries no edge state (member streams)"))
+                continue
             core.restore(loaded.state)
         except (SnapshotCorrupt, ValueError, AssertionError) as e:
             report.skipped.append(SkippedSnapshot(str(path), str(e)))
@@ -223,8 +241,16 @@ def _restore_newest(
             )
             continue
         report.snapshot, report.snapshot_seq = str(path), seq
-        return core, seq
-    return make_core(), 0
+        _note_newer(report, newer, events_from_seq)
+        return core, seq, loaded.edge
+    _note_newer(report, newer, events_from_seq)
+    return make_core(), 0, None
+
+
+def _note_newer(report: RecoveryReport, newer: int, events_from_seq: int | None) -> None:
+    if newer:
+        report.notes.append(f"{newer} newer snapshots not used: events from seq {events_from_seq} on "
+                            "must be regenerated (the registry store has settled only what is before it)")
 
 
 class Snapshotter:
@@ -233,14 +259,17 @@ class Snapshotter:
     ``after_batch(events)`` is called on the core's thread after each applied batch
     (it has the signature of the server's ``on_events`` listeners). It captures a
     snapshot when ``every_commands`` commands have been applied since the last one,
+    when ``every_s`` seconds have passed since the last one and something was applied,
     or when ``day()`` changed (an end of day: that capture is flagged, and retention
-    keeps the newest such snapshot). Capturing encodes the state at once; that is the
-    pause, measured in ``pauses_s``. Writing, syncing and retiring (``store.retire``
-    with ``keep_seq_from()``: e.g. the registry store's last settled seq + 1, so
-    recovery can still regenerate what settlement lacks) run on the snapshot thread.
-    A periodic capture is skipped while the previous write is still running (the next
-    batch tries again); an end-of-day capture is always queued. Write errors are logged
-    and counted; trading goes on and the next capture tries again.
+    keeps the newest such snapshot). Capturing encodes the core's state at once and
+    takes ``edge()`` (state beside the core, e.g. the gateway's member streams, as
+    references encoded later); that is the pause, measured in ``pauses_s``. Encoding
+    the edge state, writing, syncing and retiring (``store.retire`` with
+    ``keep_seq_from()``: e.g. the registry store's last settled seq + 1, so recovery
+    can still regenerate what settlement lacks) run on the snapshot thread. A
+    periodic capture is skipped while the previous write is still running (the next
+    batch tries again); an end-of-day capture is always queued. Write errors are
+    logged and counted; trading goes on and the next capture tries again.
     """
 
     def __init__(
@@ -250,24 +279,31 @@ class Snapshotter:
         journal_dir: Path | str | None = None,
         *,
         every_commands: int = 100_000,
+        every_s: float | None = None,
         day: Callable[[], int] | None = None,
         keep_seq_from: Callable[[], int] | None = None,
+        edge: Callable[[], EdgeState] | None = None,
     ) -> None:
         if every_commands < 1:
             raise ValueError(f"every_commands must be positive, got {every_commands}")
+        if every_s is not None and every_s <= 0:
+            raise ValueError(f"every_s must be positive, got {every_s}")
         self.core, self.store, self.journal_dir = core, store, journal_dir
-        self.every_commands = every_commands
-        self.day, self.keep_seq_from = day, keep_seq_from
+        self.every_commands, self.every_s = every_commands, every_s
+        self.day, self.keep_seq_from, self.edge = day, keep_seq_from, edge
         self._day = day() if day is not None else 0
         self._last = core.last_seq
+        self._last_at = time.monotonic()
         self._cond = threading.Condition()
-        self._queue: list[Capture] = []
+        self._queue: list[tuple[Capture, float]] = []  # with the pause its capture took
         self._busy = False
         self._closed = False
         self.taken = 0
         self.written = 0
         self.errors = 0
+        self.last_written = 0  # seq of the newest snapshot written
         self.pauses_s: list[float] = []  # capture time of each snapshot (the pause trading sees)
+        self.write_s: list[float] = []  # time to encode the edge state, write, sync and retire
         self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
         self._thread.start()
 
@@ -278,20 +314,27 @@ class Snapshotter:
             today = self.day()
             if today != self._day:
                 self._day, end_of_day = today, True
-        if not end_of_day and (core.last_seq - self._last < self.every_commands or self._busy):
-            return
+        if not end_of_day:
+            if self._busy:
+                return
+            done = core.last_seq - self._last
+            if done < self.every_commands and not (
+                    done and self.every_s is not None and time.monotonic() - self._last_at >= self.every_s):
+                return
         self.take(end_of_day)
 
     def take(self, end_of_day: bool = False) -> None:
         """Capture now (on the core's thread) and queue the write."""
         started = time.perf_counter()
-        cap = capture(self.core, end_of_day)
-        self.pauses_s.append(time.perf_counter() - started)
+        cap = capture(self.core, end_of_day, self.edge() if self.edge is not None else None)
+        pause = time.perf_counter() - started
+        self.pauses_s.append(pause)
         self._last = cap.last_seq
+        self._last_at = time.monotonic()
         self.taken += 1
         with self._cond:
             self._busy = True
-            self._queue.append(cap)
+            self._queue.append((cap, pause))
             self._cond.notify()
 
     def close(self, timeout_s: float = 60.0) -> None:
@@ -308,15 +351,19 @@ class Snapshotter:
                     self._cond.wait()
                 if not self._queue:
                     return
-                cap = self._queue.pop(0)
+                cap, pause = self._queue.pop(0)
+            started = time.perf_counter()
             try:
                 path = self.store.write(cap)
                 keep = self.keep_seq_from() if self.keep_seq_from is not None else None
                 retired = self.store.retire(self.journal_dir, keep_seq_from=keep)
                 self.written += 1
-                log.info("snapshot %s written (seq %d%s); retired %d snapshots and %d journal segments",
-                         path.name, cap.last_seq, ", end of day" if cap.end_of_day else "",
-                         len(retired.snapshots), len(retired.segments))
+                self.last_written = cap.last_seq
+                self.write_s.append(time.perf_counter() - started)
+                log.info("snapshot %s written (seq %d%s) in %.3f s after a %.3f s pause; "
+                         "retired %d snapshots and %d journal segments",
+                         path.name, cap.last_seq, ", end of day" if cap.end_of_day else "", self.write_s[-1],
+                         pause, len(retired.snapshots), len(retired.segments))
             except Exception as e:  # a full disk must not stop trading: the journal still has it all
                 self.errors += 1
                 log.error("snapshot at seq %d not written: %s", cap.last_seq, e)

@@ -2,9 +2,19 @@
 process — and ``Service``, the composition that ``etx demo`` and the load tool reuse.
 
 Contract:
-- ``Service(cfg, data_dir)`` recovers the core from ``data_dir/journal`` (and snapshots)
-  before it listens: a restart continues where the last run stopped, and members'
-  reports are rebuilt from the replayed events so that replay at logon spans restarts.
+- ``Service(cfg, data_dir)`` builds the core with ``gateway.recovery.core_factory`` (the
+  construction ``etx journal verify --config`` replays into) and recovers it before it
+  listens: the newest snapshot that carries the members' streams and is not newer than
+  what the registry store has settled, then the journal after it. Members' streams
+  continue from the snapshot (last seq_out, the newest ``snapshot_history`` reports
+  each, the day's client order ids and their outcomes) and the reports of the replayed
+  commands are made again from their events, so replay at logon spans restarts: a
+  member logging on with its last seq_out gets what it missed, once, in order (older
+  than the snapshot's window: REPLAY_TRIMMED).
+- Snapshots are taken between batches every ``snapshot_every`` commands, every
+  ``snapshot_every_s`` seconds, after each end of day and at a clean stop; they are
+  encoded and written on their own thread, and old snapshots and journal segments are
+  retired, never the ones a restart still needs while the registry store is behind.
 - Every batch is journaled (group-committed fsync, on the journal's thread) before it
   is applied; no acknowledgement leaves before that.
 - Settlement runs beside the core: each batch's postings are handed to the settler
@@ -29,9 +39,13 @@ from typing import Any
 
 from gateway.auth import Authenticator
 from gateway.config import Config, ConfigError, load
-from gateway.server import Server
+from gateway.server import GatewayState, Server
 
 log = logging.getLogger("etx.serve")
+
+SNAPSHOT_EVERY = 100_000  # commands between periodic snapshots (a restart replays at most about this many)
+SNAPSHOT_EVERY_S = 300.0  # seconds between snapshots while anything is applied
+SNAPSHOT_HISTORY = 50_000  # reports per member a snapshot keeps for replay at logon
 
 class _Settle:
     """The core's side of settlement: after each batch, hand the ledger's postings to
@@ -57,38 +71,43 @@ class Service:
     """The exchange as one service; see the module docstring."""
 
     def __init__(self, cfg: Config, data_dir: str | Path, *, md_host: str = "127.0.0.1", md_port: int = 1883,
-                 market_data: bool = True) -> None:
+                 market_data: bool = True, snapshots: bool = True, snapshot_every: int = SNAPSHOT_EVERY,
+                 snapshot_every_s: float | None = SNAPSHOT_EVERY_S,
+                 snapshot_history: int = SNAPSHOT_HISTORY) -> None:
         from engine.journal import GroupCommitter
-        from gateway.recovery import recover
-        from settlement import Exchange, Fees, Ledger
+        from gateway.recovery import Snapshotter, core_factory, recover
         from settlement.settler import Settler
         from settlement.store import open_store
 
         self.cfg = cfg
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        trading_ppm, registry_ppm = cfg.fee_rates_ppm()
-        fees = Fees(trading_ppm=trading_ppm, settlement_ppm=registry_ppm)
-        instruments, schedule = cfg.instruments(), cfg.schedule()
-        stp, member_stp = cfg.stp_default(), cfg.member_stp()
-
-        def make_core() -> Exchange:
-            return Exchange(instruments, Ledger(fees), schedule=schedule, stp_default=stp, member_stp=member_stp)
-
-        replayed: list[list[Any]] = []
-        self.recovery = recover(self.data_dir, make_core, on_replayed_events=lambda out: replayed.append(list(out)))
-        for line in self.recovery.report.lines():
-            log.info("recovery: %s", line)
-        self.exchange = self.recovery.core
         registry = cfg.exchange.registry
         if not registry.startswith(("postgresql://", "postgres://")) and not Path(registry).is_absolute():
             registry = str(self.data_dir / registry)
-        self.fees = fees
         self.store = open_store(registry)
         self.store.migrate()
         self.registry_url = registry
+        settled = self.store.last_seq()
+
+        # Recovery: a snapshot at or below the registry store's last settled seq (the
+        # postings after it are made again by the replay and written by the settler),
+        # with the members' streams as they were at its seq.
+        replayed: list[list[Any]] = []
+        restored: dict[str, Any] = {}
+
+        def on_restored(core: Any, edge: Any) -> None:
+            restored["open"] = [(o.order_id, o.member, o.coid, o.side, o.qty) for o in core.engine.orders.values()]
+
+        self.recovery = recover(self.data_dir, core_factory(cfg), events_from_seq=settled + 1,
+                                on_replayed_events=lambda out: replayed.append(list(out)),
+                                edge_type=GatewayState, on_restored=on_restored)
+        for line in self.recovery.report.lines():
+            log.info("recovery: %s", line)
+        self.exchange = self.recovery.core
+        self.fees = self.exchange.ledger.fees
         self.committer = GroupCommitter(self.recovery.journal, on_state=self._journal_state)
-        self.settler = Settler(registry, resume_after=self.store.last_seq()).start()
+        self.settler = Settler(registry, resume_after=settled).start()
         self.settle = _Settle(self.settler, self.exchange.ledger, self.exchange.engine)
         s = cfg.session
         auth = Authenticator(cfg.users(), failures_max=s.failures_max, window_s=s.failure_window_s,
@@ -100,8 +119,21 @@ class Service:
         self.server = Server(self.exchange, auth, [m.id for m in cfg.member], s,
                              operator_member=cfg.exchange.operator_member, journal=self.committer.commit,
                              on_events=listeners)
+        if self.recovery.edge is not None:
+            self.server.restore_streams(self.recovery.edge, restored["open"])
         for events in replayed:
             self.server.rebuild(events)
+        replayed.clear()  # the events are routed; do not keep them
+        self.snapshot_history = snapshot_history
+        self.snapshotter: Snapshotter | None = None
+        if snapshots:
+            engine = self.exchange.engine
+            self.snapshotter = Snapshotter(
+                self.exchange, self.recovery.snapshots, self.recovery.journal.directory,
+                every_commands=snapshot_every, every_s=snapshot_every_s, day=lambda: engine.day,
+                keep_seq_from=lambda: self.settler.durable_seq + 1,
+                edge=lambda: self.server.capture_streams(snapshot_history))
+            self.server.on_events.append(self.snapshotter.after_batch)
         self.address: tuple[str, int] = ("", 0)
 
     def _journal_state(self, ok: bool, reason: str) -> None:
@@ -135,7 +167,9 @@ class Service:
         self.md_task = asyncio.create_task(self.md.run())
         print(f"market data: publishing to mqtt://{self.md_host}:{self.md_port} under etx/v1/md/...")
 
-    async def stop(self) -> None:
+    async def stop(self, snapshot: bool = True) -> None:
+        """Stop gracefully (see the module docstring); ``snapshot``: take a last snapshot
+        once everything is settled, so that the next start replays nothing."""
         await self.server.stop()
         if self.md is not None:
             self.md.stop()
@@ -145,7 +179,14 @@ class Service:
         self.committer.close()
         self.recovery.journal.close()
         self.settle([])  # what the last batches left in the outbox
-        await asyncio.get_running_loop().run_in_executor(None, self.settler.close)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.settler.close)
+        snapper = self.snapshotter
+        if snapper is not None:
+            # Everything is settled now, so this snapshot is the one the next start uses.
+            if snapshot and snapper.last_written != self.exchange.last_seq:
+                snapper.take()
+            await loop.run_in_executor(None, snapper.close)
         self.store.close()
 
     def audit(self) -> list[str]:
@@ -171,12 +212,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mqtt", default="127.0.0.1:1883", help="MQTT broker HOST:PORT for market data")
     parser.add_argument("--no-market-data", action="store_true", help="do not publish market data")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--snapshot-every", type=int, default=SNAPSHOT_EVERY, metavar="N",
+                        help=f"snapshot every N commands (default {SNAPSHOT_EVERY:,}); a restart replays about "
+                             "this many at most")
+    parser.add_argument("--snapshot-interval", type=float, default=SNAPSHOT_EVERY_S, metavar="SECONDS",
+                        help=f"and at least every SECONDS while trading goes on (default {SNAPSHOT_EVERY_S:g})")
+    parser.add_argument("--snapshot-history", type=int, default=SNAPSHOT_HISTORY, metavar="N",
+                        help=f"reports per member a snapshot keeps for replay at logon (default {SNAPSHOT_HISTORY:,}); "
+                             "older ones are answered with REPLAY_TRIMMED after a restart")
+    parser.add_argument("--no-snapshots", action="store_true",
+                        help="take no snapshots (every start replays the whole journal)")
 
 
 async def serve(args: argparse.Namespace, cfg: Config) -> int:
     md_host, _, md_port = args.mqtt.rpartition(":")
+    for name in ("snapshot_every", "snapshot_history"):
+        if getattr(args, name) < (1 if name == "snapshot_every" else 0):
+            print(f"etx serve: --{name.replace('_', '-')} must be {'positive' if name == 'snapshot_every' else 'at least 0'}")
+            return 2
+    if not args.snapshot_interval > 0:
+        print("etx serve: --snapshot-interval must be positive")
+        return 2
     service = Service(cfg, args.data, md_host=md_host or "127.0.0.1", md_port=int(md_port or 1883),
-                      market_data=not args.no_market_data)
+                      market_data=not args.no_market_data, snapshots=not args.no_snapshots,
+                      snapshot_every=args.snapshot_every, snapshot_every_s=args.snapshot_interval,
+                      snapshot_history=args.snapshot_history)
     host = port = None
     if args.listen:
         h, _, p = args.listen.rpartition(":")

@@ -26,6 +26,12 @@ Contract:
   (Accepted or Rejected) is kept for the trading day; a retransmission gets that outcome
   in a ``Resent``, and the order is never entered twice. An id whose order was refused
   before the core (and so never entered) is free again.
+- Snapshots: ``capture_streams`` takes every member's stream between two batches (its
+  last seq_out, its newest ``history_max`` reports, the day's client order ids with
+  their outcomes) for ``engine.snapshot`` to encode on its own thread;
+  ``restore_streams`` puts them back before ``rebuild`` replays the journal after the
+  snapshot, so sequences and outcomes continue exactly. Reports older than the kept
+  window are answered with REPLAY_TRIMMED at logon.
 - Queries are answered from the core's state after the batch they arrived with; a
   member's open orders are found through its own index (``MemberStream.open``), so a
   query costs what the member has open, not what the whole exchange has.
@@ -46,7 +52,9 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
+
+import msgspec
 
 from engine.matching import Engine
 from engine.messages import (
@@ -170,6 +178,64 @@ class MemberStream:
             assert s.member == self.member and s.joined
         for info in self.open.values():
             assert info[3] is self
+
+
+class MemberState(msgspec.Struct, array_like=True):
+    """One member's outbound stream in a snapshot: its last seq_out, its newest reports
+    (``history[i]`` has seq_out ``seq - len(history) + 1 + i``) and the first outcome of
+    each client order id of the trading day (the id is the body's ``coid``)."""
+
+    member: str
+    seq: int
+    history: list[Report]
+    outcomes: list[Report]
+
+
+class GatewayState(msgspec.Struct, array_like=True):
+    """The gateway's part of a snapshot of ``etx serve``: every member's stream at the
+    snapshot's sequence number."""
+
+    members: list[MemberState]
+
+
+ENCODE_CHUNK = 4096  # reports encoded per call: the core thread gets the GIL between calls
+
+
+class StreamsCapture:
+    """Member streams taken between two batches, as references to reports (which are
+    never changed once made) in lists of their own; ``encode()`` may then run on any
+    thread (the snapshot writer), a chunk of reports at a time so that it never holds
+    the interpreter for long."""
+
+    def __init__(self, members: list[tuple[str, int, list[Report], list[Report]]]) -> None:
+        self.members = members
+
+    @property
+    def reports(self) -> int:
+        return sum(len(h) + len(o) for _, _, h, o in self.members)
+
+    def encode(self) -> bytes:
+        encode = msgspec.msgpack.Encoder().encode
+        members = [MemberState(m, seq, cast(Any, _encode_list(encode, history)), cast(Any, _encode_list(encode, outcomes)))
+                   for m, seq, history, outcomes in self.members]
+        return encode(GatewayState(members))
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def _encode_list(encode: Callable[[Any], bytes], items: list[Any]) -> msgspec.Raw:
+    """A msgpack array of the items, encoded ENCODE_CHUNK at a time and joined."""
+    parts: list[bytes | memoryview] = [_array_header(len(items))]
+    for i in range(0, len(items), ENCODE_CHUNK):
+        chunk = items[i : i + ENCODE_CHUNK]
+        parts.append(memoryview(encode(chunk))[len(_array_header(len(chunk))):])
+    return msgspec.Raw(b"".join(parts))
 
 
 class _NamedOrigin:
@@ -566,6 +632,39 @@ class Server:
         last = self.core.engine.last_seq
         self.sequencer.seq = last
         self.sequencer.ts = max(self.sequencer.ts, self.core.engine.last_ts)
+
+    def capture_streams(self, history_max: int) -> StreamsCapture:
+        """Every member's stream now, between two batches (see ``StreamsCapture``): its
+        last seq_out, its newest ``history_max`` reports and the outcomes of the day's
+        client order ids (those still in flight have none: the journal after the
+        snapshot has them)."""
+        members = []
+        for stream in self.streams.values():
+            history = stream.history[-history_max:] if history_max > 0 else []
+            outcomes = [rep for rep in stream.coids.values() if rep is not None]
+            members.append((stream.member, stream.seq, history, outcomes))
+        return StreamsCapture(members)
+
+    def restore_streams(self, state: GatewayState, open_orders: Iterable[tuple[int, str, str, int, int]]) -> None:
+        """Load the member streams of a snapshot, and the tracking of the orders open
+        at its sequence number ((order_id, member, coid, side, open qty) each, from the
+        restored core), before ``rebuild`` routes the journal after it. Call once,
+        before ``start``."""
+        assert all(not st.seq and not st.open for st in self.streams.values()), "restore_streams needs fresh streams"
+        for ms in state.members:
+            stream = self.streams.get(ms.member)
+            if stream is None:
+                log.warning("snapshot has reports of member %s, which the configuration lacks: dropped", ms.member)
+                continue
+            stream.seq = ms.seq
+            stream.base = ms.seq - len(ms.history)
+            stream.history = ms.history
+            stream.coids = {cast(Any, rep.body).coid: rep for rep in ms.outcomes}  # Accepted or Rejected
+            stream._check()
+        streams, track = self.streams, self.track
+        for order_id, member, coid, side, qty in open_orders:
+            stream = streams[member]
+            track[order_id] = stream.open[order_id] = [coid, side, qty, stream]
 
     def _untracked(self, order_id: int, member: str, side: int) -> list[Any]:
         """Tracking for an order the gateway did not see accepted (a core restored from
