@@ -89,10 +89,12 @@ def free_port() -> int:
 
 
 def write_config(directory: Path, port: int) -> Path:
-    """A config with four trading members, a clerk and the authority; secrets hashed
-    with a small scrypt cost so that logons are quick (the format is the real one)."""
+    """A config with four trading members, a clerk, the authority and an operator;
+    secrets hashed with a small scrypt cost so that logons are quick (the format is the
+    real one)."""
     digest = hash_secret(SECRET, n=1 << 10)
-    users = [(m, f"t{m}", "trader") for m in TRADERS] + [("EXCH", "clerk", "clerk"), ("EXCH", "auth", "authority")]
+    users = [(m, f"t{m}", "trader") for m in TRADERS] + [
+        ("EXCH", "clerk", "clerk"), ("EXCH", "auth", "authority"), ("EXCH", "ops", "operator")]
     lines = [
         "[exchange]", f'listen = "127.0.0.1:{port}"', 'registry = "registry.sqlite"', 'schedule = "always"',
         'operator_member = "EXCH"', "",
