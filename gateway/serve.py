@@ -121,6 +121,7 @@ class Service:
                              on_events=listeners)
         if self.recovery.edge is not None:
             self.server.restore_streams(self.recovery.edge, restored["open"])
+            self.recovery = self.recovery._replace(edge=None)  # the streams own it now
         for events in replayed:
             self.server.rebuild(events)
         replayed.clear()  # the events are routed; do not keep them

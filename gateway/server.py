@@ -649,7 +649,7 @@ class Server:
         """Load the member streams of a snapshot, and the tracking of the orders open
         at its sequence number ((order_id, member, coid, side, open qty) each, from the
         restored core), before ``rebuild`` routes the journal after it. Call once,
-        before ``start``."""
+        before ``start``. The streams take over the state's history lists."""
         assert all(not st.seq and not st.open for st in self.streams.values()), "restore_streams needs fresh streams"
         for ms in state.members:
             stream = self.streams.get(ms.member)

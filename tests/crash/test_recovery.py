@@ -1,10 +1,13 @@
 """Recovery at start, on the real exchange core (engine and settlement ledger):
 snapshot plus journal gives the state of a clean replay; torn tails are cut; damaged
-or missing snapshots fall back; damage before the tail stops the start."""
+or missing snapshots fall back; damage before the tail stops the start; the gateway's
+member streams restored from a snapshot and continued by the replay are those a
+replay from seq 1 builds."""
 
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,9 @@ import pytest
 
 from engine.journal import Journal, JournalCorrupt, list_segments
 from engine.snapshot import SNAPSHOT_HEADER, Capture, SnapshotStore, capture, encode_snapshot, snapshot_name
+from gateway.auth import Authenticator
 from gateway.recovery import JOURNAL_DIR, SNAPSHOT_DIR, Snapshotter, journal_command_types, recover, snapshot_type_of
+from gateway.server import GatewayState, Server
 from tests.crash.workload import exchange_workload
 
 SEED = 20260503
@@ -227,3 +232,85 @@ def test_snapshotter_write_failure_does_not_stop_trading(tmp_path: Path, work: A
     assert snapper.taken == 1 and snapper.errors == 1 and snapper.written == 0
     core.apply_batch(cmds[300:400])  # the core goes on
     assert core.last_seq == 400
+
+
+def gateway(core: Any) -> Server:
+    """A server over the core, not listening: its member streams are all this uses."""
+    return Server(core, Authenticator([]), [f"M{i:02d}" for i in range(1, 9)], operator_member="EXCH")
+
+
+@pytest.mark.parametrize("history", [0, 150, 1 << 30])
+def test_member_streams_continue_from_a_snapshot(tmp_path: Path, work: Any, history: int) -> None:
+    """Streams captured with a snapshot (keeping ``history`` reports per member),
+    restored and continued by the replay after it, equal the streams routed from seq 1:
+    the same last seq_out, the same reports over the window kept, the same outcomes of
+    the day's client order ids, the same tracking of open orders."""
+    make_core, cmds = work
+    eod = next(c.seq for c in cmds if type(c).__name__ == "EndOfDay")
+    marks = [eod - 700, eod + 900]  # one snapshot with the day before the end, one after
+    journal = Journal(tmp_path / JOURNAL_DIR, journal_command_types())
+    store = SnapshotStore(tmp_path / SNAPSHOT_DIR, keep=10)
+    core = make_core()
+    full = gateway(core)
+    rng = random.Random(SEED)
+    i = 0
+    while i < len(cmds):
+        batch = cmds[i : i + rng.randint(1, 250)]
+        journal.append_batch(batch)
+        core.apply_batch(batch)
+        full.rebuild(list(core.out))
+        core.out.clear()
+        i += len(batch)
+        if marks and i >= marks[0]:
+            marks.pop(0)
+            store.write(capture(core, edge=full.capture_streams(history)))
+    journal.close()
+    snaps = [seq for seq, _ in store.list()]
+    for upto in reversed(snaps):  # newest first: each round removes the newer one
+        for seq, path in store.list():
+            if seq > upto:
+                path.unlink()  # recovery must start from the snapshot at upto
+        opened: list[Any] = []
+        events: list[list[Any]] = []
+        rec = recover(tmp_path, make_core, edge_type=GatewayState,
+                      on_restored=lambda c, edge, opened=opened: opened.extend(
+                          (o.order_id, o.member, o.coid, o.side, o.qty) for o in c.engine.orders.values()),
+                      on_replayed_events=lambda out, events=events: events.append(list(out)))
+        rec.journal.close()
+        assert rec.report.snapshot_seq == upto and rec.edge is not None
+        again = gateway(rec.core)
+        windows = {ms.member: (len(ms.history), ms.seq) for ms in rec.edge.members}
+        again.restore_streams(rec.edge, opened)  # takes over the snapshot's lists
+        for batch_events in events:
+            again.rebuild(batch_events)
+        again._check()
+        for member, want in full.streams.items():
+            got = again.streams[member]
+            assert got.seq == want.seq, member
+            assert got.coids == want.coids, member
+            assert got.open.keys() == want.open.keys(), member
+            kept = got.seq - got.base
+            assert kept == len(got.history) and got.history == want.history[len(want.history) - kept:], member
+            kept_then, seq_then = windows[member]
+            assert kept_then == min(history, seq_then) and kept >= kept_then
+        assert {k: v[:3] for k, v in again.track.items()} == {k: v[:3] for k, v in full.track.items()}
+
+
+def test_snapshotter_by_time_only_while_commands_are_applied(tmp_path: Path, work: Any) -> None:
+    make_core, cmds = work
+    store = SnapshotStore(tmp_path / SNAPSHOT_DIR)
+    core = make_core()
+    snapper = Snapshotter(core, store, every_commands=10**9, every_s=0.05)
+    core.apply_batch(cmds[:100])
+    snapper.after_batch()
+    assert snapper.taken == 0  # neither enough commands nor enough time
+    time.sleep(0.06)
+    snapper.after_batch()
+    assert snapper.taken == 1
+    time.sleep(0.06)
+    snapper.after_batch()  # time passed, but nothing was applied since
+    assert snapper.taken == 1
+    snapper.close()
+    assert [s for s, _ in store.list()] == [100] and snapper.last_written == 100
+    with pytest.raises(ValueError, match="every_s"):
+        Snapshotter(core, store, every_s=0)
