@@ -469,11 +469,18 @@ class Ledger:
         return self._done(cmd, kind, ((cmd.account, CASH, -cmd.amount, 0),), cmd.account,
                           f"withdraw {format_yuan(cmd.amount)} CNY")
 
-    def _allocate(self, cmd: Allocate, kind: str) -> RegistryDone | RegistryRejected:
+    def _not_authority(self, cmd: Allocate | SetObligation, kind: str, what: str) -> RegistryRejected | None:
+        """A rejection unless the command's source is the issuing authority's account."""
         source = self.accounts.get(cmd.source)
         if source is None or source.holder_type != HolderType.AUTHORITY:
             return self._reject(cmd, kind, RegistryReason.NOT_AUTHORITY,
-                                f"only the issuing authority allocates; {cmd.source!r} is not an authority account")
+                                f"only the issuing authority {what}; {cmd.source!r} is not an authority account")
+        return None
+
+    def _allocate(self, cmd: Allocate, kind: str) -> RegistryDone | RegistryRejected:
+        not_authority = self._not_authority(cmd, kind, "allocates")
+        if not_authority:
+            return not_authority
         bad = self._unit(cmd, kind, cmd.asset) or self._amount(cmd, kind, cmd.qty, "t")
         if bad:
             return bad
@@ -556,10 +563,9 @@ class Ledger:
                           f"retire {cmd.qty} t {cmd.asset}")
 
     def _set_obligation(self, cmd: SetObligation, kind: str) -> RegistryDone | RegistryRejected:
-        source = self.accounts.get(cmd.source)
-        if source is None or source.holder_type != HolderType.AUTHORITY:
-            return self._reject(cmd, kind, RegistryReason.NOT_AUTHORITY,
-                                f"only the issuing authority sets obligations; {cmd.source!r} is not one")
+        not_authority = self._not_authority(cmd, kind, "sets obligations")
+        if not_authority:
+            return not_authority
         if not YEAR_MIN <= cmd.year <= YEAR_MAX:
             return self._reject(cmd, kind, RegistryReason.INVALID_FIELD,
                                 f"year must be in [{YEAR_MIN}, {YEAR_MAX}], got {cmd.year}")
