@@ -116,6 +116,7 @@ class _Session(asyncio.Protocol):
         self.wake.set()
 
 
+WRITE_FRAMES = 4096  # orders joined into one socket write by the throughput mode
 CROSS_SHARE = 0.1  # orders priced through the other side's book; the rest rest passively
 
 
@@ -172,11 +173,13 @@ async def drive(host: str, port: int, creds: list[tuple[str, str, str, int]], *,
     async def blast(k: int) -> None:  # throughput: keep `window` orders in flight
         s, fr = sessions[k], frames[k]
         while loop.time() < end and sent[k] < per and not s.closed.done():
-            room = window - (sent[k] - s.acked)
-            if room > 0:
-                upto = min(per, sent[k] + room, sent[k] + 4096)
-                s.transport.write(b"".join(fr[sent[k]:upto]))  # type: ignore[union-attr]
-                sent[k] = upto
+            # Fill the whole window at once (in writes of at most WRITE_FRAMES frames),
+            # so that the exchange always has input queued and never waits on this tool.
+            upto = min(per, s.acked + window)
+            while sent[k] < upto:
+                step = min(upto, sent[k] + WRITE_FRAMES)
+                s.transport.write(b"".join(fr[sent[k]:step]))  # type: ignore[union-attr]
+                sent[k] = step
             s.wake.clear()
             await s.wake.wait()
 
@@ -238,9 +241,10 @@ async def drive(host: str, port: int, creds: list[tuple[str, str, str, int]], *,
 class Spawned:
     """``etx serve`` in a subprocess on a fresh folder, with funded load members."""
 
-    def __init__(self, pairs: int, folder: str | None = None) -> None:
+    def __init__(self, pairs: int, folder: str | None = None, serve_args: list[str] | None = None) -> None:
         self.folder = Path(folder or tempfile.mkdtemp(prefix="etx-load-"))
         self.pairs = pairs
+        self.serve_args = list(serve_args or [])  # more options for etx serve
         self.secret = secrets.token_urlsafe(12)
         self.members = [f"L{i:02d}" for i in range(2 * pairs)]
         self.proc: subprocess.Popen[str] | None = None
@@ -264,7 +268,7 @@ class Spawned:
         cfg.write_text(self.config())
         self.proc = subprocess.Popen(
             [sys.executable, *os.environ.get("ETX_LOAD_PYFLAGS", "").split(), "-m", "gateway.cli", "serve", "--config", str(cfg), "--data", str(self.folder / "data"),
-             "--no-market-data", "--log-level", "WARNING"],
+             "--no-market-data", "--log-level", "WARNING", *self.serve_args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert self.proc.stdout is not None
         loop = asyncio.get_running_loop()
@@ -325,6 +329,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-at-half", action="store_true",
                         help="after the throughput run, measure latency at half the rate reached")
     parser.add_argument("--window", type=int, default=20_000, help="unacknowledged orders in flight per session")
+    parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                        help="an extra argument for the spawned etx serve, e.g. --serve-arg=--no-snapshots; repeatable")
 
 
 def _print(res: LoadResult) -> None:
@@ -339,7 +345,7 @@ def _print(res: LoadResult) -> None:
 async def _main(args: argparse.Namespace) -> int:
     spawned = None
     if args.spawn:
-        spawned = Spawned(args.pairs)
+        spawned = Spawned(args.pairs, serve_args=args.serve_arg)
         port = await spawned.start()
         host, creds = "127.0.0.1", spawned.creds()
         print(f"etx load: exchange spawned on 127.0.0.1:{port} in {spawned.folder}")
@@ -359,7 +365,7 @@ async def _main(args: argparse.Namespace) -> int:
             half = int(res.rate / 2)
             if spawned is not None:  # a fresh exchange: no backlog of the first run
                 print("  exchange: " + (spawned.stop().strip().splitlines() or ["(no output)"])[-1])
-                spawned = Spawned(args.pairs)
+                spawned = Spawned(args.pairs, serve_args=args.serve_arg)
                 port = await spawned.start()
                 creds = spawned.creds()
             res2 = await drive(host, port, creds, seconds=args.seconds, rate=half, seed=2)
