@@ -4,7 +4,8 @@
 bodies (keeping a partial frame for the next read) and refuses a length above the
 maximum before buffering it, so a peer cannot make the reader hold more than one
 maximum frame. ``FrameWriter`` encodes many messages into one buffer with one encoder,
-so that a batch of replies costs one socket write.
+so that a batch of replies costs one socket write; ``FrameWriter.frames`` frames a
+whole list with no Python step per message (the server's outbound hot path).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ MAX_OUTBOUND_FRAME = 4 * 1024 * 1024  # query replies are bounded well below thi
 
 _unpack_from = struct.Struct(">I").unpack_from
 _pack_into = struct.Struct(">I").pack_into
+_pack = struct.Struct(">I").pack
 
 
 class FrameTooLarge(Exception):
@@ -38,30 +40,30 @@ class FrameSplitter:
         self.rest = b""
         self.max_frame = max_frame
 
-    def split(self, data: bytes) -> list[memoryview]:
+    def split(self, data: bytes) -> list[bytes]:
         """The complete frame bodies in ``rest + data``, in order. Raises FrameTooLarge
         when a length prefix exceeds the maximum; the frames before it are lost with it
         (the caller closes the session)."""
+        # Bodies are bytes slices, not memoryviews: a small copy costs less than a view
+        # (and a bytes object is no work for the garbage collector).
         if self.rest:
             data = self.rest + data
         end = len(data)
         pos = 0
-        frames: list[memoryview] = []
-        if end >= HEADER_SIZE:
-            view = memoryview(data)
-            limit = self.max_frame
-            append = frames.append  # bound once: runs per frame
-            while end - pos >= HEADER_SIZE:
-                (size,) = _unpack_from(data, pos)
-                if size > limit:
-                    self.rest = b""
-                    raise FrameTooLarge(size, limit)
-                start = pos + HEADER_SIZE
-                stop = start + size
-                if stop > end:
-                    break
-                append(view[start:stop])
-                pos = stop
+        frames: list[bytes] = []
+        limit = self.max_frame
+        append = frames.append  # bound once: runs per frame
+        while end - pos >= HEADER_SIZE:
+            (size,) = _unpack_from(data, pos)
+            if size > limit:
+                self.rest = b""
+                raise FrameTooLarge(size, limit)
+            start = pos + HEADER_SIZE
+            stop = start + size
+            if stop > end:
+                break
+            append(data[start:stop])
+            pos = stop
         self.rest = data[pos:] if pos < end else b""
         return frames
 
@@ -84,6 +86,16 @@ class FrameWriter:
         buf += b"\0\0\0\0"
         self.encoder.encode_into(msg, buf, off + HEADER_SIZE)
         _pack_into(buf, off, len(buf) - off - HEADER_SIZE)
+
+    def frames(self, msgs: list[Any]) -> bytes:
+        """Every message framed, in order, as one buffer. The loops run in C (map,
+        zip, join): no Python step per message, which is what the per-report cost of
+        the gateway's output came down to."""
+        bodies = list(map(self.encoder.encode, msgs))
+        parts: list[bytes] = [b""] * (2 * len(bodies))
+        parts[::2] = map(_pack, map(len, bodies))
+        parts[1::2] = bodies
+        return b"".join(parts)
 
     def frame(self, msg: Any) -> bytes:
         buf = bytearray()

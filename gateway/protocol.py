@@ -6,7 +6,7 @@ body is one msgspec Struct encoded as an array whose first element is an integer
 
 Tags:
 - 1-9: engine commands (``engine.messages``), sent as they are: the gateway overwrites
-  ``member`` from the session and zeroes ``seq``/``ts`` before the sequencer stamps them.
+  ``member`` from the session, and the sequencer overwrites ``seq``/``ts`` when it stamps them.
 - 20-49: registry commands (``settlement.messages``); the gateway overwrites ``actor``
   with the session's ``member/user``.
 - 50-99: inbound session messages defined here (logon, heartbeat, queries).
