@@ -152,11 +152,22 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
+class LiveOrder(msgspec.Struct, gc=False):
+    """The gateway's tracking of one live order: what its Fills need (the client order
+    id, the side, the open quantity after each fill). Not tracked by the garbage
+    collector: one is made per accepted order and nothing in it can form a cycle."""
+
+    coid: str
+    side: int
+    qty: int
+
+
 class MemberStream:
     """One member's outbound sequence: the last seq_out, the reports kept for replay
     (``history[i]`` has seq_out ``base + 1 + i``), the live sessions, the day's client
     order ids with their first outcome (None while in flight), and the member's open
-    orders (order id -> the server's tracking entry of it)."""
+    orders (order id -> its ``LiveOrder``). Every event that concerns an order names
+    its member, so ``open`` is the one index of live orders the gateway keeps."""
 
     __slots__ = ("member", "seq", "base", "history", "sessions", "coids", "mark", "open")
 
@@ -168,7 +179,7 @@ class MemberStream:
         self.sessions: list[Session] = []
         self.coids: dict[str, Report | None] = {}
         self.mark = -1  # index in history of the first report of the current batch
-        self.open: dict[int, list[Any]] = {}
+        self.open: dict[int, LiveOrder] = {}
 
     def _check(self) -> None:
         assert self.seq == self.base + len(self.history), (self.seq, self.base, len(self.history))
@@ -177,7 +188,7 @@ class MemberStream:
         for s in self.sessions:
             assert s.member == self.member and s.joined
         for info in self.open.values():
-            assert info[3] is self
+            assert type(info) is LiveOrder, info
 
 
 class MemberState(msgspec.Struct, array_like=True):
@@ -292,9 +303,6 @@ class Server:
         self.p_origins: list[MemberStream] = []
         self.p_extra: list[Any] = []
         self.p_extra_from: list[Any] = []
-        # order_id -> [coid, side, open qty, stream] of each live order, to build Fills;
-        # the same entries are in their stream's ``open``.
-        self.track: dict[int, list[Any]] = {}
         # Members whose cancel-on-disconnect the journal refused: entered again after
         # the next batch it takes.
         self._cod_retry: dict[str, MemberStream] = {}
@@ -434,9 +442,8 @@ class Server:
             self.p_cmds, self.p_origins, self.p_extra, self.p_extra_from = [], [], [], []
         fut: asyncio.Future[None] | None = None
         if cmds:
-            stamp = self.sequencer.stamp
-            for cmd in cmds:
-                stamp(cmd)
+            # One clock reading per batch: its commands arrived together.
+            self.sequencer.stamp_batch(cmds)
             if self._journal is not _no_journal:
                 fut = asyncio.ensure_future(self._journal(cmds))
                 fut.add_done_callback(_retrieve)
@@ -554,53 +561,64 @@ class Server:
         return rep
 
     def _route(self, out: list[Any], origins: list[MemberStream], first_seq: int, touched: list[MemberStream]) -> None:
-        """Turn the batch's events into reports (hot: runs per event)."""
+        """Turn the batch's events into reports (hot: runs per event, so the common
+        cases, acceptances and fills, make their reports inline rather than through
+        ``_report``)."""
         streams = self.streams
-        track = self.track
         report = self._report
         for ev in out:
             t = type(ev)
             if t is Accepted:
                 stream = streams[ev.member]
-                track[ev.order_id] = stream.open[ev.order_id] = [ev.coid, ev.side, ev.qty, stream]
-                stream.coids[ev.coid] = report(stream, ev, touched)
+                stream.open[ev.order_id] = LiveOrder(ev.coid, ev.side, ev.qty)
+                seq = stream.seq + 1
+                stream.seq = seq
+                rep = Report(seq, ev)
+                if stream.mark < 0:
+                    stream.mark = len(stream.history)
+                    touched.append(stream)
+                stream.history.append(rep)
+                stream.coids[ev.coid] = rep
             elif t is Trade:
                 qty = ev.qty
-                maker_side = 3 - ev.aggressor
-                m = track.get(ev.maker_order_id) or self._untracked(ev.maker_order_id, ev.maker_member, maker_side)
-                k = track.get(ev.taker_order_id) or self._untracked(ev.taker_order_id, ev.taker_member, ev.aggressor)
-                m[2] -= qty
-                k[2] -= qty
-                report(m[3], Fill(ev.seq, ev.ts, ev.maker_order_id, m[0], ev.trade_id, ev.instrument, m[1],
-                                  ev.price, qty, MAKER, m[2]), touched)
-                report(k[3], Fill(ev.seq, ev.ts, ev.taker_order_id, k[0], ev.trade_id, ev.instrument, k[1],
-                                  ev.price, qty, TAKER, k[2]), touched)
-                if not m[2]:
-                    del track[ev.maker_order_id], m[3].open[ev.maker_order_id]
-                if not k[2]:
-                    del track[ev.taker_order_id], k[3].open[ev.taker_order_id]
+                maker, taker = streams[ev.maker_member], streams[ev.taker_member]
+                m = maker.open.get(ev.maker_order_id) or self._untracked(ev.maker_order_id, ev.maker_member, 3 - ev.aggressor)
+                k = taker.open.get(ev.taker_order_id) or self._untracked(ev.taker_order_id, ev.taker_member, ev.aggressor)
+                m.qty -= qty
+                k.qty -= qty
+                for stream, oid, info, liquidity in ((maker, ev.maker_order_id, m, MAKER), (taker, ev.taker_order_id, k, TAKER)):
+                    seq = stream.seq + 1
+                    stream.seq = seq
+                    if stream.mark < 0:
+                        stream.mark = len(stream.history)
+                        touched.append(stream)
+                    stream.history.append(Report(seq, Fill(ev.seq, ev.ts, oid, info.coid, ev.trade_id, ev.instrument,
+                                                           info.side, ev.price, qty, liquidity, info.qty)))
+                    if not info.qty:
+                        del stream.open[oid]
             elif t is Rejected:
                 stream = origins[ev.seq - first_seq]
                 rep = report(stream, ev, touched)
                 if ev.coid and ev.member == stream.member:
                     stream.coids[ev.coid] = rep
             elif t is Cancelled or t is Expired:
-                info = track.pop(ev.order_id, None)
-                if info is not None:
-                    del info[3].open[ev.order_id]
-                report(streams[ev.member], ev, touched)
+                stream = streams[ev.member]
+                stream.open.pop(ev.order_id, None)
+                report(stream, ev, touched)
             elif t is Amended:
-                info = track.get(ev.order_id)
-                if info is not None:
-                    info[2] = ev.qty
-                report(streams[ev.member], ev, touched)
+                stream = streams[ev.member]
+                live = stream.open.get(ev.order_id)
+                if live is not None:
+                    live.qty = ev.qty
+                report(stream, ev, touched)
             elif t is Decremented:
-                info = track.get(ev.order_id)
-                if info is not None:
-                    info[2] = ev.qty_left
+                stream = streams[ev.member]
+                live = stream.open.get(ev.order_id)
+                if live is not None:
+                    live.qty = ev.qty_left
                     if not ev.qty_left:
-                        del track[ev.order_id], info[3].open[ev.order_id]
-                report(streams[ev.member], ev, touched)
+                        del stream.open[ev.order_id]
+                report(stream, ev, touched)
             elif t is StatusChanged:
                 for stream in streams.values():
                     report(stream, ev, touched)
@@ -661,35 +679,39 @@ class Server:
             stream.history = ms.history
             stream.coids = {cast(Any, rep.body).coid: rep for rep in ms.outcomes}  # Accepted or Rejected
             stream._check()
-        streams, track = self.streams, self.track
+        streams = self.streams
         for order_id, member, coid, side, qty in open_orders:
-            stream = streams[member]
-            track[order_id] = stream.open[order_id] = [coid, side, qty, stream]
+            streams[member].open[order_id] = LiveOrder(coid, side, qty)
 
-    def _untracked(self, order_id: int, member: str, side: int) -> list[Any]:
+    @property
+    def track(self) -> dict[int, tuple[str, int, int, MemberStream]]:
+        """Every live order the gateway tracks, across members: order id -> (client
+        order id, side, open quantity, stream). Built on demand, for checks and tests."""
+        return {oid: (info.coid, info.side, info.qty, stream)
+                for stream in self.streams.values() for oid, info in stream.open.items()}
+
+    def _untracked(self, order_id: int, member: str, side: int) -> LiveOrder:
         """Tracking for an order the gateway did not see accepted (a core restored from
         a snapshot): the engine still has it before its fill is routed."""
         order = self.core.engine.orders.get(order_id)
         coid = order.coid if order is not None else ""
         qty = order.qty if order is not None else 0
-        stream = self.streams[member]
-        info = [coid, side, qty, stream]
-        self.track[order_id] = stream.open[order_id] = info
+        info = self.streams[member].open[order_id] = LiveOrder(coid, side, qty)
         return info
 
     def _track_core_orders(self) -> None:
         """Make the tracking match the core's open orders before the first batch (a core
         recovered from a snapshot holds orders whose acceptance was never routed here)."""
         orders = self.core.engine.orders
-        for oid in [oid for oid in self.track if oid not in orders]:
-            info = self.track.pop(oid)
-            del info[3].open[oid]
+        for stream in self.streams.values():
+            for oid in [oid for oid in stream.open if oid not in orders]:
+                del stream.open[oid]
         for oid, order in orders.items():
-            known = self.track.get(oid)
+            known = self.streams[order.member].open.get(oid)
             if known is None:
                 self._untracked(oid, order.member, order.side)
             else:
-                known[2] = order.qty
+                known.qty = order.qty
 
     def _resend(self, s: Session, coid: str) -> None:
         if s.state == CLOSED or s.stream is None:
@@ -709,13 +731,11 @@ class Server:
         """Encode the new reports of each touched stream once, into the buffers of the
         stream's sessions."""
         dirty = self._dirty_set
-        append = self.writer.append
+        frames = self.writer.frames
         history_max = self.cfg.history_max
         for stream in touched:
             if stream.sessions:
-                buf = bytearray()
-                for rep in stream.history[stream.mark:]:
-                    append(buf, rep)
+                buf = frames(stream.history[stream.mark:])
                 for s in stream.sessions:
                     s.wbuf += buf
                     dirty.add(s)
@@ -752,12 +772,8 @@ class Server:
     def write_reports(self, s: Session, stream: MemberStream, after: int, upto: int) -> None:
         """Write the reports with seq_out in (after, upto] to one session (replay)."""
         assert s.transport is not None
-        buf = bytearray()
-        append = self.writer.append
         start = after - stream.base
-        for rep in stream.history[start:upto - stream.base]:
-            append(buf, rep)
-        s.transport.write(buf)
+        s.transport.write(self.writer.frames(stream.history[start:upto - stream.base]))
         s.last_tx = self.loop.time()
 
     # --- queries ---------------------------------------------------------------------
@@ -858,19 +874,15 @@ class Server:
         for stream in self.streams.values():
             stream._check()
         live = self.core.engine.orders
-        for oid, info in self.track.items():
-            order = live.get(oid)
-            if order is not None:
-                assert info[2] == order.qty, (oid, info, order)
-                assert info[0] == order.coid
-        for oid in live:
-            assert oid in self.track, oid
-        for oid in self.track:
-            assert oid in live, oid
-        assert sum(len(stream.open) for stream in self.streams.values()) == len(self.track)
+        tracked = 0
         for stream in self.streams.values():
             for oid, info in stream.open.items():
-                assert self.track[oid] is info and live[oid].member == stream.member
+                order = live.get(oid)
+                assert order is not None, oid
+                assert order.member == stream.member and info.qty == order.qty, (oid, info, order)
+                assert info.coid == order.coid and info.side == order.side, (oid, info, order)
+                tracked += 1
+        assert tracked == len(live), (tracked, len(live))
         for s in self.sessions:
             if s.joined:
                 assert s in s.stream.sessions  # type: ignore[union-attr]
