@@ -211,20 +211,28 @@ class Session(asyncio.Protocol):
 
     def _orders_only(self, frames: list[bytes]) -> bool:
         """The common read of a trader's session, taken whole: every frame decodes to a
-        new order (or hit order) this role may send, within the throttle, with a valid
-        client order id not used today (nor twice in the read). Each check runs over
-        the whole read in C (map, set), so there is no Python step per message. Returns
-        False, having changed nothing, when any message is anything else; ``_each``
-        then takes the frames one by one and decides each exactly as here."""
+        heartbeat or to a new order (or hit order) this role may send, within the
+        throttle, with a valid client order id not used today (nor twice in the read).
+        Each check runs over the whole read in C (map, set), so there is no Python step
+        per message. Returns False, having changed nothing, when any message is anything
+        else; ``_each`` then takes the frames one by one and decides each exactly as
+        here."""
         n = len(frames)
-        if self.tokens < n:
+        if self.tokens < n:  # heartbeats take no token, but a read near the limit is rare
             return False
         try:
             msgs = list(map(self.server.decode, frames))
         except _DECODE_ERRORS:
             return False
         perms = self.perms
-        for t in set(map(type, msgs)):
+        types = set(map(type, msgs))
+        if Heartbeat in types:  # a client's heartbeat may share a read with its orders
+            types.discard(Heartbeat)
+            msgs = [msg for msg in msgs if type(msg) is not Heartbeat]
+            if not msgs:
+                self.index += n
+                return True
+        for t in types:
             if perms.get(t) != K_ORDER:
                 return False
         ids = list(map(_COID, msgs))
@@ -232,7 +240,7 @@ class Session(asyncio.Protocol):
         assert stream is not None
         coids = stream.coids
         fresh = set(ids)
-        if len(fresh) != n or not coids.keys().isdisjoint(fresh) or not all(ids) or max(map(len, ids)) > COID_MAX:
+        if len(fresh) != len(ids) or not coids.keys().isdisjoint(fresh) or not all(ids) or max(map(len, ids)) > COID_MAX:
             return False
         member = self.member
         if set(map(_MEMBER, msgs)) != {member}:
@@ -241,9 +249,9 @@ class Session(asyncio.Protocol):
         coids.update(dict.fromkeys(ids))  # pending: the core records the outcomes
         server = self.server
         server.p_cmds += msgs
-        server.p_origins += [stream] * n
+        server.p_origins += [stream] * len(msgs)
         self.index += n
-        self.tokens -= n
+        self.tokens -= len(msgs)
         return True
 
     def _each(self, frames: list[bytes]) -> None:

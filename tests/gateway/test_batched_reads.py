@@ -58,7 +58,8 @@ async def _until_probe(raw: Raw, req_id: int) -> list[Any]:
         out.append(_plain(msg))
 
 
-ODD = ("retransmission", "twice", "empty", "long", "member", "hit", "cancel", "malformed", "query", "heartbeat")
+ODD = ("retransmission", "twice", "empty", "long", "member", "hit", "cancel", "malformed", "query", "heartbeat",
+       "only heartbeats")
 
 
 def _read(rng: random.Random, k: int, used: list[str]) -> list[bytes]:
@@ -68,6 +69,8 @@ def _read(rng: random.Random, k: int, used: list[str]) -> list[bytes]:
     odd = ODD[k // 2 % len(ODD)] if k % 2 else ""  # every kind in turn
     n = rng.randint(1, 60)
     odd_at = {rng.randrange(n) for _ in range(rng.randint(1, 2))} if odd else set()
+    if odd == "only heartbeats":
+        return [encode_frame(Heartbeat())] * n
     frames = []
     for i in range(n):
         side = rng.choice((Side.BUY, Side.SELL))
