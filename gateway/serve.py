@@ -34,6 +34,7 @@ import contextlib
 import logging
 import signal
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +47,38 @@ log = logging.getLogger("etx.serve")
 SNAPSHOT_EVERY = 100_000  # commands between periodic snapshots (a restart replays at most about this many)
 SNAPSHOT_EVERY_S = 300.0  # seconds between snapshots while anything is applied
 SNAPSHOT_HISTORY = 50_000  # reports per member a snapshot keeps for replay at logon
+SETTLED_MARK_S = 1.0  # how often the store's settled seq is moved past commands without postings
+
 
 class _Settle:
     """The core's side of settlement: after each batch, hand the ledger's postings to
     the settler (it writes them on its own thread). When the settler is full the
-    postings wait in the ledger's outbox and go with the next batch."""
+    postings wait in the ledger's outbox and go with the next batch.
+
+    Commands without postings (cancels, ticks, rejected orders) give the settler
+    nothing to write, so the store's last settled seq would stay behind them, and a
+    restart could not use a snapshot taken after them (it must not be newer than what
+    the store can resume from). At most every SETTLED_MARK_S the settled seq is
+    therefore moved to the core's (an empty transaction: every posting up to it has
+    been handed over)."""
 
     def __init__(self, settler: Any, ledger: Any, engine: Any) -> None:
         self.settler, self.ledger, self.engine = settler, ledger, engine
         self.full = False
+        self.marked = 0  # the last seq handed to the settler
+        self.mark_at = 0.0
 
     def __call__(self, events: list[Any]) -> None:
-        ok = self.settler.pump(self.ledger, self.engine.last_seq)
+        seq = self.engine.last_seq
+        handed = bool(self.ledger.postings)
+        ok = self.settler.pump(self.ledger, seq)
+        if ok and seq > self.marked:
+            now = time.monotonic()
+            if handed:
+                self.marked = seq
+            elif now >= self.mark_at:
+                self.settler.submit((), seq)
+                self.marked, self.mark_at = seq, now + SETTLED_MARK_S
         if ok != (not self.full):
             self.full = not ok
             if self.full:
@@ -99,9 +120,13 @@ class Service:
         def on_restored(core: Any, edge: Any) -> None:
             restored["open"] = [(o.order_id, o.member, o.coid, o.side, o.qty) for o in core.engine.orders.values()]
 
-        self.recovery = recover(self.data_dir, core_factory(cfg), events_from_seq=settled + 1,
-                                on_replayed_events=lambda out: replayed.append(list(out)),
-                                edge_type=GatewayState, on_restored=on_restored)
+        try:
+            self.recovery = recover(self.data_dir, core_factory(cfg), events_from_seq=settled + 1,
+                                    on_replayed_events=lambda out: replayed.append(list(out)),
+                                    edge_type=GatewayState, on_restored=on_restored)
+        except BaseException:
+            self.store.close()  # a journal that does not verify stops the start
+            raise
         for line in self.recovery.report.lines():
             log.info("recovery: %s", line)
         self.exchange = self.recovery.core

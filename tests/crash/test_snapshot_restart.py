@@ -146,3 +146,55 @@ async def scenario(tmp_path: Path) -> None:
 def test_restart_from_snapshot_and_journal_tail(tmp_path: Path) -> None:
     print(f"seed {SEED}, work directory {tmp_path}")
     asyncio.run(asyncio.wait_for(scenario(tmp_path), 300))
+
+
+def test_settled_seq_follows_commands_without_postings(tmp_path: Path) -> None:
+    """Orders and cancels that never trade give the settler nothing to write; the
+    registry store's settled seq must still reach them (so that a restart may use a
+    snapshot taken after them) without waiting for the next posting."""
+    from benchmarks.crash_soak import TRADERS, write_config
+    from gateway.config import load
+    from gateway.serve import Service
+    from settlement.messages import Deposit, HolderType, OpenAccount
+
+    cfg = load(write_config(tmp_path, 0))
+
+    async def main() -> None:
+        service = Service(cfg, tmp_path / "data", market_data=False, snapshot_every=50, snapshot_every_s=3600.0)
+        await service.start("127.0.0.1", 0)
+        port = service.address[1]
+        clerk = Client("127.0.0.1", port, "EXCH", "clerk", SECRET, cod=CodMode.OFF)
+        trader = Client("127.0.0.1", port, TRADERS[0], f"t{TRADERS[0]}", SECRET, cod=CodMode.OFF)
+        store = open_store(str(tmp_path / "data" / "registry.sqlite"))
+        try:
+            for c in (clerk, trader):
+                await c.connect()
+            clerk.send(OpenAccount("", TRADERS[0], int(HolderType.COMPLIANCE), "x"))
+            clerk.send(Deposit("", TRADERS[0], 10**9))
+            await clerk.query_instruments()
+            with_postings = service.exchange.last_seq
+            for k in range(60):
+                coid = trader.new_order(SYMBOL, Side.BUY, 1, 9_900 - k)
+                body = (await trader.wait_for(lambda m, coid=coid: getattr(m.body, "coid", "") == coid)).body
+                trader.cancel(body.order_id)
+            await trader.query_instruments()
+            last = service.exchange.last_seq
+            assert last > with_postings + 100
+            deadline = time.monotonic() + 20
+            while store.last_seq() < last:
+                assert time.monotonic() < deadline, f"settled seq {store.last_seq()}, commands up to {last}"
+                await asyncio.sleep(0.05)
+            snapshots = service.snapshotter
+            assert snapshots is not None and snapshots.last_written > with_postings
+        finally:
+            store.close()
+            for c in (clerk, trader):
+                await c.close()
+            await service.stop(snapshot=False)
+        again = Service(cfg, tmp_path / "data", market_data=False)
+        try:
+            assert again.recovery.report.snapshot_seq == snapshots.last_written  # not an older one
+        finally:
+            await again.stop(snapshot=False)
+
+    asyncio.run(asyncio.wait_for(main(), 120))
