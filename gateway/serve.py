@@ -250,14 +250,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="take no snapshots (every start replays the whole journal)")
 
 
+def snapshot_options_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the snapshot options, if anything."""
+    if args.snapshot_every < 1:
+        return f"--snapshot-every must be at least 1, got {args.snapshot_every}"
+    if not args.snapshot_interval > 0:  # also refuses nan
+        return f"--snapshot-interval must be a positive number of seconds, got {args.snapshot_interval}"
+    if args.snapshot_history < 0:
+        return f"--snapshot-history must be at least 0, got {args.snapshot_history}"
+    return None
+
+
 async def serve(args: argparse.Namespace, cfg: Config) -> int:
     md_host, _, md_port = args.mqtt.rpartition(":")
-    for name in ("snapshot_every", "snapshot_history"):
-        if getattr(args, name) < (1 if name == "snapshot_every" else 0):
-            print(f"etx serve: --{name.replace('_', '-')} must be {'positive' if name == 'snapshot_every' else 'at least 0'}")
-            return 2
-    if not args.snapshot_interval > 0:
-        print("etx serve: --snapshot-interval must be positive")
+    problem = snapshot_options_problem(args)
+    if problem is not None:
+        print(f"etx serve: {problem}")
         return 2
     service = Service(cfg, args.data, md_host=md_host or "127.0.0.1", md_port=int(md_port or 1883),
                       market_data=not args.no_market_data, snapshots=not args.no_snapshots,

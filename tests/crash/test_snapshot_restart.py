@@ -29,6 +29,8 @@ import re
 import time
 from pathlib import Path
 
+import pytest
+
 from benchmarks.crash_soak import SECRET, SYMBOL, Soak
 from engine.messages import Accepted, Halt, MassCancel, Resume, Side
 from engine.snapshot import SnapshotStore
@@ -198,3 +200,21 @@ def test_settled_seq_follows_commands_without_postings(tmp_path: Path) -> None:
             await again.stop(snapshot=False)
 
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+@pytest.mark.parametrize("argv, problem", [
+    ([], None),
+    (["--snapshot-every", "0"], "--snapshot-every must be at least 1, got 0"),
+    (["--snapshot-interval", "0"], "--snapshot-interval must be a positive number of seconds, got 0.0"),
+    (["--snapshot-interval", "nan"], "--snapshot-interval must be a positive number of seconds, got nan"),
+    (["--snapshot-history", "-1"], "--snapshot-history must be at least 0, got -1"),
+    (["--snapshot-history", "0", "--no-snapshots"], None),
+])
+def test_snapshot_options_are_checked(argv: list[str], problem: str | None) -> None:
+    import argparse
+
+    from gateway.serve import add_arguments, snapshot_options_problem
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert snapshot_options_problem(parser.parse_args(argv)) == problem
