@@ -18,14 +18,31 @@ Contract:
   and the postings of commands up to the store's last settled sequence number are
   already stored: they are dropped here (genesis postings, ``seq`` 0, always pass;
   the store recognises them). A batch cut off by a crash is written again whole.
+- Where the writing runs: a store named by its URL (a SQLite path or a PostgreSQL
+  URL) is written by a child process (``python -m settlement.settler``), so that
+  preparing rows and binding them to the database never takes the core's interpreter
+  lock: this process only encodes each handed-over chunk (one msgspec call) and
+  pipes it over, and the child reports each durable batch back. The child dies with
+  this process (a Linux parent-death signal, else at the end of its input), so a
+  killed exchange never leaves a writer behind. A store given as a factory is written
+  by a thread here. Either way the contract above is the same.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import signal
+import struct
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO
+
+import msgspec
 
 from settlement.ledger import Ledger
 from settlement.messages import AnyPosting
@@ -33,6 +50,31 @@ from settlement.store import RegistryStore, open_store
 
 BATCH_MAX = 10_000
 PENDING_MAX = 1_000_000
+START_TIMEOUT_S = 60.0  # the child must open the store (and migrate it) within this
+
+
+class _Chunk(msgspec.Struct, array_like=True, gc=False, tag=1):
+    """Parent to child: postings that complete every command up to ``through_seq``."""
+
+    through_seq: int
+    postings: list[AnyPosting]
+
+
+class _Progress(msgspec.Struct, array_like=True, gc=False, tag=2):
+    """Child to parent: a batch of ``postings`` is durable, through ``durable_seq``."""
+
+    durable_seq: int
+    postings: int
+
+
+class _Failed(msgspec.Struct, array_like=True, gc=False, tag=3):
+    """Child to parent: the writer stopped on this error; nothing after the last
+    durable batch is stored."""
+
+    error: str
+
+
+_HEADER = struct.Struct(">I")
 
 
 class SettlerError(Exception):
@@ -47,10 +89,21 @@ class Settler:
         batch_max: int = BATCH_MAX,
         pending_max: int = PENDING_MAX,
         resume_after: int = 0,
+        process: bool | None = None,
+        on_progress: Callable[[int, int, BaseException | None], None] | None = None,
     ) -> None:
+        """``process``: write from a child process (the default for a store named by
+        its URL; a factory is always written by a thread). ``on_progress(durable_seq,
+        postings, error)`` is called from the writing thread after each durable batch
+        (error None) and once when the writer stops on an error."""
         if batch_max < 1 or pending_max < batch_max:
             raise ValueError(f"need 1 <= batch_max <= pending_max, got {batch_max}, {pending_max}")
+        if process and not isinstance(store, str):
+            raise ValueError("a settler process needs the store's URL, not a factory")
+        self.url = store if isinstance(store, str) else ""
+        self.process = isinstance(store, str) if process is None else process
         self._open: Callable[[], RegistryStore] = (lambda: open_store(store)) if isinstance(store, str) else store
+        self.on_progress = on_progress
         self.batch_max = batch_max
         self.pending_max = pending_max
         self.resume_after = resume_after
@@ -65,7 +118,9 @@ class Settler:
         self._submitted = resume_after  # the last through_seq queued for writing
         self._closing = False
         self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="settler", daemon=True)
+        self._thread = threading.Thread(target=self._send if self.process else self._run, name="settler",
+                                         daemon=True)
+        self._child: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Settler:
         self._thread.start()
@@ -132,6 +187,13 @@ class Settler:
                 self._cond.notify_all()
             if self._thread.is_alive():
                 self._thread.join(timeout_s)
+            child = self._child
+            if child is not None and child.poll() is None:
+                try:
+                    child.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
         if self.error is not None:
             raise SettlerError(f"settler stopped: {self.error!r}") from self.error
         return self.durable_seq
@@ -173,16 +235,171 @@ class Settler:
                         return
                     batch, last = self._take()
                 store.write_batch(batch, last)
-                with self._cond:
-                    self._pending -= len(batch)
-                    self.durable_seq = max(self.durable_seq, last)
-                    self.batches += 1
-                    self.written += len(batch)
-                    self._cond.notify_all()
+                self._durable(last, len(batch))
         except BaseException as exc:  # noqa: BLE001 - reported through flush/pump, never lost
-            with self._cond:
-                self.error = exc
-                self._cond.notify_all()
+            self._failed(exc)
         finally:
             if store is not None:
                 store.close()
+
+    def _durable(self, last: int, postings: int) -> None:
+        with self._cond:
+            self._pending -= postings
+            self.durable_seq = max(self.durable_seq, last)
+            self.batches += 1
+            self.written += postings
+            self._cond.notify_all()
+        if self.on_progress is not None:
+            self.on_progress(self.durable_seq, postings, None)
+
+    def _failed(self, exc: BaseException) -> None:
+        with self._cond:
+            if self.error is None:
+                self.error = exc
+            self._cond.notify_all()
+        if self.on_progress is not None:
+            self.on_progress(self.durable_seq, 0, exc)
+
+    # --- the child process (the default for a store named by its URL) ---------------
+
+    def _send(self) -> None:
+        """Start the child and pipe every chunk to it, in order (a thread of its own:
+        the child's parent-death signal is tied to the thread that started it, and this
+        one lives as long as the settler)."""
+        try:
+            child = self._spawn()
+        except BaseException as exc:  # noqa: BLE001 - reported through flush/pump
+            self._failed(exc)
+            return
+        reader = threading.Thread(target=self._receive, args=(child,), name="settler-progress", daemon=True)
+        reader.start()
+        assert child.stdin is not None
+        encode = msgspec.msgpack.Encoder().encode
+        try:
+            while True:
+                with self._cond:
+                    while not self._chunks and not self._closing and self.error is None:
+                        self._cond.wait()
+                    if self.error is not None or not self._chunks:
+                        return
+                    chunks = list(self._chunks)
+                    self._chunks.clear()
+                # Encoded and written outside the lock; the pipe write releases the
+                # interpreter lock while the child is busy.
+                for postings, through in chunks:
+                    body = encode(_Chunk(through, list(postings)))
+                    child.stdin.write(_HEADER.pack(len(body)))
+                    child.stdin.write(body)
+                child.stdin.flush()
+        except BaseException as exc:  # noqa: BLE001 - a broken pipe: the child's own error follows
+            self._failed(SettlerError(f"settler process unreachable: {exc!r}"))
+        finally:
+            try:
+                child.stdin.close()  # end of input: the child writes what it has and exits
+            except OSError:
+                pass
+            reader.join()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        # The child imports this module as the parent does: same interpreter, same path.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        args = [sys.executable, "-m", "settlement.settler", self.url, "--batch-max", str(self.batch_max),
+                "--resume-after", str(self.resume_after), "--parent", str(os.getpid())]
+        # A session of its own: a Ctrl-C at the terminal stops the exchange gracefully,
+        # and the exchange, not the signal, tells the child when its input ends.
+        child = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True)
+        self._child = child
+        return child
+
+    def _receive(self, child: subprocess.Popen[bytes]) -> None:
+        """Apply the child's reports until its output ends."""
+        assert child.stdout is not None
+        decode = msgspec.msgpack.Decoder(_Progress | _Failed).decode
+        try:
+            for body in _frames(child.stdout):
+                msg = decode(body)
+                if isinstance(msg, _Progress):
+                    self._durable(msg.durable_seq, msg.postings)
+                else:
+                    self._failed(SettlerError(msg.error))
+                    return
+        except BaseException as exc:  # noqa: BLE001 - reported through flush/pump
+            self._failed(SettlerError(f"settler process output unreadable: {exc!r}"))
+            return
+        code = child.wait()
+        with self._cond:
+            unfinished = bool(self._chunks or self._pending or self.durable_seq < self._submitted)
+        if code or unfinished:
+            self._failed(SettlerError(f"settler process exited with code {code}"
+                                      + (" before writing everything" if unfinished else "")))
+
+
+def _frames(stream: IO[bytes]) -> Iterator[bytes]:
+    """The length-prefixed frames of a pipe, until it ends."""
+    while True:
+        head = stream.read(_HEADER.size)
+        if len(head) < _HEADER.size:
+            return
+        (size,) = _HEADER.unpack(head)
+        body = stream.read(size)
+        if len(body) < size:
+            return
+        yield body
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to kill this process when the thread that started it ends (the parent
+    dying); elsewhere the end of the input stops it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def child_main(argv: list[str] | None = None) -> int:
+    """The settler process: chunks in on standard input, a thread settler writing them,
+    each durable batch (or the error that stopped it) reported on standard output."""
+    parser = argparse.ArgumentParser(prog="python -m settlement.settler")
+    parser.add_argument("store")
+    parser.add_argument("--batch-max", type=int, default=BATCH_MAX)
+    parser.add_argument("--resume-after", type=int, default=0)
+    parser.add_argument("--parent", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.parent:
+        _die_with_parent(args.parent)
+    # Stopped by the end of its input (a graceful stop writes everything first) or by
+    # its parent's death, never by a stop signal meant for the whole service.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    out = sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing else may write into the report pipe
+    lock = threading.Lock()
+    encode = msgspec.msgpack.Encoder().encode
+
+    def report(durable_seq: int, postings: int, error: BaseException | None) -> None:
+        body = encode(_Progress(durable_seq, postings) if error is None else _Failed(f"{error!r}"))
+        with lock:
+            out.write(_HEADER.pack(len(body)) + body)
+            out.flush()
+
+    # The parent bounds what is pending; here the queue only ever holds what it sent.
+    settler = Settler(args.store, batch_max=args.batch_max, pending_max=sys.maxsize, resume_after=args.resume_after,
+                      process=False, on_progress=report).start()
+    decode = msgspec.msgpack.Decoder(_Chunk).decode
+    for body in _frames(sys.stdin.buffer):
+        chunk = decode(body)
+        settler.submit(chunk.postings, chunk.through_seq)
+    try:
+        settler.close()
+    except SettlerError:
+        return 1  # already reported
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(child_main())
