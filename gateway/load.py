@@ -184,25 +184,31 @@ async def drive(host: str, port: int, creds: list[tuple[str, str, str, int]], *,
             await s.wake.wait()
 
     async def pace() -> None:  # latency: `rate` orders a second, written every millisecond or so
-        k = 0
         total = 0
         t0 = time.perf_counter()
         while loop.time() < end:
             now = time.perf_counter()
             due = int((now - t0) * rate) - total  # catches up if a sleep ran long
-            while due >= 1:
-                s = sessions[k]
-                if s.closed.done():
-                    raise ConnectionError("the exchange closed a load session")
-                i = sent[k]
-                if i >= per:
+            if due >= 1:
+                # The orders due now, spread over the sessions in turn; each session
+                # writes its share in one write, as a client does that sends several
+                # orders in one turn of its loop.
+                first = total % n  # who is next in turn
+                total += due
+                for k in range(n):
+                    s = sessions[k]
+                    if s.closed.done():
+                        raise ConnectionError("the exchange closed a load session")
+                    share = due // n + (1 if (k - first) % n < due % n else 0)
+                    i = sent[k]
+                    upto = min(per, i + share)
+                    if upto <= i:
+                        continue
+                    s.sent_at[i:upto] = [now] * (upto - i)
+                    s.transport.write(b"".join(frames[k][i:upto]))  # type: ignore[union-attr]
+                    sent[k] = upto
+                if all(sent[k] >= per for k in range(n)):
                     return
-                s.sent_at[i] = now
-                s.transport.write(frames[k][i])  # type: ignore[union-attr]
-                sent[k] = i + 1
-                due -= 1
-                total += 1
-                k = (k + 1) % n
             await asyncio.sleep(0.001)
 
     if rate:
