@@ -4,8 +4,10 @@ settlement to SQLite, gateway) over loopback, as ``etx load --spawn`` runs it.
 Throughput: orders entered and acknowledged per second, as fast as the exchange
 acknowledges them (two member sessions, a tenth of the orders trade, every fill
 settled). Latency: median and 99th percentile from write to acknowledgement at half
-the throughput reached. Run with
-``.venv/bin/pytest benchmarks/test_gateway.py --benchmark-only -p no:cacheprovider -s``.
+the throughput reached. Each runs as ``etx serve`` runs by default, and once more
+without periodic snapshots, which shows what the snapshot pauses cost. Run with
+``.venv/bin/pytest benchmarks/test_gateway.py --benchmark-only -p no:cacheprovider -s``
+(``ETX_LOAD_SECONDS`` sets the length of each run, 5 s by default).
 """
 
 from __future__ import annotations
@@ -14,17 +16,21 @@ import asyncio
 import os
 from typing import Any
 
+import pytest
+
 from gateway.load import Spawned, drive
 
 SECONDS = float(os.environ.get("ETX_LOAD_SECONDS", "5"))
 
 
-def test_gateway_throughput_and_latency(benchmark: Any) -> None:
+@pytest.mark.parametrize("snapshots", [True, False], ids=["snapshots", "no-snapshots"])
+def test_gateway_throughput_and_latency(benchmark: Any, snapshots: bool) -> None:
     results: dict[str, Any] = {}
+    serve_args = [] if snapshots else ["--no-snapshots"]
 
     async def once() -> None:
         for name in ("top", "half"):  # a fresh exchange for each run
-            spawned = Spawned(1)
+            spawned = Spawned(1, serve_args=serve_args)
             port = await spawned.start()
             try:
                 rate = 0 if name == "top" else int(results["top"].rate / 2)
