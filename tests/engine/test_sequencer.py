@@ -110,3 +110,15 @@ def test_apply_batch_checks_every_command_not_only_the_ends() -> None:
         eng.apply_batch([Tick(seq=2, ts=6), Tick(seq=3, ts=0)])
     assert (eng.last_seq, eng.last_ts) == (2, 6)
 
+
+
+def test_the_hash_covers_the_days_client_order_ids_in_any_order() -> None:
+    # The state hash digests the day's client order ids without sorting them: the same
+    # set gives the same hash whatever the order they were used in, and a different
+    # set a different hash.
+    a, b, c = engine(), engine(), engine()
+    a.coids = {"M1": {"x", "y"}, "M2": {"z"}}
+    b.coids = {"M2": {"z"}, "M1": {"y", "x"}}
+    c.coids = {"M1": {"x", "w"}, "M2": {"z"}}
+    assert a.state_hash() == b.state_hash()
+    assert a.state_hash() != c.state_hash()
