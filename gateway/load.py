@@ -247,8 +247,10 @@ async def drive(host: str, port: int, creds: list[tuple[str, str, str, int]], *,
 class Spawned:
     """``etx serve`` in a subprocess on a fresh folder, with funded load members."""
 
-    def __init__(self, pairs: int, folder: str | None = None, serve_args: list[str] | None = None) -> None:
+    def __init__(self, pairs: int, folder: str | None = None, serve_args: list[str] | None = None,
+                 log_path: str | None = None) -> None:
         self.folder = Path(folder or tempfile.mkdtemp(prefix="etx-load-"))
+        self.log_path = log_path  # the exchange's output is appended to it at stop
         self.pairs = pairs
         self.serve_args = list(serve_args or [])  # more options for etx serve
         self.secret = secrets.token_urlsafe(12)
@@ -320,6 +322,9 @@ class Spawned:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, _ = self.proc.communicate()
+        if self.log_path:
+            with open(self.log_path, "a") as f:
+                f.write(out)
         return out
 
 
@@ -337,6 +342,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=20_000, help="unacknowledged orders in flight per session")
     parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                         help="an extra argument for the spawned etx serve, e.g. --serve-arg=--no-snapshots; repeatable")
+    parser.add_argument("--serve-log", metavar="FILE",
+                        help="append the spawned etx serve's output to FILE (with --serve-arg=--log-level=INFO "
+                             "it shows each snapshot's pause and write time)")
 
 
 def _print(res: LoadResult) -> None:
@@ -351,7 +359,7 @@ def _print(res: LoadResult) -> None:
 async def _main(args: argparse.Namespace) -> int:
     spawned = None
     if args.spawn:
-        spawned = Spawned(args.pairs, serve_args=args.serve_arg)
+        spawned = Spawned(args.pairs, serve_args=args.serve_arg, log_path=args.serve_log)
         port = await spawned.start()
         host, creds = "127.0.0.1", spawned.creds()
         print(f"etx load: exchange spawned on 127.0.0.1:{port} in {spawned.folder}")
@@ -371,7 +379,7 @@ async def _main(args: argparse.Namespace) -> int:
             half = int(res.rate / 2)
             if spawned is not None:  # a fresh exchange: no backlog of the first run
                 print("  exchange: " + (spawned.stop().strip().splitlines() or ["(no output)"])[-1])
-                spawned = Spawned(args.pairs, serve_args=args.serve_arg)
+                spawned = Spawned(args.pairs, serve_args=args.serve_arg, log_path=args.serve_log)
                 port = await spawned.start()
                 creds = spawned.creds()
             res2 = await drive(host, port, creds, seconds=args.seconds, rate=half, seed=2)

@@ -23,14 +23,23 @@ Contract of ``recover(data_dir, make_core, ...)``:
   ``last_seq + 1``), the snapshot store and a ``RecoveryReport`` for the log.
 
 ``Snapshotter`` takes the running core's snapshots: every ``every_commands`` commands,
-every ``every_s`` seconds (when something was applied) and after each end of day,
-captured on the core's thread between two batches (with the edge state, if any) and
-written (then old snapshots and journal segments retired) on a thread of its own.
+every ``every_s`` seconds (when something was applied) and after each end of day.
+Where the platform can fork (``fork=True``, the default there), the core's thread
+forks between two batches and the child process, which sees the core frozen at that
+sequence number by copy-on-write, hashes, encodes and writes the snapshot while the
+parent trades on: the pause is the fork. Otherwise the snapshot is captured on the
+core's thread and written on a thread of its own. Either way old snapshots and journal
+segments are retired by the parent once the snapshot is durable.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
+import os
+import signal
+import stat
 import threading
 import time
 import typing
@@ -257,19 +266,34 @@ class Snapshotter:
     """Snapshots of the running core, without stopping trading for long.
 
     ``after_batch(events)`` is called on the core's thread after each applied batch
-    (it has the signature of the server's ``on_events`` listeners). It captures a
+    (it has the signature of the server's ``on_events`` listeners). It takes a
     snapshot when ``every_commands`` commands have been applied since the last one,
     when ``every_s`` seconds have passed since the last one and something was applied,
-    or when ``day()`` changed (an end of day: that capture is flagged, and retention
-    keeps the newest such snapshot). Capturing encodes the core's state at once and
-    takes ``edge()`` (state beside the core, e.g. the gateway's member streams, as
-    references encoded later); that is the pause, measured in ``pauses_s``. Encoding
-    the edge state, writing, syncing and retiring (``store.retire`` with
-    ``keep_seq_from()``: e.g. the registry store's last settled seq + 1, so recovery
-    can still regenerate what settlement lacks) run on the snapshot thread. A
-    periodic capture is skipped while the previous write is still running (the next
-    batch tries again); an end-of-day capture is always queued. Write errors are
-    logged and counted; trading goes on and the next capture tries again.
+    or when ``day()`` changed (an end of day: that snapshot is flagged, and retention
+    keeps the newest such snapshot). ``edge()`` gives the state beside the core at the
+    same sequence number (e.g. the gateway's member streams, as references encoded
+    later).
+
+    With ``fork`` (the default where ``os.fork`` exists) a snapshot is a child
+    process: the fork is the whole pause trading sees (``pauses_s``); the child hashes
+    and encodes the core, encodes the edge state, writes and syncs the file and exits,
+    and dies with the exchange if that is killed first. Without it, the core is hashed
+    and encoded on the core's thread (the pause) and the rest runs on the snapshot
+    thread. Either way the parent retires old snapshots and journal segments
+    (``store.retire`` with ``keep_seq_from()``: e.g. the registry store's last settled
+    seq + 1, so recovery can still regenerate what settlement lacks) once the
+    snapshot is durable; ``write_s`` holds the time from the pause to that point.
+    ``take`` must be called from a thread that lives as long as the snapshots it
+    starts (the core's): a child is killed when the thread that forked it ends.
+
+    A periodic snapshot is skipped while the previous one is still being written (the
+    next batch tries again), and until ``gap_ratio`` times its cost has passed since it
+    was durable. The cost of a snapshot process is the CPU time it used (it runs at a
+    lower priority than the exchange, so its wall time stretches when the machine is
+    busy); on a thread, the time from the pause to durable. On a busy day with a deep
+    book, snapshots so space themselves to at most 1 / (1 + gap_ratio) of a core, and
+    a restart replays correspondingly more. An end-of-day snapshot is always taken. Write errors are
+    logged and counted; trading goes on and the next snapshot tries again.
     """
 
     def __init__(
@@ -283,29 +307,43 @@ class Snapshotter:
         day: Callable[[], int] | None = None,
         keep_seq_from: Callable[[], int] | None = None,
         edge: Callable[[], EdgeState] | None = None,
+        fork: bool | None = None,
+        gap_ratio: float = 0.0,
     ) -> None:
         if every_commands < 1:
             raise ValueError(f"every_commands must be positive, got {every_commands}")
         if every_s is not None and every_s <= 0:
             raise ValueError(f"every_s must be positive, got {every_s}")
+        if not gap_ratio >= 0:  # also refuses nan
+            raise ValueError(f"gap_ratio must be at least 0, got {gap_ratio}")
+        if fork and not hasattr(os, "fork"):
+            raise ValueError("fork=True needs os.fork, which this platform lacks")
         self.core, self.store, self.journal_dir = core, store, journal_dir
         self.every_commands, self.every_s = every_commands, every_s
         self.day, self.keep_seq_from, self.edge = day, keep_seq_from, edge
+        self.fork = hasattr(os, "fork") if fork is None else fork
+        self.gap_ratio = gap_ratio
+        self._next_at = 0.0  # monotonic time before which no periodic snapshot starts (gap_ratio)
         self._day = day() if day is not None else 0
         self._last = core.last_seq
         self._last_at = time.monotonic()
         self._cond = threading.Condition()
-        self._queue: list[tuple[Capture, float]] = []  # with the pause its capture took
-        self._busy = False
+        self._queue: list[tuple[Capture, float, float]] = []  # with its pause and when it started
+        self._pending = 0  # snapshots taken and not yet durable (or failed)
         self._closed = False
+        self._retire_lock = threading.Lock()
+        self._reapers: list[threading.Thread] = []
+        self.children: set[int] = set()  # pids of snapshot processes still running
         self.taken = 0
         self.written = 0
         self.errors = 0
         self.last_written = 0  # seq of the newest snapshot written
-        self.pauses_s: list[float] = []  # capture time of each snapshot (the pause trading sees)
-        self.write_s: list[float] = []  # time to encode the edge state, write, sync and retire
-        self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
-        self._thread.start()
+        self.pauses_s: list[float] = []  # the pause trading sees for each snapshot
+        self.write_s: list[float] = []  # from the pause to the snapshot being durable and retired
+        self._thread: threading.Thread | None = None
+        if not self.fork:
+            self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
+            self._thread.start()
 
     def after_batch(self, events: Any = None) -> None:
         core = self.core
@@ -315,7 +353,7 @@ class Snapshotter:
             if today != self._day:
                 self._day, end_of_day = today, True
         if not end_of_day:
-            if self._busy:
+            if self._pending or (self.gap_ratio and time.monotonic() < self._next_at):
                 return
             done = core.last_seq - self._last
             if done < self.every_commands and not (
@@ -324,25 +362,113 @@ class Snapshotter:
         self.take(end_of_day)
 
     def take(self, end_of_day: bool = False) -> None:
-        """Capture now (on the core's thread) and queue the write."""
+        """Take a snapshot of the core as it is now (on the core's thread)."""
         started = time.perf_counter()
+        if self.fork:
+            self._fork(end_of_day, started)
+            return
         cap = capture(self.core, end_of_day, self.edge() if self.edge is not None else None)
         pause = time.perf_counter() - started
+        self._taken(cap.last_seq, pause)
+        with self._cond:
+            self._queue.append((cap, pause, started))
+            self._cond.notify()
+
+    def _taken(self, last_seq: int, pause: float) -> None:
         self.pauses_s.append(pause)
-        self._last = cap.last_seq
+        self._last = last_seq
         self._last_at = time.monotonic()
         self.taken += 1
         with self._cond:
-            self._busy = True
-            self._queue.append((cap, pause))
-            self._cond.notify()
+            self._pending += 1
+
+    def _fork(self, end_of_day: bool, started: float) -> None:
+        core, store, edge = self.core, self.store, self.edge
+        last_seq = core.last_seq
+        parent = os.getpid()
+        read_fd, write_fd = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError as e:  # no memory or process slots for a child: trading goes on
+            os.close(read_fd)
+            os.close(write_fd)
+            self.errors += 1
+            log.error("snapshot at seq %d not taken: cannot fork: %s", last_seq, e)
+            return
+        if pid == 0:
+            os.close(read_fd)
+            _snapshot_child(parent, write_fd, lambda: store.write(
+                capture(core, end_of_day, edge() if edge is not None else None)))
+        os.close(write_fd)
+        pause = time.perf_counter() - started
+        self._taken(last_seq, pause)
+        self.children.add(pid)
+        reaper = threading.Thread(target=self._reap, args=(pid, read_fd, last_seq, end_of_day, pause, started),
+                                  name=f"snapshot-{pid}", daemon=True)
+        self._reapers = [t for t in self._reapers if t.is_alive()]
+        self._reapers.append(reaper)
+        reaper.start()
+
+    def _reap(self, pid: int, read_fd: int, last_seq: int, end_of_day: bool, pause: float, started: float) -> None:
+        """Wait for a snapshot child (on a thread of its own), then retire."""
+        with os.fdopen(read_fd, "rb") as pipe:
+            said = pipe.read()  # returns when the child has exited (or closed the pipe)
+        _, status, usage = os.wait4(pid, 0)
+        cpu_s = usage.ru_utime + usage.ru_stime
+        self.children.discard(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if code == 0 and said.startswith(b"ok "):
+            self._written(said[3:].decode(errors="replace"), last_seq, end_of_day, pause, started, cpu_s)
+        else:
+            why = said.decode(errors="replace") or f"the snapshot process ended with status {code}"
+            self._failed(last_seq, why)
+
+    def _written(self, path: str, last_seq: int, end_of_day: bool, pause: float, started: float,
+                 cost_s: float | None = None) -> None:
+        """Retire after a durable snapshot; ``cost_s`` (default: the time since
+        ``started``) spaces the next periodic one."""
+        try:
+            with self._retire_lock:
+                keep = self.keep_seq_from() if self.keep_seq_from is not None else None
+                retired = self.store.retire(self.journal_dir, keep_seq_from=keep)
+                self.written += 1
+                self.last_written = max(self.last_written, last_seq)
+                took = time.perf_counter() - started
+                self.write_s.append(took)
+                cost = took if cost_s is None else cost_s
+                self._next_at = max(self._next_at, time.monotonic() + self.gap_ratio * cost)
+            log.info("snapshot %s written (seq %d%s) %.3f s after a %.3f s pause; "
+                     "retired %d snapshots and %d journal segments",
+                     Path(path).name, last_seq, ", end of day" if end_of_day else "", self.write_s[-1],
+                     pause, len(retired.snapshots), len(retired.segments))
+        except Exception as e:
+            self._failed(last_seq, f"written, but retiring failed: {e}", pending=False)
+        with self._cond:
+            self._pending -= 1
+            self._cond.notify_all()
+
+    def _failed(self, last_seq: int, why: str, pending: bool = True) -> None:
+        self.errors += 1
+        log.error("snapshot at seq %d not written: %s", last_seq, why)
+        if pending:
+            with self._cond:
+                self._pending -= 1
+                self._cond.notify_all()
+
+    def wait(self, timeout_s: float = 60.0) -> bool:
+        """Wait until every snapshot taken is written (or failed); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending, timeout_s)
 
     def close(self, timeout_s: float = 60.0) -> None:
-        """Write what is queued, then stop the thread."""
+        """Finish what was taken (write what is queued, wait for snapshot processes),
+        then stop the thread."""
         with self._cond:
             self._closed = True
             self._cond.notify()
-        self._thread.join(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        for t in [*self._reapers, *([self._thread] if self._thread is not None else [])]:
+            t.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         while True:
@@ -351,21 +477,76 @@ class Snapshotter:
                     self._cond.wait()
                 if not self._queue:
                     return
-                cap, pause = self._queue.pop(0)
-            started = time.perf_counter()
+                cap, pause, started = self._queue.pop(0)
             try:
                 path = self.store.write(cap)
-                keep = self.keep_seq_from() if self.keep_seq_from is not None else None
-                retired = self.store.retire(self.journal_dir, keep_seq_from=keep)
-                self.written += 1
-                self.last_written = cap.last_seq
-                self.write_s.append(time.perf_counter() - started)
-                log.info("snapshot %s written (seq %d%s) in %.3f s after a %.3f s pause; "
-                         "retired %d snapshots and %d journal segments",
-                         path.name, cap.last_seq, ", end of day" if cap.end_of_day else "", self.write_s[-1],
-                         pause, len(retired.snapshots), len(retired.segments))
             except Exception as e:  # a full disk must not stop trading: the journal still has it all
-                self.errors += 1
-                log.error("snapshot at seq %d not written: %s", cap.last_seq, e)
-            with self._cond:
-                self._busy = bool(self._queue)
+                self._failed(cap.last_seq, str(e))
+                continue
+            self._written(str(path), cap.last_seq, cap.end_of_day, pause, started)
+
+
+def _snapshot_child(parent: int, write_fd: int, work: Callable[[], Path]) -> typing.NoReturn:
+    """The body of a snapshot process: ``work()`` writes the snapshot; its path (or
+    what went wrong) goes to the parent through ``write_fd``. Never returns.
+
+    First the child arranges to be killed when its parent dies (a restarted exchange
+    must not race an orphan writing snapshots), and closes the sockets it inherited:
+    a connection the parent closes, and its listening address, must not stay open
+    in here. The collector is off: the child only reads the parent's objects, and
+    no finalizer of theirs may run here."""
+    code = 1
+    try:
+        gc.disable()
+        os.nice(SNAPSHOT_NICE)
+        _die_with(parent)
+        _close_sockets(keep=write_fd)
+        path = work()
+        _write_all(write_fd, b"ok " + str(path).encode())
+        code = 0
+    except BaseException as e:
+        try:
+            _write_all(write_fd, f"{type(e).__name__}: {e}".encode(errors="replace"))
+        except OSError:
+            pass
+    finally:
+        os._exit(code)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+SNAPSHOT_NICE = 10  # a snapshot process yields the CPU to the exchange and its members
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this process when the thread that forked it ends (Linux);
+    elsewhere nothing. Exits at once if the parent is already gone."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _close_sockets(keep: int) -> None:
+    """Close every socket this process holds (from /proc/self/fd; nothing where that
+    does not exist)."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for fd in fds:
+        if fd == keep:
+            continue
+        try:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                os.close(fd)
+        except OSError:
+            pass  # the directory's own descriptor, already closed

@@ -12,9 +12,13 @@ Contract:
   member logging on with its last seq_out gets what it missed, once, in order (older
   than the snapshot's window: REPLAY_TRIMMED).
 - Snapshots are taken between batches every ``snapshot_every`` commands, every
-  ``snapshot_every_s`` seconds, after each end of day and at a clean stop; they are
-  encoded and written on their own thread, and old snapshots and journal segments are
-  retired, never the ones a restart still needs while the registry store is behind.
+  ``snapshot_every_s`` seconds, after each end of day and at a clean stop. Each is a
+  forked child process that hashes, encodes and writes the core frozen at that seq
+  while trading goes on (the pause is the fork); a periodic one also waits
+  ``SNAPSHOT_GAP_RATIO`` times as long as the previous one took, so that on a busy day
+  with a deep book they keep to a quarter of a core. Old snapshots and journal
+  segments are retired, never the ones a restart still needs while the registry store
+  is behind.
 - Every batch is journaled (group-committed fsync, on the journal's thread) before it
   is applied; no acknowledgement leaves before that.
 - Settlement runs beside the core: each batch's postings are handed to the settler
@@ -47,6 +51,7 @@ log = logging.getLogger("etx.serve")
 SNAPSHOT_EVERY = 100_000  # commands between periodic snapshots (a restart replays at most about this many)
 SNAPSHOT_EVERY_S = 300.0  # seconds between snapshots while anything is applied
 SNAPSHOT_HISTORY = 50_000  # reports per member a snapshot keeps for replay at logon
+SNAPSHOT_GAP_RATIO = 3.0  # a periodic snapshot waits 3 times as long as the last one took: writing them takes <= 1/4 of a core
 SETTLED_MARK_S = 1.0  # how often the store's settled seq is moved past commands without postings
 
 
@@ -157,7 +162,7 @@ class Service:
             self.snapshotter = Snapshotter(
                 self.exchange, self.recovery.snapshots, self.recovery.journal.directory,
                 every_commands=snapshot_every, every_s=snapshot_every_s, day=lambda: engine.day,
-                keep_seq_from=lambda: self.settler.durable_seq + 1,
+                keep_seq_from=lambda: self.settler.durable_seq + 1, gap_ratio=SNAPSHOT_GAP_RATIO,
                 edge=lambda: self.server.capture_streams(snapshot_history))
             self.server.on_events.append(self.snapshotter.after_batch)
         self.address: tuple[str, int] = ("", 0)

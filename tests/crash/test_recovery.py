@@ -189,12 +189,14 @@ def test_empty_directory_starts_empty(tmp_path: Path, work: Any) -> None:
     rec.journal.close()
 
 
-def test_snapshotter_periodic_and_end_of_day(tmp_path: Path, work: Any) -> None:
+@pytest.mark.parametrize("fork", [True, False], ids=["process", "thread"])
+def test_snapshotter_periodic_and_end_of_day(tmp_path: Path, work: Any, fork: bool) -> None:
     make_core, cmds = work
     journal = Journal(tmp_path / JOURNAL_DIR, journal_command_types(), segment_bytes=16 << 10)
     store = SnapshotStore(tmp_path / SNAPSHOT_DIR, keep=2)
     core = make_core()
-    snapper = Snapshotter(core, store, journal.directory, every_commands=1500, day=lambda: core.engine.day)
+    snapper = Snapshotter(core, store, journal.directory, every_commands=1500, day=lambda: core.engine.day,
+                          fork=fork)
     eod_seq = next(c.seq for c in cmds if type(c).__name__ == "EndOfDay")
     rng = random.Random(SEED)
     i = 0
@@ -203,10 +205,12 @@ def test_snapshotter_periodic_and_end_of_day(tmp_path: Path, work: Any) -> None:
         journal.append_batch(batch)
         core.apply_batch(batch)
         snapper.after_batch(core.out)
+        assert snapper.wait()  # each due snapshot is taken (none skipped as busy): a fixed outcome
         core.out.clear()
         i += len(batch)
     snapper.close()
     journal.close()
+    assert not snapper.children
     assert snapper.errors == 0 and snapper.written == snapper.taken >= len(cmds) // 1500
     assert len(snapper.pauses_s) == snapper.taken
     snaps = store.list()
@@ -220,11 +224,12 @@ def test_snapshotter_periodic_and_end_of_day(tmp_path: Path, work: Any) -> None:
     rec.journal.close()
 
 
-def test_snapshotter_write_failure_does_not_stop_trading(tmp_path: Path, work: Any) -> None:
+@pytest.mark.parametrize("fork", [True, False], ids=["process", "thread"])
+def test_snapshotter_write_failure_does_not_stop_trading(tmp_path: Path, work: Any, fork: bool) -> None:
     make_core, cmds = work
     store = SnapshotStore(tmp_path / SNAPSHOT_DIR)
     core = make_core()
-    snapper = Snapshotter(core, store, every_commands=100)
+    snapper = Snapshotter(core, store, every_commands=100, fork=fork)
     (tmp_path / SNAPSHOT_DIR).rmdir()  # the snapshot directory is gone: writes fail
     core.apply_batch(cmds[:300])
     snapper.after_batch()
@@ -314,3 +319,127 @@ def test_snapshotter_by_time_only_while_commands_are_applied(tmp_path: Path, wor
     assert [s for s, _ in store.list()] == [100] and snapper.last_written == 100
     with pytest.raises(ValueError, match="every_s"):
         Snapshotter(core, store, every_s=0)
+
+
+class SlowEdge:
+    """Edge state whose encoding waits for a file to appear: it keeps a snapshot
+    being written for as long as a test needs."""
+
+    def __init__(self, gate: Path) -> None:
+        self.gate = gate
+
+    def encode(self) -> bytes:
+        deadline = time.monotonic() + 30
+        while not self.gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return b"\x90"  # msgpack: an empty array
+
+
+def test_snapshotter_skips_periodic_snapshots_while_one_is_written(tmp_path: Path, work: Any) -> None:
+    """A periodic snapshot is not started while the previous one is being written; an
+    end of day is snapshotted regardless, and both become durable."""
+    make_core, cmds = work
+    store = SnapshotStore(tmp_path / SNAPSHOT_DIR, keep=10)
+    core = make_core()
+    gate = tmp_path / "go"
+    snapper = Snapshotter(core, store, every_commands=100, day=lambda: core.engine.day,
+                          edge=lambda: SlowEdge(gate), fork=True)
+    eod = next(i for i, c in enumerate(cmds) if type(c).__name__ == "EndOfDay")
+    core.apply_batch(cmds[:100])
+    snapper.after_batch()
+    assert snapper.taken == 1 and len(snapper.children) == 1
+    core.apply_batch(cmds[100:eod])
+    snapper.after_batch()
+    assert snapper.taken == 1  # still writing the first: skipped
+    core.apply_batch(cmds[eod : eod + 1])
+    snapper.after_batch()
+    assert snapper.taken == 2 and len(snapper.children) == 2  # the end of day is not skipped
+    core.out.clear()
+    gate.touch()
+    assert snapper.wait()
+    snapper.close()
+    assert snapper.written == 2 and snapper.errors == 0 and not snapper.children
+    assert [s for s, _ in store.list()] == [100, eod + 1] and store.newest_end_of_day() == eod + 1
+
+
+def test_snapshot_process_holds_no_socket_of_the_parent(tmp_path: Path, work: Any) -> None:
+    """While a snapshot process runs, a listening address the exchange closed is free
+    again (the child closed its inherited copy): a restart can bind it."""
+    import socket
+
+    make_core, cmds = work
+    core = make_core()
+    core.apply_batch(cmds[:50])
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    gate = tmp_path / "go"
+    snapper = Snapshotter(core, SnapshotStore(tmp_path / SNAPSHOT_DIR), every_commands=10**9,
+                          edge=lambda: SlowEdge(gate), fork=True)
+    try:
+        snapper.take()
+        assert snapper.children
+        time.sleep(0.3)  # time for the child to close its sockets; if it did not, the bind below fails
+        listener.close()
+        again = socket.create_server(("127.0.0.1", port))
+        again.close()
+    finally:
+        gate.touch()
+        snapper.close()
+    assert snapper.written == 1 and snapper.errors == 0
+
+
+CHILD_PARENT = """
+import sys, time
+from pathlib import Path
+from engine.snapshot import SnapshotStore
+from gateway.recovery import Snapshotter
+from tests.crash.test_recovery import SlowEdge
+from tests.crash.workload import exchange_workload
+
+make_core, cmds = exchange_workload(300, 7)
+core = make_core()
+core.apply_batch(cmds)
+snapper = Snapshotter(core, SnapshotStore(sys.argv[1]), edge=lambda: SlowEdge(Path(sys.argv[2])), fork=True)
+snapper.take()
+print(*snapper.children, flush=True)
+time.sleep(60)
+"""
+
+
+def test_snapshot_process_dies_with_the_exchange(tmp_path: Path) -> None:
+    """An exchange killed with SIGKILL leaves no snapshot process behind to race the
+    restarted one."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    parent = subprocess.Popen([sys.executable, "-c", CHILD_PARENT, str(tmp_path / "snaps"), str(tmp_path / "never")],
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        os.kill(child, 0)  # alive, writing (its edge state waits for a file that never comes)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            # a zombie also counts as gone: it is waiting only for init to reap it
+            try:
+                with open(f"/proc/{child}/stat") as f:
+                    if f.read().split(") ")[1].startswith("Z"):
+                        break
+            except FileNotFoundError:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(child, signal.SIGKILL)
+            pytest.fail(f"snapshot process {child} outlived its killed parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert not list((tmp_path / "snaps").glob("*.snapshot"))
