@@ -18,53 +18,89 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 
-import msgspec
-
 from engine.messages import Side
+from engine.structs import OrderRecord
 
 
-class Order(msgspec.Struct, array_like=True, gc=False):
-    """A live order. ``qty`` is the open quantity (0 = dead, awaiting removal)."""
+class Order:
+    """A live order. ``qty`` is the open quantity (0 = dead, awaiting removal).
 
-    order_id: int
-    member: str
-    coid: str
-    instrument: str
-    side: int
-    price: int  # limit (for a market order: the band limit)
-    qty: int
-    filled: int
-    tif: int
-    stp: int
-    hold: int  # cash held for a buy's open quantity; 0 for sells (they hold qty)
-    ts: int  # entry time, the time of its priority
+    A plain class, not a msgspec Struct, so that mypyc compiles it to a native class:
+    its fields are then read and written at fixed offsets, integers unboxed. Snapshots
+    and the state hash encode it as an ``OrderRecord`` (``record()``)."""
+
+    __slots__ = ("order_id", "member", "coid", "instrument", "side", "price", "qty", "filled", "tif", "stp", "hold", "ts")
+
+    def __init__(
+        self, order_id: int, member: str, coid: str, instrument: str, side: int, price: int, qty: int,
+        filled: int, tif: int, stp: int, hold: int, ts: int,
+    ) -> None:
+        self.order_id = order_id
+        self.member = member
+        self.coid = coid
+        self.instrument = instrument
+        self.side = side
+        self.price = price  # limit (for a market order: the band limit)
+        self.qty = qty
+        self.filled = filled
+        self.tif = tif
+        self.stp = stp
+        self.hold = hold  # cash held for a buy's open quantity; 0 for sells (they hold qty)
+        self.ts = ts  # entry time, the time of its priority
+
+    def record(self) -> OrderRecord:
+        return OrderRecord(self.order_id, self.member, self.coid, self.instrument, self.side, self.price, self.qty,
+                           self.filled, self.tif, self.stp, self.hold, self.ts)
+
+    @staticmethod
+    def from_record(r: OrderRecord) -> Order:
+        return Order(r.order_id, r.member, r.coid, r.instrument, r.side, r.price, r.qty, r.filled, r.tif, r.stp,
+                     r.hold, r.ts)
+
+    def __repr__(self) -> str:
+        return "Order" + repr(self.record())[len("OrderRecord"):]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Order) and self.record() == other.record()
+
+    __hash__ = None  # type: ignore[assignment]  # as a msgspec Struct: mutable, unhashable
 
 
-class Level(deque[Order]):
-    """Orders at one price in time priority. ``qty`` sums the open quantity of the live
-    orders (so the level is empty exactly when it is 0); ``dead`` counts the dead
-    entries still in the deque."""
+class Level:
+    """Orders at one price in time priority, in ``queue``. ``qty`` sums the open
+    quantity of the live orders (so the level is empty exactly when it is 0); ``dead``
+    counts the dead entries still in the queue.
 
-    __slots__ = ("qty", "dead")
+    It holds its deque rather than extending deque: mypyc compiles a class that holds
+    one to a native class (``qty`` and ``dead`` at fixed offsets, unboxed) but cannot
+    compile a subclass of deque (it builds one that crashes in deque.__init__)."""
+
+    __slots__ = ("queue", "qty", "dead")
 
     def __init__(self) -> None:
-        super().__init__()
+        self.queue: deque[Order] = deque()
         self.qty = 0
         self.dead = 0
 
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def __iter__(self) -> Iterator[Order]:
+        return iter(self.queue)
+
     def reset(self) -> None:
-        self.clear()
+        self.queue.clear()
         self.qty = self.dead = 0
 
     def live(self) -> int:
-        return len(self) - self.dead
+        return len(self.queue) - self.dead
 
     def compact(self) -> None:
         """Drop the dead entries; callers do it once more than half the deque
         (plus a little slack) is dead, so the cost is amortised O(1) per cancel."""
-        live = [o for o in self if o.qty]
-        self.clear()
-        self.extend(live)
+        live = [o for o in self.queue if o.qty]
+        self.queue.clear()
+        self.queue.extend(live)
         self.dead = 0
 
 
@@ -98,7 +134,7 @@ class HalfBook:
             self.bits |= 1 << key
             if key < self.best:
                 self.best = key
-        level.append(order)
+        level.queue.append(order)
         level.qty += order.qty
 
     def kill(self, order: Order, key: int) -> None:
@@ -112,7 +148,7 @@ class HalfBook:
             self.emptied(key)
             return
         level.dead += 1
-        if 2 * level.dead > len(level) + 16:
+        if 2 * level.dead > len(level.queue) + 16:
             level.compact()
 
     def emptied(self, key: int) -> None:
@@ -154,7 +190,7 @@ class HalfBook:
             bits ^= low
             level = levels[low.bit_length() - 1]
             assert level is not None
-            for order in level:
+            for order in level.queue:
                 if order.qty:
                     yield order
 
@@ -163,7 +199,7 @@ class HalfBook:
         if not 0 <= key < self.size:
             return []
         level = self.levels[key]
-        return [o for o in level if o.qty] if level is not None else []
+        return [o for o in level.queue if o.qty] if level is not None else []
 
     def _check(self) -> None:
         """Assert every invariant of this side (O(levels + orders))."""
@@ -173,7 +209,7 @@ class HalfBook:
             if level is None:
                 assert not marked, key
                 continue
-            live = [o for o in level if o.qty]
+            live = [o for o in level.queue if o.qty]
             assert level.dead == len(level) - len(live), (key, level.dead, len(level), len(live))
             assert level.qty == sum(o.qty for o in live), key
             assert marked == bool(live), key

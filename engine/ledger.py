@@ -11,12 +11,12 @@ here is just enough for the engine's own tests and replays: balances and holds, 
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Final, Protocol
 
 from engine.messages import Side, Trade
 
-CASH = "CNY"
-BUY = int(Side.BUY)
+CASH: Final = "CNY"
+BUY: Final = int(Side.BUY)
 
 
 class HoldLedger(Protocol):

@@ -18,9 +18,10 @@ import hashlib
 import itertools
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import msgspec
+from msgspec.structs import astuple
 
 from engine.book import Book, HalfBook, Level, Order
 from engine.instrument import ALWAYS_OPEN, NS_PER_DAY, NS_PER_MINUTE, Instrument, Schedule
@@ -54,21 +55,28 @@ from engine.messages import (
     TimeInForce,
     Trade,
 )
+from engine.structs import EngineSnapshot as EngineSnapshot
+from engine.structs import MarketSnapshot as MarketSnapshot
 
-BUY, SELL = int(Side.BUY), int(Side.SELL)
-LIMIT, MARKET = int(OrdType.LIMIT), int(OrdType.MARKET)
-DAY, IOC, FOK = int(TimeInForce.DAY), int(TimeInForce.IOC), int(TimeInForce.FOK)
-CONTINUOUS = int(Phase.CONTINUOUS)
-CANCEL_RESTING, CANCEL_INCOMING = int(Stp.CANCEL_RESTING), int(Stp.CANCEL_INCOMING)
-CANCEL_BOTH, DECREMENT = int(Stp.CANCEL_BOTH), int(Stp.DECREMENT)
-USER = int(CancelReason.USER)
-IOC_REST = int(CancelReason.IOC_REST)
-HIT_LEVELS = 5
-# (side, tif, ord_type, stp) of every valid limit order: one set lookup in the hot path
-# instead of four range checks.
-FAST_PATH = frozenset(
-    (side, tif, LIMIT, stp) for side in (BUY, SELL) for tif in (DAY, IOC, FOK) for stp in range(DECREMENT + 1)
-)  # a hit-this-order target must be among the best five levels
+# Final: mypyc then keeps these in C statics, not in the module's dict.
+BUY: Final = int(Side.BUY)
+SELL: Final = int(Side.SELL)
+LIMIT: Final = int(OrdType.LIMIT)
+MARKET: Final = int(OrdType.MARKET)
+DAY: Final = int(TimeInForce.DAY)
+IOC: Final = int(TimeInForce.IOC)
+FOK: Final = int(TimeInForce.FOK)
+CONTINUOUS: Final = int(Phase.CONTINUOUS)
+CANCEL_RESTING: Final = int(Stp.CANCEL_RESTING)
+CANCEL_INCOMING: Final = int(Stp.CANCEL_INCOMING)
+CANCEL_BOTH: Final = int(Stp.CANCEL_BOTH)
+DECREMENT: Final = int(Stp.DECREMENT)
+USER: Final = int(CancelReason.USER)
+IOC_REST: Final = int(CancelReason.IOC_REST)
+HIT_LEVELS: Final = 5  # a hit-this-order target must be among the best five levels
+# Engine._new_order unpacks astuple(cmd) in this order.
+NEW_ORDER_FIELDS: Final = ("member", "coid", "instrument", "side", "qty", "price", "ord_type", "tif", "stp", "seq", "ts")
+assert NewOrder.__struct_fields__ == NEW_ORDER_FIELDS, NewOrder.__struct_fields__
 
 
 class Market:
@@ -134,27 +142,6 @@ class Market:
             "trades": self.trades, "ref_price": self.ref_price,
             "band_low": self.low, "band_high": self.high, "phase": self.phase,
         }
-
-
-class MarketSnapshot(msgspec.Struct, array_like=True):
-    symbol: str
-    phase: int
-    halted: bool
-    ref_price: int
-    stats: list[int]
-    orders: list[Order]  # bids then asks, each best level first, in time priority
-
-
-class EngineSnapshot(msgspec.Struct, array_like=True):
-    last_seq: int
-    last_ts: int
-    next_order_id: int
-    next_trade_id: int
-    day: int
-    next_change: int
-    expire_at: int
-    coids: list[tuple[str, list[str]]]  # per member, in no particular order
-    markets: list[MarketSnapshot]
 
 
 class Engine:
@@ -249,12 +236,14 @@ class Engine:
         next_change = self._next_change
         seq, last_ts = self.last_seq, self.last_ts
         for cmd in cmds:
-            ts = cmd.ts  # type: ignore[attr-defined]
+            # Typed locals: compiled by mypyc, the checks below are then machine compares.
+            ts: int = cmd.ts  # type: ignore[attr-defined]
+            cmd_seq: int = cmd.seq  # type: ignore[attr-defined]
             seq += 1
-            if cmd.seq != seq or ts < last_ts:  # type: ignore[attr-defined]
+            if cmd_seq != seq or ts < last_ts:
                 self.last_seq, self.last_ts = seq - 1, last_ts
                 raise AssertionError(
-                    f"commands out of order (a sequence gap or time going back): got seq {cmd.seq} ts {ts} "  # type: ignore[attr-defined]
+                    f"commands out of order (a sequence gap or time going back): got seq {cmd_seq} ts {ts} "
                     f"after seq {seq - 1} ts {last_ts}"
                 )
             last_ts = ts
@@ -351,15 +340,33 @@ class Engine:
         # The hot path of the engine. One guard passes the common valid limit order
         # without a call; anything else (market orders, every reject) takes the
         # thorough path in _validate_new, which alone decides the reason.
-        market = self.markets.get(cmd.instrument)
-        side, qty, price, tif, member, coid = cmd.side, cmd.qty, cmd.price, cmd.tif, cmd.member, cmd.coid
+        # One C call reads every field (in NewOrder's field order): compiled by mypyc,
+        # each attribute read of a msgspec Struct is a generic getattr.
+        member: str
+        coid: str
+        instrument: str
+        side: int
+        qty: int
+        price: int
+        ord_type: int
+        tif: int
+        stp: int
+        seq: Any  # passed on into events only: kept boxed (see _match)
+        ts: Any
+        member, coid, instrument, side, qty, price, ord_type, tif, stp, seq, ts = astuple(cmd)
+        market = self.markets.get(instrument)
         used = self.coids.get(member)
         if used is None:
             used = self.coids[member] = set()
         if (
             market is None
             or market.phase != CONTINUOUS
-            or (side, tif, cmd.ord_type, cmd.stp) not in FAST_PATH
+            # Range checks, not a set lookup of (side, tif, ord_type, stp): compiled by
+            # mypyc they are a few machine compares, where the lookup builds and hashes a tuple.
+            or (side != BUY and side != SELL)
+            or not DAY <= tif <= FOK
+            or ord_type != LIMIT
+            or not 0 <= stp <= DECREMENT
             or not market.low <= price <= market.high
             or not market.qty_min <= qty <= market.qty_max
             or qty % market.lot
@@ -376,14 +383,13 @@ class Engine:
             if hold < 0:
                 return
         # Accepted: from here on the command changes state.
-        seq, ts = cmd.seq, cmd.ts
         order_id = next(self._order_ids)
         used.add(coid)
         order = Order(order_id, member, coid, market.symbol, side, price, qty, 0, tif,
-                      cmd.stp or self.member_stp.get(member, self.stp_default), hold, ts)
+                      stp or self.member_stp.get(member, self.stp_default), hold, ts)
         if self.acks:
-            self._emit(Accepted(seq, ts, member, coid, order_id, market.symbol, side, price, qty, cmd.ord_type, tif))
-        if tif != DAY or cmd.ord_type != LIMIT:
+            self._emit(Accepted(seq, ts, member, coid, order_id, market.symbol, side, price, qty, ord_type, tif))
+        if tif != DAY or ord_type != LIMIT:
             # IOC, FOK and market orders: trade what they can now, cancel the rest.
             if tif != FOK or self._fok_fillable(market, order):
                 self._match(market, order, seq, ts)
@@ -405,7 +411,7 @@ class Engine:
             half.bits |= 1 << k
             if k < half.best:
                 half.best = k
-        level.append(order)
+        level.queue.append(order)
         level.qty += order.qty
         self.orders[order_id] = order
 
@@ -426,7 +432,7 @@ class Engine:
             bits ^= low
             level = levels[key]
             assert level is not None
-            for o in level:
+            for o in level.queue:
                 if o.qty:
                     if o.member == member:
                         if stops:
@@ -437,7 +443,7 @@ class Engine:
                         return True
         return False
 
-    def _match(self, market: Market, order: Order, seq: int, ts: int) -> None:
+    def _match(self, market: Market, order: Order, seq: Any, ts: Any) -> None:
         """Trade the incoming order against the opposite side while it crosses."""
         opp = market.sides[3 - order.side]
         limit = (order.price - opp.base) * opp.sign
@@ -462,10 +468,10 @@ class Engine:
             lqty = level.qty
             filled = fills = 0  # at this level
             while qty and lqty:
-                maker = level[0]
+                maker = level.queue[0]
                 mqty = maker.qty
                 if not mqty:
-                    level.popleft()
+                    level.queue.popleft()
                     level.dead -= 1
                     continue
                 if maker.member == member:
@@ -484,7 +490,7 @@ class Engine:
                     fill = mqty
                     qty -= mqty
                     mqty = maker.qty = 0
-                    level.popleft()
+                    level.queue.popleft()
                     del orders[maker.order_id]
                 maker.filled += fill
                 lqty -= fill
@@ -507,7 +513,7 @@ class Engine:
                 market.record(price, filled, fills)
             if lqty:
                 level.qty = lqty
-                if 2 * level.dead > len(level) + 16:  # fills took live orders off the front
+                if 2 * level.dead > len(level.queue) + 16:  # fills took live orders off the front
                     level.compact()
             else:
                 level.reset()
@@ -527,7 +533,7 @@ class Engine:
         order.filled += order.qty - qty  # bring the incoming order up to date
         order.qty = qty
         if mode == CANCEL_RESTING or mode == CANCEL_BOTH:
-            level.popleft()
+            level.queue.popleft()
             level.qty -= maker.qty
             out.append(Cancelled(seq, ts, maker.member, maker.order_id, market.symbol, maker.qty, CancelReason.SELF_TRADE))
             self._release_rest(market, maker)
@@ -544,7 +550,7 @@ class Engine:
         self._reduce(market, maker, cut)
         out.append(Decremented(seq, ts, maker.member, maker.order_id, market.symbol, cut, maker.qty))
         if not maker.qty:
-            level.popleft()
+            level.queue.popleft()
             del self.orders[maker.order_id]
         self._reduce(market, order, cut)
         out.append(Decremented(seq, ts, order.member, order.order_id, market.symbol, cut, order.qty))
@@ -620,7 +626,7 @@ class Engine:
         level = half.levels[key]
         assert level is not None
         level.qty -= qty
-        if level.qty and 2 * level.dead + 2 <= len(level) + 16:
+        if level.qty and 2 * level.dead + 2 <= len(level.queue) + 16:
             order.qty = 0
             level.dead += 1
         else:
@@ -891,7 +897,7 @@ class Engine:
             MarketSnapshot(
                 m.symbol, m.phase, m.halted, m.ref_price,
                 [m.open_price, m.high_price, m.low_price, m.last_price, m.volume, m.value, m.trades],
-                list(m.book.bids.orders()) + list(m.book.asks.orders()),
+                [o.record() for o in m.book.bids.orders()] + [o.record() for o in m.book.asks.orders()],
             )
             for m in self.markets.values()
         ]
@@ -915,7 +921,8 @@ class Engine:
             market.phase, market.halted = ms.phase, ms.halted
             (market.open_price, market.high_price, market.low_price, market.last_price,
              market.volume, market.value, market.trades) = ms.stats
-            for order in ms.orders:
+            for record in ms.orders:
+                order = Order.from_record(record)
                 half = market.sides[order.side]
                 half.add(order, (order.price - half.base) * half.sign)
                 self.orders[order.order_id] = order
@@ -928,7 +935,7 @@ class Engine:
             markets.append([
                 symbol, m.phase, m.halted, m.ref_price, m.low, m.high,
                 [m.open_price, m.high_price, m.low_price, m.last_price, m.volume, m.value, m.trades],
-                [list(m.book.bids.orders()), list(m.book.asks.orders())],
+                [[o.record() for o in m.book.bids.orders()], [o.record() for o in m.book.asks.orders()]],
             ])
         ledger = self.ledger.state() if self.ledger is not None else []
         return [self.last_seq, self.last_ts, self.next_order_id, self.next_trade_id, self.day,

@@ -1,0 +1,52 @@
+"""The msgspec Structs that the mypyc-compiled modules (engine/book.py,
+engine/matching.py) use: the encoded order and the engine snapshot.
+
+They must stay in this interpreted module. mypyc builds a compiled module's
+non-native classes without their class keywords (``array_like=True, gc=False`` would
+be dropped, changing the encoding of every order in a snapshot and the state hash)
+and with annotations erased to runtime types (``list[MarketSnapshot]`` becomes
+``list``, so msgspec would decode nested orders and tuples as plain lists).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class OrderRecord(msgspec.Struct, array_like=True, gc=False):
+    """A resting order as snapshots and the state hash encode it (the fields of
+    ``engine.book.Order``, in its order)."""
+
+    order_id: int
+    member: str
+    coid: str
+    instrument: str
+    side: int
+    price: int  # limit (for a market order: the band limit)
+    qty: int
+    filled: int
+    tif: int
+    stp: int
+    hold: int  # cash held for a buy's open quantity; 0 for sells (they hold qty)
+    ts: int  # entry time, the time of its priority
+
+
+class MarketSnapshot(msgspec.Struct, array_like=True):
+    symbol: str
+    phase: int
+    halted: bool
+    ref_price: int
+    stats: list[int]
+    orders: list[OrderRecord]  # bids then asks, each best level first, in time priority
+
+
+class EngineSnapshot(msgspec.Struct, array_like=True):
+    last_seq: int
+    last_ts: int
+    next_order_id: int
+    next_trade_id: int
+    day: int
+    next_change: int
+    expire_at: int
+    coids: list[tuple[str, list[str]]]  # per member, in no particular order
+    markets: list[MarketSnapshot]
