@@ -1,8 +1,8 @@
-"""Build of etx: the matching engine's hot modules are compiled with mypyc.
+"""Build of etx: the exchange core's hot modules are compiled with mypyc.
 
-``engine/book.py``, ``engine/matching.py`` and ``engine/ledger.py`` are plain, typed
+The modules in ``COMPILED`` (matching engine and settlement ledger) are plain, typed
 Python (mypy --strict). mypyc, mypy's compiler, turns them into C extensions that run
-the engine about 1.5 times as fast (docs/benchmarks.md). The source stays the
+the core about 1.5 times as fast (docs/benchmarks.md). The source stays the
 reference: with ``ETX_PURE_PYTHON=1`` nothing is compiled and the same code runs
 interpreted (tests/engine/test_compiled.py checks that both give the same events and
 state hash). Everything else is configured in pyproject.toml.
@@ -13,12 +13,12 @@ from pathlib import Path
 
 from setuptools import setup
 
-COMPILED = ["engine/book.py", "engine/matching.py", "engine/ledger.py"]
+COMPILED = ["engine/book.py", "engine/matching.py", "engine/ledger.py", "settlement/ledger.py", "settlement/exchange.py"]
 
 ext_modules = []
 if os.environ.get("ETX_PURE_PYTHON") == "1":
     # Compiled modules of an earlier build would take precedence over the source.
-    for built in Path(__file__).parent.joinpath("engine").glob("*.so"):
+    for built in [*Path(__file__).parent.glob("engine/*.so"), *Path(__file__).parent.glob("settlement/*.so")]:
         built.unlink()
 else:
     from mypyc.build import mypycify

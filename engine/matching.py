@@ -18,7 +18,7 @@ import hashlib
 import itertools
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import msgspec
 from msgspec.structs import astuple
@@ -77,6 +77,9 @@ HIT_LEVELS: Final = 5  # a hit-this-order target must be among the best five lev
 # Engine._new_order unpacks astuple(cmd) in this order.
 NEW_ORDER_FIELDS: Final = ("member", "coid", "instrument", "side", "qty", "price", "ord_type", "tif", "stp", "seq", "ts")
 assert NewOrder.__struct_fields__ == NEW_ORDER_FIELDS, NewOrder.__struct_fields__
+# Engine._cancel unpacks astuple(cmd) in this order.
+CANCEL_FIELDS: Final = ("member", "order_id", "seq", "ts")
+assert Cancel.__struct_fields__ == CANCEL_FIELDS, Cancel.__struct_fields__
 
 
 class Market:
@@ -146,6 +149,10 @@ class Market:
 
 class Engine:
     """The single writer of books and holds. See the module docstring for the contract."""
+
+    # What snapshot() returns, for readers of snapshot files (compiled methods carry no
+    # annotations to read it from).
+    SNAPSHOT_TYPE: ClassVar[type] = EngineSnapshot
 
     def __init__(
         self,
@@ -289,18 +296,19 @@ class Engine:
             return False
         return True
 
-    def _hold_new(self, cmd: NewOrder | HitOrder, market: Market, side: int, price: int, qty: int) -> int:
-        """Hold what a new order needs; returns the cash held (buys), 0 (sells), or -1
-        after rejecting."""
+    def _hold_new(self, cmd: NewOrder | HitOrder, member: str, market: Market, side: int, price: int, qty: int) -> int:
+        """Hold what a new order of ``member`` needs; returns the cash held (buys), 0
+        (sells), or -1 after rejecting. (``member`` is passed, not read from ``cmd``:
+        compiled, a Struct's attribute read is a generic getattr.)"""
         ledger = self.ledger
         assert ledger is not None
         if side == BUY:
             need = ledger.cash_required(price * qty)
-            if ledger.hold(cmd.member, CASH, need):
+            if ledger.hold(member, CASH, need):
                 return need
             self._reject(cmd, Reason.INSUFFICIENT_FUNDS, f"available cash does not cover {need} fen", cmd.coid)
             return -1
-        if ledger.hold(cmd.member, market.symbol, qty):
+        if ledger.hold(member, market.symbol, qty):
             return 0
         self._reject(
             cmd, Reason.INSUFFICIENT_HOLDINGS, f"available {market.symbol} does not cover {qty} t", cmd.coid
@@ -379,7 +387,7 @@ class Engine:
             assert market is not None
         hold = 0
         if market.holds:
-            hold = self._hold_new(cmd, market, side, price, qty)
+            hold = self._hold_new(cmd, member, market, side, price, qty)
             if hold < 0:
                 return
         # Accepted: from here on the command changes state.
@@ -611,8 +619,13 @@ class Engine:
         return order
 
     def _cancel(self, cmd: Cancel) -> None:
-        order = self.orders.get(cmd.order_id)
-        if order is None or order.member != cmd.member:
+        member: str
+        order_id: int
+        seq: Any  # passed on into the event only: kept boxed
+        ts: Any
+        member, order_id, seq, ts = astuple(cmd)  # one C call (see _new_order)
+        order = self.orders.get(order_id)
+        if order is None or order.member != member:
             self._own_order(cmd)  # rejects with the specific reason
             return
         market = self.markets[order.instrument]
@@ -632,9 +645,9 @@ class Engine:
         else:
             level.qty += qty
             half.kill(order, key)
-        del self.orders[order.order_id]
+        del self.orders[order_id]
         if self.acks:
-            self._emit(Cancelled(cmd.seq, cmd.ts, order.member, order.order_id, order.instrument, qty, USER))
+            self._emit(Cancelled(seq, ts, member, order_id, order.instrument, qty, USER))
 
     def _amend(self, cmd: Amend) -> None:
         order = self._own_order(cmd)
@@ -726,7 +739,7 @@ class Engine:
         price, qty = target.price, cmd.qty
         hold = 0
         if market.holds:
-            hold = self._hold_new(cmd, market, side, price, qty)
+            hold = self._hold_new(cmd, cmd.member, market, side, price, qty)
             if hold < 0:
                 return
         member, seq, ts = cmd.member, cmd.seq, cmd.ts

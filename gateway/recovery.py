@@ -145,7 +145,11 @@ def core_factory(cfg: Any) -> Callable[[], Any]:
 
 
 def snapshot_type_of(core: Any) -> Any:
-    """The type ``core.snapshot()`` returns, from its annotation."""
+    """The type ``core.snapshot()`` returns: the core class's ``SNAPSHOT_TYPE``, else
+    the method's return annotation (a compiled method has none)."""
+    declared = getattr(type(core), "SNAPSHOT_TYPE", None)
+    if declared is not None:
+        return declared
     hints = typing.get_type_hints(type(core).snapshot)
     if "return" not in hints:
         raise TypeError(f"{type(core).__name__}.snapshot has no return annotation; pass snapshot_type")

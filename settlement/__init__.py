@@ -3,8 +3,8 @@ of each trade with fees, registry operations, the registry store (SQLite or
 PostgreSQL) and its settler, audit and the ``etx registry`` tools. It may import the
 engine; the engine never imports it."""
 
-from settlement.exchange import Exchange, ExchangeSnapshot
-from settlement.ledger import Fees, Ledger, LedgerError, LedgerSnapshot, vintage
+from settlement.exchange import Exchange
+from settlement.ledger import Ledger, LedgerError, vintage
 from settlement.messages import (
     AccountState,
     AccountStatus,
@@ -28,6 +28,7 @@ from settlement.messages import (
     Transfer,
     Withdraw,
 )
+from settlement.structs import ExchangeSnapshot, Fees, LedgerSnapshot
 
 __all__ = [
     "AccountState", "AccountStatus", "Allocate", "AnyPosting", "Deposit", "Exchange", "ExchangeSnapshot", "Fees",

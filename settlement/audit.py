@@ -23,9 +23,10 @@ from __future__ import annotations
 from typing import Any
 
 from engine.ledger import CASH
-from settlement.ledger import Fees, Ledger, LedgerError
+from settlement.ledger import Ledger, LedgerError
 from settlement.messages import TradePosting
 from settlement.store import RegistryStore
+from settlement.structs import Fees
 
 DIFFERENCES_MAX = 1000  # stop listing after this many; the count is still reported
 

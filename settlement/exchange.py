@@ -22,25 +22,23 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
 from engine.instrument import ALWAYS_OPEN, Instrument, Schedule
-from engine.matching import Engine, EngineSnapshot
+from engine.matching import Engine
 from engine.messages import Command, EndOfDay, Event, Stp, Tick
-from settlement.ledger import Ledger, LedgerSnapshot
+from settlement.ledger import Ledger
 from settlement.messages import REGISTRY_COMMANDS, RegistryReason, RegistryRejected, SettleDay
+from settlement.structs import ExchangeSnapshot
 
 _REGISTRY = frozenset(REGISTRY_COMMANDS)
 
 
-class ExchangeSnapshot(msgspec.Struct, array_like=True):
-    engine: EngineSnapshot
-    ledger: LedgerSnapshot
-
-
 class Exchange:
+    SNAPSHOT_TYPE: ClassVar[type] = ExchangeSnapshot  # what snapshot() returns (see Engine)
+
     def __init__(
         self,
         instruments: Iterable[Instrument],

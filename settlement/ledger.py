@@ -50,9 +50,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Final
 
 import msgspec
+from msgspec.structs import astuple
 
 from engine.ledger import CASH
 from engine.messages import Side, Trade
@@ -83,10 +84,14 @@ from settlement.messages import (
     Transfer,
     Withdraw,
 )
+from settlement.structs import _ACCOUNT_ID, PPM, Fees, LedgerSnapshot
 from settlement.units import format_yuan
 
-PPM = 1_000_000
-BUY = int(Side.BUY)
+BUY: Final = int(Side.BUY)
+# Ledger.settle unpacks astuple(trade) in this order.
+TRADE_FIELDS = ("seq", "ts", "trade_id", "instrument", "price", "qty", "aggressor", "maker_order_id", "maker_member",
+                "taker_order_id", "taker_member")
+assert Trade.__struct_fields__ == TRADE_FIELDS, Trade.__struct_fields__
 ACTIVE, SUSPENDED = int(AccountStatus.ACTIVE), int(AccountStatus.SUSPENDED)
 CCER = "CCER"
 CCER_SHARE_PERCENT = 5  # CCER may cover at most 5 % of a year's obligation
@@ -94,7 +99,6 @@ AMOUNT_MAX = 10**15  # any single amount (fen or tonnes) above this is a typing 
 ACCOUNT_NAME_MAX = 64
 YEAR_MIN, YEAR_MAX = 2000, 2099
 
-_ACCOUNT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _ALLOWANCE = re.compile(r"CEA(\d\d)(?:-(\d\d))?")
 
 
@@ -114,45 +118,6 @@ def vintage(asset: str) -> int:
     return 2000 + int(match.group(2) or match.group(1))
 
 
-class Fees(msgspec.Struct, kw_only=True, frozen=True):
-    """Fee rates (parts per million of the notional, charged to each side) and the
-    system accounts the ledger keeps."""
-
-    trading_ppm: int = 0
-    settlement_ppm: int = 0
-    reserve_share_ppm: int = 0  # part of the trading fees that goes to the risk reserve
-    exchange_account: str = "EXCHANGE-FEES"
-    registry_account: str = "REGISTRY-FEES"
-    reserve_account: str = "RISK-RESERVE"
-    authority_account: str = "AUTHORITY"
-
-    def check(self) -> None:
-        for name in ("trading_ppm", "settlement_ppm", "reserve_share_ppm"):
-            value = getattr(self, name)
-            if not 0 <= value <= PPM:
-                raise ValueError(f"fees: {name} must be in [0, {PPM}], got {value}")
-        if self.trading_ppm + self.settlement_ppm >= PPM:
-            raise ValueError("fees: trading_ppm + settlement_ppm must be below 1,000,000 (the seller's fees "
-                             "must leave proceeds)")
-        names = self.system_accounts()
-        if len(set(names)) != len(names):
-            raise ValueError(f"fees: system accounts must differ, got {names}")
-        for account in names:
-            if not _ACCOUNT_ID.fullmatch(account):
-                raise ValueError(f"fees: invalid system account id {account!r}")
-
-    def system_accounts(self) -> list[str]:
-        return [self.exchange_account, self.registry_account, self.reserve_account, self.authority_account]
-
-
-class LedgerSnapshot(msgspec.Struct, array_like=True):
-    day: int
-    accounts: list[AccountState]
-    entries: list[tuple[str, str, int, int, int, int]]
-    obligations: list[ObligationState]
-    totals: list[tuple[str, str, int]]  # (counter, asset, amount)
-
-
 Entry = list[int]  # [balance, held, unsellable, unwithdrawable]
 _Handler = Callable[[Any, str], "RegistryDone | RegistryRejected"]
 
@@ -165,7 +130,7 @@ class Ledger:
         "fees", "entries", "_by_account", "_live", "accounts", "obligations", "postings", "applied", "day",
         "issued", "surrendered", "retired", "deposited", "withdrawn", "cause_seq", "cause_ts",
         "_trading_ppm", "_settlement_ppm", "_buyer_ppm", "_share_ppm", "_fee_entries", "_handlers",
-        "trade_mark", "_last_trade",
+        "trade_mark", "_last_trade", "_fee_accounts",
     )
 
     def __init__(self, fees: Fees | None = None) -> None:
@@ -200,6 +165,8 @@ class Ledger:
         self._settlement_ppm = fees.settlement_ppm
         self._buyer_ppm = fees.trading_ppm + fees.settlement_ppm
         self._share_ppm = fees.reserve_share_ppm
+        # Read once: compiled, each attribute read of the Fees Struct is a generic getattr.
+        self._fee_accounts = (fees.exchange_account, fees.reserve_account, fees.registry_account)
         self._handlers: dict[type, _Handler] = {
             OpenAccount: self._open, SuspendAccount: self._suspend, ReinstateAccount: self._reinstate,
             Deposit: self._deposit, Withdraw: self._withdraw, Allocate: self._allocate,
@@ -246,15 +213,25 @@ class Ledger:
     def settle(self, trade: Trade, buyer_hold: int) -> None:
         # The engine's hot path, once per fill: no text, no container, no fingerprint;
         # the posting is one untracked Struct of numbers and names already held.
-        trade_id = trade.trade_id
+        # One C call reads every field (in Trade's field order): compiled by mypyc, each
+        # attribute read of a msgspec Struct would be a generic getattr.
+        seq: Any
+        ts: Any
+        trade_id: int
+        instrument: str
+        price: int
+        qty: int
+        aggressor: int
+        maker: str
+        taker: str
+        seq, ts, trade_id, instrument, price, qty, aggressor, _, maker, _, taker = astuple(trade)
         if trade_id <= self.trade_mark:
             self._settle_again(trade)
             return
-        if trade.aggressor == BUY:
-            buyer, seller = trade.taker_member, trade.maker_member
+        if aggressor == BUY:
+            buyer, seller = taker, maker
         else:
-            buyer, seller = trade.maker_member, trade.taker_member
-        instrument, price, qty = trade.instrument, trade.price, trade.qty
+            buyer, seller = maker, taker
         notional = price * qty
         tf = notional * self._trading_ppm // PPM
         sf = notional * self._settlement_ppm // PPM
@@ -289,10 +266,10 @@ class Ledger:
         ex[0] += 2 * tf - reserve
         rr[0] += reserve
         rg[0] += 2 * sf
-        fees = self.fees
+        exchange_account, reserve_account, registry_account = self._fee_accounts
         posting = self._last_trade = TradePosting(
-            trade_id, trade.seq, trade.ts, instrument, price, qty, buyer, seller, dp, tf, sf, reserve,
-            fees.exchange_account, fees.reserve_account, fees.registry_account)
+            trade_id, seq, ts, instrument, price, qty, buyer, seller, dp, tf, sf, reserve,
+            exchange_account, reserve_account, registry_account)
         self.trade_mark = trade_id
         self.postings.append(posting)
 

@@ -41,8 +41,9 @@ from typing import Any, Protocol
 import msgspec
 
 from engine.ledger import CASH
-from settlement.ledger import Fees, Ledger, LedgerSnapshot
+from settlement.ledger import Ledger
 from settlement.messages import MEMBER_TYPES, AccountState, AnyPosting, ObligationState, TradePosting
+from settlement.structs import Fees, LedgerSnapshot
 
 SCHEMA_VERSION = 1
 ROLES = ("clerk", "authority", "admin")

@@ -38,8 +38,8 @@ from gateway.client import Client
 from gateway.protocol import CodMode, Resent
 from gateway.recovery import SNAPSHOT_DIR
 from gateway.server import GatewayState
-from settlement.exchange import ExchangeSnapshot
 from settlement.store import open_store
+from settlement.structs import ExchangeSnapshot
 
 SEED = 20260507
 EVERY = 3000  # commands between snapshots: far more than the tail and the trading while settlement catches up

@@ -1,4 +1,4 @@
-"""The engine's hot modules run compiled (mypyc, see setup.py), from an up-to-date
+"""The engine's and the settlement core's hot modules run compiled (mypyc, see setup.py), from an up-to-date
 build, and the compiled engine behaves exactly as its source run by the interpreter:
 the same events, byte for byte, and the same state hash, on seeded workloads of the
 engine alone (every regime, with and without holds) and of the whole exchange core
@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -18,21 +19,24 @@ import pytest
 import engine.book
 import engine.ledger
 import engine.matching
+import settlement.exchange
+import settlement.ledger
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPILED = (engine.book, engine.ledger, engine.matching)
+COMPILED = (engine.book, engine.ledger, engine.matching, settlement.ledger, settlement.exchange)
 SEED = 20261130
 
 PROBE = """
 import hashlib, sys
 import msgspec
 import engine.matching
+import settlement.ledger
 from benchmarks.generator import REGIMES, generate
 from engine.stream import build_engine
 from tests.crash.workload import exchange_workload
 
 seed = int(sys.argv[1])
-print(engine.matching.__file__)
+print(engine.matching.__spec__.origin, settlement.ledger.__spec__.origin)
 
 def digest(core, batches):
     h = hashlib.blake2b(digest_size=16)
@@ -66,14 +70,18 @@ def run_probe(pythonpath: list[Path], cwd: Path) -> list[str]:
 
 def test_the_engine_runs_compiled_from_its_current_source() -> None:
     if os.environ.get("ETX_PURE_PYTHON") == "1":
-        assert all(m.__file__ and m.__file__.endswith(".py") for m in COMPILED), [m.__file__ for m in COMPILED]
+        assert all(str(m.__spec__.origin).endswith(".py") for m in COMPILED), [m.__spec__.origin for m in COMPILED]
         return
     for module in COMPILED:
-        built = Path(module.__file__ or "")
-        assert built.suffix == ".so", (
-            f"{module.__name__} runs from {built}, not compiled: install etx with ./dev test "
+        loaded = str(module.__spec__.origin)
+        assert loaded.endswith(".so"), (
+            f"{module.__name__} runs from {loaded}, not compiled: install etx with ./dev test "
             "(or pip install -e .), or set ETX_PURE_PYTHON=1 to run the source on purpose")
-        source = ROOT / "engine" / (module.__name__.rpartition(".")[2] + ".py")
+        # The module's own extension (its origin, as mypyc sets it, lies beside the
+        # shared library in engine/).
+        stem = ROOT / module.__name__.replace(".", "/")
+        built = stem.with_name(stem.name + sysconfig.get_config_var("EXT_SUFFIX"))
+        source = stem.with_suffix(".py")
         assert built.stat().st_mtime >= source.stat().st_mtime, (
             f"{built.name} is older than {source.name}: the engine would run stale code; "
             "rebuild with ./dev test (or pip install -e .)")
@@ -86,13 +94,15 @@ def test_compiled_and_interpreted_engines_agree(tmp_path: Path) -> None:
     if os.environ.get("ETX_PURE_PYTHON") == "1":
         pytest.fail("this installation runs the source: there is no compiled engine to compare")
     source = tmp_path / "src" / "engine"
-    source.mkdir(parents=True)
-    for path in (ROOT / "engine").glob("*.py"):
-        shutil.copy(path, source / path.name)
+    for package in ("engine", "settlement"):  # their source alone
+        (tmp_path / "src" / package).mkdir(parents=True)
+        for path in (ROOT / package).glob("*.py"):
+            shutil.copy(path, tmp_path / "src" / package / path.name)
     empty = tmp_path / "run"
     empty.mkdir()
     compiled = run_probe([ROOT], empty)
     interpreted = run_probe([source.parent, ROOT], empty)
-    assert compiled[0].endswith(".so") and interpreted[0] == str(source / "matching.py"), (compiled[0], interpreted[0])
+    assert compiled[0].count(".so") == 2, compiled[0]
+    assert interpreted[0] == f"{source / 'matching.py'} {source.parent / 'settlement' / 'ledger.py'}", interpreted[0]
     assert len(compiled) > 10
     assert compiled[1:] == interpreted[1:]
