@@ -74,6 +74,15 @@ DECREMENT: Final = int(Stp.DECREMENT)
 USER: Final = int(CancelReason.USER)
 IOC_REST: Final = int(CancelReason.IOC_REST)
 HIT_LEVELS: Final = 5  # a hit-this-order target must be among the best five levels
+# Aliases of the interpreted modules' names that the hot paths use: compiled by mypyc,
+# Final names are C statics, where an imported name is a lookup in the module's dict
+# at every use.
+_astuple: Final = astuple
+_Accepted: Final = Accepted
+_Trade: Final = Trade
+_Cancelled: Final = Cancelled
+_Decremented: Final = Decremented
+SELF_TRADE: Final = int(CancelReason.SELF_TRADE)
 # Engine._new_order unpacks astuple(cmd) in this order.
 NEW_ORDER_FIELDS: Final = ("member", "coid", "instrument", "side", "qty", "price", "ord_type", "tif", "stp", "seq", "ts")
 assert NewOrder.__struct_fields__ == NEW_ORDER_FIELDS, NewOrder.__struct_fields__
@@ -361,7 +370,7 @@ class Engine:
         stp: int
         seq: Any  # passed on into events only: kept boxed (see _match)
         ts: Any
-        member, coid, instrument, side, qty, price, ord_type, tif, stp, seq, ts = astuple(cmd)
+        member, coid, instrument, side, qty, price, ord_type, tif, stp, seq, ts = _astuple(cmd)
         market = self.markets.get(instrument)
         used = self.coids.get(member)
         if used is None:
@@ -396,7 +405,7 @@ class Engine:
         order = Order(order_id, member, coid, market.symbol, side, price, qty, 0, tif,
                       stp or self.member_stp.get(member, self.stp_default), hold, ts)
         if self.acks:
-            self._emit(Accepted(seq, ts, member, coid, order_id, market.symbol, side, price, qty, ord_type, tif))
+            self._emit(_Accepted(seq, ts, member, coid, order_id, market.symbol, side, price, qty, ord_type, tif))
         if tif != DAY or ord_type != LIMIT:
             # IOC, FOK and market orders: trade what they can now, cancel the rest.
             if tif != FOK or self._fok_fillable(market, order):
@@ -504,7 +513,7 @@ class Engine:
                 lqty -= fill
                 filled += fill
                 fills += 1
-                trade = Trade(seq, ts, next(trade_ids), symbol, price, fill, side, maker.order_id, maker.member, taker_id, member)
+                trade = _Trade(seq, ts, next(trade_ids), symbol, price, fill, side, maker.order_id, maker.member, taker_id, member)
                 emit(trade)
                 if holds:
                     assert ledger is not None
@@ -543,25 +552,25 @@ class Engine:
         if mode == CANCEL_RESTING or mode == CANCEL_BOTH:
             level.queue.popleft()
             level.qty -= maker.qty
-            out.append(Cancelled(seq, ts, maker.member, maker.order_id, market.symbol, maker.qty, CancelReason.SELF_TRADE))
+            out.append(_Cancelled(seq, ts, maker.member, maker.order_id, market.symbol, maker.qty, SELF_TRADE))
             self._release_rest(market, maker)
             maker.qty = 0
             del self.orders[maker.order_id]
             if mode == CANCEL_RESTING:
                 return qty
         if mode == CANCEL_INCOMING or mode == CANCEL_BOTH:
-            self._drop_incoming(market, order, CancelReason.SELF_TRADE, seq, ts)
+            self._drop_incoming(market, order, SELF_TRADE, seq, ts)
             return -1
         assert mode == DECREMENT
         cut = qty if qty < maker.qty else maker.qty
         level.qty -= cut
         self._reduce(market, maker, cut)
-        out.append(Decremented(seq, ts, maker.member, maker.order_id, market.symbol, cut, maker.qty))
+        out.append(_Decremented(seq, ts, maker.member, maker.order_id, market.symbol, cut, maker.qty))
         if not maker.qty:
             level.queue.popleft()
             del self.orders[maker.order_id]
         self._reduce(market, order, cut)
-        out.append(Decremented(seq, ts, order.member, order.order_id, market.symbol, cut, order.qty))
+        out.append(_Decremented(seq, ts, order.member, order.order_id, market.symbol, cut, order.qty))
         return order.qty if order.qty else -1
 
     def _reduce(self, market: Market, order: Order, cut: int) -> None:
@@ -596,7 +605,7 @@ class Engine:
         qty = order.qty
         self._release_rest(market, order)
         order.qty = 0
-        self.out.append(Cancelled(seq, ts, order.member, order.order_id, market.symbol, qty, reason))
+        self.out.append(_Cancelled(seq, ts, order.member, order.order_id, market.symbol, qty, reason))
 
     def _remove_resting(self, market: Market, order: Order) -> int:
         """Take a live order out of the book and release its hold; returns the open
@@ -623,7 +632,7 @@ class Engine:
         order_id: int
         seq: Any  # passed on into the event only: kept boxed
         ts: Any
-        member, order_id, seq, ts = astuple(cmd)  # one C call (see _new_order)
+        member, order_id, seq, ts = _astuple(cmd)  # one C call (see _new_order)
         order = self.orders.get(order_id)
         if order is None or order.member != member:
             self._own_order(cmd)  # rejects with the specific reason
@@ -647,7 +656,7 @@ class Engine:
             half.kill(order, key)
         del self.orders[order_id]
         if self.acks:
-            self._emit(Cancelled(seq, ts, member, order_id, order.instrument, qty, USER))
+            self._emit(_Cancelled(seq, ts, member, order_id, order.instrument, qty, USER))
 
     def _amend(self, cmd: Amend) -> None:
         order = self._own_order(cmd)
@@ -747,7 +756,7 @@ class Engine:
         self.coids.setdefault(member, set()).add(cmd.coid)
         order = Order(order_id, member, cmd.coid, market.symbol, side, price, qty, 0, IOC, CANCEL_INCOMING, hold, ts)
         if self.acks:
-            self._emit(Accepted(seq, ts, member, cmd.coid, order_id, market.symbol, side, price, qty, LIMIT, IOC))
+            self._emit(_Accepted(seq, ts, member, cmd.coid, order_id, market.symbol, side, price, qty, LIMIT, IOC))
         fill = qty if qty < target.qty else target.qty
         trade = Trade(seq, ts, next(self._trade_ids), market.symbol, price, fill, side, target.order_id, target.member, order_id, member)
         self.out.append(trade)
@@ -782,7 +791,7 @@ class Engine:
         for order in doomed:
             market = self.markets[order.instrument]
             qty = self._remove_resting(market, order)
-            out.append(Cancelled(seq, ts, order.member, order.order_id, order.instrument, qty, reason))
+            out.append(_Cancelled(seq, ts, order.member, order.order_id, order.instrument, qty, reason))
 
     def _mass_cancel(self, cmd: MassCancel) -> None:
         if cmd.instrument and cmd.instrument not in self.markets:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import msgspec
 
@@ -33,7 +33,10 @@ from settlement.ledger import Ledger
 from settlement.messages import REGISTRY_COMMANDS, RegistryReason, RegistryRejected, SettleDay
 from settlement.structs import ExchangeSnapshot
 
-_REGISTRY = frozenset(REGISTRY_COMMANDS)
+# Final: compiled by mypyc, these are C statics, not a lookup in the module's dict per
+# command (as a name imported from an interpreted module would be).
+_REGISTRY: Final = frozenset(REGISTRY_COMMANDS)
+_END_OF_DAY: Final = EndOfDay
 
 
 class Exchange:
@@ -61,7 +64,7 @@ class Exchange:
         if kind in _REGISTRY:
             self._registry(cmd)
             return
-        if kind is EndOfDay:
+        if kind is _END_OF_DAY:
             self.ledger.cause_seq, self.ledger.cause_ts = cmd.seq, cmd.ts  # type: ignore[attr-defined]
         self.engine.apply(cmd)
 
@@ -72,11 +75,11 @@ class Exchange:
         run: list[Command] = []
         for cmd in cmds:
             kind = type(cmd)
-            if kind in _REGISTRY or kind is EndOfDay:
+            if kind in _REGISTRY or kind is _END_OF_DAY:
                 if run:
                     engine.apply_batch(run)
                     run = []
-                if kind is EndOfDay:
+                if kind is _END_OF_DAY:
                     ledger.cause_seq, ledger.cause_ts = cmd.seq, cmd.ts  # type: ignore[attr-defined]
                     engine.apply(cmd)
                 else:

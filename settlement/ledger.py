@@ -88,6 +88,10 @@ from settlement.structs import _ACCOUNT_ID, PPM, Fees, LedgerSnapshot
 from settlement.units import format_yuan
 
 BUY: Final = int(Side.BUY)
+# Final aliases of names the hot path uses from interpreted modules: C statics when
+# compiled (an imported name is a lookup in the module's dict at every use).
+_astuple: Final = astuple
+_TradePosting: Final = TradePosting
 # Ledger.settle unpacks astuple(trade) in this order.
 TRADE_FIELDS = ("seq", "ts", "trade_id", "instrument", "price", "qty", "aggressor", "maker_order_id", "maker_member",
                 "taker_order_id", "taker_member")
@@ -224,7 +228,7 @@ class Ledger:
         aggressor: int
         maker: str
         taker: str
-        seq, ts, trade_id, instrument, price, qty, aggressor, _, maker, _, taker = astuple(trade)
+        seq, ts, trade_id, instrument, price, qty, aggressor, _, maker, _, taker = _astuple(trade)
         if trade_id <= self.trade_mark:
             self._settle_again(trade)
             return
@@ -267,7 +271,7 @@ class Ledger:
         rr[0] += reserve
         rg[0] += 2 * sf
         exchange_account, reserve_account, registry_account = self._fee_accounts
-        posting = self._last_trade = TradePosting(
+        posting = self._last_trade = _TradePosting(
             trade_id, seq, ts, instrument, price, qty, buyer, seller, dp, tf, sf, reserve,
             exchange_account, reserve_account, registry_account)
         self.trade_mark = trade_id
