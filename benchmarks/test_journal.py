@@ -46,7 +46,7 @@ from engine.journal import GroupCommitter, Journal, command_decoder, read_journa
 from engine.snapshot import SnapshotStore, capture
 from gateway.auth import Authenticator, hash_secret
 from gateway.config import Config, load
-from gateway.recovery import JOURNAL_DIR, SNAPSHOT_DIR, core_factory, journal_command_types, recover
+from gateway.recovery import JOURNAL_DIR, SNAPSHOT_DIR, collector_paused, core_factory, journal_command_types, recover
 from gateway.serve import SNAPSHOT_HISTORY
 from gateway.server import Server
 from settlement.store import open_store
@@ -144,11 +144,13 @@ def test_replay_apply(benchmark: Any, replay_dir: Path) -> None:
     decoder = command_decoder(journal_command_types())
 
     def replay() -> int:
+        # As recover() replays: the cycle collector paused.
         core = make_core()
         out = core.out
-        for batch in read_journal(replay_dir, decoder):
-            core.apply_batch(batch)
-            out.clear()
+        with collector_paused():
+            for batch in read_journal(replay_dir, decoder):
+                core.apply_batch(batch)
+                out.clear()
         return int(core.last_seq)
 
     assert benchmark.pedantic(replay, rounds=3, warmup_rounds=0) == len(cmds)

@@ -18,7 +18,7 @@ import hashlib
 import itertools
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, cast
 
 import msgspec
 from msgspec.structs import astuple
@@ -82,6 +82,8 @@ _Accepted: Final = Accepted
 _Trade: Final = Trade
 _Cancelled: Final = Cancelled
 _Decremented: Final = Decremented
+_NewOrder: Final = NewOrder
+_Cancel: Final = Cancel
 SELF_TRADE: Final = int(CancelReason.SELF_TRADE)
 # Engine._new_order unpacks astuple(cmd) in this order.
 NEW_ORDER_FIELDS: Final = ("member", "coid", "instrument", "side", "qty", "price", "ord_type", "tif", "stp", "seq", "ts")
@@ -266,7 +268,15 @@ class Engine:
             if ts >= next_change:
                 self._advance_clock(seq, ts)
                 next_change = self._next_change
-            handlers[type(cmd)](cmd)
+            kind = type(cmd)
+            # The two commands of most of the flow are called directly: compiled, that
+            # is a native call, where the handler table goes through a bound method.
+            if kind is _NewOrder:
+                self._new_order(cast(NewOrder, cmd))
+            elif kind is _Cancel:
+                self._cancel(cast(Cancel, cmd))
+            else:
+                handlers[kind](cmd)
         self.last_seq, self.last_ts = seq, last_ts
 
     # --- orders ------------------------------------------------------------------------

@@ -150,40 +150,43 @@ def _verify(journal_dir: Path, snapshot_dir: Path | None, config: str | None) ->
 
 
 def _verify_replay(journal_dir: Path, config: str, snaps: list[tuple[int, str, Path]]) -> bool:
-    """Replay everything from an empty core; compare each snapshot's recorded hash."""
+    """Replay everything from an empty core (the cycle collector paused, as recovery
+    does); compare each snapshot's recorded hash."""
     from engine.journal import read_journal
+    from gateway.recovery import collector_paused
 
-    core = _core_from_config(config)
-    decoder = command_decoder(journal_command_types())
-    marks = sorted(snaps)
-    ok = True
-    k = 0
-    first_seq = None
-    for batch in read_journal(journal_dir, decoder, 0):
-        if first_seq is None:
-            first_seq = batch[0].seq
-            if first_seq != 1:
-                print(f"cannot replay from an empty state: the journal starts at seq {first_seq}")
-                return False
-        while k < len(marks) and marks[k][0] < batch[0].seq:
-            k += 1  # snapshots older than the journal's start
-        start = 0
-        while k < len(marks) and marks[k][0] <= batch[-1].seq:
-            cut = marks[k][0] - batch[0].seq + 1
-            core.apply_batch(batch[start:cut])
+    with collector_paused():
+        core = _core_from_config(config)
+        decoder = command_decoder(journal_command_types())
+        marks = sorted(snaps)
+        ok = True
+        k = 0
+        first_seq = None
+        for batch in read_journal(journal_dir, decoder, 0):
+            if first_seq is None:
+                first_seq = batch[0].seq
+                if first_seq != 1:
+                    print(f"cannot replay from an empty state: the journal starts at seq {first_seq}")
+                    return False
+            while k < len(marks) and marks[k][0] < batch[0].seq:
+                k += 1  # snapshots older than the journal's start
+            start = 0
+            while k < len(marks) and marks[k][0] <= batch[-1].seq:
+                cut = marks[k][0] - batch[0].seq + 1
+                core.apply_batch(batch[start:cut])
+                core.out.clear()
+                start = cut
+                found = core.state_hash()
+                if found != marks[k][1]:
+                    print(f"damaged: snapshot {marks[k][2].name} records {marks[k][1]}, replay gives {found}")
+                    ok = False
+                else:
+                    print(f"snapshot {marks[k][2].name}: state hash matches the replay")
+                k += 1
+            core.apply_batch(batch[start:])
             core.out.clear()
-            start = cut
-            found = core.state_hash()
-            if found != marks[k][1]:
-                print(f"damaged: snapshot {marks[k][2].name} records {marks[k][1]}, replay gives {found}")
-                ok = False
-            else:
-                print(f"snapshot {marks[k][2].name}: state hash matches the replay")
-            k += 1
-        core.apply_batch(batch[start:])
-        core.out.clear()
-    print(f"replayed to seq {core.last_seq}: state hash {core.state_hash()}")
-    return ok
+        print(f"replayed to seq {core.last_seq}: state hash {core.state_hash()}")
+        return ok
 
 
 def _core_from_config(path: str) -> Any:

@@ -443,3 +443,33 @@ def test_snapshot_process_dies_with_the_exchange(tmp_path: Path) -> None:
         if parent.poll() is None:
             parent.kill()
     assert not list((tmp_path / "snaps").glob("*.snapshot"))
+
+
+def test_replay_pauses_the_cycle_collector_and_restores_it(tmp_path: Path, work: Any) -> None:
+    """Recovery replays with the collector paused and leaves it as it found it (on or
+    off), also when the replay fails."""
+    import gc
+
+    from gateway.recovery import collector_paused
+
+    make_core, cmds = work
+    run(tmp_path, make_core, cmds[:500])
+    seen: list[bool] = []
+    was_on = gc.isenabled()
+    try:
+        rec = recover(tmp_path, make_core, on_replayed_events=lambda out: seen.append(gc.isenabled()))
+        rec.journal.close()
+        assert seen and not any(seen) and gc.isenabled()
+        gc.disable()
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # off before, off after
+        gc.enable()
+        with pytest.raises(RuntimeError), collector_paused():
+            raise RuntimeError("a replay that fails")
+        assert gc.isenabled()
+    finally:
+        if was_on:
+            gc.enable()
+        else:
+            gc.disable()
