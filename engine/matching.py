@@ -211,9 +211,8 @@ class Engine:
         self.day = 1
         self._next_change = -1  # ts of the next schedule change; -1: not computed yet
         self._expire_at = 1 << 62  # ts of the current day's close
+        # New orders and cancels are dispatched in apply_batch itself.
         self._handlers: dict[type, Callable[[Any], None]] = {
-            NewOrder: self._new_order,
-            Cancel: self._cancel,
             Amend: self._amend,
             MassCancel: self._mass_cancel,
             HitOrder: self._hit_order,
@@ -253,10 +252,22 @@ class Engine:
         handlers = self._handlers
         next_change = self._next_change
         seq, last_ts = self.last_seq, self.last_ts
+        ts: int  # typed locals: compiled by mypyc, the checks below are machine compares
+        cmd_seq: int
+        fields: tuple[Any, ...]
         for cmd in cmds:
-            # Typed locals: compiled by mypyc, the checks below are then machine compares.
-            ts: int = cmd.ts  # type: ignore[attr-defined]
-            cmd_seq: int = cmd.seq  # type: ignore[attr-defined]
+            kind = type(cmd)
+            # New orders and cancels (most of the flow) are read with one astuple call,
+            # seq and ts its last two fields (NEW_ORDER_FIELDS, CANCEL_FIELDS), and
+            # handed over read: compiled, each attribute read of a Struct is a generic
+            # getattr, and a direct call is a native call (the handler table's bound
+            # methods are not).
+            if kind is _NewOrder or kind is _Cancel:
+                fields = _astuple(cmd)
+                cmd_seq, ts = fields[-2], fields[-1]
+            else:
+                fields = ()
+                cmd_seq, ts = cmd.seq, cmd.ts  # type: ignore[attr-defined]
             seq += 1
             if cmd_seq != seq or ts < last_ts:
                 self.last_seq, self.last_ts = seq - 1, last_ts
@@ -268,13 +279,10 @@ class Engine:
             if ts >= next_change:
                 self._advance_clock(seq, ts)
                 next_change = self._next_change
-            kind = type(cmd)
-            # The two commands of most of the flow are called directly: compiled, that
-            # is a native call, where the handler table goes through a bound method.
             if kind is _NewOrder:
-                self._new_order(cast(NewOrder, cmd))
+                self._new_order(cast(NewOrder, cmd), fields)
             elif kind is _Cancel:
-                self._cancel(cast(Cancel, cmd))
+                self._cancel(cast(Cancel, cmd), fields)
             else:
                 handlers[kind](cmd)
         self.last_seq, self.last_ts = seq, last_ts
@@ -363,12 +371,13 @@ class Engine:
             return -1
         return price
 
-    def _new_order(self, cmd: NewOrder) -> None:
+    def _new_order(self, cmd: NewOrder, fields: tuple[Any, ...]) -> None:
         # The hot path of the engine. One guard passes the common valid limit order
         # without a call; anything else (market orders, every reject) takes the
         # thorough path in _validate_new, which alone decides the reason.
-        # One C call reads every field (in NewOrder's field order): compiled by mypyc,
-        # each attribute read of a msgspec Struct is a generic getattr.
+        # ``fields`` is astuple(cmd), read by apply_batch with one C call (in NewOrder's
+        # field order): compiled by mypyc, each attribute read of a Struct is a generic
+        # getattr.
         member: str
         coid: str
         instrument: str
@@ -380,7 +389,7 @@ class Engine:
         stp: int
         seq: Any  # passed on into events only: kept boxed (see _match)
         ts: Any
-        member, coid, instrument, side, qty, price, ord_type, tif, stp, seq, ts = _astuple(cmd)
+        member, coid, instrument, side, qty, price, ord_type, tif, stp, seq, ts = fields
         market = self.markets.get(instrument)
         used = self.coids.get(member)
         if used is None:
@@ -637,12 +646,12 @@ class Engine:
             return None
         return order
 
-    def _cancel(self, cmd: Cancel) -> None:
+    def _cancel(self, cmd: Cancel, fields: tuple[Any, ...]) -> None:
         member: str
         order_id: int
         seq: Any  # passed on into the event only: kept boxed
         ts: Any
-        member, order_id, seq, ts = _astuple(cmd)  # one C call (see _new_order)
+        member, order_id, seq, ts = fields  # astuple(cmd), read by apply_batch
         order = self.orders.get(order_id)
         if order is None or order.member != member:
             self._own_order(cmd)  # rejects with the specific reason
