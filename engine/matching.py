@@ -419,7 +419,9 @@ class Engine:
             if hold < 0:
                 return
         # Accepted: from here on the command changes state.
-        order_id = next(self._order_ids)
+        # Kept as the object next() made (Any): it goes into the event and the order
+        # index as is, where an int would be unboxed and boxed again for each.
+        order_id: Any = next(self._order_ids)
         used.add(coid)
         order = Order(order_id, member, coid, market.symbol, side, price, qty, 0, tif,
                       stp or self.member_stp.get(member, self.stp_default), hold, ts)
@@ -489,7 +491,8 @@ class Engine:
         # price, the statistics and the level's total are kept per level, not per fill.
         emit = self._emit
         levels = opp.levels
-        member, side, taker_id = order.member, order.side, order.order_id
+        member, side = order.member, order.side
+        taker_id: Any = order.order_id  # boxed once here, not once per fill
         holds = market.holds
         ledger = self.ledger
         symbol = market.symbol
