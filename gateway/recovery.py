@@ -544,14 +544,24 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 SNAPSHOT_NICE = 10  # a snapshot process yields the CPU to the exchange and its members
 
 
+def _find_prctl() -> Any:
+    """libc's prctl (Linux), or None. Looked up in the parent, once: a child of a
+    threaded process must not take the dynamic loader's lock, which another thread may
+    have held at the fork."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _find_prctl()
+
+
 def _die_with(parent: int) -> None:
     """Have the kernel kill this process when the thread that forked it ends (Linux);
     elsewhere nothing. Exits at once if the parent is already gone."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:
         os._exit(1)
 
