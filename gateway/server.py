@@ -66,6 +66,7 @@ from engine.messages import (
     Decremented,
     Expired,
     MassCancel,
+    Reason,
     Rejected,
     Side,
     StatusChanged,
@@ -118,6 +119,10 @@ DISCONNECT = int(CancelReason.DISCONNECT)
 JOURNAL_REFUSED = "the journal is unavailable; not entered"
 LOGON_DEADLINE_S = 10.0  # a connection that has not logged on by then is closed
 STAFF = (Role.OPERATOR, Role.CLERK, Role.AUTHORITY)
+
+
+# Members are answered UNKNOWN_ORDER where the engine says NOT_YOUR_ORDER (see _route).
+_NOT_YOURS, _UNKNOWN_ORDER = int(Reason.NOT_YOUR_ORDER), int(Reason.UNKNOWN_ORDER)
 
 
 class Core(Protocol):
@@ -598,6 +603,12 @@ class Server:
                         del stream.open[oid]
             elif t is Rejected:
                 stream = origins[ev.seq - first_seq]
+                if ev.reason == _NOT_YOURS:
+                    # A member learns nothing of other members' orders: it is answered as
+                    # for an order that does not exist. The engine's reason stays in the
+                    # journal (etx journal inspect) for operators.
+                    ev = Rejected(ev.seq, ev.ts, ev.member, ev.coid, ev.order_id, _UNKNOWN_ORDER,
+                                  f"no open order {ev.order_id}")
                 rep = report(stream, ev, touched)
                 if ev.coid and ev.member == stream.member:
                     stream.coids[ev.coid] = rep

@@ -170,9 +170,14 @@ async def test_a_member_cannot_see_or_cancel_another_members_orders() -> None:
         oid = (await body_of(m1, Accepted)).order_id
         m2.cancel(oid)
         rej = await body_of(m2, Rejected)
-        assert rej.reason == Reason.NOT_YOUR_ORDER and rej.order_id == oid
+        # Answered as for an order that does not exist: M2 learns nothing of M1's order.
+        assert (rej.reason, rej.order_id, rej.text) == (Reason.UNKNOWN_ORDER, oid, f"no open order {oid}")
         m2.amend(oid, 9_800, 10)
-        assert (await body_of(m2, Rejected)).reason == Reason.NOT_YOUR_ORDER
+        rej = await body_of(m2, Rejected)
+        assert (rej.reason, rej.text) == (Reason.UNKNOWN_ORDER, f"no open order {oid}")
+        m2.cancel(oid + 1000)
+        none = await body_of(m2, Rejected)
+        assert (none.reason, none.text) == (Reason.UNKNOWN_ORDER, f"no open order {oid + 1000}")
         m2.mass_cancel(member="M1")  # the gateway puts M2's own member in
         await h.settle()
         assert await m2.query_orders() == []
