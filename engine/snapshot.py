@@ -119,6 +119,13 @@ def capture(core: Snapshottable, end_of_day: bool = False, edge: EdgeState | Non
     return Capture(core.last_seq, core.state_hash(), body, end_of_day, edge)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to the descriptor (os.write may write less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def list_snapshots(directory: Path | str) -> list[tuple[int, Path]]:
     """(last seq, path) of every snapshot file in the directory, oldest first."""
     out = []
@@ -213,10 +220,7 @@ class SnapshotStore:
         data = encode_snapshot(cap)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            view = memoryview(data)
-            done = 0
-            while done < len(data):
-                done += os.write(fd, view[done:])
+            write_all(fd, data)
             os.fsync(fd)
         except BaseException:
             os.close(fd)

@@ -52,7 +52,7 @@ import msgspec
 
 from engine.journal import SEGMENT_BYTES_DEFAULT, Journal, JournalCorrupt, TornTail
 from engine.messages import ENGINE_COMMANDS
-from engine.snapshot import KEEP_DEFAULT, Capture, EdgeState, SnapshotCorrupt, SnapshotStore, capture
+from engine.snapshot import KEEP_DEFAULT, Capture, EdgeState, SnapshotCorrupt, SnapshotStore, capture, write_all
 
 log = logging.getLogger("etx.recovery")
 
@@ -313,8 +313,9 @@ class Snapshotter:
     lower priority than the exchange, so its wall time stretches when the machine is
     busy); on a thread, the time from the pause to durable. On a busy day with a deep
     book, snapshots so space themselves to at most 1 / (1 + gap_ratio) of a core, and
-    a restart replays correspondingly more. An end-of-day snapshot is always taken. Write errors are
-    logged and counted; trading goes on and the next snapshot tries again.
+    a restart replays correspondingly more. An end-of-day snapshot is always taken.
+    Write errors are logged and counted; trading goes on and the next snapshot tries
+    again.
     """
 
     def __init__(
@@ -460,7 +461,7 @@ class Snapshotter:
                 self._next_at = max(self._next_at, time.monotonic() + self.gap_ratio * cost)
             log.info("snapshot %s written (seq %d%s) %.3f s after a %.3f s pause; "
                      "retired %d snapshots and %d journal segments",
-                     Path(path).name, last_seq, ", end of day" if end_of_day else "", self.write_s[-1],
+                     Path(path).name, last_seq, ", end of day" if end_of_day else "", took,
                      pause, len(retired.snapshots), len(retired.segments))
         except Exception as e:
             self._failed(last_seq, f"written, but retiring failed: {e}", pending=False)
@@ -523,21 +524,15 @@ def _snapshot_child(parent: int, write_fd: int, work: Callable[[], Path]) -> typ
         _die_with(parent)
         _close_sockets(keep=write_fd)
         path = work()
-        _write_all(write_fd, b"ok " + str(path).encode())
+        write_all(write_fd, b"ok " + str(path).encode())
         code = 0
     except BaseException as e:
         try:
-            _write_all(write_fd, f"{type(e).__name__}: {e}".encode(errors="replace"))
+            write_all(write_fd, f"{type(e).__name__}: {e}".encode(errors="replace"))
         except OSError:
             pass
     finally:
         os._exit(code)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h

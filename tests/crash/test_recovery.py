@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,23 +37,30 @@ def clean_hash(make_core: Any, cmds: list[Any]) -> str:
     return str(core.state_hash())
 
 
+def journaled(journal: Journal, core: Any, cmds: list[Any]) -> Iterator[int]:
+    """Journal the commands in seeded random batches of 1-250, applying each after it
+    is durable; after each batch yields how many commands are applied, with the
+    batch's events in ``core.out`` (cleared when the caller resumes)."""
+    rng = random.Random(SEED)
+    i = 0
+    while i < len(cmds):
+        batch = cmds[i : i + rng.randint(1, 250)]
+        journal.append_batch(batch)
+        core.apply_batch(batch)
+        i += len(batch)
+        yield i
+        core.out.clear()
+
+
 def run(data: Path, make_core: Any, cmds: list[Any], snapshot_at: tuple[int, ...] = (),
         segment_bytes: int = 64 << 10) -> None:
     """Journal the commands in random batches, applying each after it is durable, and
     snapshot after the batches that cross the given sequence numbers."""
-    rng = random.Random(SEED)
     journal = Journal(data / JOURNAL_DIR, journal_command_types(), segment_bytes=segment_bytes)
     store = SnapshotStore(data / SNAPSHOT_DIR, keep=10)
     core = make_core()
     marks = list(snapshot_at)
-    i = 0
-    while i < len(cmds):
-        k = rng.randint(1, 250)
-        batch = cmds[i : i + k]
-        journal.append_batch(batch)
-        core.apply_batch(batch)
-        core.out.clear()
-        i += len(batch)
+    for i in journaled(journal, core, cmds):
         while marks and i >= marks[0]:
             marks.pop(0)
             store.write(capture(core))
@@ -198,16 +206,9 @@ def test_snapshotter_periodic_and_end_of_day(tmp_path: Path, work: Any, fork: bo
     snapper = Snapshotter(core, store, journal.directory, every_commands=1500, day=lambda: core.engine.day,
                           fork=fork)
     eod_seq = next(c.seq for c in cmds if type(c).__name__ == "EndOfDay")
-    rng = random.Random(SEED)
-    i = 0
-    while i < len(cmds):
-        batch = cmds[i : i + rng.randint(1, 250)]
-        journal.append_batch(batch)
-        core.apply_batch(batch)
+    for _ in journaled(journal, core, cmds):
         snapper.after_batch(core.out)
         assert snapper.wait()  # each due snapshot is taken (none skipped as busy): a fixed outcome
-        core.out.clear()
-        i += len(batch)
     snapper.close()
     journal.close()
     assert not snapper.children
@@ -257,15 +258,8 @@ def test_member_streams_continue_from_a_snapshot(tmp_path: Path, work: Any, hist
     store = SnapshotStore(tmp_path / SNAPSHOT_DIR, keep=10)
     core = make_core()
     full = gateway(core)
-    rng = random.Random(SEED)
-    i = 0
-    while i < len(cmds):
-        batch = cmds[i : i + rng.randint(1, 250)]
-        journal.append_batch(batch)
-        core.apply_batch(batch)
+    for i in journaled(journal, core, cmds):
         full.rebuild(list(core.out))
-        core.out.clear()
-        i += len(batch)
         if marks and i >= marks[0]:
             marks.pop(0)
             store.write(capture(core, edge=full.capture_streams(history)))
@@ -378,10 +372,19 @@ def test_snapshot_process_holds_no_socket_of_the_parent(tmp_path: Path, work: An
     try:
         snapper.take()
         assert snapper.children
-        time.sleep(0.3)  # time for the child to close its sockets; if it did not, the bind below fails
         listener.close()
-        again = socket.create_server(("127.0.0.1", port))
-        again.close()
+        # The child closes its copy as it starts; a child that kept it would hold the
+        # address until its edge state is released (after this test's deadline).
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_server(("127.0.0.1", port)).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        assert snapper.children, "the snapshot process was still writing: the address was freed by it, not its exit"
     finally:
         gate.touch()
         snapper.close()
