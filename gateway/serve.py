@@ -48,6 +48,11 @@ from gateway.server import GatewayState, Server
 
 log = logging.getLogger("etx.serve")
 
+
+class ServeError(Exception):
+    """A reason the exchange cannot start that its operator can act on: the message is
+    one line saying what is wrong and where (``etx serve`` prints it and exits 2)."""
+
 SNAPSHOT_EVERY = 100_000  # commands between periodic snapshots (a restart replays at most about this many)
 SNAPSHOT_EVERY_S = 300.0  # seconds between snapshots while anything is applied
 SNAPSHOT_HISTORY = 50_000  # reports per member a snapshot keeps for replay at logon
@@ -329,4 +334,8 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as e:
         print(f"etx serve: {args.config}: {e}")
         return 2
-    return asyncio.run(serve(args, cfg))
+    try:
+        return asyncio.run(serve(args, cfg))
+    except ServeError as e:
+        print(f"etx serve: {e}")
+        return 2
