@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from engine import CASH, Cancel, EndOfDay, NewOrder, Reason, Rejected, Side, Trade
+import msgspec
+
+from engine import CASH, Accepted, Cancel, EndOfDay, NewOrder, Reason, Rejected, Side, Trade
 from settlement import (
     Allocate,
     Deposit,
     Exchange,
+    Fees,
     Ledger,
     OpenAccount,
     RegistryDone,
@@ -15,6 +18,7 @@ from settlement import (
     SettleDay,
     SuspendAccount,
     Transfer,
+    Withdraw,
 )
 from tests.settlement.helpers import FEES, INSTRUMENTS, Market
 
@@ -87,3 +91,41 @@ def test_cancel_releases_and_hash_is_deterministic() -> None:
     fresh.restore(a.snapshot())
     assert fresh.state_hash() == a.state_hash()
     assert not fresh.ledger.postings
+
+
+def state_but_clock(exchange: Exchange) -> bytes:
+    """Everything the exchange owns except the sequence number and the clock, which
+    every command advances (a registry command passes through the engine as a Tick)."""
+    return msgspec.msgpack.encode([exchange.engine.state()[2:], exchange.ledger.full_state()])
+
+
+def test_a_buy_needs_the_notional_plus_the_fees_rounded_up() -> None:
+    """At 350 ppm a buy of 1 t at 10,000 fen needs 10,000 + ceil(3.5) = 10,004 fen:
+    one fen less is refused, exactly that is taken, and the whole of it is held."""
+    m = Market(Fees(trading_ppm=250, settlement_ppm=100))
+    m.send(OpenAccount("clerk", "SHORT", 1), OpenAccount("clerk", "EXACT", 1),
+           Deposit("clerk", "SHORT", 10_003), Deposit("clerk", "EXACT", 10_004))
+    [rej] = m.send(NewOrder("SHORT", "b1", "CEA24", int(Side.BUY), 1, 10_000))
+    assert isinstance(rej, Rejected) and rej.reason == Reason.INSUFFICIENT_FUNDS, rej
+    assert m.ledger.entry("SHORT", CASH) == (10_003, 0, 0, 0)
+    [acc] = m.send(NewOrder("EXACT", "b1", "CEA24", int(Side.BUY), 1, 10_000))
+    assert isinstance(acc, Accepted), acc
+    assert m.ledger.entry("EXACT", CASH) == (10_004, 10_004, 0, 0)
+    m.exchange._check()
+
+
+def test_withdrawing_cash_an_open_order_holds_is_refused_and_changes_nothing() -> None:
+    m = open_market()
+    [acc] = m.send(NewOrder("A", "b1", "CEA24", int(Side.BUY), 1000, 9_990))  # rests: nothing sells that low
+    assert isinstance(acc, Accepted), acc
+    balance, held, _, _ = m.ledger.entry("A", CASH)
+    assert held == 9_990_000 + 5_994  # 600 ppm of 9,990,000 fen
+    before, postings = state_but_clock(m.exchange), len(m.ledger.postings)
+    [rej] = m.send(Withdraw("clerk", "A", balance - held + 1))
+    assert isinstance(rej, RegistryRejected) and rej.reason == RegistryReason.INSUFFICIENT_CASH, rej
+    assert state_but_clock(m.exchange) == before and len(m.ledger.postings) == postings
+    # What no order holds can go.
+    [done] = m.send(Withdraw("clerk", "A", balance - held))
+    assert isinstance(done, RegistryDone), done
+    assert m.ledger.entry("A", CASH) == (held, held, 0, 0)
+    m.exchange._check()

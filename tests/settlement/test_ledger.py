@@ -66,6 +66,26 @@ def test_fees_check() -> None:
         Ledger(Fees(reserve_share_ppm=-1))
 
 
+@pytest.mark.parametrize("trading_ppm,settlement_ppm,notional,cash", [
+    (250, 100, 0, 0),
+    (250, 100, 1, 2),  # 0.00035 fen of fees: a whole fen
+    (250, 100, 2_857, 2_858),  # 0.99995 fen
+    (250, 100, 2_858, 2_860),  # 1.0003 fen
+    (250, 100, 10_000, 10_004),  # 3.5 fen
+    (250, 100, 1_000_000, 1_000_350),  # exactly 350 fen: nothing to round
+    (250, 100, 10**15, 10**15 + 350_000_000_000),
+    (500, 100, 1_666, 1_667),  # 0.9996 fen
+    (500, 100, 1_667, 1_669),  # 1.0002 fen
+    (0, 0, 12_345, 12_345),
+])
+def test_cash_required_rounds_the_fee_up(trading_ppm: int, settlement_ppm: int, notional: int, cash: int) -> None:
+    """The documented formula, cash_required(n) = n + ceil(n * (trading_ppm +
+    settlement_ppm) / 1e6), against hand-computed numbers: the other tests take their
+    holds from cash_required itself, so they cannot tell which way it rounds."""
+    ledger = Ledger(Fees(trading_ppm=trading_ppm, settlement_ppm=settlement_ppm))
+    assert ledger.cash_required(notional) == cash
+
+
 def test_hold_and_release() -> None:
     ledger, _ = setup()
     assert ledger.hold("BUYER", CASH, 9_000_000)
