@@ -181,3 +181,27 @@ def test_history_across_batches_and_for_fee_accounts(store: Any) -> None:
     fees = store.history("EXCHANGE-FEES", limit=1000)
     assert [p.kind for p in fees] == ["open", "trade", "trade", "trade"]
     assert store.history("NOBODY") == [] and store.history("A", limit=0) == []
+
+
+def test_a_refused_batch_leaves_no_trace_in_later_batches(store: Any) -> None:
+    """A batch refused after it created a balance row (rolled back with it) must not
+    leave the store believing that row exists: the account's deposit written later
+    would then update no row and vanish. (SQLite remembers which rows exist between
+    batches; PostgreSQL keeps nothing, so there it holds trivially.)"""
+    m = busy_market()
+    store.write_batch(m.ledger.take_postings(), m.exchange.last_seq)
+    m.send(OpenAccount("clerk", "D", 1), Deposit("clerk", "D", 500))
+    opened, deposited = m.ledger.take_postings()
+    assert deposited.legs == (("D", CASH, 500, 0),)
+    bad = Posting("X1", 99, 99, "withdraw", "99", "clerk", (("A", CASH, -10**12, 0),), "A")
+    before = store.balances()
+    # D's balance row is inserted, then A's overdraft breaks a CHECK and the batch rolls
+    # back. (A posting id reused with another content is refused before any balance row
+    # is made, so it cannot show this.)
+    with pytest.raises(StoreError, match="refused"):
+        store.write_batch([opened, deposited, bad], 99)
+    assert store.balances() == before
+    store.write_batch([opened], opened.seq)  # a batch that touches no balance
+    store.write_batch([deposited], deposited.seq)
+    assert nonzero(store.balances()) == store_picture(m.ledger)
+    assert ("D", CASH, 500, 0) in store.balances()
