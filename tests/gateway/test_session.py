@@ -185,6 +185,31 @@ async def test_throttle_rejects_and_flooding_closes() -> None:
 
 
 @run
+async def test_an_idle_session_saves_up_no_more_than_its_burst() -> None:
+    """The bucket refills while the session is idle, but never past ``burst``: after
+    an idle time that would refill it several times over, twice the burst sent in one
+    write lets exactly the burst through (the first ones) and throttles the rest."""
+    cfg = SessionSection(orders_per_second=5, burst=3, heartbeat_ms=10_000)
+    async with Harness(cfg) as h:
+        raw = await Raw.open(h.port)
+        await raw.logon()
+        await asyncio.sleep(1.5)  # 7.5 tokens' worth of refill on top of a full bucket
+        raw.send(b"".join(encode_frame(NewOrder("M1", f"idle-{i}", SYMBOL, int(Side.BUY), 1, 9_900 + i))
+                          for i in range(6)))
+        bodies = []
+        while len(bodies) < 6:
+            msg = await raw.recv()
+            assert msg is not None, "the session closed"
+            if isinstance(msg, Report):
+                bodies.append(msg.body)
+        accepted = sorted(b.coid for b in bodies if isinstance(b, Accepted))
+        throttled = sorted(b.coid for b in bodies if isinstance(b, Rejected) and b.reason == GatewayReason.THROTTLED)
+        assert accepted == ["idle-0", "idle-1", "idle-2"], bodies
+        assert throttled == ["idle-3", "idle-4", "idle-5"], bodies
+        h.check()
+
+
+@run
 async def test_malformed_frames_are_rejected_then_close_the_session() -> None:
     cfg = SessionSection(malformed_max=3)
     async with Harness(cfg) as h:
