@@ -196,6 +196,32 @@ def test_corrupt_older_segment_stops_replay(tmp_path: Path, stream: list[Any]) -
     j.close()
 
 
+@pytest.mark.parametrize("field,offset", [("first_seq", 8), ("first_seq", 15), ("reserved", 6), ("crc", 16)])
+def test_damaged_header_of_an_older_segment_stops_replay(
+    tmp_path: Path, stream: list[Any], field: str, offset: int
+) -> None:
+    """One bit flipped in the header of a segment that is not the newest (so it cannot
+    be a torn tail) fails the header's checksum: replay stops there, naming it. The
+    magic and the version are intact; a flipped first_seq, reserved field or crc is
+    caught by the crc alone."""
+    write(tmp_path, stream).close()
+    segments = list_segments(tmp_path)
+    assert len(segments) > 2
+    victim = segments[1][1]
+    data = bytearray(victim.read_bytes())
+    assert SEGMENT_HEADER.unpack_from(data)[3] == segments[1][0]  # first_seq
+    data[offset] ^= 0x80 if offset == 15 else 0x01
+    victim.write_bytes(bytes(data))
+    j = Journal(tmp_path, ENGINE_COMMANDS)  # only the newest segment is read to open
+    assert not j.repair
+    with pytest.raises(JournalCorrupt) as e:
+        list(j.replay(0))
+    j.close()
+    assert e.value.segment == str(victim) and e.value.offset == 0, (field, e.value)
+    assert e.value.reason == "segment header missing or damaged", (field, e.value)
+    assert victim.read_bytes() == bytes(data), "nothing is cut when the damage is not a torn tail"
+
+
 def test_missing_segment_is_a_gap(tmp_path: Path, stream: list[Any]) -> None:
     write(tmp_path, stream).close()
     segments = list_segments(tmp_path)
