@@ -5,7 +5,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
-from hypothesis import given
+from hypothesis import given, note, seed
 from hypothesis import strategies as st
 
 from engine import ALWAYS_OPEN, Engine, Instrument, Schedule, SimpleLedger, Stp, Tick
@@ -34,12 +34,17 @@ def test_band_is_rounded_inward_to_the_tick(ref: int, bps: int, tick: int, band:
     assert inst.band(ref) == band
 
 
+HYPOTHESIS_SEED = 20240704  # a fixed seed (and no example database): every run tries the same examples
+
+
+@seed(HYPOTHESIS_SEED)
 @given(
     ref=st.integers(1, 200_000),
     bps=st.integers(1, 9_999),
     tick=st.sampled_from([1, 2, 5, 10, 25, 100]),
 )
 def test_band_is_the_widest_tick_range_inside_the_limit(ref: int, bps: int, tick: int) -> None:
+    note(f"hypothesis seed={HYPOTHESIS_SEED}")  # reported with a falsifying example
     inst = Instrument(symbol="X", ref_price=ref, band_bps=bps, tick=tick)
     low, high = inst.band()
     limit_low = Fraction(ref * (10_000 - bps), 10_000)
