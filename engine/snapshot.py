@@ -185,12 +185,17 @@ def _decode_header(data: bytes | memoryview, path: Path | str) -> tuple[int, str
 class SnapshotStore:
     """The snapshot directory of one core."""
 
-    def __init__(self, directory: Path | str, *, keep: int = KEEP_DEFAULT) -> None:
+    def __init__(self, directory: Path | str, *, keep: int = KEEP_DEFAULT, writer: bool = True) -> None:
+        """``writer``: this process writes the snapshots (the directory is made and the
+        leftovers of interrupted writes removed); a reader (``writer=False``, e.g. an
+        audit beside a running exchange) changes nothing."""
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.keep = keep
+        if not writer:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
         for p in self.directory.iterdir():
             if p.name.endswith(TMP_SUFFIX):
                 p.unlink()  # a write a crash interrupted; it never had its final name

@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("gateway.serve", "run the exchange service (engine, settlement, gateway) from a config file"),
     "load": ("gateway.load", "load-test a running exchange over TCP"),
     "replay": ("gateway.replay", "replay an order stream or a LOBSTER file through the engine"),
-    "registry": ("settlement.cli", "registry accounts, balances, history, operations and audit"),
+    "registry": ("gateway.registry_cli", "registry accounts, balances, history, operations and audit"),
     "journal": ("gateway.journal_cli", "verify, inspect and summarise a journal"),
 }
 

@@ -53,6 +53,7 @@ import msgspec
 from engine.journal import SEGMENT_BYTES_DEFAULT, Journal, JournalCorrupt, TornTail
 from engine.messages import ENGINE_COMMANDS
 from engine.snapshot import KEEP_DEFAULT, Capture, EdgeState, SnapshotCorrupt, SnapshotStore, capture, write_all
+from gateway.datadir import close_inherited
 
 log = logging.getLogger("etx.recovery")
 
@@ -523,6 +524,7 @@ def _snapshot_child(parent: int, write_fd: int, work: Callable[[], Path]) -> typ
         os.nice(SNAPSHOT_NICE)
         _die_with(parent)
         _close_sockets(keep=write_fd)
+        close_inherited()  # the data folder's lock stays the exchange's alone
         path = work()
         write_all(write_fd, b"ok " + str(path).encode())
         code = 0

@@ -35,15 +35,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 import ssl
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from gateway.auth import Authenticator
-from gateway.config import Config, ConfigError, load
+from gateway.config import Config, ConfigError, loads
+from gateway.datadir import DataFolder, FolderInUse, registry_url, write_config_copy
 from gateway.server import GatewayState, Server
 
 log = logging.getLogger("etx.serve")
@@ -104,19 +108,40 @@ class Service:
     def __init__(self, cfg: Config, data_dir: str | Path, *, md_host: str = "127.0.0.1", md_port: int = 1883,
                  market_data: bool = True, snapshots: bool = True, snapshot_every: int = SNAPSHOT_EVERY,
                  snapshot_every_s: float | None = SNAPSHOT_EVERY_S,
-                 snapshot_history: int = SNAPSHOT_HISTORY) -> None:
+                 snapshot_history: int = SNAPSHOT_HISTORY, config_text: str | None = None,
+                 what: str = "etx serve") -> None:
+        """``config_text``: the configuration file's text, kept in the data folder for
+        the offline tools (``gateway.datadir``); ``what``: who holds the folder's lock."""
+        self.cfg = cfg
+        self.ssl_context = tls_context(cfg)  # first: a wrong TLS file stops the start before anything is opened
+        self.data_dir = Path(data_dir)
+        make_data_folder(self.data_dir)
+        # Before anything in the folder is opened: one writer at a time.
+        try:
+            self.folder = DataFolder(self.data_dir, what)
+        except FolderInUse as e:
+            raise ServeError(str(e)) from None
+        try:
+            self._open(cfg, config_text, market_data, md_host, md_port, snapshots, snapshot_every, snapshot_every_s,
+                       snapshot_history)
+        except BaseException:
+            self.folder.release()
+            raise
+
+    def _open(self, cfg: Config, config_text: str | None, market_data: bool, md_host: str, md_port: int,
+              snapshots: bool, snapshot_every: int, snapshot_every_s: float | None, snapshot_history: int) -> None:
         from engine.journal import GroupCommitter
         from gateway.recovery import Snapshotter, core_factory, recover
         from settlement.settler import Settler
-        from settlement.store import open_store
+        from settlement.store import StoreError, open_store
 
-        self.cfg = cfg
-        self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        registry = cfg.exchange.registry
-        if not registry.startswith(("postgresql://", "postgres://")) and not Path(registry).is_absolute():
-            registry = str(self.data_dir / registry)
-        self.store = open_store(registry)
+        if config_text is not None:
+            write_config_copy(self.data_dir, config_text)
+        registry = registry_url(self.data_dir, cfg.exchange.registry)
+        try:
+            self.store = open_store(registry)
+        except StoreError as e:
+            raise ServeError(f"exchange.registry: {e}") from None
         self.store.migrate()
         self.registry_url = registry
         settled = self.store.last_seq()
@@ -140,6 +165,12 @@ class Service:
         for line in self.recovery.report.lines():
             log.info("recovery: %s", line)
         self.exchange = self.recovery.core
+        try:
+            self._check_store(settled)
+        except BaseException:
+            self.recovery.journal.close()
+            self.store.close()
+            raise
         self.fees = self.exchange.ledger.fees
         self.committer = GroupCommitter(self.recovery.journal, on_state=self._journal_state)
         self.settler = Settler(registry, resume_after=settled).start()
@@ -172,6 +203,24 @@ class Service:
             self.server.on_events.append(self.snapshotter.after_batch)
         self.address: tuple[str, int] = ("", 0)
 
+    def _check_store(self, settled: int) -> None:
+        """Refuse a registry store that is not a projection of this journal: one that
+        has settled beyond the journal's end, or holds a posting other than the one
+        the replay made again for the same id (those up to its settled seq)."""
+        last = self.exchange.last_seq
+        where = f"the registry store {self.registry_url}"
+        if settled > last:
+            raise ServeError(f"{where} has settled through seq {settled} but the journal ends at seq {last}: the "
+                             f"store holds changes the exchange never journaled; restore it from a backup, or see "
+                             f"etx registry audit --data {self.data_dir}")
+        outbox = self.exchange.ledger.postings
+        # Genesis postings (seq 0) are in any store that has settled anything.
+        settled_again = [p for p in outbox if p.seq <= settled and (p.seq or settled)]
+        problem = self.store.first_difference(settled_again) if settled_again else None
+        if problem is not None:
+            raise ServeError(f"{where} does not match the journal: {problem}; the store was changed outside the "
+                             f"exchange: see etx registry audit --data {self.data_dir}")
+
     def _journal_state(self, ok: bool, reason: str) -> None:
         if ok:
             log.warning("journal available again")
@@ -179,14 +228,25 @@ class Service:
             log.error("journal unavailable, orders are refused: %s", reason)
 
     async def start(self, host: str | None = None, port: int | None = None) -> tuple[str, int]:
+        """Listen at exchange.listen (or at ``host``/``port`` where given); returns the
+        address. If it cannot, everything is closed again as by ``stop`` (no snapshot)
+        and the error is raised: ServeError naming the address when it cannot listen."""
         cfg_host, cfg_port = self.cfg.listen()
-        ctx = None
-        if self.cfg.exchange.tls_cert:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(self.cfg.exchange.tls_cert, self.cfg.exchange.tls_key)
-        if self.md_wanted:
-            await self._start_market_data()
-        self.address = await self.server.start(cfg_host if host is None else host, cfg_port if port is None else port, ctx)
+        where = "exchange.listen" if host is None and port is None else "listen address"
+        host = cfg_host if host is None else host
+        port = cfg_port if port is None else port
+        try:
+            if self.md_wanted:
+                await self._start_market_data()
+            try:
+                self.address = await self.server.start(host, port, self.ssl_context)
+            except OSError as e:
+                address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                raise ServeError(f"{where} {address}: {_listen_problem(e)}") from None
+        except BaseException:
+            await self.stop(snapshot=False)  # nothing half-started: journal, settler and store closed
+            raise
+        self.folder.note(listen=f"{self.address[0]}:{self.address[1]}")  # where etx registry finds the exchange
         return self.address
 
     async def _start_market_data(self) -> None:
@@ -224,6 +284,7 @@ class Service:
                 snapper.take()
             await loop.run_in_executor(None, snapper.close)
         self.store.close()
+        self.folder.release()
 
     def audit(self) -> list[str]:
         """The registry audit: the store against itself and against the live ledger
@@ -236,6 +297,61 @@ class Service:
             return audit(store, self.exchange.ledger, self.fees)
         finally:
             store.close()
+
+
+def tls_context(cfg: Config) -> ssl.SSLContext | None:
+    """The gateway's TLS context from exchange.tls_cert and tls_key (None for plain
+    TCP); ServeError naming the file that cannot be read or is not PEM."""
+    cert, key = cfg.exchange.tls_cert, cfg.exchange.tls_key
+    if not cert:
+        return None
+    for name, path in (("exchange.tls_cert", cert), ("exchange.tls_key", key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise ServeError(f"{name} {path} cannot be read ({e.strerror or e}): give the path of a readable "
+                             "PEM file") from None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except ssl.SSLError as e:
+        if e.reason == "KEY_VALUES_MISMATCH":
+            raise ServeError(f"exchange.tls_key {key} is not the private key of exchange.tls_cert {cert}") from None
+        raise ServeError(f"exchange.tls_cert {cert} and exchange.tls_key {key} are not a PEM certificate chain "
+                         "and its private key") from None
+    return ctx
+
+
+def make_data_folder(path: Path) -> None:
+    """Create the data folder if it is missing and check that files can be written in
+    it; ServeError naming it otherwise (before the journal or the store open there)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ServeError(f"data folder {path} is a file, not a folder: give --data a folder") from None
+    except OSError as e:
+        raise ServeError(f"data folder {path} cannot be created ({e.strerror or e}): give --data a folder that "
+                         "can be created and written") from None
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ServeError(f"data folder {path} is not writable ({e.strerror or e}): give --data a folder this "
+                         "user can write") from None
+
+
+def _listen_problem(e: OSError) -> str:
+    """Why the gateway cannot listen, and what to do about it."""
+    if e.errno == errno.EADDRINUSE:
+        return "the address is already in use (another exchange?): stop what listens there or choose another port"
+    if e.errno == errno.EADDRNOTAVAIL:
+        return "the host is not an address of this machine: choose one of its addresses (or 0.0.0.0)"
+    if e.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges): choose another port"
+    if isinstance(e, socket.gaierror):
+        return f"the host cannot be resolved ({e.strerror}): give an address or a known host name"
+    return f"cannot listen there ({e.strerror or e})"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -271,7 +387,7 @@ def snapshot_options_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-async def serve(args: argparse.Namespace, cfg: Config) -> int:
+async def serve(args: argparse.Namespace, cfg: Config, config_text: str | None = None) -> int:
     md_host, _, md_port = args.mqtt.rpartition(":")
     problem = snapshot_options_problem(args)
     if problem is not None:
@@ -280,7 +396,7 @@ async def serve(args: argparse.Namespace, cfg: Config) -> int:
     service = Service(cfg, args.data, md_host=md_host or "127.0.0.1", md_port=int(md_port or 1883),
                       market_data=not args.no_market_data, snapshots=not args.no_snapshots,
                       snapshot_every=args.snapshot_every, snapshot_every_s=args.snapshot_interval,
-                      snapshot_history=args.snapshot_history)
+                      snapshot_history=args.snapshot_history, config_text=config_text)
     host = port = None
     if args.listen:
         h, _, p = args.listen.rpartition(":")
@@ -330,12 +446,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = load(args.config)
-    except (ConfigError, OSError) as e:
+        text = Path(args.config).read_text()
+        cfg = loads(text)
+    except (ConfigError, OSError, UnicodeDecodeError) as e:
         print(f"etx serve: {args.config}: {e}")
         return 2
     try:
-        return asyncio.run(serve(args, cfg))
+        return asyncio.run(serve(args, cfg, text))
     except ServeError as e:
         print(f"etx serve: {e}")
         return 2

@@ -508,6 +508,24 @@ class Server:
         self._cod_retry.clear()
         self.wake()
 
+    async def execute(self, cmds: list[Any], origin: MemberStream) -> list[Any]:
+        """Stamp, journal and apply commands that no session sent (the offline tools, on
+        an exchange that is not listening), exactly as the core loop would: the events
+        are routed into the members' streams and handed to the listeners (settlement).
+        Returns the events. Only before ``start``."""
+        assert self._server is None, "execute is for an exchange that is not listening"
+        self.loop = asyncio.get_running_loop()
+        self.sequencer.stamp_batch(cmds)
+        await self._journal(cmds)
+        events: list[Any] = []
+        collect = events.extend
+        self.on_events.append(collect)
+        try:
+            self._apply(cmds, [origin] * len(cmds), [], [])
+        finally:
+            self.on_events.remove(collect)
+        return events
+
     async def _drain(self, timeout_s: float = 30.0) -> None:
         """Wait until everything queued is applied (or the timeout passes)."""
         loop = asyncio.get_running_loop()

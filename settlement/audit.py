@@ -3,14 +3,16 @@
 Checks, over the whole store:
 - every posting applies cleanly, in order, to a fresh ledger (no balance, pending or
   obligation ever out of bounds; no leg on an unknown account; no id twice);
+- postings are stored in the order of the sequence, and none is beyond the store's
+  last settled seq;
 - every trade posting is complete delivery versus payment: its cash and its one
   allowance asset each sum to zero over its legs, the buyer pays, the seller
   delivers, and no trade id is settled twice; a ``TradePosting`` (whose legs are
   derived, so complete by construction) also has a positive price and quantity,
   fees that are not negative, a reserve share within the trading fees and a buyer's
   pending change within what the buyer paid;
-- the balances table equals the sum of all postings' legs, and the account and
-  obligation tables equal what the postings say;
+- the balances table equals the sum of all postings' legs (each an exact integer), and
+  the account and obligation tables equal what the postings say;
 - conservation per asset: allocated - surrendered - retired = sum of balances of each
   allowance vintage and CCER; deposited - withdrawn = sum of cash balances (fee
   accounts included);
@@ -25,7 +27,7 @@ from typing import Any
 from engine.ledger import CASH
 from settlement.ledger import Ledger, LedgerError
 from settlement.messages import TradePosting
-from settlement.store import RegistryStore
+from settlement.store import RegistryStore, StoreError
 from settlement.structs import Fees
 
 DIFFERENCES_MAX = 1000  # stop listing after this many; the count is still reported
@@ -92,8 +94,14 @@ def audit(store: RegistryStore, ledger: Ledger | None = None, fees: Fees | None 
     trade_refs: set[str] = set()
     broken = False
     count = 0
+    previous: Any = None
     for p in store.postings():
         count += 1
+        if previous is not None and p.seq < previous.seq:
+            report(f"posting {p.posting_id} (seq {p.seq}) is stored after posting {previous.posting_id} (seq "
+                   f"{previous.seq}): the store keeps postings in the order of the sequence")
+        if previous is None or p.seq > previous.seq:
+            previous = p
         if p.kind == "trade":
             if p.ref in trade_refs:
                 report(f"trade {p.ref} settled twice")
@@ -112,9 +120,16 @@ def audit(store: RegistryStore, ledger: Ledger | None = None, fees: Fees | None 
         except LedgerError as exc:
             report(f"posting {p.posting_id} does not apply: {exc}; the rest is not replayed")
             broken = True
+    settled = store.last_seq()
+    if previous is not None and previous.seq > settled:
+        report(f"the store's last settled seq is {settled}, but posting {previous.posting_id} has seq {previous.seq}: "
+               "every stored posting must be at or below it")
     if not broken:
-        _compare_store(store, rebuilt, "postings", report)
-        _conservation(store, rebuilt, report)
+        try:
+            _compare_store(store, rebuilt, "postings", report)
+            _conservation(store, rebuilt, report)
+        except StoreError as exc:
+            report(str(exc))
     if ledger is not None:
         _compare_store(store, ledger, "live ledger", report)
         supply = ledger.supply()

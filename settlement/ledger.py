@@ -8,8 +8,8 @@ unwithdrawable]``:
 - ``balance``: what the account owns (fen for cash, tonnes for allowances and CCER);
 - ``held``: the part that open orders hold;
 - ``unsellable``: allowances bought today, sellable from the next trading day (T+1);
-- ``unwithdrawable``: cash from today's sales; usable for buying at once, withdrawable
-  after the end-of-day settlement.
+- ``unwithdrawable``: cash from today's sales; usable for buying at once (a purchase
+  spends it first), withdrawable after the end-of-day settlement.
 Available to hold is ``balance - held - unsellable`` (``unsellable`` is always 0 for
 cash, so one formula serves both). Withdrawable cash is ``balance - held -
 unwithdrawable``. No number ever goes negative, ``held + unsellable <= balance`` and
@@ -100,6 +100,12 @@ ACTIVE, SUSPENDED = int(AccountStatus.ACTIVE), int(AccountStatus.SUSPENDED)
 CCER = "CCER"
 CCER_SHARE_PERCENT = 5  # CCER may cover at most 5 % of a year's obligation
 AMOUNT_MAX = 10**15  # any single amount (fen or tonnes) above this is a typing error
+# The most of any asset the registry may hold in all (fen or tonnes): CNY 10^15, or
+# 10^17 t. Deposits and allocations that would take an asset's supply past it are
+# refused (LIMIT_EXCEEDED); as balances only move that supply around, no balance, held
+# or pending amount can pass it either, and every one stays an exact 64-bit integer
+# (2^63 is about 9.2 * 10^18) in the store.
+BALANCE_MAX = 10**17
 ACCOUNT_NAME_MAX = 64
 YEAR_MIN, YEAR_MAX = 2000, 2099
 
@@ -253,12 +259,13 @@ class Ledger:
         ba = buyer_entries.get(instrument) or self._entry(buyer, instrument)
         net = notional - tf - sf
         bc[1] = buyer_held - buyer_hold
-        balance = bc[0] = bc[0] - cost
-        # Spending uses today's sale proceeds first: what is left of them stays unwithdrawable.
-        dp = 0
-        if bc[3] > balance:
-            dp = balance - bc[3]
-            bc[3] = balance
+        bc[0] -= cost
+        # A purchase spends today's sale proceeds first (the market lets proceeds buy at
+        # once but not leave before the end-of-day settlement), so as much settled cash
+        # as possible stays withdrawable.
+        proceeds = bc[3]
+        dp = -(cost if cost < proceeds else proceeds)
+        bc[3] = proceeds + dp
         sc[0] += net
         sc[3] += net
         sa[1] = seller_held - qty
@@ -381,6 +388,19 @@ class Ledger:
                                 f"amount must be in [1, {AMOUNT_MAX}] {unit}, got {amount}")
         return None
 
+    def _supply_room(self, cmd: Any, kind: str, asset: str, amount: int) -> RegistryRejected | None:
+        """A rejection when ``amount`` more of ``asset`` would take its total in the
+        registry past BALANCE_MAX."""
+        supply = self.supply().get(asset, 0)
+        if supply + amount > BALANCE_MAX:
+            if asset == CASH:
+                what = f"{format_yuan(supply)} CNY are in the registry; {format_yuan(amount)} more would pass " \
+                       f"the maximum of {format_yuan(BALANCE_MAX)}"
+            else:
+                what = f"{supply} t {asset} are in the registry; {amount} t more would pass the maximum of {BALANCE_MAX} t"
+            return self._reject(cmd, kind, RegistryReason.LIMIT_EXCEEDED, what)
+        return None
+
     def _unit(self, cmd: Any, kind: str, asset: str) -> RegistryRejected | None:
         """Allowances and CCER only."""
         if vintage(asset) < 0:
@@ -428,7 +448,7 @@ class Ledger:
         state = self._account(cmd, kind, cmd.account)
         if isinstance(state, RegistryRejected):
             return state
-        bad = self._amount(cmd, kind, cmd.amount, "fen")
+        bad = self._amount(cmd, kind, cmd.amount, "fen") or self._supply_room(cmd, kind, CASH, cmd.amount)
         if bad:
             return bad
         return self._done(cmd, kind, ((cmd.account, CASH, cmd.amount, 0),), cmd.account,
@@ -468,6 +488,9 @@ class Ledger:
         state = self._account(cmd, kind, cmd.account)
         if isinstance(state, RegistryRejected):
             return state
+        bad = self._supply_room(cmd, kind, cmd.asset, cmd.qty)
+        if bad:
+            return bad
         return self._done(cmd, kind, ((cmd.account, cmd.asset, cmd.qty, 0),), cmd.account,
                           f"allocate {cmd.qty} t {cmd.asset} by {cmd.source}")
 
@@ -769,7 +792,7 @@ class Ledger:
 
 def _entry_ok(e: Entry, cash: bool) -> bool:
     balance, held, unsellable, unwithdrawable = e
-    if balance < 0 or held < 0 or unsellable < 0 or unwithdrawable < 0:
+    if balance < 0 or held < 0 or unsellable < 0 or unwithdrawable < 0 or balance > BALANCE_MAX:
         return False
     if cash:
         return unsellable == 0 and held <= balance and unwithdrawable <= balance

@@ -75,6 +75,7 @@ class RegistryReason(IntEnum):
     OBLIGATION_BELOW_SURRENDERED = 217
     USE_END_OF_DAY = 218
     NOT_PERMITTED = 219  # the user's role does not allow the command (tools, gateway)
+    LIMIT_EXCEEDED = 220  # the asset's total in the registry would pass its maximum (BALANCE_MAX)
 
 
 # --- commands ---------------------------------------------------------------------

@@ -41,12 +41,12 @@ from typing import Any, Protocol
 import msgspec
 
 from engine.ledger import CASH
-from settlement.ledger import Ledger
+from settlement.ledger import BALANCE_MAX, Ledger
 from settlement.messages import MEMBER_TYPES, AccountState, AnyPosting, ObligationState, TradePosting
 from settlement.structs import Fees, LedgerSnapshot
+from settlement.units import format_yuan
 
-SCHEMA_VERSION = 1
-ROLES = ("clerk", "authority", "admin")
+SCHEMA_VERSION = 2
 READ_CHUNK = 10_000  # postings read per query when streaming the whole record
 SQLITE_CACHE_KIB = 65_536
 SQLITE_CHECKPOINT_PAGES = 10_000
@@ -86,6 +86,26 @@ def _migrations(dialect: str) -> list[list[str]]:
             "CREATE TABLE users (name TEXT PRIMARY KEY, role TEXT NOT NULL "
             "CHECK (role IN ('clerk', 'authority', 'admin')))",
         ],
+        # 2: every balance an exact integer within BALANCE_MAX (SQLite would turn an
+        # overflowing sum into a float); registry users are the exchange's staff users,
+        # in its configuration, no longer a table of the store.
+        (
+            [
+                "DROP TABLE users",
+                f"CREATE TABLE balances_2 (account TEXT NOT NULL, asset TEXT NOT NULL, balance INTEGER NOT NULL "
+                f"CHECK (typeof(balance) = 'integer' AND balance BETWEEN 0 AND {BALANCE_MAX}), pending INTEGER NOT NULL "
+                f"CHECK (typeof(pending) = 'integer' AND pending >= 0 AND pending <= balance), "
+                f"PRIMARY KEY (account, asset)) WITHOUT ROWID",
+                "INSERT INTO balances_2 (account, asset, balance, pending) SELECT account, asset, balance, pending "
+                "FROM balances",
+                "DROP TABLE balances",
+                "ALTER TABLE balances_2 RENAME TO balances",
+            ]
+            if dialect == "sqlite" else [
+                "DROP TABLE users",
+                f"ALTER TABLE balances ADD CONSTRAINT balance_max CHECK (balance <= {BALANCE_MAX})",
+            ]
+        ),
     ]
 
 
@@ -94,6 +114,7 @@ class RegistryStore(Protocol):
 
     def migrate(self) -> int: ...
     def write_batch(self, postings: Sequence[AnyPosting], last_seq: int) -> int: ...
+    def first_difference(self, postings: Sequence[AnyPosting]) -> str | None: ...
     def last_seq(self) -> int: ...
     def balances(self) -> list[tuple[str, str, int, int]]: ...
     def accounts(self) -> list[AccountState]: ...
@@ -103,9 +124,6 @@ class RegistryStore(Protocol):
     def kind_totals(self) -> list[tuple[str, str, int]]: ...
     def eod_count(self) -> int: ...
     def load_ledger(self, fees: Fees | None = None) -> Ledger: ...
-    def add_user(self, name: str, role: str) -> None: ...
-    def role_of(self, name: str) -> str | None: ...
-    def user_count(self) -> int: ...
     def close(self) -> None: ...
 
 
@@ -145,6 +163,16 @@ def parties(p: AnyPosting) -> tuple[str, str]:
         if leg[0] != subject:
             return subject, leg[0]
     return subject, ""
+
+
+def describe(p: AnyPosting) -> str:
+    """A posting in a few words: its kind, actor and legs (``M1 CNY +1000.00``)."""
+    moves = []
+    for account, asset, delta, pending in p.legs:
+        amount = f"{'+' if delta >= 0 else '-'}{format_yuan(abs(delta)) if asset == CASH else abs(delta)}"
+        moves.append(f"{account} {asset} {amount}" + (f" (pending {pending:+})" if pending else ""))
+    who = f" by {p.actor}" if p.actor else ""
+    return f"{p.kind}{who}: {', '.join(moves) or 'no legs'}"
 
 
 class _Prepared:
@@ -349,13 +377,7 @@ class _SqlStore:
         return int(rows["last_seq"]), int(rows["next_no"])
 
     def _without_stored(self, postings: Sequence[AnyPosting]) -> list[AnyPosting]:
-        ids = [p.posting_id for p in postings]
-        stored: dict[str, bytes] = {}
-        for i in range(0, len(ids), 500):
-            part = ids[i:i + 500]
-            marks = ", ".join([self.ph] * len(part))
-            for pid, body in self._query(f"SELECT posting_id, body FROM postings WHERE posting_id IN ({marks})", part):
-                stored[pid] = bytes(body)
+        stored = self.stored_bodies([p.posting_id for p in postings])
         fresh = []
         for p in postings:
             body = stored.get(p.posting_id)
@@ -364,6 +386,32 @@ class _SqlStore:
             elif body != _encode(p):
                 raise StoreError(f"posting {p.posting_id} is stored with a different content")
         return fresh
+
+    def stored_bodies(self, ids: Sequence[str]) -> dict[str, bytes]:
+        """posting id -> the stored body (msgpack, as written) of those ids that are stored."""
+        stored: dict[str, bytes] = {}
+        for i in range(0, len(ids), 500):
+            part = list(ids[i:i + 500])
+            marks = ", ".join([self.ph] * len(part))
+            for pid, body in self._query(f"SELECT posting_id, body FROM postings WHERE posting_id IN ({marks})", part):
+                stored[pid] = bytes(body)
+        return stored
+
+    def first_difference(self, postings: Sequence[AnyPosting]) -> str | None:
+        """The first of ``postings`` (which the store should hold, e.g. those a replay of
+        the journal made again up to the store's last settled seq) that it does not
+        hold as they are, described in one line; None when it holds them all."""
+        for i in range(0, len(postings), READ_CHUNK):
+            part = postings[i:i + READ_CHUNK]
+            stored = self.stored_bodies([p.posting_id for p in part])
+            for p in part:
+                body = stored.get(p.posting_id)
+                if body is None:
+                    return f"posting {p.posting_id} (seq {p.seq}: {describe(p)}) is missing from the store"
+                if body != _encode(p):
+                    return (f"posting {p.posting_id} (seq {p.seq}) differs: the store has {describe(_decode_posting(body))}, "
+                            f"the journal gives {describe(p)}")
+        return None
 
     def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         raise NotImplementedError
@@ -377,9 +425,14 @@ class _SqlStore:
         return int(self._query("SELECT value FROM meta WHERE key = 'last_seq'")[0][0])
 
     def balances(self) -> list[tuple[str, str, int, int]]:
-        """(account, asset, balance, pending) for every entry, sorted."""
+        """(account, asset, balance, pending) for every entry, sorted. A value that is
+        not an integer (which the schema forbids) raises StoreError naming it."""
         rows = self._query("SELECT account, asset, balance, pending FROM balances")
-        return sorted((a, s, int(b), int(p)) for a, s, b, p in rows)
+        for a, s, b, p in rows:
+            if type(b) is not int or type(p) is not int:
+                raise StoreError(f"{a} {s}: the store holds balance {b!r} and pending {p!r}, which are not both "
+                                 "integers")
+        return sorted(rows)
 
     def accounts(self) -> list[AccountState]:
         rows = sorted(self._query("SELECT account, holder_type, name, status FROM accounts"))
@@ -441,10 +494,12 @@ class _SqlStore:
 
     def load_ledger(self, fees: Fees | None = None) -> Ledger:
         """A ledger with the store's accounts, balances, T+1 quantities and
-        obligations, and no holds (no order is open). The system accounts that the
-        fees name are recorded first if the store lacks them."""
+        obligations, and no holds (no order is open). It only reads: the system
+        accounts the fees name are in it even when the store does not hold them yet."""
         ledger = Ledger(fees)
-        self.write_batch(ledger.take_postings(), self.last_seq())
+        ledger.take_postings()
+        stored = {a.account: a for a in self.accounts()}
+        accounts = [*stored.values(), *(a for name, a in ledger.accounts.items() if name not in stored)]
         totals: dict[tuple[str, str], int] = {}
         for kind, asset, amount in self.kind_totals():
             counter = {"allocate": "issued", "surrender": "surrendered", "retire": "retired",
@@ -457,33 +512,11 @@ class _SqlStore:
             cash = asset == CASH
             entries.append((account, asset, balance, 0, 0 if cash else pending, pending if cash else 0))
         snap = LedgerSnapshot(
-            self.eod_count() + 1, self.accounts(), entries, self.obligations(),
+            self.eod_count() + 1, sorted(accounts, key=lambda a: a.account), entries, self.obligations(),
             [(c, a, n) for (c, a), n in sorted(totals.items())],
         )
         ledger.restore(snap, keep_holds=False)
         return ledger
-
-    # --- users ------------------------------------------------------------------------
-
-    def add_user(self, name: str, role: str) -> None:
-        if role not in ROLES:
-            raise StoreError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-        ph = self.ph
-        self._begin()
-        try:
-            self._exec(f"INSERT INTO users (name, role) VALUES ({ph}, {ph}) ON CONFLICT (name) DO UPDATE SET "
-                       "role = excluded.role", (name, role))
-            self._commit()
-        except BaseException:
-            self._rollback()
-            raise
-
-    def role_of(self, name: str) -> str | None:
-        rows = self._query(f"SELECT role FROM users WHERE name = {self.ph}", (name,))
-        return str(rows[0][0]) if rows else None
-
-    def user_count(self) -> int:
-        return int(self._query("SELECT COUNT(*) FROM users")[0][0])
 
 
 class SqliteStore(_SqlStore):
@@ -580,7 +613,26 @@ class PostgresStore(_SqlStore):
         try:
             self.db = psycopg.connect(dsn, autocommit=True)
         except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to PostgreSQL store: {exc}") from exc
+            # One line that names the server and never the password: libpq's reason can
+            # quote the URL back ('invalid percent-encoded token: "..."').
+            import re
+            from urllib.parse import unquote
+
+            try:
+                info = psycopg.conninfo.conninfo_to_dict(dsn)
+            except psycopg.Error:
+                info = {}
+            host = str(info.get("host") or os.environ.get("PGHOST") or "")
+            port = str(info.get("port") or os.environ.get("PGPORT") or 5432)
+            where = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}") if host else f"the local socket, port {port}"
+            # libpq says 'connection to server at "HOST", port PORT failed: REASON'; the address is said above.
+            reason = " ".join(str(exc).split("\n", 1)[0].rpartition(" failed: ")[2].split()) or type(exc).__name__
+            hidden = {str(info.get("password") or "")}
+            for pair in re.findall(r"://[^:/@?#]*:([^@/?#]*)@|[?&]password=([^&#]*)", dsn):
+                hidden.update(pair, map(unquote, pair))
+            for secret in hidden - {""}:
+                reason = reason.replace(secret, "***")
+            raise StoreError(f"cannot connect to the PostgreSQL registry at {where}: {reason}") from exc
 
     def _dialect(self) -> str:
         return "postgresql"
