@@ -57,14 +57,31 @@ def hash_secret(secret: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = S
 
 
 def parse_hash(stored: str) -> tuple[int, int, int, bytes, bytes]:
-    """(n, r, p, salt, digest); ValueError for anything else."""
+    """(n, r, p, salt, digest) of what ``hash_secret`` makes: a non-empty salt and a
+    ``DKLEN``-byte digest. ValueError saying what is wrong for anything else, never
+    quoting the salt or digest (they are what an offline guesser needs)."""
     parts = stored.split("$")
     if len(parts) != 6 or parts[0] != "scrypt":
         raise ValueError("expected scrypt$N$r$p$salt$hash")
-    n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+    try:
+        n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+    except ValueError:
+        raise ValueError(f"N, r and p must be whole numbers, got {'$'.join(parts[1:4])!r}") from None
     if n < 2 or n & (n - 1) or not 1 <= r <= 64 or not 1 <= p <= 16 or n > 1 << 20:
         raise ValueError(f"scrypt parameters out of range: N={n} r={r} p={p}")
-    return n, r, p, base64.b64decode(parts[4], validate=True), base64.b64decode(parts[5], validate=True)
+    salt, digest = (_base64(text, name) for text, name in ((parts[4], "salt"), (parts[5], "hash")))
+    if not salt:
+        raise ValueError("the salt is empty")
+    if len(digest) != DKLEN:
+        raise ValueError(f"the hash is {len(digest)} bytes, expected {DKLEN}")
+    return n, r, p, salt, digest
+
+
+def _base64(text: str, name: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error; its message would not say which part
+        raise ValueError(f"the {name} is not valid base64") from None
 
 
 def verify_secret(secret: str, stored: str) -> bool:

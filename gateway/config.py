@@ -3,14 +3,15 @@
 Contract: ``load(path)`` or ``loads(text)`` returns a checked ``Config`` or raises
 ``ConfigError`` naming the key that is wrong. Prices are written in yuan and fee rates
 as decimal fractions; TOML floats are read as exact decimals (never binary floats) and
-converted to integers (fen, basis points) here, at the edge, refusing any value that
-does not convert exactly. ``etx.example.toml`` documents every key.
+converted to integers (fen, basis points) here, at the edge, refusing inf, nan and any
+value that does not convert exactly; messages quote a value as the file wrote it.
+``etx.example.toml`` documents every key.
 """
 
 from __future__ import annotations
 
 import tomllib
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,10 @@ from gateway.auth import NAME_MAX, User, parse_hash
 from gateway.protocol import ROLE_NAMES
 
 FEN_PER_YUAN = 100
+FEN = "a fen (0.01 yuan)"  # the units values convert to, as the messages name them
+BASIS_POINT = "a basis point (0.01 %)"
+PPM = "a part per million (0.000001)"
+SCALED_DIGITS_MAX = 18  # a value in its unit (fen, basis points, ppm) below 10**18 fits an int64
 
 
 class ConfigError(ValueError):
@@ -104,23 +109,35 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # --- derived, integer forms ----------------------------------------------------
 
     def instruments(self) -> list[Instrument]:
-        out = []
+        out: dict[str, Instrument] = {}
         for i in self.instrument:
-            band_bps = _exact(i.band_pct * 100, f"instrument {i.symbol}: band_pct")
+            where = f"instrument {i.symbol}"
+            if not i.symbol:
+                raise ConfigError("instrument: symbol is empty")
+            if i.symbol in out:
+                raise ConfigError(f"{where}: the symbol is configured twice (each [[instrument]] needs its own)")
+            band_bps = _exact(i.band_pct, 2, f"{where}: band_pct", BASIS_POINT)
+            if not 0 <= band_bps < 10_000:
+                raise ConfigError(f"{where}: band_pct {_written(i.band_pct)} must be at least 0 and below 100 "
+                                  "(0 = no band)")
             rules = Instrument(
                 symbol=i.symbol,
-                ref_price=fen(i.ref_price, f"instrument {i.symbol}: ref_price"),
-                tick=fen(i.tick, f"instrument {i.symbol}: tick"),
+                ref_price=fen(i.ref_price, f"{where}: ref_price"),
+                tick=fen(i.tick, f"{where}: tick"),
                 lot=i.lot, qty_min=i.qty_min, qty_max=i.qty_max, band_bps=band_bps,
-                price_min=fen(i.price_min, f"instrument {i.symbol}: price_min"),
-                price_max=fen(i.price_max, f"instrument {i.symbol}: price_max"),
+                price_min=fen(i.price_min, f"{where}: price_min"),
+                price_max=fen(i.price_max, f"{where}: price_max"),
             )
+            # Said here in yuan as written; the engine's own check would say it in fen.
+            for name, written in (("ref_price", i.ref_price), ("tick", i.tick)):
+                if getattr(rules, name) <= 0:
+                    raise ConfigError(f"{where}: {name} {_written(written)} must be positive")
             try:
                 rules.check()
             except ValueError as e:
-                raise ConfigError(str(e)) from None
-            out.append(rules)
-        return out
+                raise ConfigError(f"instrument {e}") from None  # the engine's messages start with the symbol
+            out[i.symbol] = rules
+        return list(out.values())
 
     def schedule(self) -> Schedule:
         s = self.exchange.schedule
@@ -151,8 +168,18 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def fee_rates_ppm(self) -> tuple[int, int]:
         """(trading, registry) fee rates in parts per million of the trade value."""
-        return (_exact(self.fees.trading_rate * 1_000_000, "fees.trading_rate"),
-                _exact(self.fees.registry_rate * 1_000_000, "fees.registry_rate"))
+        fees = self.fees
+        rates = []
+        for name, rate in (("trading_rate", fees.trading_rate), ("registry_rate", fees.registry_rate)):
+            ppm = _exact(rate, 6, f"fees: {name}", PPM)
+            if not 0 <= ppm <= 1_000_000:
+                raise ConfigError(f"fees: {name} {_written(rate)} is not between 0 and 1 "
+                                  "(a fraction of the trade value: 0.0003 is 0.03 %)")
+            rates.append(ppm)
+        if sum(rates) >= 1_000_000:
+            raise ConfigError(f"fees: trading_rate {_written(fees.trading_rate)} + registry_rate "
+                              f"{_written(fees.registry_rate)} must be below 1 (the seller's fees must leave proceeds)")
+        return rates[0], rates[1]
 
     def listen(self) -> tuple[str, int]:
         host, _, port = self.exchange.listen.rpartition(":")
@@ -193,7 +220,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             try:
                 parse_hash(u.secret_hash)
             except ValueError as e:
-                raise ConfigError(f"{where}: secret_hash: {e}") from None
+                raise ConfigError(f"{where}: secret_hash: {e} (make one with etx serve --hash-secret)") from None
             if (u.member, u.user) in seen:
                 raise ConfigError(f"{where}: configured twice")
             seen.add((u.member, u.user))
@@ -206,13 +233,35 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 def fen(yuan: Decimal, where: str) -> int:
-    return _exact(yuan * FEN_PER_YUAN, where)
+    return _exact(yuan, 2, where, FEN)
 
 
-def _exact(value: Decimal, where: str) -> int:
-    if value != value.to_integral_value():
-        raise ConfigError(f"{where}: {value} is not a whole number of the unit (too many decimals)")
-    return int(value)
+def _exact(value: Decimal, decimals: int, where: str, unit: str) -> int:
+    """``value`` (as written) in whole units of ``10 ** -decimals``; ConfigError quoting
+    the value for inf, nan, anything with more decimals than the unit, and magnitudes
+    no price or rate has (whose conversion would overflow the decimal context)."""
+    if not value.is_finite():
+        raise ConfigError(f"{where} {_written(value)} is not a finite number")
+    if value and value.adjusted() + decimals >= SCALED_DIGITS_MAX:
+        raise ConfigError(f"{where} {_written(value)} is too large")
+    if value and value.adjusted() < -decimals:
+        raise ConfigError(f"{where} {_written(value)} has more decimals than {unit}")
+    # Enough digits that the product is exact: rounding it could make 1.000...001 whole.
+    with localcontext(prec=len(value.as_tuple().digits) + decimals + 1):
+        scaled = value.scaleb(decimals)
+    if scaled != scaled.to_integral_value():
+        raise ConfigError(f"{where} {_written(value)} has more decimals than {unit}")
+    return int(scaled)
+
+
+def _written(value: Decimal) -> str:
+    """A decimal as a TOML file writes it (``inf``, ``nan``; not Python's ``Infinity``)."""
+    if value.is_nan():
+        return "nan"
+    if value.is_infinite():
+        return "-inf" if value.is_signed() else "inf"
+    text = f"{value:f}"  # 0.00000001, not 1E-8 ...
+    return text if len(text) <= 40 else str(value)  # ... but 1E-100 rather than a hundred zeros
 
 
 def _stp(name: str, where: str) -> int:
