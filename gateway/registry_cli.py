@@ -393,8 +393,11 @@ async def _offline(args: argparse.Namespace, cfg: Config, creds: Credentials, cm
     if PERMISSIONS[user.role].get(type(cmd)) != K_STAFF:
         return RegistryRejected(0, 0, creds.name, args.action, int(RegistryReason.NOT_PERMITTED),
                                 f"role {Role(user.role).name.lower()} may not send {type(cmd).__name__}")
+    # Named with --config, the configuration becomes the folder's copy, as etx serve's does.
+    text = Path(args.config).read_text() if args.config else None
     try:
-        service = Service(cfg, args.data, market_data=False, snapshots=False, what=f"etx registry {args.action}")
+        service = Service(cfg, args.data, market_data=False, snapshots=False, config_text=text,
+                          what=f"etx registry {args.action}")
     except ServeError as e:
         raise ToolError(str(e)) from None
     try:

@@ -11,6 +11,8 @@ from engine import CASH, EndOfDay, NewOrder, Side
 from settlement import (
     Allocate,
     Deposit,
+    HolderType,
+    Ledger,
     OpenAccount,
     Posting,
     SetObligation,
@@ -18,8 +20,9 @@ from settlement import (
     SuspendAccount,
     Withdraw,
 )
-from settlement.store import SCHEMA_VERSION, StoreError, open_store
-from tests.settlement.helpers import FEES, Market
+from settlement.ledger import BALANCE_MAX
+from settlement.store import SCHEMA_VERSION, StoreError, _migrations, open_store
+from tests.settlement.helpers import FEES, Driver, Market
 
 
 def busy_market() -> Market:
@@ -140,14 +143,39 @@ def test_withdraw_posting_round_trip(store: Any) -> None:
     assert store.load_ledger(FEES).supply()[CASH] == m.ledger.supply()[CASH]
 
 
-def test_users(store: Any) -> None:
-    assert store.user_count() == 0
-    store.add_user("li", "clerk")
-    store.add_user("wang", "authority")
-    store.add_user("li", "admin")
-    assert store.role_of("li") == "admin" and store.role_of("wang") == "authority" and store.role_of("x") is None
-    with pytest.raises(StoreError, match="role must be"):
-        store.add_user("z", "boss")
+def test_a_balance_past_the_maximum_is_refused_by_the_store(store: Any) -> None:
+    """Schema 2: every balance is an exact integer within BALANCE_MAX (SQLite would
+    otherwise turn an overflowing sum into a float), whatever the caller does."""
+    ledger = Ledger()
+    Driver(ledger).ok(OpenAccount("clerk", "A", int(HolderType.COMPLIANCE), "A"))
+    store.write_batch(ledger.take_postings(), 1)
+    big = Posting("C2", 2, 2, "deposit", "2", "clerk", (("A", "CNY", BALANCE_MAX, 0),), "A")
+    store.write_batch([big], 2)
+    over = Posting("C3", 3, 3, "deposit", "3", "clerk", (("A", "CNY", 1, 0),), "A")
+    with pytest.raises(StoreError):
+        store.write_batch([over], 3)
+    assert ("A", "CNY", BALANCE_MAX, 0) in store.balances() and store.last_seq() == 2
+
+
+def test_migration_2_keeps_the_balances_and_drops_the_users_table(store_url: str) -> None:
+    s = open_store(store_url)
+    try:
+        statements = _migrations(s._dialect())[0]
+        s._begin()
+        s._exec("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for sql in statements:
+            s._exec(sql)
+        s._exec("INSERT INTO schema_version (version) VALUES (1)")
+        s._exec("INSERT INTO users (name, role) VALUES ('li', 'clerk')")
+        s._exec("INSERT INTO balances (account, asset, balance, pending) VALUES ('A', 'CNY', 700, 300)")
+        s._commit()
+        assert s.migrate() == 2
+        assert s.balances() == [("A", "CNY", 700, 300)]
+        with pytest.raises(Exception):  # noqa: B017 - the table is gone, whichever driver says so
+            s._query("SELECT * FROM users")
+    finally:
+        s._rollback()
+        s.close()
 
 
 def test_two_connections_see_the_same_record(store_url: str, store: Any) -> None:

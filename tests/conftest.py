@@ -1,4 +1,5 @@
-"""Fixtures: the same tests run against a real SQLite file and a real PostgreSQL.
+"""Fixtures for every test package: the same tests run against a real SQLite file and a
+real PostgreSQL.
 
 ``pg_dsn`` (session): a database created for this run (``etx_test_<random>``, dropped at
 the end) on the server ``ETX_PG_DSN`` names, or on a private server started for the
