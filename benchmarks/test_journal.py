@@ -194,7 +194,7 @@ def restart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         batch = cmds[i : i + BATCH]
         journal.append_batch(batch)
         core.apply_batch(batch)
-        server.rebuild(core.out)
+        server.rebuild(batch, core.out)
         core.out.clear()
         registry.write_batch(core.ledger.take_postings(), core.last_seq)
         if journal.last_seq % SNAPSHOT_EVERY < BATCH and journal.last_seq <= last_snapshot:

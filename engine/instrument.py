@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import msgspec
 
+from engine.messages import SYMBOL_MAX
+
 NS_PER_MINUTE = 60_000_000_000
 NS_PER_DAY = 1440 * NS_PER_MINUTE
 
@@ -35,6 +37,8 @@ class Instrument(msgspec.Struct, kw_only=True):
         """Raise ValueError naming the first rule that does not hold."""
         if not self.symbol:
             raise ValueError("instrument symbol is empty")
+        if len(self.symbol) > SYMBOL_MAX:
+            raise ValueError(f"instrument symbol {self.symbol[:SYMBOL_MAX]}... is longer than {SYMBOL_MAX} characters")
         for name in ("tick", "lot", "qty_min", "ref_price"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{self.symbol}: {name} must be positive, got {getattr(self, name)}")

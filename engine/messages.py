@@ -14,8 +14,27 @@ epoch (UTC). Enumerations travel as plain integers; the IntEnum classes below na
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Annotated, Final
 
 import msgspec
+
+# --- bounded text ---------------------------------------------------------------------
+# Every string a command carries has a maximum length, checked when it is decoded (in C,
+# before anything is journaled): a peer cannot make the exchange keep, journal, snapshot
+# or echo back text of its choosing at any length. Registry commands and the gateway's
+# own messages use the same limits.
+
+NAME_MAX: Final = 64  # a member id, user name or account id
+COID_MAX: Final = 36  # a client order id (a UUID fits)
+SYMBOL_MAX: Final = 16  # an instrument or asset symbol
+ACTOR_MAX: Final = 2 * NAME_MAX + 1  # "member/user"
+TEXT_MAX: Final = 256  # free text: an operator's reason, a logout's words
+
+Name = Annotated[str, msgspec.Meta(max_length=NAME_MAX)]
+Coid = Annotated[str, msgspec.Meta(max_length=COID_MAX)]
+Symbol = Annotated[str, msgspec.Meta(max_length=SYMBOL_MAX)]
+Actor = Annotated[str, msgspec.Meta(max_length=ACTOR_MAX)]
+Text = Annotated[str, msgspec.Meta(max_length=TEXT_MAX)]
 
 # --- enumerations -----------------------------------------------------------------
 
@@ -93,9 +112,9 @@ class Command(msgspec.Struct, array_like=True, gc=False, tag_field="t"):
 
 
 class NewOrder(Command, tag=1):
-    member: str
-    coid: str  # client order id, unique per member per trading day
-    instrument: str
+    member: Name
+    coid: Coid  # client order id, unique per member per trading day
+    instrument: Symbol
     side: int
     qty: int
     price: int = 0  # ignored for market orders
@@ -109,7 +128,7 @@ class NewOrder(Command, tag=1):
 
 
 class Cancel(Command, tag=2):
-    member: str
+    member: Name
     order_id: int
     seq: int = 0
     ts: int = 0
@@ -120,7 +139,7 @@ class Amend(Command, tag=3):
     (remaining) quantity. A quantity decrease at the same price keeps time priority;
     a price change or a quantity increase loses it."""
 
-    member: str
+    member: Name
     order_id: int
     price: int
     qty: int
@@ -130,11 +149,15 @@ class Amend(Command, tag=3):
 
 class MassCancel(Command, tag=4):
     """Cancel every open order matching the filters; an empty member or instrument
-    means all. ``reason`` is MASS_CANCEL or DISCONNECT."""
+    means all. ``reason`` is MASS_CANCEL or DISCONNECT. ``actor`` (who sent it,
+    ``member/user``; "" for the gateway's cancel-on-disconnect) and ``text`` (an
+    operator's reason) are for the record: the gateway fills in ``actor``."""
 
-    member: str = ""
-    instrument: str = ""
+    member: Name = ""
+    instrument: Symbol = ""
     reason: int = int(CancelReason.MASS_CANCEL)
+    actor: Actor = ""
+    text: Text = ""
     seq: int = 0
     ts: int = 0
 
@@ -143,9 +166,9 @@ class HitOrder(Command, tag=5):
     """Trade against one chosen resting order among the best five levels of the
     opposite side, at its price; whatever does not fill is cancelled (IOC)."""
 
-    member: str
-    coid: str
-    instrument: str
+    member: Name
+    coid: Coid
+    instrument: Symbol
     target_order_id: int
     qty: int
     seq: int = 0
@@ -153,16 +176,21 @@ class HitOrder(Command, tag=5):
 
 
 class Halt(Command, tag=6):
-    """Operator halt of one instrument (or all when empty)."""
+    """Operator halt of one instrument (or all when empty). ``actor`` (filled in by the
+    gateway) and ``text`` (the operator's reason) are for the record."""
 
-    instrument: str = ""
+    instrument: Symbol = ""
     cancel_orders: bool = False
+    actor: Actor = ""
+    text: Text = ""
     seq: int = 0
     ts: int = 0
 
 
 class Resume(Command, tag=7):
-    instrument: str = ""
+    instrument: Symbol = ""
+    actor: Actor = ""
+    text: Text = ""
     seq: int = 0
     ts: int = 0
 
@@ -178,6 +206,8 @@ class EndOfDay(Command, tag=9):
     """Close the trading day: expire what still rests, fix the closing prices and
     roll every instrument's reference price and band to the next day."""
 
+    actor: Actor = ""
+    text: Text = ""
     seq: int = 0
     ts: int = 0
 

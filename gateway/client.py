@@ -80,8 +80,10 @@ class Client:
 
     def __init__(self, host: str, port: int, member: str, user: str, secret: str, *, last_seq: int = 0,
                  cod: int = CodMode.DEFAULT, heartbeat_ms: int = 0, ssl: ssl_module.SSLContext | None = None,
-                 coid_prefix: str | None = None) -> None:
+                 coid_prefix: str | None = None, source: str = "") -> None:
+        """``source``: the local address to connect from (a machine with several)."""
         self.host, self.port = host, port
+        self.source = source
         self.member, self.user, self._secret = member, user, secret
         self.cod = cod
         self.heartbeat_ms = heartbeat_ms
@@ -108,7 +110,8 @@ class Client:
     async def connect(self, timeout: float = 10.0) -> LogonAck:
         """Open the connection and log on; raises LogonError when refused."""
         reader, self._writer = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port, ssl=self.ssl, limit=READ_CHUNK), timeout)
+            asyncio.open_connection(self.host, self.port, ssl=self.ssl, limit=READ_CHUNK,
+                                    local_addr=(self.source, 0) if self.source else None), timeout)
         self._reader = reader
         self.closed_by_server = None
         self._forget_end_marks()

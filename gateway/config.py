@@ -18,8 +18,8 @@ from typing import Any
 import msgspec
 
 from engine.instrument import ALWAYS_OPEN, NATIONAL_WINDOWS, Instrument, Schedule
-from engine.messages import Stp
-from gateway.auth import NAME_MAX, User, parse_hash
+from engine.messages import NAME_MAX, Stp
+from gateway.auth import User, parse_hash
 from gateway.protocol import ROLE_NAMES
 
 FEN_PER_YUAN = 100
@@ -57,7 +57,10 @@ class SessionSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     failures_max: int = 5
     failure_window_s: int = 60
     lockout_s: int = 300
-    sessions_max: int = 1000
+    sessions_max: int = 1000  # logged-on sessions
+    prelogon_max: int = 1000  # connections not logged on yet (TLS handshakes included), in all ...
+    prelogon_per_address: int = 16  # ... and from one address
+    frame_deadline_ms: int = 5000  # a frame begun must be complete within this
     history_max: int = 2_000_000  # reports kept in memory per member for replay
     write_buffer_max: int = 64 * 1024 * 1024  # a peer not reading beyond this is closed
 
@@ -227,7 +230,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         s = self.session
         for name in ("heartbeat_ms", "timeout_heartbeats", "orders_per_second", "burst", "queries_per_second",
                      "flood_factor", "max_frame", "malformed_max", "failures_max", "failure_window_s", "lockout_s",
-                     "sessions_max", "history_max", "write_buffer_max"):
+                     "sessions_max", "prelogon_max", "prelogon_per_address", "frame_deadline_ms", "history_max",
+                     "write_buffer_max"):
             if getattr(s, name) <= 0:
                 raise ConfigError(f"session.{name} must be positive, got {getattr(s, name)}")
 

@@ -94,14 +94,15 @@ async def _registry_setup(port: int, staff: dict[str, str], members: list[tuple[
         clerk.send(Deposit("", member, CASH_FEN))
         for symbol, _ in INSTRUMENTS:
             authority.send(Allocate("", "AUTHORITY", member, symbol, ALLOWANCES_T))
-    want = len(members) * (2 + len(INSTRUMENTS))
-    done = 0
-    while done < want:  # both staff sessions share the exchange's stream: read one
-        msg = await clerk.wait_for(lambda m: isinstance(m, Report), 10)
-        if isinstance(msg.body, RegistryRejected):
-            raise RuntimeError(f"registry set-up refused: {msg.body.text}")
-        if isinstance(msg.body, RegistryDone):
-            done += 1
+    # Each staff user has a stream of its own: each reads the answers to its commands.
+    for client, want in ((clerk, 2 * len(members)), (authority, len(INSTRUMENTS) * len(members))):
+        done = 0
+        while done < want:
+            msg = await client.wait_for(lambda m: isinstance(m, Report), 10)
+            if isinstance(msg.body, RegistryRejected) or not msg.seq_out:
+                raise RuntimeError(f"registry set-up refused: {msg.body.text}")
+            if isinstance(msg.body, RegistryDone):
+                done += 1
     await clerk.close()
     await authority.close()
     print(f"  registry: {len(members)} accounts opened, CNY {money(CASH_FEN)} deposited and "

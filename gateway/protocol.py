@@ -29,11 +29,13 @@ from __future__ import annotations
 import functools
 import operator
 from enum import IntEnum
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from engine.messages import (
+    ENGINE_EVENTS,
+    TEXT_MAX,
     Accepted,
     Amend,
     Amended,
@@ -46,14 +48,19 @@ from engine.messages import (
     Halt,
     HitOrder,
     MassCancel,
+    Name,
     NewOrder,
     Rejected,
     Resume,
     StatusChanged,
+    Symbol,
+    Text,
 )
 from settlement.messages import REGISTRY_COMMANDS, Allocate, RegistryDone, RegistryRejected, SetObligation
 
 PROTOCOL_VERSION = 1
+SECRET_MAX = TEXT_MAX  # characters of a secret (a longer one is refused before hashing)
+Secret = Annotated[str, msgspec.Meta(max_length=SECRET_MAX)]
 
 
 class Role(IntEnum):
@@ -94,6 +101,7 @@ class GatewayReason(IntEnum):
     UNKNOWN_INSTRUMENT = 119  # a query named an instrument that does not exist
     UNKNOWN_MEMBER = 120  # an operator query or mass cancel named an unknown member
     JOURNAL_UNAVAILABLE = 121  # the command could not be made durable, so it was not entered
+    FRAME_TIMEOUT = 122  # a frame begun was not completed within the session's frame deadline
 
 
 class CodMode(IntEnum):
@@ -118,9 +126,9 @@ class Msg(msgspec.Struct, array_like=True, gc=False, tag_field="t"):
 
 class Logon(Msg, tag=50):
     version: int
-    member: str
-    user: str
-    secret: str
+    member: Name
+    user: Name
+    secret: Secret
     last_seq: int = 0  # the last Report.seq_out this member's client has seen
     cod: int = CodMode.DEFAULT
     heartbeat_ms: int = 0  # 0: the server's default
@@ -134,7 +142,7 @@ class Logon(Msg, tag=50):
 
 
 class Logout(Msg, tag=51):
-    text: str = ""
+    text: Text = ""
 
 
 class Heartbeat(Msg, tag=52):
@@ -146,24 +154,33 @@ class QueryOrders(Msg, tag=53):
     in order id order, at most ``ORDERS_PER_REPLY`` after ``after_order_id``."""
 
     req_id: int
-    instrument: str = ""
-    member: str = ""
+    instrument: Symbol = ""
+    member: Name = ""
     after_order_id: int = 0
 
 
 class QueryBalances(Msg, tag=54):
     req_id: int
-    member: str = ""  # operators only; others always get their own member
+    member: Name = ""  # operators only; others always get their own member
 
 
 class QueryBook(Msg, tag=55):
     req_id: int
-    instrument: str
+    instrument: Symbol
 
 
 class QueryInstruments(Msg, tag=56):
     req_id: int
-    instrument: str = ""  # "" = all
+    instrument: Symbol = ""  # "" = all
+
+
+class Unlock(Msg, tag=57):
+    """An operator lifts the logon lockout of a user (from every address). Answered
+    with an ``Unlocked``; not a command of the core."""
+
+    req_id: int
+    member: Name
+    user: Name
 
 
 # --- outbound session messages (150-199) ---------------------------------------------
@@ -321,10 +338,18 @@ class QueryRejected(Msg, tag=175):
     text: str
 
 
+class Unlocked(Msg, tag=176):
+    req_id: int
+    member: str
+    user: str
+    locks: int  # the lockouts lifted (one per source address that was locked out)
+
+
 ORDERS_PER_REPLY = 500
 BOOK_LEVELS = 5
 
-SESSION_INBOUND: tuple[type, ...] = (Logon, Logout, Heartbeat, QueryOrders, QueryBalances, QueryBook, QueryInstruments)
+SESSION_INBOUND: tuple[type, ...] = (Logon, Logout, Heartbeat, QueryOrders, QueryBalances, QueryBook, QueryInstruments,
+                                     Unlock)
 QUERIES: tuple[type, ...] = (QueryOrders, QueryBalances, QueryBook, QueryInstruments)
 TRADER_COMMANDS: tuple[type, ...] = (NewOrder, Cancel, Amend, MassCancel, HitOrder)
 OPERATOR_COMMANDS: tuple[type, ...] = (Halt, Resume, MassCancel, EndOfDay)
@@ -342,11 +367,17 @@ CLERK_COMMANDS, AUTHORITY_COMMANDS = _registry_commands()
 INBOUND: tuple[type, ...] = ENGINE_INBOUND + CLERK_COMMANDS + AUTHORITY_COMMANDS + SESSION_INBOUND
 OUTBOUND: tuple[type, ...] = (
     LogonAck, LogonReject, ServerHeartbeat, SessionReject, SessionClosed, Notice, Report, Resent,
-    OrdersReply, BalancesReply, BookReply, InstrumentsReply, QueryRejected,
+    OrdersReply, BalancesReply, BookReply, InstrumentsReply, QueryRejected, Unlocked,
 )
 
 InboundMessage: Any = functools.reduce(operator.or_, INBOUND)
 OutboundMessage: Any = functools.reduce(operator.or_, OUTBOUND)
+# The tags of what only the exchange sends (events and outbound messages): a client
+# that sends one is told NOT_PERMITTED, not MALFORMED (docs/protocol.md 3.8).
+EXCHANGE_ONLY_TAGS: dict[int, str] = {
+    t.__struct_config__.tag: t.__name__  # type: ignore[attr-defined]
+    for t in (*OUTBOUND, *ENGINE_EVENTS, RegistryDone, RegistryRejected, Fill)
+}
 
 
 def inbound_decoder() -> msgspec.msgpack.Decoder[Any]:

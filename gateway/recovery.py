@@ -11,7 +11,7 @@ Contract of ``recover(data_dir, make_core, ...)``:
   carry edge state are used, and ``on_restored(core, edge)`` receives the decoded
   edge state once its snapshot is restored, before anything is replayed.
 - Replays every journaled command after the snapshot through ``core.apply_batch``,
-  handing each batch's events to ``on_replayed_events`` (the gateway rebuilds its
+  handing each batch and its events to ``on_replayed`` (the gateway rebuilds its
   members' outbound reports from them, settlement re-settles what the registry store
   has not committed). ``events_from_seq`` makes recovery start from a snapshot taken
   before that sequence, so every event from it on is regenerated (``etx serve``
@@ -165,14 +165,15 @@ def recover(
     command_types: Sequence[type] | None = None,
     snapshot_type: Any = None,
     events_from_seq: int | None = None,
-    on_replayed_events: Callable[[list[Any]], None] | None = None,
+    on_replayed: Callable[[list[Any], list[Any]], None] | None = None,
     segment_bytes: int = SEGMENT_BYTES_DEFAULT,
     keep_snapshots: int = KEEP_DEFAULT,
     edge_type: Any = None,
     on_restored: Callable[[Any, Any], None] | None = None,
 ) -> Recovery:
-    """See the module docstring. ``on_replayed_events`` receives the core's ``out`` list
-    after each batch and must not keep it (it is cleared afterwards)."""
+    """See the module docstring. ``on_replayed(batch, out)`` receives each replayed
+    batch and the core's ``out`` list after it, and must not keep ``out`` (it is
+    cleared afterwards)."""
     started = time.perf_counter()
     data = Path(data_dir)
     report = RecoveryReport()
@@ -198,8 +199,8 @@ def recover(
             for batch in journal.replay(after_seq=snap_seq):
                 apply_batch(batch)
                 replayed += len(batch)
-                if on_replayed_events is not None:
-                    on_replayed_events(out)
+                if on_replayed is not None:
+                    on_replayed(batch, out)
                 out.clear()
         if core.last_seq != journal.last_seq:
             raise JournalCorrupt(

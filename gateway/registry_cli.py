@@ -402,8 +402,7 @@ async def _offline(args: argparse.Namespace, cfg: Config, creds: Credentials, cm
         raise ToolError(str(e)) from None
     try:
         cmd.actor = creds.name
-        stream = service.server.streams[cfg.exchange.operator_member]
-        events = await service.server.execute([cmd], stream)
+        events = await service.server.execute([cmd], service.server.origin_of(cmd))
     finally:
         await service.stop()
     return next(ev for ev in events if type(ev) in (RegistryDone, RegistryRejected))

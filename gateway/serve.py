@@ -149,7 +149,7 @@ class Service:
         # Recovery: a snapshot at or below the registry store's last settled seq (the
         # postings after it are made again by the replay and written by the settler),
         # with the members' streams as they were at its seq.
-        replayed: list[list[Any]] = []
+        replayed: list[tuple[list[Any], list[Any]]] = []
         restored: dict[str, Any] = {}
 
         def on_restored(core: Any, edge: Any) -> None:
@@ -157,7 +157,7 @@ class Service:
 
         try:
             self.recovery = recover(self.data_dir, core_factory(cfg), events_from_seq=settled + 1,
-                                    on_replayed_events=lambda out: replayed.append(list(out)),
+                                    on_replayed=lambda batch, out: replayed.append((batch, list(out))),
                                     edge_type=GatewayState, on_restored=on_restored)
         except BaseException:
             self.store.close()  # a journal that does not verify stops the start
@@ -177,7 +177,7 @@ class Service:
         self.settle = _Settle(self.settler, self.exchange.ledger, self.exchange.engine)
         s = cfg.session
         auth = Authenticator(cfg.users(), failures_max=s.failures_max, window_s=s.failure_window_s,
-                             lockout_s=s.lockout_s)
+                             lockout_s=s.lockout_s, on_lockout=self._lockout)
         listeners: list[Any] = [self.settle]
         self.md: Any = None
         self.md_task: asyncio.Task[Any] | None = None
@@ -188,8 +188,8 @@ class Service:
         if self.recovery.edge is not None:
             self.server.restore_streams(self.recovery.edge, restored["open"])
             self.recovery = self.recovery._replace(edge=None)  # the streams own it now
-        for events in replayed:
-            self.server.rebuild(events)
+        for batch, events in replayed:
+            self.server.rebuild(batch, events)
         replayed.clear()  # the events are routed; do not keep them
         self.snapshot_history = snapshot_history
         self.snapshotter: Snapshotter | None = None
@@ -220,6 +220,11 @@ class Service:
         if problem is not None:
             raise ServeError(f"{where} does not match the journal: {problem}; the store was changed outside the "
                              f"exchange: see etx registry audit --data {self.data_dir}")
+
+    def _lockout(self, member: str, user: str, host: str) -> None:
+        lockout_s = self.cfg.session.lockout_s
+        self.server.alert("lockout", f"user {member}/{user} locked out from {host} for {lockout_s} s after "
+                                     f"{self.cfg.session.failures_max} failed logons; an operator can unlock it")
 
     def _journal_state(self, ok: bool, reason: str) -> None:
         if ok:
@@ -260,6 +265,7 @@ class Service:
             return
         self.md = MarketDataPublisher(self.exchange.engine, self.md_host, self.md_port)
         self.server.on_events.append(self.md.on_events)
+        self.server.alerts.append(self.md.alert)
         self.md_task = asyncio.create_task(self.md.run())
         print(f"market data: publishing to mqtt://{self.md_host}:{self.md_port} under etx/v1/md/...")
 
@@ -422,7 +428,8 @@ def hash_secret_command() -> int:
     import getpass
     import sys
 
-    from gateway.auth import SECRET_MAX, hash_secret
+    from gateway.auth import hash_secret
+    from gateway.protocol import SECRET_MAX
 
     if sys.stdin.isatty():
         secret = getpass.getpass("secret: ")

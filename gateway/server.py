@@ -105,7 +105,18 @@ from gateway.protocol import (
     ServerHeartbeat,
     inbound_decoder,
 )
-from gateway.session import ACTIVE, CLOSED, LOGGING_ON, NEW, REPLAY_CHUNK, Session, _Dup
+from gateway.session import (
+    ACTIVE,
+    CLOSED,
+    LOGGED_ON,
+    LOGGING_ON,
+    NEW,
+    PRELOGON,
+    REPLAY_CHUNK,
+    UNCOUNTED,
+    Session,
+    _Dup,
+)
 
 log = logging.getLogger("etx.server")
 
@@ -191,7 +202,7 @@ class MemberStream:
         for i, rep in enumerate(self.history):
             assert rep.seq_out == self.base + 1 + i, (i, rep.seq_out)
         for s in self.sessions:
-            assert s.member == self.member and s.joined
+            assert s.stream is self and s.joined
         for info in self.open.values():
             assert type(info) is LiveOrder, info
 
@@ -254,18 +265,6 @@ def _encode_list(encode: Callable[[Any], bytes], items: list[Any]) -> msgspec.Ra
     return msgspec.Raw(b"".join(parts))
 
 
-class _NamedOrigin:
-    """Origins for replayed events: the member an event names (recovery has no
-    sessions)."""
-
-    def __init__(self, streams: dict[str, MemberStream], staff: MemberStream, events: list[Any]) -> None:
-        self.streams, self.staff = streams, staff
-        self.by_seq = {ev.seq: ev.member for ev in events if type(ev) is Rejected}
-
-    def __getitem__(self, seq: int) -> MemberStream:
-        return self.streams.get(self.by_seq.get(seq, ""), self.staff)
-
-
 class Server:
     """See the module docstring."""
 
@@ -300,7 +299,24 @@ class Server:
         self.decode = inbound_decoder().decode
         self.writer = FrameWriter()
         self.operator_member = operator_member
-        self.streams: dict[str, MemberStream] = {m: MemberStream(m) for m in [*members, operator_member]}
+        self.members = frozenset(members)
+        # One stream per trading member (shared by its sessions), and one per staff user
+        # (operators, clerks, the authority: keyed "member/user"), each its own sequence:
+        # a staff user sees the answers to its own commands and the market's status.
+        self.streams: dict[str, MemberStream] = {m: MemberStream(m) for m in members}
+        for member, user in sorted(auth.users):
+            if auth.users[member, user].role in STAFF:
+                key = f"{member}/{user}"
+                self.streams[key] = MemberStream(key)
+        # The origin of what the exchange enters itself (schedule ticks): no session's.
+        self.system = MemberStream("")
+        # Connections: those not logged on yet, per source address, have their own budget
+        # (prelogon_max, prelogon_per_address), so that strangers cannot take the places
+        # of members; logged-on sessions count against sessions_max.
+        self.prelogon: dict[str, int] = {}
+        self.prelogon_total = 0
+        self.logged_on = 0
+        self.alerts: list[Callable[[str, str], None]] = []  # operator alert sinks (market data's ops topic)
         self.core_types = frozenset(ENGINE_INBOUND + CLERK_COMMANDS + AUTHORITY_COMMANDS) | {Tick}
         # The core queue: commands with the stream they came from; other work (queries,
         # gateway rejects, retransmissions) with the session or stream it is for.
@@ -323,6 +339,7 @@ class Server:
             collections.deque())
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
+        self.ssl_context: ssl.SSLContext | None = None
         self._session_ids = 0
         self._stopping = False
         self.batches = 0  # core batches applied (statistics)
@@ -335,7 +352,10 @@ class Server:
         self.loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self._track_core_orders()
-        self._server = await self.loop.create_server(lambda: Session(self), host, port, ssl=ssl_context, backlog=256)
+        # TLS is started by each session (gateway.session): its handshake then counts
+        # against the connection budgets and the logon deadline.
+        self.ssl_context = ssl_context
+        self._server = await self.loop.create_server(lambda: Session(self), host, port, backlog=256)
         self.spawn(self._core_loop())
         self.spawn(self._timer())
         sock = self._server.sockets[0].getsockname()
@@ -374,11 +394,50 @@ class Server:
         self._session_ids += 1
         return self._session_ids
 
-    def session_opened(self, s: Session) -> None:
+    def session_opened(self, s: Session) -> bool:
+        """Count a new connection against the budget of connections not logged on (in
+        all, and from its address); False when it is over either (it is closed)."""
+        cfg = self.cfg
+        here = self.prelogon.get(s.host, 0)
+        if here >= cfg.prelogon_per_address or self.prelogon_total >= cfg.prelogon_max:
+            return False
+        self.prelogon[s.host] = here + 1
+        self.prelogon_total += 1
+        s.counted = PRELOGON
         self.sessions.add(s)
+        return True
+
+    def session_logged_on(self, s: Session) -> bool:
+        """Move a session from the pre-logon budget to the logged-on one; False when
+        ``sessions_max`` sessions are logged on already."""
+        if self.logged_on >= self.cfg.sessions_max:
+            return False
+        self._uncount(s)
+        self.logged_on += 1
+        s.counted = LOGGED_ON
+        return True
+
+    def _uncount(self, s: Session) -> None:
+        if s.counted == PRELOGON:
+            left = self.prelogon[s.host] - 1
+            if left:
+                self.prelogon[s.host] = left
+            else:
+                del self.prelogon[s.host]
+            self.prelogon_total -= 1
+        elif s.counted == LOGGED_ON:
+            self.logged_on -= 1
+        s.counted = UNCOUNTED
+
+    def alert(self, kind: str, text: str) -> None:
+        """An operator alert: logged, and handed to the alert sinks (the ops topic)."""
+        log.warning("alert %s: %s", kind, text)
+        for sink in self.alerts:
+            sink(kind, text)
 
     def session_lost(self, s: Session) -> None:
         self.sessions.discard(s)
+        self._uncount(s)
         if not s.joined:
             return
         s.joined = False
@@ -561,16 +620,20 @@ class Server:
             self._encode(touched)
         self._write()
 
-    def _refuse(self, stream: MemberStream, rej: Rejected) -> None:
-        """A refusal by the gateway to every session of the member, outside its sequence."""
-        if not stream.sessions:
+    def _refuse(self, to: MemberStream | Session, rej: Rejected) -> None:
+        """A refusal by the gateway, outside the sequence: of a session's own command to
+        that session alone; of commands the journal refused, to every session of the
+        stream they came from (the session that sent them may be gone)."""
+        sessions: list[Session] = to.sessions if isinstance(to, MemberStream) else [to]
+        if not sessions:
             return
         buf = bytearray()
         self.writer.append(buf, Report(0, rej))
         dirty = self._dirty_set
-        for s in stream.sessions:
-            s.wbuf += buf
-            dirty.add(s)
+        for s in sessions:
+            if s.state != CLOSED:
+                s.wbuf += buf
+                dirty.add(s)
 
     def _report(self, stream: MemberStream, body: Any, touched: list[MemberStream]) -> Report:
         seq = stream.seq + 1
@@ -664,16 +727,25 @@ class Server:
                 if target is not None:
                     report(target, ev, touched)
 
-    def rebuild(self, events: list[Any]) -> None:
+    def origin_of(self, cmd: Any) -> MemberStream:
+        """The stream a command came from, named by the command itself: a staff user's
+        (its ``actor``), else its member's, else the exchange's own (a tick). Live, a
+        command's origin is its session's stream, which is the same one."""
+        streams = self.streams
+        actor = getattr(cmd, "actor", "")
+        stream = streams.get(actor) if actor else None
+        if stream is None:
+            stream = streams.get(getattr(cmd, "member", ""))
+        return stream if stream is not None else self.system
+
+    def rebuild(self, cmds: list[Any], events: list[Any]) -> None:
         """Route the events of journaled commands replayed at start (recovery) into the
-        members' histories and client order id tables, writing nothing: clients that
-        log on afterwards get them by replay. Call before ``start``, batch by batch.
-        (A rejection is routed to the member it names, an unnamed one to the
-        exchange's staff; gateway rejections were never journaled.)"""
+        streams' histories and client order id tables, writing nothing: clients that
+        log on afterwards get them by replay. Call before ``start``, batch by batch,
+        with each batch and its events. (Gateway refusals were never journaled.)"""
         touched: list[MemberStream] = []
-        streams, staff = self.streams, self.streams[self.operator_member]
-        origins = _NamedOrigin(streams, staff, events)
-        self._route(events, origins, 0, touched)  # type: ignore[arg-type]
+        if cmds:
+            self._route(events, [self.origin_of(c) for c in cmds], cmds[0].seq, touched)
         for stream in touched:
             stream.mark = -1
         last = self.core.engine.last_seq
@@ -879,21 +951,26 @@ class Server:
         while True:
             await asyncio.sleep(step)
             now = self.loop.time()
+            frame_s = self.cfg.frame_deadline_ms / 1000
             for s in list(self.sessions):
                 if s.state == ACTIVE:
                     hb = s.heartbeat_s
                     if now - s.last_rx > hb * timeout_n:
                         s.close(GatewayReason.HEARTBEAT_TIMEOUT, f"nothing received for {hb * timeout_n:.1f}s")
+                    elif s.partial_since and now - s.partial_since > frame_s:
+                        # A frame trickled a byte at a time keeps last_rx fresh: the frame
+                        # itself must complete in time.
+                        s.close(GatewayReason.FRAME_TIMEOUT, f"a frame begun was not complete within {frame_s:g}s")
                     elif now - s.last_tx >= hb:
                         s.send(ServerHeartbeat(time.time_ns()))
                 elif s.state in (NEW, LOGGING_ON) and not s.acked and now - s.opened > self.logon_deadline_s:
                     # From the connection, not the last byte: a logon trickled a byte at a
-                    # time must not hold a connection for ever.
+                    # time (or a TLS handshake left hanging) must not hold a connection.
                     s.close(GatewayReason.NOT_LOGGED_ON, f"no logon within {self.logon_deadline_s:g}s")
             if self.tick_s and now >= next_tick:
                 next_tick = now + self.tick_s
                 self.p_cmds.append(Tick())
-                self.p_origins.append(self.streams[self.operator_member])
+                self.p_origins.append(self.system)
                 self.wake()
 
     # --- checks ----------------------------------------------------------------------

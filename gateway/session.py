@@ -34,12 +34,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import operator
+import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from engine.messages import (
+    COID_MAX,
     Amend,
     Cancel,
     CancelReason,
@@ -56,6 +58,7 @@ from gateway.framing import FrameSplitter, FrameTooLarge
 from gateway.protocol import (
     AUTHORITY_COMMANDS,
     CLERK_COMMANDS,
+    EXCHANGE_ONLY_TAGS,
     PROTOCOL_VERSION,
     QUERIES,
     CodMode,
@@ -70,6 +73,8 @@ from gateway.protocol import (
     Role,
     SessionClosed,
     SessionReject,
+    Unlock,
+    Unlocked,
 )
 
 if TYPE_CHECKING:
@@ -77,7 +82,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("etx.session")
 
-COID_MAX = 36  # characters in a client order id (a UUID fits)
 HEARTBEAT_MIN_MS = 100
 HEARTBEAT_MAX_MS = 60_000
 REPLAY_CHUNK = 1_000  # reports written per step of a replay (about 100 KB), between waits for the client
@@ -85,19 +89,33 @@ CLOSE_GRACE_S = 2.0  # a closed connection whose output the peer does not take b
 MASS_CANCEL = int(CancelReason.MASS_CANCEL)
 
 # What each role may send: type -> kind. Anything not listed is NOT_PERMITTED.
-K_ORDER, K_OWN, K_STAFF, K_QUERY, K_HEARTBEAT, K_LOGOUT, K_LOGON = 1, 2, 3, 4, 5, 6, 7
+K_ORDER, K_OWN, K_STAFF, K_QUERY, K_HEARTBEAT, K_LOGOUT, K_LOGON, K_OPS = 1, 2, 3, 4, 5, 6, 7, 8
 _COMMON: dict[type, int] = {Heartbeat: K_HEARTBEAT, Logout: K_LOGOUT, Logon: K_LOGON, **{q: K_QUERY for q in QUERIES}}
 PERMISSIONS: dict[Role, dict[type, int]] = {
     Role.TRADER: {**_COMMON, NewOrder: K_ORDER, HitOrder: K_ORDER, Cancel: K_OWN, Amend: K_OWN, MassCancel: K_OWN},
     Role.READ_ONLY: dict(_COMMON),
-    Role.OPERATOR: {**_COMMON, Halt: K_STAFF, Resume: K_STAFF, MassCancel: K_STAFF, EndOfDay: K_STAFF},
+    Role.OPERATOR: {**_COMMON, Halt: K_STAFF, Resume: K_STAFF, MassCancel: K_STAFF, EndOfDay: K_STAFF, Unlock: K_OPS},
     Role.CLERK: {**_COMMON, **{c: K_STAFF for c in CLERK_COMMANDS}},
     Role.AUTHORITY: {**_COMMON, **{c: K_STAFF for c in AUTHORITY_COMMANDS}},
 }
 _ALL_COMMANDS = frozenset(t for perms in PERMISSIONS.values() for t, k in perms.items() if k in (K_ORDER, K_OWN, K_STAFF))
+_OPS = frozenset(t for perms in PERMISSIONS.values() for t, k in perms.items() if k == K_OPS)
 
 NEW, LOGGING_ON, ACTIVE, CLOSED = 0, 1, 2, 3
+UNCOUNTED, PRELOGON, LOGGED_ON = 0, 1, 2  # the connection budget a session counts in
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
+
+
+def _exchange_only(frame: bytes) -> str:
+    """The name of the message a frame holds when it is one only the exchange sends
+    (its tag, the array's first element), else "". Only on the error path."""
+    try:
+        body = msgspec.msgpack.decode(frame)
+    except msgspec.DecodeError:
+        return ""
+    if isinstance(body, list) and body and type(body[0]) is int:
+        return EXCHANGE_ONLY_TAGS.get(body[0], "")
+    return ""
 _COID, _MEMBER = operator.attrgetter("coid"), operator.attrgetter("member")
 
 
@@ -141,6 +159,10 @@ class Session(asyncio.Protocol):
         self.joined = False  # attached to the member's stream (receives its reports)
         self.writable = asyncio.Event()  # cleared while the transport's buffer is over its high-water mark
         self.writable.set()
+        self.host = ""  # the peer's address (its pre-logon budget)
+        self.counted: int = UNCOUNTED  # which of the server's connection budgets this one is in
+        self.handshaking = False  # a TLS handshake is under way
+        self.partial_since = 0.0  # when the incomplete frame now buffered began (0: none)
 
     # --- asyncio.Protocol ----------------------------------------------------------
 
@@ -148,15 +170,39 @@ class Session(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         peer = transport.get_extra_info("peername")
+        self.host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.last_rx = self.last_tx = self.refilled = self.window = self.opened = self.server.loop.time()
-        if len(self.server.sessions) >= self.server.cfg.sessions_max:
-            # Counted before the logon: connections that never log on take memory too.
-            log.warning("connection refused, %d sessions: peer=%s", len(self.server.sessions), self.peer)
-            self.send(SessionClosed(int(GatewayReason.SESSION_LIMIT), "too many connections; try again later"))
+        context = self.server.ssl_context
+        if not self.server.session_opened(self):
+            # Connections not logged on yet have their own budget, per address and in all:
+            # strangers holding connections open cannot keep members out.
+            if context is None:
+                self.send(SessionClosed(int(GatewayReason.SESSION_LIMIT),
+                                        "too many connections not logged on; try again later"))
             self._end()
             return
-        self.server.session_opened(self)
+        if context is not None:
+            # The handshake runs here, counted and under the logon deadline like the rest
+            # of what comes before a logon (asyncio's own handshake would be neither).
+            self.handshaking = True
+            transport.pause_reading()
+            self.server.spawn(self._handshake(transport, context))
+
+    async def _handshake(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
+        loop = self.server.loop
+        try:
+            tls = await loop.start_tls(raw, self, context, server_side=True,
+                                       ssl_handshake_timeout=self.server.logon_deadline_s)
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, asyncio.CancelledError):
+            tls = None
+        self.handshaking = False
+        if tls is None or self.state == CLOSED:
+            raw.abort()
+            if self.state != CLOSED:
+                self.connection_lost(None)  # the TLS layer reports nothing before its handshake
+            return
+        self.transport = tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CLOSED
@@ -185,6 +231,13 @@ class Session(asyncio.Protocol):
         except FrameTooLarge as e:
             self.close(GatewayReason.FRAME_TOO_LARGE, str(e))
             return
+        # A frame left incomplete must complete within the frame deadline (the timer
+        # checks): the clock starts with the first read that leaves one.
+        if self.splitter.rest:
+            if frames or not self.partial_since:
+                self.partial_since = now
+        else:
+            self.partial_since = 0.0
         # The buckets are refilled once per read, not per message.
         elapsed = now - self.refilled
         tokens = self.tokens + elapsed * self.rate
@@ -273,6 +326,11 @@ class Session(asyncio.Protocol):
                 msg = decode(frame)
             except _DECODE_ERRORS as e:
                 self.index = index
+                sent_by_exchange = _exchange_only(frame)
+                if sent_by_exchange:
+                    self._session_reject(index, GatewayReason.NOT_PERMITTED,
+                                         f"{sent_by_exchange} is sent by the exchange only")
+                    continue
                 self._malformed(str(e))
                 if self.state == CLOSED:
                     break
@@ -302,10 +360,12 @@ class Session(asyncio.Protocol):
                     self._reject(msg, GatewayReason.THROTTLED, "over the session's order rate")
                     continue
                 tokens -= 1.0
-                if type(msg) is MassCancel and msg.reason != MASS_CANCEL:
-                    self._reject(msg, GatewayReason.INVALID_FIELD,
-                                 f"a mass cancel's reason must be {MASS_CANCEL}, got {msg.reason}")
-                    continue
+                if type(msg) is MassCancel:
+                    if msg.reason != MASS_CANCEL:
+                        self._reject(msg, GatewayReason.INVALID_FIELD,
+                                     f"a mass cancel's reason must be {MASS_CANCEL}, got {msg.reason}")
+                        continue
+                    msg.actor = self.actor
                 msg.member = member
                 submit_cmd(msg)
                 submit_origin(stream)
@@ -322,16 +382,21 @@ class Session(asyncio.Protocol):
                     continue
                 tokens -= 1.0
                 if type(msg) is MassCancel:
-                    # Checked here so that the core never rejects a staff mass cancel: its
-                    # rejection would name the member, and a replay would route it there.
+                    # Checked here: the core would answer with a rejection naming the
+                    # member, which is not who sent it.
                     problem = self._staff_mass_cancel_problem(msg)
                     if problem is not None:
                         self._reject(msg, *problem)
                         continue
-                elif hasattr(msg, "actor"):
-                    msg.actor = self.actor  # registry commands name who ran them
+                msg.actor = self.actor  # every staff command names who ran it (its origin, for the record)
                 submit_cmd(msg)
                 submit_origin(stream)
+            elif kind == K_OPS:
+                if self.qtokens < 1.0:
+                    self.send(QueryRejected(msg.req_id, GatewayReason.THROTTLED, "over the session's query rate"))
+                    continue
+                self.qtokens -= 1.0
+                self._ops(msg)
             elif kind == K_HEARTBEAT:
                 pass  # last_rx is already updated
             elif kind == K_LOGOUT:
@@ -341,15 +406,31 @@ class Session(asyncio.Protocol):
             elif kind == K_LOGON:
                 self._session_reject(index, GatewayReason.ALREADY_LOGGED_ON, "already logged on")
             elif type(msg) in _ALL_COMMANDS:
+                # A refusal costs a token like the command would: refusals cannot be
+                # had faster than commands.
+                if tokens < 1.0:
+                    self._reject(msg, GatewayReason.THROTTLED, "over the session's order rate")
+                    continue
+                tokens -= 1.0
                 self._reject(msg, GatewayReason.NOT_PERMITTED, f"role {self.role.name.lower()} may not send {type(msg).__name__}")
+            elif type(msg) in _OPS:
+                self._session_reject(index, GatewayReason.NOT_PERMITTED,
+                                     f"role {self.role.name.lower()} may not send {type(msg).__name__}")
             else:
                 self._session_reject(index, GatewayReason.NOT_PERMITTED, f"{type(msg).__name__} is not accepted from a client")
         self.index = index
         self.tokens = tokens
         server.wake(self)
 
+    def _ops(self, msg: Any) -> None:
+        """An operator's request to the gateway itself (not a command of the core)."""
+        if type(msg) is Unlock:
+            locks = self.server.auth.unlock(msg.member, msg.user)
+            log.warning("unlock: member=%r user=%r by %s: %d lockouts lifted", msg.member, msg.user, self.actor, locks)
+            self.send(Unlocked(msg.req_id, msg.member, msg.user, locks))
+
     def _staff_mass_cancel_problem(self, msg: MassCancel) -> tuple[int, str] | None:
-        if msg.member and msg.member not in self.server.streams:
+        if msg.member and msg.member not in self.server.members:
             return GatewayReason.UNKNOWN_MEMBER, f"unknown member {msg.member!r}"
         if msg.instrument and msg.instrument not in self.server.core.engine.markets:
             return GatewayReason.UNKNOWN_INSTRUMENT, f"unknown instrument {msg.instrument!r}"
@@ -366,7 +447,7 @@ class Session(asyncio.Protocol):
             coid = ""
         rej = Rejected(0, time.time_ns(), self.member, coid, getattr(msg, "order_id", 0), int(reason), text)
         self.server.p_extra.append(rej)
-        self.server.p_extra_from.append(self.stream)
+        self.server.p_extra_from.append(self)  # this session's own refusal: to it alone
         self.server.wake()
 
     def _malformed(self, text: str) -> None:
@@ -421,19 +502,23 @@ class Session(asyncio.Protocol):
 
     async def _logon(self, msg: Logon) -> None:
         server = self.server
-        user, reason, text = await server.auth.check(msg.member, msg.user, msg.secret, self.peer)
+        user, reason, text = await server.auth.check(msg.member, msg.user, msg.secret, self.peer, self.host)
         if self.state != LOGGING_ON:
             return  # the connection went away meanwhile
         if user is None:
             self._logon_reject(reason, text)
             return
-        stream = server.streams.get(user.member)
+        staff = user.role in (Role.OPERATOR, Role.CLERK, Role.AUTHORITY)
+        stream = server.streams.get(f"{user.member}/{user.user}" if staff else user.member)
         if stream is None:
             self._logon_reject(GatewayReason.BAD_CREDENTIALS, BAD_TEXT)
             return
         if msg.last_seq < 0 or msg.last_seq > stream.seq:
             self._logon_reject(GatewayReason.SEQ_AHEAD,
                                f"last_seq {msg.last_seq} is outside [0, {stream.seq}], the member's sequence")
+            return
+        if not server.session_logged_on(self):
+            self._logon_reject(GatewayReason.SESSION_LIMIT, "too many sessions are logged on; try again later")
             return
         self.member, self.user, self.role = user.member, user.user, user.role
         self.actor = f"{user.member}/{user.user}"
@@ -521,6 +606,11 @@ class Session(asyncio.Protocol):
     def close(self, reason: int, text: str) -> None:
         """End the session with a SessionClosed; pending output is flushed first."""
         if self.state == CLOSED:
+            return
+        if self.handshaking:  # nothing can be said to a peer before its TLS handshake ends
+            log.info("connection closed during its TLS handshake: peer=%s reason=%d %s", self.peer, reason, text)
+            self.state = CLOSED
+            self.abort()
             return
         if self.wbuf and self.transport is not None:
             self.transport.write(self.wbuf)

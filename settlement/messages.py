@@ -31,7 +31,7 @@ from typing import ClassVar
 import msgspec
 
 from engine.ledger import CASH
-from engine.messages import Command, Event
+from engine.messages import Actor, Command, Event, Name, Symbol
 
 
 class HolderType(IntEnum):
@@ -82,10 +82,10 @@ class RegistryReason(IntEnum):
 
 
 class OpenAccount(Command, tag=20):
-    actor: str
-    account: str
+    actor: Actor
+    account: Name
     holder_type: int
-    name: str = ""
+    name: Name = ""
     seq: int = 0
     ts: int = 0
 
@@ -94,15 +94,15 @@ class SuspendAccount(Command, tag=21):
     """Suspended accounts take no new holds (their orders are refused) and no registry
     operation; orders already resting still settle."""
 
-    actor: str
-    account: str
+    actor: Actor
+    account: Name
     seq: int = 0
     ts: int = 0
 
 
 class ReinstateAccount(Command, tag=22):
-    actor: str
-    account: str
+    actor: Actor
+    account: Name
     seq: int = 0
     ts: int = 0
 
@@ -110,8 +110,8 @@ class ReinstateAccount(Command, tag=22):
 class Deposit(Command, tag=23):
     """Cash arrives from the holder's bank (fen)."""
 
-    actor: str
-    account: str
+    actor: Actor
+    account: Name
     amount: int
     seq: int = 0
     ts: int = 0
@@ -120,8 +120,8 @@ class Deposit(Command, tag=23):
 class Withdraw(Command, tag=24):
     """Cash leaves to the holder's bank: only settled cash that no order holds."""
 
-    actor: str
-    account: str
+    actor: Actor
+    account: Name
     amount: int
     seq: int = 0
     ts: int = 0
@@ -131,10 +131,10 @@ class Allocate(Command, tag=25):
     """The authority (``source``, an account of type AUTHORITY) issues ``qty`` of an
     allowance vintage (or CCER) into ``account``."""
 
-    actor: str
-    source: str
-    account: str
-    asset: str
+    actor: Actor
+    source: Name
+    account: Name
+    asset: Symbol
     qty: int
     seq: int = 0
     ts: int = 0
@@ -143,10 +143,10 @@ class Allocate(Command, tag=25):
 class Transfer(Command, tag=26):
     """Move free allowances or CCER from one holder's account to another's."""
 
-    actor: str
-    source: str
-    target: str
-    asset: str
+    actor: Actor
+    source: Name
+    target: Name
+    asset: Symbol
     qty: int
     seq: int = 0
     ts: int = 0
@@ -156,9 +156,9 @@ class Surrender(Command, tag=27):
     """Surrender for compliance against the account's obligation for ``year``: CCER
     at most 5 % of the obligation; no allowance vintage later than ``year``."""
 
-    actor: str
-    account: str
-    asset: str
+    actor: Actor
+    account: Name
+    asset: Symbol
     qty: int
     year: int
     seq: int = 0
@@ -168,9 +168,9 @@ class Surrender(Command, tag=27):
 class Retire(Command, tag=28):
     """Voluntary cancellation: the allowances leave the market for good."""
 
-    actor: str
-    account: str
-    asset: str
+    actor: Actor
+    account: Name
+    asset: Symbol
     qty: int
     seq: int = 0
     ts: int = 0
@@ -182,7 +182,7 @@ class SettleDay(Command, tag=29):
     exchange rejects it (USE_END_OF_DAY): there the engine's EndOfDay does this, once
     per trading day, after the books close."""
 
-    actor: str
+    actor: Actor
     seq: int = 0
     ts: int = 0
 
@@ -191,9 +191,9 @@ class SetObligation(Command, tag=30):
     """The authority (``source``) sets an account's compliance obligation for a year
     (its verified emissions, tonnes)."""
 
-    actor: str
-    source: str
-    account: str
+    actor: Actor
+    source: Name
+    account: Name
     year: int
     qty: int
     seq: int = 0

@@ -73,7 +73,7 @@ def test_recover_from_snapshot_and_journal(tmp_path: Path, work: Any) -> None:
     snaps = SnapshotStore(tmp_path / SNAPSHOT_DIR).list()
     assert len(snaps) == 2
     events: list[Any] = []
-    rec = recover(tmp_path, make_core, on_replayed_events=events.extend)
+    rec = recover(tmp_path, make_core, on_replayed=lambda batch, out: events.extend(out))
     assert rec.report.snapshot_seq == snaps[-1][0] and rec.report.snapshot.endswith(snaps[-1][1].name)
     assert rec.last_seq == len(cmds) and rec.report.replayed == len(cmds) - snaps[-1][0]
     assert rec.report.state_hash == clean_hash(make_core, cmds) == rec.core.state_hash()
@@ -92,7 +92,7 @@ def test_events_from_seq_replays_from_an_older_snapshot(tmp_path: Path, work: An
     older, newer = (s for s, _ in SnapshotStore(tmp_path / SNAPSHOT_DIR).list())
     seqs: list[int] = []
     rec = recover(tmp_path, make_core, events_from_seq=older + 10,
-                  on_replayed_events=lambda out: seqs.extend(e.seq for e in out))
+                  on_replayed=lambda batch, out: seqs.extend(e.seq for e in out))
     assert rec.report.snapshot_seq == older and rec.report.replayed == len(cmds) - older
     assert seqs[0] == older + 1 and rec.report.state_hash == clean_hash(make_core, cmds)
     rec.journal.close()
@@ -258,8 +258,10 @@ def test_member_streams_continue_from_a_snapshot(tmp_path: Path, work: Any, hist
     store = SnapshotStore(tmp_path / SNAPSHOT_DIR, keep=10)
     core = make_core()
     full = gateway(core)
+    done = 0
     for i in journaled(journal, core, cmds):
-        full.rebuild(list(core.out))
+        full.rebuild(cmds[done:i], list(core.out))
+        done = i
         if marks and i >= marks[0]:
             marks.pop(0)
             store.write(capture(core, edge=full.capture_streams(history)))
@@ -274,14 +276,14 @@ def test_member_streams_continue_from_a_snapshot(tmp_path: Path, work: Any, hist
         rec = recover(tmp_path, make_core, edge_type=GatewayState,
                       on_restored=lambda c, edge, opened=opened: opened.extend(
                           (o.order_id, o.member, o.coid, o.side, o.qty) for o in c.engine.orders.values()),
-                      on_replayed_events=lambda out, events=events: events.append(list(out)))
+                      on_replayed=lambda batch, out, events=events: events.append((batch, list(out))))
         rec.journal.close()
         assert rec.report.snapshot_seq == upto and rec.edge is not None
         again = gateway(rec.core)
         windows = {ms.member: (len(ms.history), ms.seq) for ms in rec.edge.members}
         again.restore_streams(rec.edge, opened)  # takes over the snapshot's lists
-        for batch_events in events:
-            again.rebuild(batch_events)
+        for batch, batch_events in events:
+            again.rebuild(batch, batch_events)
         again._check()
         for member, want in full.streams.items():
             got = again.streams[member]
@@ -460,7 +462,7 @@ def test_replay_pauses_the_cycle_collector_and_restores_it(tmp_path: Path, work:
     seen: list[bool] = []
     was_on = gc.isenabled()
     try:
-        rec = recover(tmp_path, make_core, on_replayed_events=lambda out: seen.append(gc.isenabled()))
+        rec = recover(tmp_path, make_core, on_replayed=lambda batch, out: seen.append(gc.isenabled()))
         rec.journal.close()
         assert seen and not any(seen) and gc.isenabled()
         gc.disable()

@@ -46,6 +46,7 @@ from gateway.protocol import (
     Resent,
     SessionClosed,
     SessionReject,
+    Unlock,
     inbound_decoder,
 )
 from settlement import Allocate, Deposit
@@ -110,8 +111,8 @@ def mutate(rng: random.Random, body: bytes) -> bytes:
     return msgspec.msgpack.encode(items)
 
 
-def expected(body: bytes) -> str:
-    """What must answer a frame with this body in a logged-on trader session."""
+def expected(body: bytes, user: str = "") -> str:
+    """What must answer a frame with this body in a logged-on session of ``user``."""
     if len(body) > MAX_FRAME:
         return "close"
     try:
@@ -127,6 +128,8 @@ def expected(body: bytes) -> str:
         return "reject"
     if t in QUERIES:
         return "reply"
+    if t is Unlock:  # an operator's request to the gateway; anyone else is refused
+        return "reply" if user == "op" else "reject"
     if t is MassCancel:
         return "nothing"  # answered by one Cancelled per order cancelled; these members have none
     return "report"
@@ -149,7 +152,7 @@ async def fuzz_session(h: Harness, rng: random.Random, user: tuple[str, str], fr
         body = mutate(rng, msgspec.msgpack.encode(sample))
         if rng.random() < 0.01:
             body = b"z" * (MAX_FRAME + rng.randint(1, 1000))
-        want = expected(body)
+        want = expected(body, user[1])
         counts[want] = counts.get(want, 0) + 1
         probe = PROBE_BASE + i
         raw.send(len(body).to_bytes(4, "big") + body + encode_frame(QueryInstruments(probe)))

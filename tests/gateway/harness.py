@@ -66,7 +66,9 @@ def make_exchange(members: tuple[str, ...] = MEMBERS, cash: int = CASH, allowanc
 class Harness:
     """``async with Harness() as h:`` a listening server; ``await h.client("M1", "t1")``."""
 
-    def __init__(self, cfg: SessionSection | None = None, exchange: Exchange | None = None, **auth: Any) -> None:
+    def __init__(self, cfg: SessionSection | None = None, exchange: Exchange | None = None,
+                 ssl: Any = None, **auth: Any) -> None:
+        self.ssl = ssl  # the server's SSLContext, for TLS
         self.exchange = exchange or make_exchange()
         self.cfg = cfg or SessionSection()
         self.auth = Authenticator([User(member=m, user=u, role=r, secret_hash=_HASH) for m, u, r in USERS], **auth)
@@ -75,7 +77,7 @@ class Harness:
         self.clients: list[Client] = []
 
     async def __aenter__(self) -> Harness:
-        _, self.port = await self.server.start("127.0.0.1", 0)
+        _, self.port = await self.server.start("127.0.0.1", 0, self.ssl)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

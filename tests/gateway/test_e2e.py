@@ -274,11 +274,17 @@ async def test_registry_staff_roles() -> None:
         clerk.send(Allocate("x", "AUTHORITY", "M3", SYMBOL, 10))
         assert (await body_of(clerk, Rejected)).reason == GatewayReason.NOT_PERMITTED
         auth.send(Allocate("x", "AUTHORITY", "M3", SYMBOL, 10))
-        # Staff of the exchange share its member stream: the clerk's deposit comes first.
-        assert (await body_of(auth, RegistryDone)).kind == "deposit"
-        assert (await body_of(auth, RegistryDone)).kind == "allocate"
+        # Each staff user has a stream of its own: the authority sees its allocation,
+        # not the clerk's deposit, and the clerk never sees the authority's answers.
+        first = await auth.wait_for(lambda m: isinstance(m, Report) and m.seq_out)
+        assert type(first.body) is RegistryDone and first.body.kind == "allocate" and first.seq_out == 1
         auth.send(Allocate("x", "AUTHORITY", "NOBODY", SYMBOL, 10))
         assert (await body_of(auth, RegistryRejected)).kind == "allocate"
+        await h.settle()
+        seen = [m for m in await drain(clerk) if isinstance(m, Report)]
+        assert not any(isinstance(m.body, (RegistryDone, RegistryRejected)) and m.body.actor != "EXCH/clerk"
+                       for m in seen), seen
+        assert h.server.streams["EXCH/clerk"].seq == 1 and h.server.streams["EXCH/auth"].seq == 2
         m1 = await h.client("M1", "t1")
         m1.send(Deposit("M1", "M1", 10**9))
         assert (await body_of(m1, Rejected)).reason == GatewayReason.NOT_PERMITTED
@@ -302,6 +308,12 @@ async def test_gateway_refusals_are_unsequenced_and_histories_rebuild_exactly() 
     cfg = SessionSection(orders_per_second=20, burst=3)
     async with Harness(cfg) as h:
         events: list[list[Any]] = []
+        batches: list[list[Any]] = []
+
+        async def journal(cmds: list[Any]) -> None:  # what a journal would hold, batch by batch
+            batches.append(list(cmds))
+
+        h.server._journal = journal
         h.server.on_events.append(lambda out: events.append(list(out)))
         m1 = await h.client("M1", "t1", cod=CodMode.OFF)
         ro = await h.client("M1", "ro")
@@ -342,8 +354,9 @@ async def test_gateway_refusals_are_unsequenced_and_histories_rebuild_exactly() 
         assert len(h.exchange.engine.orders) == 4
         # A server rebuilt from the core's events alone holds exactly the same streams.
         rebuilt = Server(h.exchange, h.auth, MEMBERS, cfg, operator_member=OPERATOR_MEMBER, tick_s=0)
-        for batch in events:
-            rebuilt.rebuild(batch)
+        assert len(batches) == len(events)
+        for batch, batch_events in zip(batches, events, strict=True):
+            rebuilt.rebuild(batch, batch_events)
         for member, live in h.server.streams.items():
             again_ = rebuilt.streams[member]
             assert (again_.seq, again_.base) == (live.seq, live.base), member

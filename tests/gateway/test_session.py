@@ -49,11 +49,13 @@ class Raw:
         self.buf = b""
 
     @classmethod
-    async def open(cls, port: int, rcvbuf: int = 0) -> Raw:
+    async def open(cls, port: int, rcvbuf: int = 0, source: str = "") -> Raw:
         """A connection; ``rcvbuf`` shrinks the socket's receive buffer (set before the
-        connect, so the window stays small), for tests of peers that do not read."""
+        connect, so the window stays small), for tests of peers that do not read;
+        ``source`` is the local address to connect from (127.0.0.2 ...: another peer)."""
         if not rcvbuf:
-            return cls(*await asyncio.open_connection("127.0.0.1", port))
+            local = (source, 0) if source else None
+            return cls(*await asyncio.open_connection("127.0.0.1", port, local_addr=local))
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.setblocking(False)
@@ -300,21 +302,24 @@ async def test_a_logon_must_complete_within_the_deadline_of_the_connection(caplo
 
 
 @run
-async def test_connections_beyond_the_limit_are_refused_before_logon() -> None:
-    async with Harness(SessionSection(sessions_max=3)) as h:
+async def test_logged_on_sessions_beyond_the_limit_are_refused_at_logon() -> None:
+    """``sessions_max`` counts logged-on sessions; connections that never log on have a
+    budget of their own (tests/gateway/test_strangers.py) and take none of these places."""
+    async with Harness(SessionSection(sessions_max=2)) as h:
         first = await h.client("M1", "t1")
-        idle = [await Raw.open(h.port) for _ in range(2)]  # connected, never logged on
-        extra = await Raw.open(h.port)
-        msgs = await extra.until_closed()
-        assert isinstance(msgs[-1], SessionClosed) and msgs[-1].reason == GatewayReason.SESSION_LIMIT
-        for r in idle:
-            r.writer.close()
+        idle = [await Raw.open(h.port) for _ in range(5)]  # connected, never logged on
+        await h.client("M2", "t2")
+        with pytest.raises(LogonError) as refused:
+            await h.client("M3", "t3")
+        assert refused.value.reason == GatewayReason.SESSION_LIMIT
+        await first.close()
         for _ in range(100):
-            if len(h.server.sessions) < 3:
+            if h.server.logged_on < 2:
                 break
             await asyncio.sleep(0.01)
-        await h.client("M2", "t2")  # room again
-        assert first.connected
+        await h.client("M3", "t3")  # room again
+        for r in idle:
+            r.writer.close()
 
 
 @run
