@@ -380,7 +380,7 @@ def test_hash_secret_prints_a_hash_and_never_the_secret() -> None:
 def test_the_protocol_documents_examples_are_exact() -> None:
     """The worked encodings in docs/protocol.md are what the code produces."""
     doc = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text()
-    short = re.search(r"frame +((?:[0-9a-f]{2} *)+)", doc)
+    short = re.search(r"^frame +((?:[0-9a-f]{2} *)+)$", doc, re.MULTILINE)
     assert short is not None
     order = [1, "M001", "A-1", "CEA24", 1, 100, 10025]
     assert bytes.fromhex(short.group(1)) == encode_frame(order)
