@@ -303,10 +303,13 @@ class Spawned:
             auth.send(Allocate("", "AUTHORITY", m, SYMBOL, 10**9))
         from settlement import RegistryRejected
 
-        for _ in range(3 * len(self.members)):
-            msg = await clerk.wait_for(lambda x: isinstance(x, Report) and isinstance(x.body, RegistryDone | RegistryRejected), 30)
-            if not isinstance(msg.body, RegistryDone):
-                raise RuntimeError(f"funding refused: {msg.body}")
+        # Each staff user has its own stream: each reads the answers to its commands.
+        for client, answers in ((clerk, 2 * len(self.members)), (auth, len(self.members))):
+            for _ in range(answers):
+                msg = await client.wait_for(
+                    lambda x: isinstance(x, Report) and isinstance(x.body, RegistryDone | RegistryRejected), 30)
+                if not isinstance(msg.body, RegistryDone):
+                    raise RuntimeError(f"funding refused: {msg.body}")
         await clerk.close()
         await auth.close()
 
