@@ -17,11 +17,31 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
+from typing import Any
 
 from settlement import Deposit, OpenAccount, RegistryDone
 from settlement.messages import HolderType, Posting
 from settlement.store import open_store
 from tests.integration.exchange import Exchange, run, staff_command
+
+
+async def served(ex: Exchange, *cmds: Any) -> list[Any]:
+    """Start the exchange, send the commands as its clerk (each must be done), stop it
+    cleanly; the answers."""
+    await ex.start()
+    clerk = ex.client("EXCH", "clerk")
+    await clerk.connect()
+    answers = []
+    for cmd in cmds:
+        answers.append(await staff_command(clerk, cmd))
+        assert type(answers[-1]) is RegistryDone, answers[-1]
+    await clerk.close()
+    assert ex.stop() == 0
+    return answers
+
+
+def opened(account: str) -> OpenAccount:
+    return OpenAccount("", account, int(HolderType.COMPLIANCE), f"{account} Ltd")
 
 
 def folder_digest(folder: Path) -> dict[str, str]:
@@ -66,7 +86,7 @@ def test_a_store_write_beside_a_running_exchange_is_refused_and_trading_goes_on(
         clerk = ex.client("EXCH", "clerk")
         await clerk.connect()
         try:
-            done = await staff_command(clerk, OpenAccount("", "M2", int(HolderType.COMPLIANCE), "M2 Ltd"))
+            done = await staff_command(clerk, opened("M2"))
             assert type(done) is RegistryDone, done
             store = str(ex.data / "registry.sqlite")
             # What docs/registry.md used to prescribe, aimed at the running exchange's store.
@@ -95,13 +115,7 @@ def test_a_store_write_beside_a_running_exchange_is_refused_and_trading_goes_on(
 def test_registry_operations_on_a_stopped_exchange_are_journaled(tmp_path: Path) -> None:
     async def main() -> None:
         ex = Exchange(tmp_path)
-        await ex.start()
-        clerk = ex.client("EXCH", "clerk")
-        await clerk.connect()
-        assert type(await staff_command(clerk, OpenAccount("", "M1", int(HolderType.COMPLIANCE), "M1 Ltd"))) is RegistryDone
-        assert type(await staff_command(clerk, Deposit("", "M1", 100_000))) is RegistryDone
-        await clerk.close()
-        assert ex.stop() == 0
+        await served(ex, opened("M1"), Deposit("", "M1", 100_000))
         for yuan in ("5", "6", "7"):
             done = ex.registry("clerk", "deposit", "M1", yuan)
             assert done.returncode == 0, done.stdout + done.stderr
@@ -131,12 +145,7 @@ def test_registry_operations_on_a_stopped_exchange_are_journaled(tmp_path: Path)
 def test_serve_refuses_a_store_settled_beyond_its_journal(tmp_path: Path) -> None:
     async def main() -> None:
         ex = Exchange(tmp_path)
-        await ex.start()
-        clerk = ex.client("EXCH", "clerk")
-        await clerk.connect()
-        assert type(await staff_command(clerk, OpenAccount("", "M1", int(HolderType.COMPLIANCE), "M1 Ltd"))) is RegistryDone
-        await clerk.close()
-        assert ex.stop() == 0
+        await served(ex, opened("M1"))
         store = open_store(str(ex.data / "registry.sqlite"))
         try:
             last = store.last_seq()
@@ -157,13 +166,7 @@ def test_serve_refuses_a_store_settled_beyond_its_journal(tmp_path: Path) -> Non
 def test_serve_refuses_a_store_whose_postings_differ_from_the_journal(tmp_path: Path) -> None:
     async def main() -> None:
         ex = Exchange(tmp_path, "--no-snapshots")
-        await ex.start()
-        clerk = ex.client("EXCH", "clerk")
-        await clerk.connect()
-        assert type(await staff_command(clerk, OpenAccount("", "M1", int(HolderType.COMPLIANCE), "M1 Ltd"))) is RegistryDone
-        done = await staff_command(clerk, Deposit("", "M1", 100_000))
-        await clerk.close()
-        assert ex.stop() == 0
+        _, done = await served(ex, opened("M1"), Deposit("", "M1", 100_000))
         store = open_store(str(ex.data / "registry.sqlite"))
         try:
             body = store._query("SELECT body FROM postings WHERE posting_id = ?", (done.posting_id,))[0][0]
