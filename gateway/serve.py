@@ -42,6 +42,7 @@ import socket
 import ssl
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from gateway.auth import Authenticator
 from gateway.config import Config, ConfigError, loads
 from gateway.datadir import DataFolder, FolderInUse, registry_url, write_config_copy
 from gateway.server import GatewayState, Server
+from settlement.settler import SettlerError
 
 log = logging.getLogger("etx.serve")
 
@@ -74,15 +76,33 @@ class _Settle:
     restart could not use a snapshot taken after them (it must not be newer than what
     the store can resume from). At most every SETTLED_MARK_S the settled seq is
     therefore moved to the core's (an empty transaction: every posting up to it has
-    been handed over)."""
+    been handed over).
 
-    def __init__(self, settler: Any, ledger: Any, engine: Any) -> None:
+    When the store refuses a batch (the settler stopped: the record cannot be kept),
+    ``on_failure(error)`` is called once and nothing more is handed over: the service
+    stops (the journal holds every command; the postings are made again at the next
+    start, whose check of the store says what is wrong)."""
+
+    def __init__(self, settler: Any, ledger: Any, engine: Any,
+                 on_failure: Callable[[BaseException], None] | None = None) -> None:
         self.settler, self.ledger, self.engine = settler, ledger, engine
+        self.on_failure = on_failure
+        self.failed: BaseException | None = None
         self.full = False
         self.marked = 0  # the last seq handed to the settler
         self.mark_at = 0.0
 
     def __call__(self, events: list[Any]) -> None:
+        if self.failed is not None:
+            return
+        try:
+            self._hand_over()
+        except SettlerError as e:
+            self.failed = e
+            if self.on_failure is not None:
+                self.on_failure(e)
+
+    def _hand_over(self) -> None:
         seq = self.engine.last_seq
         handed = bool(self.ledger.postings)
         ok = self.settler.pump(self.ledger, seq)
@@ -173,8 +193,11 @@ class Service:
             raise
         self.fees = self.exchange.ledger.fees
         self.committer = GroupCommitter(self.recovery.journal, on_state=self._journal_state)
-        self.settler = Settler(registry, resume_after=settled).start()
-        self.settle = _Settle(self.settler, self.exchange.ledger, self.exchange.engine)
+        self.loop: asyncio.AbstractEventLoop | None = None  # the service's, once started
+        self.ended = asyncio.Event()  # set when the service cannot go on (settlement failed)
+        self.failure = ""
+        self.settler = Settler(registry, resume_after=settled, on_trouble=self._store_trouble).start()
+        self.settle = _Settle(self.settler, self.exchange.ledger, self.exchange.engine, on_failure=self._settle_failed)
         s = cfg.session
         auth = Authenticator(cfg.users(), failures_max=s.failures_max, window_s=s.failure_window_s,
                              lockout_s=s.lockout_s, on_lockout=self._lockout)
@@ -221,6 +244,24 @@ class Service:
             raise ServeError(f"{where} does not match the journal: {problem}; the store was changed outside the "
                              f"exchange: see etx registry audit --data {self.data_dir}")
 
+    def _store_trouble(self, text: str) -> None:
+        """From the settler's thread: the store cannot be written now ("" once it can)."""
+        if text:
+            log.error("registry store unavailable, settlement waits and tries again: %s", text)
+        else:
+            log.warning("registry store available again: settlement catches up")
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            kind = "settlement-unavailable" if text else "settlement-resumed"
+            loop.call_soon_threadsafe(self.server.alert, kind, text or "the registry store is written again")
+
+    def _settle_failed(self, error: BaseException) -> None:
+        """The store refused a batch: the record cannot be kept, so trading stops."""
+        self.failure = f"the registry store refused a batch, so the exchange stops: {error}"
+        log.error("%s", self.failure)
+        self.server.alert("settlement-failed", self.failure)
+        self.ended.set()
+
     def _lockout(self, member: str, user: str, host: str) -> None:
         lockout_s = self.cfg.session.lockout_s
         self.server.alert("lockout", f"user {member}/{user} locked out from {host} for {lockout_s} s after "
@@ -233,6 +274,7 @@ class Service:
             log.error("journal unavailable, orders are refused: %s", reason)
 
     async def start(self, host: str | None = None, port: int | None = None) -> tuple[str, int]:
+        self.loop = asyncio.get_running_loop()
         """Listen at exchange.listen (or at ``host``/``port`` where given); returns the
         address. If it cannot, everything is closed again as by ``stop`` (no snapshot)
         and the error is raised: ServeError naming the address when it cannot listen."""
@@ -282,7 +324,12 @@ class Service:
         self.recovery.journal.close()
         self.settle([])  # what the last batches left in the outbox
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.settler.close)
+        try:
+            await loop.run_in_executor(None, self.settler.close)
+        except SettlerError as e:
+            # The journal has every command; the next start settles what is missing.
+            log.error("settlement stopped before everything was written: %s", e)
+            snapshot = False
         snapper = self.snapshotter
         if snapper is not None:
             # Everything is settled now, so this snapshot is the one the next start uses.
@@ -414,10 +461,16 @@ async def serve(args: argparse.Namespace, cfg: Config, config_text: str | None =
     addr = await service.start(host, port)
     print(f"etx serving on {addr[0]}:{addr[1]}; registry {service.registry_url}; journal {service.data_dir / 'journal'}",
           flush=True)
-    await stop.wait()
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(service.ended.wait())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for w in waits:
+        w.cancel()
     print("etx: shutting down", flush=True)
     await service.stop()
     print(f"etx: stopped after {service.server.commands} commands in {service.server.batches} batches", flush=True)
+    if service.failure:
+        print(f"etx serve: {service.failure}", flush=True)
+        return 1
     return 0
 
 

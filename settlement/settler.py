@@ -12,8 +12,16 @@ Contract:
   it (a chunk larger than a batch is split; its earlier parts record the sequence
   number before the first posting left behind).
 - ``durable_seq`` is the store's last settled sequence number as far as this settler
-  knows. ``flush()`` waits until everything handed over is durable. A failed write
-  stops the writer: ``flush``, ``pump`` and ``close`` raise ``SettlerError`` with it.
+  knows. ``flush()`` waits until everything handed over is durable.
+- A store that cannot be written *now* (``StoreUnavailable``: a connection lost, a
+  server down, a disk error) is retried, the same batch, with waits doubling from
+  RETRY_FIRST_S to RETRY_MAX_S, for as long as it takes; each failed try and the
+  recovery are told to ``on_trouble(text)`` ("" when the store works again).
+  Meanwhile postings queue up to ``pending_max`` and then wait in the ledger's outbox:
+  trading goes on, settlement catches up. A store that *refuses* a batch
+  (``StoreError``: a posting id stored with another content, a constraint) stops the
+  writer: ``flush``, ``pump`` and ``close`` raise ``SettlerError`` with it (so does a
+  store still unavailable when ``close`` gives up waiting).
 - ``resume_after``: after a restart the core replays the journal from the beginning,
   and the postings of commands up to the store's last settled sequence number are
   already stored: they are dropped here (genesis postings, ``seq`` 0, always pass;
@@ -31,6 +39,7 @@ Contract:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import struct
@@ -40,16 +49,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO
+from typing import IO, Any
 
 import msgspec
 
 from settlement.ledger import Ledger
 from settlement.messages import AnyPosting
-from settlement.store import RegistryStore, open_store
+from settlement.store import RegistryStore, StoreUnavailable, open_store
 
 BATCH_MAX = 10_000
 PENDING_MAX = 1_000_000
+RETRY_FIRST_S = 0.5  # the first wait before writing again to an unavailable store ...
+RETRY_MAX_S = 30.0  # ... doubling up to this
 START_TIMEOUT_S = 60.0  # the child must open the store (and migrate it) within this
 
 
@@ -74,6 +85,13 @@ class _Failed(msgspec.Struct, array_like=True, gc=False, tag=3):
     error: str
 
 
+class _Trouble(msgspec.Struct, array_like=True, gc=False, tag=4):
+    """Child to parent: the store is unavailable (``error``), the writer tries again;
+    "" once it works again."""
+
+    error: str
+
+
 _HEADER = struct.Struct(">I")
 
 
@@ -91,6 +109,7 @@ class Settler:
         resume_after: int = 0,
         process: bool | None = None,
         on_progress: Callable[[int, int, BaseException | None], None] | None = None,
+        on_trouble: Callable[[str], None] | None = None,
     ) -> None:
         """``process``: write from a child process (the default for a store named by
         its URL; a factory is always written by a thread). ``on_progress(durable_seq,
@@ -104,6 +123,8 @@ class Settler:
         self.process = isinstance(store, str) if process is None else process
         self._open: Callable[[], RegistryStore] = (lambda: open_store(store)) if isinstance(store, str) else store
         self.on_progress = on_progress
+        self.on_trouble = on_trouble
+        self.trouble = ""  # why the store cannot be written now ("" when it can)
         self.batch_max = batch_max
         self.pending_max = pending_max
         self.resume_after = resume_after
@@ -225,8 +246,7 @@ class Settler:
     def _run(self) -> None:
         store: RegistryStore | None = None
         try:
-            store = self._open()
-            store.migrate()
+            store = self._retrying(None, None)
             while True:
                 with self._cond:
                     while not self._chunks and not self._closing:
@@ -234,13 +254,44 @@ class Settler:
                     if not self._chunks:
                         return
                     batch, last = self._take()
-                store.write_batch(batch, last)
+                store = self._retrying(store, (batch, last))
                 self._durable(last, len(batch))
         except BaseException as exc:  # noqa: BLE001 - reported through flush/pump, never lost
             self._failed(exc)
         finally:
             if store is not None:
                 store.close()
+
+    def _retrying(self, store: RegistryStore | None,
+                  batch: tuple[list[AnyPosting], int] | None) -> RegistryStore:
+        """Open the store (when ``store`` is None) and write the batch, trying again
+        while the store is unavailable (see the module docstring); the open store."""
+        wait = RETRY_FIRST_S
+        while True:
+            try:
+                if store is None:
+                    store = self._open()
+                    store.migrate()
+                if batch is not None:
+                    store.write_batch(*batch)
+                if self.trouble:
+                    self._trouble("")
+                return store
+            except StoreUnavailable as exc:
+                self._trouble(str(exc) or type(exc).__name__)
+                if store is not None:
+                    with contextlib.suppress(Exception):
+                        store.close()
+                    store = None
+                with self._cond:
+                    if self._closing or self._cond.wait_for(lambda: self._closing, wait):
+                        raise  # closing and still unavailable: what is not durable stays in the journal
+                wait = min(2 * wait, RETRY_MAX_S)
+
+    def _trouble(self, text: str) -> None:
+        self.trouble = text
+        if self.on_trouble is not None:
+            self.on_trouble(text)
 
     def _durable(self, last: int, postings: int) -> None:
         with self._cond:
@@ -314,12 +365,14 @@ class Settler:
     def _receive(self, child: subprocess.Popen[bytes]) -> None:
         """Apply the child's reports until its output ends."""
         assert child.stdout is not None
-        decode = msgspec.msgpack.Decoder(_Progress | _Failed).decode
+        decode = msgspec.msgpack.Decoder(_Progress | _Failed | _Trouble).decode
         try:
             for body in _frames(child.stdout):
                 msg = decode(body)
                 if isinstance(msg, _Progress):
                     self._durable(msg.durable_seq, msg.postings)
+                elif isinstance(msg, _Trouble):
+                    self._trouble(msg.error)
                 else:
                     self._failed(SettlerError(msg.error))
                     return
@@ -381,15 +434,18 @@ def child_main(argv: list[str] | None = None) -> int:
     lock = threading.Lock()
     encode = msgspec.msgpack.Encoder().encode
 
-    def report(durable_seq: int, postings: int, error: BaseException | None) -> None:
-        body = encode(_Progress(durable_seq, postings) if error is None else _Failed(f"{error!r}"))
+    def send(msg: Any) -> None:
+        body = encode(msg)
         with lock:
             out.write(_HEADER.pack(len(body)) + body)
             out.flush()
 
+    def report(durable_seq: int, postings: int, error: BaseException | None) -> None:
+        send(_Progress(durable_seq, postings) if error is None else _Failed(f"{error!r}"))
+
     # The parent bounds what is pending; here the queue only ever holds what it sent.
     settler = Settler(args.store, batch_max=args.batch_max, pending_max=sys.maxsize, resume_after=args.resume_after,
-                      process=False, on_progress=report).start()
+                      process=False, on_progress=report, on_trouble=lambda text: send(_Trouble(text))).start()
     decode = msgspec.msgpack.Decoder(_Chunk).decode
     for body in _frames(sys.stdin.buffer):
         chunk = decode(body)

@@ -60,6 +60,12 @@ class StoreError(Exception):
     constraint) or is not usable; the failed transaction changed nothing."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached or written now (a connection lost, a server down, a
+    disk error, a lock held too long): the same write may work later. The failed
+    transaction changed nothing."""
+
+
 def _migrations(dialect: str) -> list[list[str]]:
     """The schema, one list of statements per version."""
     blob = "BLOB" if dialect == "sqlite" else "BYTEA"
@@ -285,13 +291,24 @@ class _SqlStore:
     def _errors(self) -> tuple[type[Exception], ...]:
         raise NotImplementedError
 
+    def _unavailable(self) -> tuple[type[Exception], ...]:
+        """The driver's errors that say the store cannot be used now (not a refusal)."""
+        raise NotImplementedError
+
     def _dialect(self) -> str:
         raise NotImplementedError
 
     # --- schema -----------------------------------------------------------------------
 
     def migrate(self) -> int:
-        """Apply every migration above the stored version; returns the version."""
+        """Apply every migration above the stored version; returns the version.
+        StoreUnavailable when the store cannot be written now."""
+        try:
+            return self._migrate()
+        except self._unavailable() as exc:
+            raise StoreUnavailable(f"the registry store is unavailable: {' '.join(str(exc).split())}") from exc
+
+    def _migrate(self) -> int:
         self._begin()
         try:
             self._exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -324,7 +341,14 @@ class _SqlStore:
 
     def write_batch(self, postings: Sequence[AnyPosting], last_seq: int) -> int:
         """Write postings and ``last_seq`` in one transaction; returns how many
-        postings were new."""
+        postings were new. Raises StoreError when the store refuses them,
+        StoreUnavailable when it cannot be written now."""
+        try:
+            return self._write_batch(postings, last_seq)
+        except self._unavailable() as exc:
+            raise StoreUnavailable(f"the registry store is unavailable: {' '.join(str(exc).split())}") from exc
+
+    def _write_batch(self, postings: Sequence[AnyPosting], last_seq: int) -> int:
         pause = _Pause.due()
         errors = self._errors()
         try:
@@ -529,7 +553,7 @@ class SqliteStore(_SqlStore):
         try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open SQLite store {path!r}: {exc}") from exc
+            raise StoreUnavailable(f"cannot open SQLite store {path!r}: {exc}") from exc
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # every commit is on disk before it returns
         # A batch touches index pages all over the party indexes: keep them cached (64 MiB)
@@ -568,6 +592,9 @@ class SqliteStore(_SqlStore):
 
     def _errors(self) -> tuple[type[Exception], ...]:
         return (sqlite3.IntegrityError,)
+
+    def _unavailable(self) -> tuple[type[Exception], ...]:
+        return (sqlite3.OperationalError, OSError)
 
     def _is_duplicate(self, exc: Exception) -> bool:
         return "UNIQUE constraint failed: postings.posting_id" in str(exc)
@@ -632,7 +659,7 @@ class PostgresStore(_SqlStore):
                 hidden.update(pair, map(unquote, pair))
             for secret in hidden - {""}:
                 reason = reason.replace(secret, "***")
-            raise StoreError(f"cannot connect to the PostgreSQL registry at {where}: {reason}") from exc
+            raise StoreUnavailable(f"cannot connect to the PostgreSQL registry at {where}: {reason}") from exc
 
     def _dialect(self) -> str:
         return "postgresql"
@@ -664,6 +691,9 @@ class PostgresStore(_SqlStore):
 
     def _errors(self) -> tuple[type[Exception], ...]:
         return (self._psycopg.errors.IntegrityError,)
+
+    def _unavailable(self) -> tuple[type[Exception], ...]:
+        return (self._psycopg.OperationalError, self._psycopg.InterfaceError, OSError)
 
     def _is_duplicate(self, exc: Exception) -> bool:
         return isinstance(exc, self._psycopg.errors.UniqueViolation) and "posting_id" in str(exc)

@@ -14,12 +14,15 @@ real ``etx serve`` process and the installed tools:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import time
 from pathlib import Path
 from typing import Any
 
 from settlement import Deposit, OpenAccount, RegistryDone
+from settlement.ledger import BALANCE_MAX
 from settlement.messages import HolderType, Posting
 from settlement.store import open_store
 from tests.integration.exchange import Exchange, run, staff_command
@@ -180,5 +183,38 @@ def test_serve_refuses_a_store_whose_postings_differ_from_the_journal(tmp_path: 
         out = ex.serve.output()
         assert code == 2, out
         assert done.posting_id in out and "differs" in out, out
+
+    run(main())
+
+
+def test_a_store_that_refuses_the_record_stops_the_exchange_cleanly(tmp_path: Path) -> None:
+    """What finding 1 ended in (a store refusing what settlement writes), by any cause:
+    the exchange does not go on answering logons while its core is dead; it stops at
+    once with one line saying why, and the audit names the difference."""
+
+    async def main() -> None:
+        ex = Exchange(tmp_path)
+        await ex.start()
+        clerk = ex.client("EXCH", "clerk")
+        await clerk.connect()
+        assert type(await staff_command(clerk, opened("M1"))) is RegistryDone
+        assert type(await staff_command(clerk, Deposit("", "M1", 100_000))) is RegistryDone
+        await clerk.query_instruments()
+        await asyncio.sleep(1.5)  # the deposit is settled
+        store = open_store(str(ex.data / "registry.sqlite"))
+        try:  # someone changes the store behind the exchange's back
+            store._exec("UPDATE balances SET balance = ? WHERE account = 'M1' AND asset = 'CNY'", (BALANCE_MAX,))
+        finally:
+            store.close()
+        done = await staff_command(clerk, Deposit("", "M1", 100))  # acknowledged: it is in the journal
+        assert type(done) is RegistryDone
+        code = ex.serve.proc.wait(60)
+        out = ex.serve.output()
+        assert code == 1, out
+        assert "etx serve: the registry store refused a batch, so the exchange stops" in out, out
+        with contextlib.suppress(Exception):
+            await clerk.close()
+        audit = ex.etx("registry", "--data", str(ex.data), "audit")
+        assert audit.returncode == 1 and "M1 CNY" in audit.stdout, audit.stdout + audit.stderr
 
     run(main())

@@ -181,3 +181,70 @@ def test_restart_after_a_clean_run_writes_nothing_new(store_url: str) -> None:
         assert trade_ids == list(range(1, ex.ledger.trade_mark + 1)) and trade_ids
     finally:
         store.close()
+
+
+def test_an_unavailable_store_is_written_again_once_it_works(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that cannot be written now (StoreUnavailable) holds nothing up: the
+    settler tries the same batch again, says so, and everything is written once the
+    store works; the record is the same as if nothing had happened."""
+    import settlement.settler as settler_module
+    from settlement.store import StoreUnavailable
+
+    monkeypatch.setattr(settler_module, "RETRY_FIRST_S", 0.01)
+    failures = {"left": 3}
+
+    class Flaky:
+        """The real store, unavailable for its first three writes."""
+
+        def __init__(self) -> None:
+            self.store = open_store(store_url)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.store, name)
+
+        def write_batch(self, postings: Any, last_seq: int) -> int:
+            if failures["left"]:
+                failures["left"] -= 1
+                raise StoreUnavailable("the registry store is unavailable: connection lost (a test)")
+            return self.store.write_batch(postings, last_seq)
+
+    told: list[str] = []
+    ex = exchange_run(3)
+    settler = Settler(Flaky, batch_max=50, on_trouble=told.append).start()  # type: ignore[arg-type]
+    assert settler.pump(ex.ledger, ex.last_seq)
+    assert settler.close() == ex.last_seq
+    assert told[:3] == ["the registry store is unavailable: connection lost (a test)"] * 3 and told[3:] == [""]
+    store = open_store(store_url)
+    try:
+        assert audit(store, ex.ledger) == [] and store.last_seq() == ex.last_seq
+    finally:
+        store.close()
+
+
+def test_a_settler_process_waits_for_its_store_to_be_reachable(tmp_path: Path) -> None:
+    """The child process's store cannot be opened at first (its folder is not there):
+    it says so and tries again, and writes everything once it can."""
+    import threading
+
+    folder = tmp_path / "later"
+    url = str(folder / "registry.sqlite")
+    told: list[str] = []
+    came = threading.Event()
+
+    def trouble(text: str) -> None:
+        told.append(text)
+        came.set()
+
+    ex = exchange_run(4)
+    settler = Settler(url, batch_max=100, on_trouble=trouble).start()
+    assert settler.process
+    assert settler.pump(ex.ledger, ex.last_seq)
+    assert came.wait(60), "the settler process never said its store was unavailable"
+    folder.mkdir()
+    assert settler.close(timeout_s=120) == ex.last_seq
+    assert told[0].startswith("cannot open SQLite store") and told[-1] == ""
+    store = open_store(url)
+    try:
+        assert audit(store, ex.ledger) == []
+    finally:
+        store.close()
