@@ -556,6 +556,7 @@ class Trader:
         self.accepted: dict[str, int] = {}  # coid -> order id
         self.refused: dict[str, Any] = {}  # coid -> Rejected
         self.fills: dict[int, Fill] = {}  # trade id -> this member's fill
+        self.complete: set[str] = set()  # coids of orders filled in full
         self.twice: list[str] = []
 
     def drain(self) -> None:
@@ -564,18 +565,17 @@ class Trader:
             msg = inbox.get_nowait()
             if type(msg) is not Report:
                 continue
-            body, t = msg.body, type(msg.body)
-            if t is Accepted:
+            body = msg.body
+            if isinstance(body, Accepted):
                 self.accepted[body.coid] = body.order_id
-            elif t is Rejected and body.coid:
+            elif isinstance(body, Rejected) and body.coid:
                 self.refused[body.coid] = body
-            elif t is Fill:
+            elif isinstance(body, Fill):
                 if body.trade_id in self.fills:
                     self.twice.append(f"{self.member}: fill of trade {body.trade_id} received twice")
                 self.fills[body.trade_id] = body
-
-    def filled(self, coid: str) -> bool:
-        return any(f.coid == coid and f.leaves == 0 for f in self.fills.values())
+                if body.leaves == 0:
+                    self.complete.add(body.coid)
 
     async def until(self, done: Callable[[], bool], what: str, coid: str = "") -> None:
         deadline = time.monotonic() + WAIT_S
@@ -609,8 +609,8 @@ class Market:
         await seller.until(lambda: sell in seller.accepted, f"{seller.member}'s sell {sell} accepted", sell)
         buy = buyer.client.new_order(SYMBOL, Side.BUY, qty, price)
         self.crossing.set()
-        await buyer.until(lambda: buyer.filled(buy), f"{buyer.member}'s buy {buy} filled", buy)
-        await seller.until(lambda: seller.filled(sell), f"{seller.member}'s sell {sell} filled", sell)
+        await buyer.until(lambda: buy in buyer.complete, f"{buyer.member}'s buy {buy} filled", buy)
+        await seller.until(lambda: sell in seller.complete, f"{seller.member}'s sell {sell} filled", sell)
         self.rounds += 1
 
     async def _run(self) -> None:
