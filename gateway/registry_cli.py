@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import ssl
 import sys
 from datetime import UTC, datetime
@@ -358,20 +359,21 @@ async def _online(cfg: Config, creds: Credentials, cmd: Any, listen: str) -> Any
         context.check_hostname = False
     client = Client(host.strip("[]"), int(port), creds.member, creds.user, creds.secret, cod=CodMode.OFF, ssl=context)
     try:
-        ack = await client.connect()
+        await client.connect()
     except LogonError as e:
         raise ToolError(f"the exchange at {listen} refused the logon of {creds.name}: {e.text}") from None
     except OSError as e:
         raise ToolError(f"cannot reach the exchange at {listen}: {e.strerror or e}") from None
     try:
+        # The command's ref names it in its answer (RegistryDone or RegistryRejected, or
+        # the gateway's refusal, outside the sequence): other sessions of the same user
+        # may send commands meanwhile, and their answers travel in the same stream.
+        cmd.ref = secrets.token_hex(8)
         client.send(cmd)
-        # Reports up to the logon's are the replay of what this user saw before.
-        # The answer is the first new RegistryDone or RegistryRejected (the reports up to
-        # the logon's are the replay of what this user saw before), or the gateway's
-        # refusal (outside the sequence, seq_out 0).
         rep = await client.wait_for(
-            lambda m: type(m) is Report and (m.seq_out == 0 or (
-                m.seq_out > ack.next_seq and type(m.body) in (RegistryDone, RegistryRejected))),
+            lambda m: type(m) is Report and (
+                type(m.body) in (RegistryDone, RegistryRejected) and getattr(m.body, "ref", None) == cmd.ref
+                or m.seq_out == 0 and getattr(m.body, "coid", None) == cmd.ref),
             ANSWER_TIMEOUT_S)
         return rep.body
     except TimeoutError:

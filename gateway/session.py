@@ -442,9 +442,9 @@ class Session(asyncio.Protocol):
         """An unsequenced Rejected (a Report with seq_out 0) for a command the gateway
         refused. It goes through the core queue, so it follows the answers to what was
         sent before it. The client order id stays unused: the order was not entered."""
-        coid = getattr(msg, "coid", "")
-        if len(coid) > COID_MAX:
-            coid = ""
+        # What the refusal answers: an order's coid, or a registry command's ref (both
+        # bounded by the decoder).
+        coid = getattr(msg, "coid", "") or getattr(msg, "ref", "")
         rej = Rejected(0, time.time_ns(), self.member, coid, getattr(msg, "order_id", 0), int(reason), text)
         self.server.p_extra.append(rej)
         self.server.p_extra_from.append(self)  # this session's own refusal: to it alone

@@ -93,7 +93,7 @@ class Exchange:
         self.engine.apply(Tick(seq=cmd.seq, ts=cmd.ts))  # sequence, clock and phase changes
         if type(cmd) is SettleDay:
             self.out.append(RegistryRejected(cmd.seq, cmd.ts, cmd.actor, "eod", int(RegistryReason.USE_END_OF_DAY),
-                                             "the exchange settles the day with the engine's EndOfDay"))
+                                             "the exchange settles the day with the engine's EndOfDay", cmd.ref))
             return
         self.out.append(self.ledger.execute(cmd))
 

@@ -355,11 +355,11 @@ class Ledger:
         if posting_id in self.applied:
             if self.applied[posting_id] != hash(msgspec.msgpack.encode(cmd)):
                 raise LedgerError(f"posting {posting_id} was applied with a different content")
-            return RegistryDone(cmd.seq, cmd.ts, cmd.actor, kind, posting_id, "already applied")
+            return RegistryDone(cmd.seq, cmd.ts, cmd.actor, kind, posting_id, "already applied", cmd.ref)
         return handler(cmd, kind)
 
     def _reject(self, cmd: Any, kind: str, reason: RegistryReason, text: str) -> RegistryRejected:
-        return RegistryRejected(cmd.seq, cmd.ts, cmd.actor, kind, int(reason), text)
+        return RegistryRejected(cmd.seq, cmd.ts, cmd.actor, kind, int(reason), text, cmd.ref)
 
     def _done(self, cmd: Any, kind: str, legs: tuple[Leg, ...], subject: str, text: str,
               account: AccountState | None = None, obligation: ObligationState | None = None) -> RegistryDone:
@@ -367,7 +367,7 @@ class Ledger:
         posting = Posting(posting_id, cmd.seq, cmd.ts, kind, str(cmd.seq), cmd.actor, legs, subject, text,
                           account, obligation)
         self._post(posting, hash(msgspec.msgpack.encode(cmd)))
-        return RegistryDone(cmd.seq, cmd.ts, cmd.actor, kind, posting_id, text)
+        return RegistryDone(cmd.seq, cmd.ts, cmd.actor, kind, posting_id, text, cmd.ref)
 
     def _account(self, cmd: Any, kind: str, account: str,
                  types: frozenset[HolderType] | None = MEMBER_TYPES) -> AccountState | RegistryRejected:
@@ -589,7 +589,7 @@ class Ledger:
     def _settle_day(self, cmd: SettleDay, kind: str) -> RegistryDone | RegistryRejected:
         posting_id = self._end_of_day(cmd.seq, cmd.ts, cmd.actor)
         self.applied[f"C{cmd.seq}"] = hash(msgspec.msgpack.encode(cmd))
-        return RegistryDone(cmd.seq, cmd.ts, cmd.actor, kind, posting_id, f"day {self.day - 1} settled")
+        return RegistryDone(cmd.seq, cmd.ts, cmd.actor, kind, posting_id, f"day {self.day - 1} settled", cmd.ref)
 
     # --- postings ---------------------------------------------------------------------
 

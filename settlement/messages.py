@@ -31,7 +31,7 @@ from typing import ClassVar
 import msgspec
 
 from engine.ledger import CASH
-from engine.messages import Actor, Command, Event, Name, Symbol
+from engine.messages import Actor, Coid, Command, Event, Name, Symbol
 
 
 class HolderType(IntEnum):
@@ -86,6 +86,7 @@ class OpenAccount(Command, tag=20):
     account: Name
     holder_type: int
     name: Name = ""
+    ref: Coid = ""  # the client's reference, echoed in the answer
     seq: int = 0
     ts: int = 0
 
@@ -96,6 +97,7 @@ class SuspendAccount(Command, tag=21):
 
     actor: Actor
     account: Name
+    ref: Coid = ""  # the client's reference, echoed in the answer
     seq: int = 0
     ts: int = 0
 
@@ -103,6 +105,7 @@ class SuspendAccount(Command, tag=21):
 class ReinstateAccount(Command, tag=22):
     actor: Actor
     account: Name
+    ref: Coid = ""  # the client's reference, echoed in the answer
     seq: int = 0
     ts: int = 0
 
@@ -113,6 +116,7 @@ class Deposit(Command, tag=23):
     actor: Actor
     account: Name
     amount: int
+    ref: Coid = ""  # the client's reference, echoed in the answer
     seq: int = 0
     ts: int = 0
 
@@ -123,6 +127,7 @@ class Withdraw(Command, tag=24):
     actor: Actor
     account: Name
     amount: int
+    ref: Coid = ""  # the client's reference, echoed in the answer
     seq: int = 0
     ts: int = 0
 
@@ -136,6 +141,7 @@ class Allocate(Command, tag=25):
     account: Name
     asset: Symbol
     qty: int
+    ref: Coid = ""  # the client's reference, echoed in the answer
     seq: int = 0
     ts: int = 0
 
@@ -148,6 +154,7 @@ class Transfer(Command, tag=26):
     target: Name
     asset: Symbol
     qty: int
+    ref: Coid = ""  # the client's reference, echoed in the answer
     seq: int = 0
     ts: int = 0
 
@@ -161,6 +168,7 @@ class Surrender(Command, tag=27):
     asset: Symbol
     qty: int
     year: int
+    ref: Coid = ""  # the client's reference, echoed in the answer
     seq: int = 0
     ts: int = 0
 
@@ -172,6 +180,7 @@ class Retire(Command, tag=28):
     account: Name
     asset: Symbol
     qty: int
+    ref: Coid = ""  # the client's reference, echoed in the answer
     seq: int = 0
     ts: int = 0
 
@@ -183,6 +192,7 @@ class SettleDay(Command, tag=29):
     per trading day, after the books close."""
 
     actor: Actor
+    ref: Coid = ""  # the client's reference, echoed in the answer
     seq: int = 0
     ts: int = 0
 
@@ -196,6 +206,7 @@ class SetObligation(Command, tag=30):
     account: Name
     year: int
     qty: int
+    ref: Coid = ""  # the client's reference, echoed in the answer
     seq: int = 0
     ts: int = 0
 
@@ -226,6 +237,7 @@ class RegistryDone(Event, tag=120):
     kind: str  # the command's kind: "deposit", "transfer", ...
     posting_id: str  # the posting it made; "" when none
     text: str
+    ref: str = ""  # the command's ref: which command this answers
 
 
 class RegistryRejected(Event, tag=121):
@@ -235,6 +247,7 @@ class RegistryRejected(Event, tag=121):
     kind: str
     reason: int  # a RegistryReason
     text: str
+    ref: str = ""  # the command's ref
 
 
 # --- records ----------------------------------------------------------------------

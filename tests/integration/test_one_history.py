@@ -218,3 +218,38 @@ def test_a_store_that_refuses_the_record_stops_the_exchange_cleanly(tmp_path: Pa
         assert audit.returncode == 1 and "M1 CNY" in audit.stdout, audit.stdout + audit.stderr
 
     run(main())
+
+
+def test_the_tool_reports_the_answer_to_its_own_command(tmp_path: Path) -> None:
+    """Found by the interleaved test: another session of the same staff user sending
+    commands while ``etx registry`` runs beside the exchange made the tool print that
+    session's answer (a refused withdrawal reported as a deposit done). The command's
+    ref names it in its answer."""
+
+    async def main() -> None:
+        ex = Exchange(tmp_path)
+        await ex.start()
+        clerk = ex.client("EXCH", "clerk")
+        await clerk.connect()
+        try:
+            assert type(await staff_command(clerk, opened("M1"))) is RegistryDone
+            stop = asyncio.Event()
+
+            async def flood() -> None:  # the same user, in another session
+                while not stop.is_set():
+                    clerk.send(Deposit("", "M1", 1))
+                    await asyncio.sleep(0.002)
+
+            task = asyncio.create_task(flood())
+            answers = []
+            for _ in range(6):
+                answers.append(await asyncio.to_thread(ex.registry, "clerk", "withdraw", "M1", "5000"))
+            stop.set()
+            await task
+            for r in answers:
+                assert r.returncode == 1 and "INSUFFICIENT_CASH (207)" in r.stderr, r.stdout + r.stderr
+        finally:
+            await clerk.close()
+            assert ex.stop() == 0
+
+    run(main())

@@ -120,7 +120,7 @@ def reason_name(code: int) -> str:
 def command_key(cmd: Any) -> tuple[str, tuple[tuple[str, Any], ...]]:
     """A registry command without the numbers the sequencer stamps (actor included)."""
     fields = msgspec.structs.asdict(cmd)
-    del fields["seq"], fields["ts"]
+    del fields["seq"], fields["ts"], fields["ref"]  # the tool names its command with a fresh ref
     return type(cmd).__name__, tuple(sorted(fields.items()))
 
 
