@@ -140,7 +140,7 @@ class Serve:
         self.start_at = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config), "--data", str(self.data),
+                [sys.executable, "-m", "tools.cli", "serve", "--config", str(self.config), "--data", str(self.data),
                  "--listen", f"127.0.0.1:{self.port}", "--no-market-data", "--log-level", "INFO", *self.args],
                 stdout=out, stderr=subprocess.STDOUT, cwd=str(self.code),
             )
@@ -543,7 +543,7 @@ class Soak:
                 self.problem(f"final audit against the replayed ledger: {problems[:5]}")
         finally:
             store.close()
-        result = subprocess.run([sys.executable, "-m", "gateway.cli", "journal", "verify", str(self.data)],
+        result = subprocess.run([sys.executable, "-m", "tools.cli", "journal", "verify", str(self.data)],
                                 capture_output=True, text=True, cwd=str(self.serve.code))
         if result.returncode != 0:
             self.problem(f"etx journal verify failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from gateway.load import Spawned, drive
+from benchmarks.load import Spawned, drive
 
 SECONDS = float(os.environ.get("ETX_LOAD_SECONDS", "5"))
 

@@ -216,7 +216,7 @@ def test_restart(benchmark: Any, restart_dir: Path) -> None:
 
     def restart() -> None:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(restart_dir / "etx.toml"),
+            [sys.executable, "-m", "tools.cli", "serve", "--config", str(restart_dir / "etx.toml"),
              "--data", str(restart_dir), "--listen", "127.0.0.1:0", "--no-market-data"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert proc.stdout is not None

@@ -49,7 +49,8 @@ from typing import Any
 from gateway.auth import Authenticator
 from gateway.config import Config, ConfigError, loads
 from gateway.datadir import DataFolder, FolderInUse, registry_url, write_config_copy
-from gateway.server import GatewayState, Server
+from gateway.server import Server
+from gateway.streams import GatewayState
 from settlement.settler import SettlerError
 
 log = logging.getLogger("etx.serve")

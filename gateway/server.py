@@ -9,32 +9,24 @@ Contract:
   no acknowledgement leaves before its batch is durable); then it routes the core's
   events and writes each session's replies with one write. A batch the journal refuses
   is rejected whole (JOURNAL_UNAVAILABLE) and its sequence numbers are reused.
-- Outbound application messages are ``Report(seq_out, body)`` in a per-member sequence
-  shared by all of the member's sessions. Each member keeps its recent reports
-  (``history_max``) for replay at logon: a client that logs on with the last seq_out it
-  saw gets every later report once, in order, and then the live stream.
-- The sequence holds only reports made from the core's events, so that ``rebuild``
-  makes exactly the same sequence from the journal's replay after a restart. What the
-  gateway refuses itself (in the session, or because the journal refused the batch)
-  goes to the member's sessions as ``Report(0, Rejected)``, outside the sequence.
+- The core's events are routed into the members' and staff users' streams
+  (``gateway.streams``: sequences, fills, client order ids, snapshots of the streams);
+  each session of a stream gets its new reports with one write per batch, and a
+  client that logs on with the last seq_out it saw gets every later report once, in
+  order, then the live stream. What the gateway refuses itself goes as
+  ``Report(0, Rejected)``, outside the sequence: to the session that sent the command,
+  or (a batch the journal refused) to every session of its stream.
 - A cancel-on-disconnect that the journal refused is entered again after the next
   batch the journal takes, unless the member has logged on again meanwhile.
-- The engine's ``Trade`` names both members; it leaves as one ``Fill`` per side, so no
-  member sees its counterparty. Market status (``StatusChanged``) and the day's close
-  (``DayClosed``) go to every member's stream.
-- A client order id is registered when first seen and its first outcome from the core
-  (Accepted or Rejected) is kept for the trading day; a retransmission gets that outcome
-  in a ``Resent``, and the order is never entered twice. An id whose order was refused
-  before the core (and so never entered) is free again.
-- Snapshots: ``capture_streams`` takes every member's stream between two batches (its
-  last seq_out, its newest ``history_max`` reports, the day's client order ids with
-  their outcomes) for ``engine.snapshot`` to encode on its own thread;
-  ``restore_streams`` puts them back before ``rebuild`` replays the journal after the
-  snapshot, so sequences and outcomes continue exactly. Reports older than the kept
-  window are answered with REPLAY_TRIMMED at logon.
-- Queries are answered from the core's state after the batch they arrived with; a
-  member's open orders are found through its own index (``MemberStream.open``), so a
-  query costs what the member has open, not what the whole exchange has.
+- A retransmitted client order id gets its first outcome in a ``Resent``, and the
+  order is never entered twice; an id whose order was refused before the core (and
+  so never entered) is free again.
+- Queries (``gateway.queries``) are answered from the core's state after the batch they
+  arrived with.
+- Connections: those not logged on yet count against a budget per source address and
+  in all (``prelogon_per_address``, ``prelogon_max``), logged-on sessions against
+  ``sessions_max``; the timer closes connections that do not log on in time, frames
+  not completed in time, silent peers, and sends heartbeats and schedule ticks.
 - Limits: the core queue (``pending_max``: sessions stop being read above it), each
   member's history, each session's write buffer (a peer not reading is dropped),
   sessions, frames (see ``gateway.session``).
@@ -47,31 +39,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import heapq
 import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any, Protocol, cast
-
-import msgspec
+from typing import Any, Protocol
 
 from engine.matching import Engine
 from engine.messages import (
-    Accepted,
-    Amended,
-    Cancelled,
     CancelReason,
-    DayClosed,
-    Decremented,
-    Expired,
     MassCancel,
-    Reason,
     Rejected,
-    Side,
-    StatusChanged,
     Tick,
-    Trade,
 )
 from engine.sequencer import Sequencer
 from gateway.auth import Authenticator
@@ -79,32 +58,16 @@ from gateway.config import SessionSection
 from gateway.framing import FrameWriter
 from gateway.protocol import (
     AUTHORITY_COMMANDS,
-    BOOK_LEVELS,
     CLERK_COMMANDS,
     ENGINE_INBOUND,
-    ORDERS_PER_REPLY,
-    Balance,
-    BalancesReply,
-    BookLevel,
-    BookReply,
-    Fill,
     GatewayReason,
-    InstrumentInfo,
-    InstrumentsReply,
-    Liquidity,
-    OpenOrder,
-    OrdersReply,
-    QueryBalances,
-    QueryBook,
-    QueryInstruments,
-    QueryOrders,
-    QueryRejected,
     Report,
     Resent,
     Role,
     ServerHeartbeat,
     inbound_decoder,
 )
+from gateway.queries import Queries
 from gateway.session import (
     ACTIVE,
     CLOSED,
@@ -117,23 +80,17 @@ from gateway.session import (
     Session,
     _Dup,
 )
+from gateway.streams import GatewayState, MemberStream, Router, StreamsCapture
 
 log = logging.getLogger("etx.server")
 
-MAKER, TAKER = int(Liquidity.MAKER), int(Liquidity.TAKER)
-BUY = int(Side.BUY)
 PENDING_MAX = 200_000  # queued messages above which sessions stop being read
 BATCH_MAX = 16_384  # commands per core batch (one journal record holds at most 65,536)
 PIPELINE_DEPTH = 4  # batches being journaled at once
-BALANCES_PER_REPLY = 10_000  # rows of one BalancesReply (the rest is left out)
 DISCONNECT = int(CancelReason.DISCONNECT)
 JOURNAL_REFUSED = "the journal is unavailable; not entered"
 LOGON_DEADLINE_S = 10.0  # a connection that has not logged on by then is closed
 STAFF = (Role.OPERATOR, Role.CLERK, Role.AUTHORITY)
-
-
-# Members are answered UNKNOWN_ORDER where the engine says NOT_YOUR_ORDER (see _route).
-_NOT_YOURS, _UNKNOWN_ORDER = int(Reason.NOT_YOUR_ORDER), int(Reason.UNKNOWN_ORDER)
 
 
 class Core(Protocol):
@@ -166,103 +123,6 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
     """Mark a journal failure as seen; the core loop reports it."""
     if not fut.cancelled():
         fut.exception()
-
-
-class LiveOrder(msgspec.Struct, gc=False):
-    """The gateway's tracking of one live order: what its Fills need (the client order
-    id, the side, the open quantity after each fill). Not tracked by the garbage
-    collector: one is made per accepted order and nothing in it can form a cycle."""
-
-    coid: str
-    side: int
-    qty: int
-
-
-class MemberStream:
-    """One member's outbound sequence: the last seq_out, the reports kept for replay
-    (``history[i]`` has seq_out ``base + 1 + i``), the live sessions, the day's client
-    order ids with their first outcome (None while in flight), and the member's open
-    orders (order id -> its ``LiveOrder``). Every event that concerns an order names
-    its member, so ``open`` is the one index of live orders the gateway keeps."""
-
-    __slots__ = ("member", "seq", "base", "history", "sessions", "coids", "mark", "open")
-
-    def __init__(self, member: str) -> None:
-        self.member = member
-        self.seq = 0
-        self.base = 0
-        self.history: list[Report] = []
-        self.sessions: list[Session] = []
-        self.coids: dict[str, Report | None] = {}
-        self.mark = -1  # index in history of the first report of the current batch
-        self.open: dict[int, LiveOrder] = {}
-
-    def _check(self) -> None:
-        assert self.seq == self.base + len(self.history), (self.seq, self.base, len(self.history))
-        for i, rep in enumerate(self.history):
-            assert rep.seq_out == self.base + 1 + i, (i, rep.seq_out)
-        for s in self.sessions:
-            assert s.stream is self and s.joined
-        for info in self.open.values():
-            assert type(info) is LiveOrder, info
-
-
-class MemberState(msgspec.Struct, array_like=True):
-    """One member's outbound stream in a snapshot: its last seq_out, its newest reports
-    (``history[i]`` has seq_out ``seq - len(history) + 1 + i``) and the first outcome of
-    each client order id of the trading day (the id is the body's ``coid``)."""
-
-    member: str
-    seq: int
-    history: list[Report]
-    outcomes: list[Report]
-
-
-class GatewayState(msgspec.Struct, array_like=True):
-    """The gateway's part of a snapshot of ``etx serve``: every member's stream at the
-    snapshot's sequence number."""
-
-    members: list[MemberState]
-
-
-ENCODE_CHUNK = 4096  # reports encoded per call: the core thread gets the GIL between calls
-
-
-class StreamsCapture:
-    """Member streams taken between two batches, as references to reports (which are
-    never changed once made) in lists of their own; ``encode()`` may then run on any
-    thread (the snapshot writer), a chunk of reports at a time so that it never holds
-    the interpreter for long."""
-
-    def __init__(self, members: list[tuple[str, int, list[Report], list[Report]]]) -> None:
-        self.members = members
-
-    @property
-    def reports(self) -> int:
-        return sum(len(h) + len(o) for _, _, h, o in self.members)
-
-    def encode(self) -> bytes:
-        encode = msgspec.msgpack.Encoder().encode
-        members = [MemberState(m, seq, cast(Any, _encode_list(encode, history)), cast(Any, _encode_list(encode, outcomes)))
-                   for m, seq, history, outcomes in self.members]
-        return encode(GatewayState(members))
-
-
-def _array_header(n: int) -> bytes:
-    if n < 16:
-        return bytes((0x90 | n,))
-    if n < 1 << 16:
-        return b"\xdc" + n.to_bytes(2, "big")
-    return b"\xdd" + n.to_bytes(4, "big")
-
-
-def _encode_list(encode: Callable[[Any], bytes], items: list[Any]) -> msgspec.Raw:
-    """A msgpack array of the items, encoded ENCODE_CHUNK at a time and joined."""
-    parts: list[bytes | memoryview] = [_array_header(len(items))]
-    for i in range(0, len(items), ENCODE_CHUNK):
-        chunk = items[i : i + ENCODE_CHUNK]
-        parts.append(memoryview(encode(chunk))[len(_array_header(len(chunk))):])
-    return msgspec.Raw(b"".join(parts))
 
 
 class Server:
@@ -299,17 +159,15 @@ class Server:
         self.decode = inbound_decoder().decode
         self.writer = FrameWriter()
         self.operator_member = operator_member
-        self.members = frozenset(members)
         # One stream per trading member (shared by its sessions), and one per staff user
         # (operators, clerks, the authority: keyed "member/user"), each its own sequence:
         # a staff user sees the answers to its own commands and the market's status.
-        self.streams: dict[str, MemberStream] = {m: MemberStream(m) for m in members}
-        for member, user in sorted(auth.users):
-            if auth.users[member, user].role in STAFF:
-                key = f"{member}/{user}"
-                self.streams[key] = MemberStream(key)
-        # The origin of what the exchange enters itself (schedule ticks): no session's.
-        self.system = MemberStream("")
+        staff = [f"{m}/{u}" for (m, u), user in sorted(auth.users.items()) if user.role in STAFF]
+        self.router = Router(core.engine, members, staff)
+        self.streams = self.router.streams
+        self.members = self.router.members
+        self.system = self.router.system
+        self.queries = Queries(core, self.router)
         # Connections: those not logged on yet, per source address, have their own budget
         # (prelogon_max, prelogon_per_address), so that strangers cannot take the places
         # of members; logged-on sessions count against sessions_max.
@@ -351,7 +209,7 @@ class Server:
         """Listen; returns the bound (host, port)."""
         self.loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
-        self._track_core_orders()
+        self.router.track_core_orders()
         # TLS is started by each session (gateway.session): its handshake then counts
         # against the connection budgets and the logon deadline.
         self.ssl_context = ssl_context
@@ -601,7 +459,7 @@ class Server:
             self.batches += 1
             self.commands += len(cmds)
             out = core.out
-            self._route(out, origins, cmds[0].seq, touched)
+            self.router.route(out, origins, cmds[0].seq, touched)
             for listener in self.on_events:
                 listener(out)
             out.clear()
@@ -635,184 +493,27 @@ class Server:
                 s.wbuf += buf
                 dirty.add(s)
 
-    def _report(self, stream: MemberStream, body: Any, touched: list[MemberStream]) -> Report:
-        seq = stream.seq + 1
-        stream.seq = seq
-        rep = Report(seq, body)
-        history = stream.history
-        if stream.mark < 0:
-            stream.mark = len(history)
-            touched.append(stream)
-        history.append(rep)
-        return rep
-
-    def _route(self, out: list[Any], origins: list[MemberStream], first_seq: int, touched: list[MemberStream]) -> None:
-        """Turn the batch's events into reports (hot: runs per event, so the common
-        cases, acceptances and fills, make their reports inline rather than through
-        ``_report``)."""
-        streams = self.streams
-        report = self._report
-        for ev in out:
-            t = type(ev)
-            if t is Accepted:
-                stream = streams[ev.member]
-                stream.open[ev.order_id] = LiveOrder(ev.coid, ev.side, ev.qty)
-                seq = stream.seq + 1
-                stream.seq = seq
-                rep = Report(seq, ev)
-                if stream.mark < 0:
-                    stream.mark = len(stream.history)
-                    touched.append(stream)
-                stream.history.append(rep)
-                stream.coids[ev.coid] = rep
-            elif t is Trade:
-                qty = ev.qty
-                maker, taker = streams[ev.maker_member], streams[ev.taker_member]
-                m = maker.open.get(ev.maker_order_id) or self._untracked(ev.maker_order_id, ev.maker_member, 3 - ev.aggressor)
-                k = taker.open.get(ev.taker_order_id) or self._untracked(ev.taker_order_id, ev.taker_member, ev.aggressor)
-                m.qty -= qty
-                k.qty -= qty
-                for stream, oid, info, liquidity in ((maker, ev.maker_order_id, m, MAKER), (taker, ev.taker_order_id, k, TAKER)):
-                    seq = stream.seq + 1
-                    stream.seq = seq
-                    if stream.mark < 0:
-                        stream.mark = len(stream.history)
-                        touched.append(stream)
-                    stream.history.append(Report(seq, Fill(ev.seq, ev.ts, oid, info.coid, ev.trade_id, ev.instrument,
-                                                           info.side, ev.price, qty, liquidity, info.qty)))
-                    if not info.qty:
-                        del stream.open[oid]
-            elif t is Rejected:
-                stream = origins[ev.seq - first_seq]
-                if ev.reason == _NOT_YOURS:
-                    # A member learns nothing of other members' orders: it is answered as
-                    # for an order that does not exist. The engine's reason stays in the
-                    # journal (etx journal inspect) for operators.
-                    ev = Rejected(ev.seq, ev.ts, ev.member, ev.coid, ev.order_id, _UNKNOWN_ORDER,
-                                  f"no open order {ev.order_id}")
-                rep = report(stream, ev, touched)
-                if ev.coid and ev.member == stream.member:
-                    stream.coids[ev.coid] = rep
-            elif t is Cancelled or t is Expired:
-                stream = streams[ev.member]
-                stream.open.pop(ev.order_id, None)
-                report(stream, ev, touched)
-            elif t is Amended:
-                stream = streams[ev.member]
-                live = stream.open.get(ev.order_id)
-                if live is not None:
-                    live.qty = ev.qty
-                report(stream, ev, touched)
-            elif t is Decremented:
-                stream = streams[ev.member]
-                live = stream.open.get(ev.order_id)
-                if live is not None:
-                    live.qty = ev.qty_left
-                    if not ev.qty_left:
-                        del stream.open[ev.order_id]
-                report(stream, ev, touched)
-            elif t is StatusChanged:
-                for stream in streams.values():
-                    report(stream, ev, touched)
-            elif t is DayClosed:
-                for stream in streams.values():
-                    report(stream, ev, touched)
-                    stream.coids.clear()  # client order ids are unique per trading day
-            else:
-                # An event of the registry or settlement: to whoever sent the command.
-                member = getattr(ev, "member", None) or getattr(ev, "account", None)
-                target = streams.get(member) if isinstance(member, str) else None
-                if target is None and getattr(ev, "seq", 0) >= first_seq:
-                    target = origins[ev.seq - first_seq]
-                if target is not None:
-                    report(target, ev, touched)
+    # --- streams (gateway.streams) -----------------------------------------------------
 
     def origin_of(self, cmd: Any) -> MemberStream:
-        """The stream a command came from, named by the command itself: a staff user's
-        (its ``actor``), else its member's, else the exchange's own (a tick). Live, a
-        command's origin is its session's stream, which is the same one."""
-        streams = self.streams
-        actor = getattr(cmd, "actor", "")
-        stream = streams.get(actor) if actor else None
-        if stream is None:
-            stream = streams.get(getattr(cmd, "member", ""))
-        return stream if stream is not None else self.system
+        return self.router.origin_of(cmd)
 
     def rebuild(self, cmds: list[Any], events: list[Any]) -> None:
-        """Route the events of journaled commands replayed at start (recovery) into the
-        streams' histories and client order id tables, writing nothing: clients that
-        log on afterwards get them by replay. Call before ``start``, batch by batch,
-        with each batch and its events. (Gateway refusals were never journaled.)"""
-        touched: list[MemberStream] = []
-        if cmds:
-            self._route(events, [self.origin_of(c) for c in cmds], cmds[0].seq, touched)
-        for stream in touched:
-            stream.mark = -1
-        last = self.core.engine.last_seq
-        self.sequencer.seq = last
+        """Route the events of journaled commands replayed at start into the streams
+        (``Router.rebuild``); the sequencer continues after them. Before ``start``."""
+        self.router.rebuild(cmds, events)
+        self.sequencer.seq = self.core.engine.last_seq
         self.sequencer.ts = max(self.sequencer.ts, self.core.engine.last_ts)
 
     def capture_streams(self, history_max: int) -> StreamsCapture:
-        """Every member's stream now, between two batches (see ``StreamsCapture``): its
-        last seq_out, its newest ``history_max`` reports and the outcomes of the day's
-        client order ids (those still in flight have none: the journal after the
-        snapshot has them)."""
-        members = []
-        for stream in self.streams.values():
-            history = stream.history[-history_max:] if history_max > 0 else []
-            outcomes = [rep for rep in stream.coids.values() if rep is not None]
-            members.append((stream.member, stream.seq, history, outcomes))
-        return StreamsCapture(members)
+        return self.router.capture(history_max)
 
     def restore_streams(self, state: GatewayState, open_orders: Iterable[tuple[int, str, str, int, int]]) -> None:
-        """Load the member streams of a snapshot, and the tracking of the orders open
-        at its sequence number ((order_id, member, coid, side, open qty) each, from the
-        restored core), before ``rebuild`` routes the journal after it. Call once,
-        before ``start``. The streams take over the state's history lists."""
-        assert all(not st.seq and not st.open for st in self.streams.values()), "restore_streams needs fresh streams"
-        for ms in state.members:
-            stream = self.streams.get(ms.member)
-            if stream is None:
-                log.warning("snapshot has reports of member %s, which the configuration lacks: dropped", ms.member)
-                continue
-            stream.seq = ms.seq
-            stream.base = ms.seq - len(ms.history)
-            stream.history = ms.history
-            stream.coids = {cast(Any, rep.body).coid: rep for rep in ms.outcomes}  # Accepted or Rejected
-            stream._check()
-        streams = self.streams
-        for order_id, member, coid, side, qty in open_orders:
-            streams[member].open[order_id] = LiveOrder(coid, side, qty)
+        self.router.restore(state, open_orders)
 
     @property
     def track(self) -> dict[int, tuple[str, int, int, MemberStream]]:
-        """Every live order the gateway tracks, across members: order id -> (client
-        order id, side, open quantity, stream). Built on demand, for checks and tests."""
-        return {oid: (info.coid, info.side, info.qty, stream)
-                for stream in self.streams.values() for oid, info in stream.open.items()}
-
-    def _untracked(self, order_id: int, member: str, side: int) -> LiveOrder:
-        """Tracking for an order the gateway did not see accepted (a core restored from
-        a snapshot): the engine still has it before its fill is routed."""
-        order = self.core.engine.orders.get(order_id)
-        coid = order.coid if order is not None else ""
-        qty = order.qty if order is not None else 0
-        info = self.streams[member].open[order_id] = LiveOrder(coid, side, qty)
-        return info
-
-    def _track_core_orders(self) -> None:
-        """Make the tracking match the core's open orders before the first batch (a core
-        recovered from a snapshot holds orders whose acceptance was never routed here)."""
-        orders = self.core.engine.orders
-        for stream in self.streams.values():
-            for oid in [oid for oid in stream.open if oid not in orders]:
-                del stream.open[oid]
-        for oid, order in orders.items():
-            known = self.streams[order.member].open.get(oid)
-            if known is None:
-                self._untracked(oid, order.member, order.side)
-            else:
-                known.qty = order.qty
+        return self.router.track
 
     def _resend(self, s: Session, coid: str) -> None:
         if s.state == CLOSED or s.stream is None:
@@ -877,69 +578,11 @@ class Server:
         s.transport.write(self.writer.frames(stream.history[start:upto - stream.base]))
         s.last_tx = self.loop.time()
 
-    # --- queries ---------------------------------------------------------------------
-
     def _query(self, s: Session, q: Any) -> None:
         if s.state == CLOSED:
             return
-        engine = self.core.engine
-        t = type(q)
-        sees_all = s.role in STAFF
-        reply: Any
-        if t is QueryOrders or t is QueryBalances:
-            member = q.member
-            if not sees_all and member and member != s.member:
-                reply = QueryRejected(q.req_id, GatewayReason.NOT_PERMITTED, "you may query your own member only")
-            elif member and member not in self.streams:
-                reply = QueryRejected(q.req_id, GatewayReason.UNKNOWN_MEMBER, f"unknown member {member!r}")
-            else:
-                if not sees_all:
-                    member = s.member
-                reply = self._orders(q, member) if t is QueryOrders else self._balances(q, member)
-        elif t is QueryBook:
-            market = engine.markets.get(q.instrument)
-            if market is None:
-                reply = QueryRejected(q.req_id, GatewayReason.UNKNOWN_INSTRUMENT, f"unknown instrument {q.instrument!r}")
-            else:
-                bids, asks = engine.depth(q.instrument, BOOK_LEVELS)
-                reply = BookReply(q.req_id, q.instrument, market.phase,
-                                  [BookLevel(*lv) for lv in bids], [BookLevel(*lv) for lv in asks])
-        elif t is QueryInstruments:
-            if q.instrument and q.instrument not in engine.markets:
-                reply = QueryRejected(q.req_id, GatewayReason.UNKNOWN_INSTRUMENT, f"unknown instrument {q.instrument!r}")
-            else:
-                infos = []
-                for symbol, m in sorted(engine.markets.items()):
-                    if q.instrument and symbol != q.instrument:
-                        continue
-                    r = m.rules
-                    infos.append(InstrumentInfo(symbol, r.tick, r.lot, r.qty_min, r.qty_max, m.ref_price, m.low, m.high,
-                                                m.phase, m.halted, m.last_price, m.volume))
-                reply = InstrumentsReply(q.req_id, infos)
-        else:  # pragma: no cover - the session only queues known queries
-            raise AssertionError(f"not a query: {q!r}")
-        self.writer.append(s.wbuf, reply)
+        self.writer.append(s.wbuf, self.queries.answer(s.member, s.role in STAFF, q))
         self._dirty_set.add(s)
-
-    def _orders(self, q: QueryOrders, member: str) -> OrdersReply:
-        orders = self.core.engine.orders
-        after, instrument = q.after_order_id, q.instrument
-        ids: Iterable[int] = self.streams[member].open if member else orders
-        found = heapq.nsmallest(ORDERS_PER_REPLY + 1, (
-            oid for oid in ids if oid > after and (not instrument or orders[oid].instrument == instrument)))
-        page = [orders[oid] for oid in found[:ORDERS_PER_REPLY]]
-        return OrdersReply(q.req_id, [OpenOrder(o.order_id, o.member, o.coid, o.instrument, o.side, o.price, o.qty,
-                                                o.filled, o.ts) for o in page], len(found) > ORDERS_PER_REPLY)
-
-    def _balances(self, q: QueryBalances, member: str) -> BalancesReply:
-        ledger = self.core.ledger
-        rows = ledger.state() if ledger is not None else []
-        # available: what an order could hold now (the settlement ledger also keeps
-        # today's purchases out of it until the next trading day).
-        available = getattr(ledger, "available", None)
-        out = [Balance(a, asset, b, h, available(a, asset) if available else b - h)
-               for a, asset, b, h in rows if not member or a == member]
-        return BalancesReply(q.req_id, out[:BALANCES_PER_REPLY])
 
     # --- time ------------------------------------------------------------------------
 

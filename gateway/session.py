@@ -36,7 +36,8 @@ import logging
 import operator
 import ssl
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 import msgspec
 
@@ -53,8 +54,9 @@ from engine.messages import (
     Rejected,
     Resume,
 )
-from gateway.auth import BAD_TEXT
-from gateway.framing import FrameSplitter, FrameTooLarge
+from gateway.auth import BAD_TEXT, Authenticator
+from gateway.config import SessionSection
+from gateway.framing import FrameSplitter, FrameTooLarge, FrameWriter
 from gateway.protocol import (
     AUTHORITY_COMMANDS,
     CLERK_COMMANDS,
@@ -76,9 +78,36 @@ from gateway.protocol import (
     Unlock,
     Unlocked,
 )
+from gateway.streams import MemberStream
 
-if TYPE_CHECKING:
-    from gateway.server import MemberStream, Server
+
+class Host(Protocol):
+    """What a session needs of the server that accepted it (``gateway.server.Server``):
+    the session is handed its host and never imports the server."""
+
+    cfg: SessionSection
+    loop: asyncio.AbstractEventLoop
+    auth: Authenticator
+    decode: Callable[[Any], Any]  # the inbound decoder
+    writer: FrameWriter
+    streams: dict[str, MemberStream]
+    members: frozenset[str]
+    core: Any
+    ssl_context: ssl.SSLContext | None
+    logon_deadline_s: float
+    replay_chunk: int
+    p_cmds: list[Any]
+    p_origins: list[MemberStream]
+    p_extra: list[Any]
+    p_extra_from: list[Any]
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
+    def wake(self, s: Session | None = None) -> None: ...
+    def next_session_id(self) -> int: ...
+    def session_opened(self, s: Session) -> bool: ...
+    def session_logged_on(self, s: Session) -> bool: ...
+    def session_lost(self, s: Session) -> None: ...
+    def write_reports(self, s: Session, stream: MemberStream, after: int, upto: int) -> None: ...
 
 log = logging.getLogger("etx.session")
 
@@ -122,7 +151,7 @@ _COID, _MEMBER = operator.attrgetter("coid"), operator.attrgetter("member")
 class Session(asyncio.Protocol):
     """See the module docstring."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Host) -> None:
         self.server = server
         cfg = server.cfg
         self.state = NEW

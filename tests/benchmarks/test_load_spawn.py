@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_load_spawn_funds_and_trades() -> None:
-    done = subprocess.run([sys.executable, "-m", "gateway.cli", "load", "--spawn", "--seconds", "1"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "tools.cli", "load", "--spawn", "--seconds", "1"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "acknowledged (0 rejected)" in done.stdout and "orders/s" in done.stdout, done.stdout

@@ -17,7 +17,7 @@ from benchmarks.lobster import (
     parse_message,
     parse_time_ns,
 )
-from gateway.replay import StreamReplay
+from tools.replay import StreamReplay
 
 SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "lobster" / "LOBSTER_SampleFile_GOOG_2012-06-21_10.zip"
 MESSAGE = "GOOG_2012-06-21_34200000_57600000_message_10.csv"

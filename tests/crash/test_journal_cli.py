@@ -11,11 +11,11 @@ import pytest
 from benchmarks.crash_soak import write_config
 from engine.journal import list_segments
 from engine.snapshot import Capture, SnapshotStore, decode_snapshot_header, encode_snapshot
-from gateway.cli import main
 from gateway.config import load
 from gateway.recovery import JOURNAL_DIR, SNAPSHOT_DIR, core_factory
 from tests.crash.test_recovery import run
 from tests.crash.workload import exchange_workload
+from tools.cli import main
 
 SEED = 20260504
 

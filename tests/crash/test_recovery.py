@@ -18,7 +18,8 @@ from engine.journal import Journal, JournalCorrupt, list_segments
 from engine.snapshot import SNAPSHOT_HEADER, Capture, SnapshotStore, capture, encode_snapshot, snapshot_name
 from gateway.auth import Authenticator
 from gateway.recovery import JOURNAL_DIR, SNAPSHOT_DIR, Snapshotter, journal_command_types, recover, snapshot_type_of
-from gateway.server import GatewayState, Server
+from gateway.server import Server
+from gateway.streams import GatewayState
 from tests.crash.workload import exchange_workload
 
 SEED = 20260503

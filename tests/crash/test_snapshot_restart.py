@@ -37,7 +37,7 @@ from engine.snapshot import SnapshotStore
 from gateway.client import Client
 from gateway.protocol import CodMode, Resent
 from gateway.recovery import SNAPSHOT_DIR
-from gateway.server import GatewayState
+from gateway.streams import GatewayState
 from settlement.store import open_store
 from settlement.structs import ExchangeSnapshot
 

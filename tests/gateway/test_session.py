@@ -368,11 +368,11 @@ secret_hash = "{h}"
 
 
 def test_hash_secret_prints_a_hash_and_never_the_secret() -> None:
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--hash-secret"], input="pa55-word-xyzzy\n",
+    out = subprocess.run([sys.executable, "-m", "tools.cli", "serve", "--hash-secret"], input="pa55-word-xyzzy\n",
                          capture_output=True, text=True, timeout=60, check=True)
     assert "pa55-word-xyzzy" not in out.stdout + out.stderr
     assert verify_secret("pa55-word-xyzzy", out.stdout.strip())
-    long = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--hash-secret"], input="x" * 300 + "\n",
+    long = subprocess.run([sys.executable, "-m", "tools.cli", "serve", "--hash-secret"], input="x" * 300 + "\n",
                           capture_output=True, text=True, timeout=60)
     assert long.returncode == 2 and "at most" in long.stdout
 

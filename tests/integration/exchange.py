@@ -56,7 +56,7 @@ class Exchange:
 
 
 def etx(*argv: str, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *argv], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tools.cli", *argv], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, input=input)
 
 

@@ -24,11 +24,11 @@ import pytest
 from engine import EndOfDay, Side
 from engine.journal import Journal, command_decoder, read_journal
 from engine.snapshot import SnapshotStore, list_snapshots
-from gateway import registry_cli
 from gateway.recovery import JOURNAL_DIR, SNAPSHOT_DIR, journal_command_types
 from settlement import Allocate, Deposit, OpenAccount, RegistryDone, SetObligation, Surrender, Withdraw
 from settlement.messages import AnyPosting, HolderType, TradePosting
 from tests.integration.exchange import Exchange, run, staff_command
+from tools import registry as registry_cli
 
 SYMBOL = "CEA24"
 _decode = msgspec.msgpack.Decoder(AnyPosting).decode

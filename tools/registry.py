@@ -15,7 +15,7 @@ history"), so the tools never write it:
   ``etx serve`` replays it like any other command.
 - Reading (accounts, balances, history) works on a running exchange's store; ``audit``
   checks the store against itself, and with a data folder against the journal too
-  (``gateway.registry_audit``).
+  (``tools.registry_audit``).
 
 The configuration is the copy ``etx serve`` keeps in the data folder unless
 ``--config`` names one. Amounts are entered and printed in yuan (two decimals) and
@@ -197,8 +197,8 @@ def _read(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace, store: RegistryStore) -> int:
-    from gateway.registry_audit import audit_folder
     from settlement.audit import audit
+    from tools.registry_audit import audit_folder
 
     journal = Path(args.data) / "journal"
     if args.store and not journal.is_dir():

@@ -275,7 +275,7 @@ class Spawned:
         cfg = self.folder / "etx.toml"
         cfg.write_text(self.config())
         self.proc = subprocess.Popen(
-            [sys.executable, *os.environ.get("ETX_LOAD_PYFLAGS", "").split(), "-m", "gateway.cli", "serve", "--config", str(cfg), "--data", str(self.folder / "data"),
+            [sys.executable, *os.environ.get("ETX_LOAD_PYFLAGS", "").split(), "-m", "tools.cli", "serve", "--config", str(cfg), "--data", str(self.folder / "data"),
              "--no-market-data", "--log-level", "WARNING", *self.serve_args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert self.proc.stdout is not None

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from engine.journal import command_decoder, read_journal
-from gateway import registry_cli
 from gateway.auth import hash_secret
 from gateway.credentials import Credentials, write_file
 from gateway.recovery import journal_command_types
 from settlement import Deposit
+from tools import registry as registry_cli
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "registry.md"
 SECRET = "registry-test-secret"

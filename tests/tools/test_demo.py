@@ -7,7 +7,7 @@ import asyncio
 import io
 from pathlib import Path
 
-from gateway.demo import run_demo
+from tools.demo import run_demo
 
 
 def test_demo_trades_settles_and_audits_clean(tmp_path: Path) -> None:

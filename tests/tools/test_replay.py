@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks.generator import generate
 from engine.stream import build_engine, write_stream
-from gateway.cli import main
+from tools.cli import main
 
 SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "lobster" / "LOBSTER_SampleFile_GOOG_2012-06-21_10.zip"
 
@@ -153,7 +153,7 @@ def test_command_line_process(stream: Path, tmp_path: Path) -> None:
     """The installed entry point, as a user runs it: no traceback on a bad file."""
     bad = tmp_path / "bad.etx"
     bad.write_bytes(stream.read_bytes()[:-1])
-    run = subprocess.run([sys.executable, "-m", "gateway.cli", "replay", str(bad)], capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-m", "tools.cli", "replay", str(bad)], capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 1 and "truncated" in run.stdout and "Traceback" not in run.stderr
 

@@ -13,12 +13,12 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("gateway.demo", "run a short exchange day with simulated members and show the results"),
+    "demo": ("tools.demo", "run a short exchange day with simulated members and show the results"),
     "serve": ("gateway.serve", "run the exchange service (engine, settlement, gateway) from a config file"),
-    "load": ("gateway.load", "load-test a running exchange over TCP"),
-    "replay": ("gateway.replay", "replay an order stream or a LOBSTER file through the engine"),
-    "registry": ("gateway.registry_cli", "registry accounts, balances, history, operations and audit"),
-    "journal": ("gateway.journal_cli", "verify, inspect and summarise a journal"),
+    "load": ("benchmarks.load", "load-test a running exchange over TCP"),
+    "replay": ("tools.replay", "replay an order stream or a LOBSTER file through the engine"),
+    "registry": ("tools.registry", "registry accounts, balances, history, operations and audit"),
+    "journal": ("tools.journal", "verify, inspect and summarise a journal"),
 }
 
 

@@ -1,0 +1,96 @@
+"""Queries: a session's questions answered from the core's state, after the batch they
+arrived with (unsequenced replies carrying the query's ``req_id``).
+
+Contract: ``Queries.answer(member, sees_all, q)`` returns the reply to one query of a
+session of ``member`` (``sees_all``: a staff role, which may name any member). Traders
+and read-only users may ask about their own member only; a member's open orders are
+found through its own index (``MemberStream.open``), so a query costs what the member
+has open, not what the whole exchange has. Replies are bounded: ORDERS_PER_REPLY
+orders (page on with ``after_order_id``), BALANCES_PER_REPLY balances, BOOK_LEVELS
+levels.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from typing import Any
+
+from gateway.protocol import (
+    BOOK_LEVELS,
+    ORDERS_PER_REPLY,
+    Balance,
+    BalancesReply,
+    BookLevel,
+    BookReply,
+    GatewayReason,
+    InstrumentInfo,
+    InstrumentsReply,
+    OpenOrder,
+    OrdersReply,
+    QueryBalances,
+    QueryBook,
+    QueryInstruments,
+    QueryOrders,
+    QueryRejected,
+)
+from gateway.streams import Router
+
+BALANCES_PER_REPLY = 10_000  # rows of one BalancesReply (the rest is left out)
+
+
+class Queries:
+    def __init__(self, core: Any, router: Router) -> None:
+        self.core = core
+        self.router = router
+
+    def answer(self, member: str, sees_all: bool, q: Any) -> Any:
+        engine = self.core.engine
+        t = type(q)
+        if t is QueryOrders or t is QueryBalances:
+            named = q.member
+            if not sees_all and named and named != member:
+                return QueryRejected(q.req_id, GatewayReason.NOT_PERMITTED, "you may query your own member only")
+            if named and named not in self.router.members:
+                return QueryRejected(q.req_id, GatewayReason.UNKNOWN_MEMBER, f"unknown member {named!r}")
+            who = named if sees_all else member
+            return self._orders(q, who) if t is QueryOrders else self._balances(q, who)
+        if t is QueryBook:
+            market = engine.markets.get(q.instrument)
+            if market is None:
+                return QueryRejected(q.req_id, GatewayReason.UNKNOWN_INSTRUMENT, f"unknown instrument {q.instrument!r}")
+            bids, asks = engine.depth(q.instrument, BOOK_LEVELS)
+            return BookReply(q.req_id, q.instrument, market.phase,
+                             [BookLevel(*lv) for lv in bids], [BookLevel(*lv) for lv in asks])
+        if t is QueryInstruments:
+            if q.instrument and q.instrument not in engine.markets:
+                return QueryRejected(q.req_id, GatewayReason.UNKNOWN_INSTRUMENT, f"unknown instrument {q.instrument!r}")
+            infos = []
+            for symbol, m in sorted(engine.markets.items()):
+                if q.instrument and symbol != q.instrument:
+                    continue
+                r = m.rules
+                infos.append(InstrumentInfo(symbol, r.tick, r.lot, r.qty_min, r.qty_max, m.ref_price, m.low, m.high,
+                                            m.phase, m.halted, m.last_price, m.volume))
+            return InstrumentsReply(q.req_id, infos)
+        raise AssertionError(f"not a query: {q!r}")  # pragma: no cover - the session only queues known queries
+
+    def _orders(self, q: QueryOrders, member: str) -> OrdersReply:
+        orders = self.core.engine.orders
+        after, instrument = q.after_order_id, q.instrument
+        ids: Iterable[int] = self.router.streams[member].open if member else orders
+        found = heapq.nsmallest(ORDERS_PER_REPLY + 1, (
+            oid for oid in ids if oid > after and (not instrument or orders[oid].instrument == instrument)))
+        page = [orders[oid] for oid in found[:ORDERS_PER_REPLY]]
+        return OrdersReply(q.req_id, [OpenOrder(o.order_id, o.member, o.coid, o.instrument, o.side, o.price, o.qty,
+                                                o.filled, o.ts) for o in page], len(found) > ORDERS_PER_REPLY)
+
+    def _balances(self, q: QueryBalances, member: str) -> BalancesReply:
+        ledger = self.core.ledger
+        rows = ledger.state() if ledger is not None else []
+        # available: what an order could hold now (the settlement ledger also keeps
+        # today's purchases out of it until the next trading day).
+        available = getattr(ledger, "available", None)
+        out = [Balance(a, asset, b, h, available(a, asset) if available else b - h)
+               for a, asset, b, h in rows if not member or a == member]
+        return BalancesReply(q.req_id, out[:BALANCES_PER_REPLY])
