@@ -2,23 +2,32 @@
 temporary directory, started and stopped by the test (so a test can also restart it).
 
 Use the ``mosquitto_broker`` fixture (import it into the test module), or the
-``Mosquitto`` class directly. A missing ``mosquitto`` binary fails the test loudly with
-how to install it: tests that need a broker never skip.
+``Mosquitto`` class directly; ``Subscriber`` records what a subscriber receives. ``users`` turns on password authentication (a password
+file made with ``mosquitto_passwd -b``, ``allow_anonymous false``); ``tls`` serves TLS
+with a certificate, its key and the CA file clients are checked against
+(``require_certificate``: clients must present a certificate that CA signed). A
+missing ``mosquitto`` binary fails the test loudly with how to install it: tests that
+need a broker never skip.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import aiomqtt
+import msgspec
 import pytest
 
 START_TIMEOUT_S = 5.0
+WAIT_S = 5.0  # how long a Subscriber waits for a message before the test fails
 
 
 def mosquitto_binary() -> str:
@@ -28,6 +37,13 @@ def mosquitto_binary() -> str:
     )
     if found is None:
         raise RuntimeError("mosquitto is not installed: apt-get install mosquitto (./dev test does it)")
+    return found
+
+
+def mosquitto_passwd_binary() -> str:
+    found = shutil.which("mosquitto_passwd")
+    if found is None:
+        raise RuntimeError("mosquitto_passwd is not installed: apt-get install mosquitto (./dev test does it)")
     return found
 
 
@@ -42,20 +58,35 @@ class Mosquitto:
     """One broker process on 127.0.0.1:``port``; ``start()`` again after ``stop()``
     reuses the same port, as a restarted production broker would."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, *, users: dict[str, str] | None = None,
+                 tls: tuple[Path, Path, Path] | None = None, require_certificate: bool = False) -> None:
+        """``tls``: (certificate, key, CA file for client certificates)."""
         self.binary = mosquitto_binary()
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.directory = directory
         self.config = directory / "mosquitto.conf"
         self.log = directory / "mosquitto.log"
-        self.config.write_text(
-            f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
-            f"log_dest file {self.log}\n"
-            "log_type error\nlog_type warning\nlog_type notice\n"
-        )
+        # Started as root, mosquitto would drop to the user "mosquitto", who cannot read
+        # the test's private directory (its log, certificates and password file).
+        lines = ["user root"] if os.geteuid() == 0 else []
+        lines += [f"listener {self.port} {self.host}"]
+        if tls is not None:
+            cert, key, cafile = tls
+            lines += [f"certfile {cert}", f"keyfile {key}", f"cafile {cafile}",
+                      f"require_certificate {'true' if require_certificate else 'false'}"]
+        if users:
+            passwords = directory / "mosquitto.passwd"
+            passwords.touch(mode=0o600)
+            for user, password in users.items():
+                subprocess.run([mosquitto_passwd_binary(), "-b", str(passwords), user, password], check=True,
+                               capture_output=True, timeout=30)
+            lines += ["allow_anonymous false", f"password_file {passwords}"]
+        else:
+            lines += ["allow_anonymous true"]
+        lines += ["persistence false", f"log_dest file {self.log}", "log_type error", "log_type warning",
+                  "log_type notice"]
+        self.config.write_text("\n".join(lines) + "\n")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -110,3 +141,49 @@ def mosquitto_broker(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+class Subscriber:
+    """Collects every message under ``topic`` (``etx/v1/#``) from the moment it is
+    connected, as (topic, payload, retain flag); ``client``: aiomqtt.Client's username,
+    password, tls_context. ``async with Subscriber(port) as feed: await feed.wait(...)``."""
+
+    def __init__(self, port: int, topic: str = "etx/v1/#", host: str = "127.0.0.1", **client: Any) -> None:
+        self.host, self.port, self.topic, self.options = host, port, topic, client
+        self.messages: list[tuple[str, bytes, bool]] = []
+
+    async def __aenter__(self) -> Subscriber:
+        self.client = aiomqtt.Client(self.host, self.port, timeout=WAIT_S, **self.options)
+        await self.client.__aenter__()
+        await self.client.subscribe(self.topic, qos=1)
+        self.task = asyncio.create_task(self._collect())
+        return self
+
+    async def _collect(self) -> None:
+        async for m in self.client.messages:
+            assert isinstance(m.payload, bytes)
+            self.messages.append((str(m.topic), m.payload, bool(m.retain)))
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.client.__aexit__(None, None, None)
+
+    def on(self, topic: str) -> list[Any]:
+        """The messages on ``topic`` so far, decoded (an empty payload, a cleared
+        retained message, is left out)."""
+        return [msgspec.json.decode(p) for t, p, _ in self.messages if t == topic and p]
+
+    async def wait(self, topic: str, pred: Callable[[Any], bool] = lambda _: True, since: int = 0) -> Any:
+        """The first message on topic that satisfies pred, from the ``since``-th message
+        received (``len(messages)`` earlier: only what came after); fails after WAIT_S."""
+        seen = since
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                for t, p, _ in self.messages[seen:]:
+                    seen += 1
+                    if t == topic and p:
+                        msg = msgspec.json.decode(p)
+                        if pred(msg):
+                            return msg
+                await asyncio.sleep(0.005)
