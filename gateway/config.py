@@ -10,6 +10,7 @@ value that does not convert exactly; messages quote a value as the file wrote it
 
 from __future__ import annotations
 
+import re
 import tomllib
 from decimal import Decimal, localcontext
 from pathlib import Path
@@ -27,6 +28,12 @@ FEN = "a fen (0.01 yuan)"  # the units values convert to, as the messages name t
 BASIS_POINT = "a basis point (0.01 %)"
 PPM = "a part per million (0.000001)"
 SCALED_DIGITS_MAX = 18  # a value in its unit (fen, basis points, ppm) below 10**18 fits an int64
+EXCHANGE_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # exchange.id: it names the exchange in topics
+MD_DEPTH_MAX = 50  # book levels per side in market data
+MD_INTERVAL_MS_MAX = 60_000
+MD_HEALTH_INTERVAL_MS_MAX = 3_600_000
+MD_ROOT_MAX = 200  # characters of a market data topic root
+MD_USERNAME_MAX = 256
 
 
 class ConfigError(ValueError):
@@ -43,6 +50,7 @@ class ExchangeSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tls_cert: str = ""
     tls_key: str = ""
     operator_member: str = "EXCH"  # the member that the exchange's own staff belong to
+    id: str = "etx"  # names this exchange where it shares a service with others (the market data root)
 
 
 class SessionSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -68,6 +76,22 @@ class SessionSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class FeesSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     trading_rate: Decimal = Decimal("0")  # fraction of the trade value, e.g. 0.0003
     registry_rate: Decimal = Decimal("0")
+
+
+class MarketDataSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    host: str = "127.0.0.1"  # the MQTT broker
+    port: int = 1883
+    root: str = ""  # "" = md_root(exchange.id)
+    depth: int = 5  # book levels per side, as the national market shows
+    interval_ms: int = 100  # conflation: at most one snapshot per instrument and interval
+    health_interval_ms: int = 5000
+    username: str = ""  # "" = connect anonymously
+    password_file: str = ""  # a file, readable by its owner only, holding the broker password
+    tls: bool = False
+    tls_ca: str = ""  # CA file the broker's certificate is checked against; "" = the system's
+    tls_cert: str = ""  # a client certificate and its key, both or neither
+    tls_key: str = ""
 
 
 class InstrumentSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -105,6 +129,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     exchange: ExchangeSection = msgspec.field(default_factory=ExchangeSection)
     session: SessionSection = msgspec.field(default_factory=SessionSection)
     fees: FeesSection = msgspec.field(default_factory=FeesSection)
+    market_data: MarketDataSection = msgspec.field(default_factory=MarketDataSection)
     instrument: list[InstrumentSection] = msgspec.field(default_factory=list)
     member: list[MemberSection] = msgspec.field(default_factory=list)
     user: list[UserSection] = msgspec.field(default_factory=list)
@@ -190,6 +215,44 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError(f"exchange.listen: expected HOST:PORT, got {self.exchange.listen!r}")
         return host.strip("[]"), int(port)
 
+    def md_root(self) -> str:
+        """The market data topic root: market_data.root, or one that names the exchange."""
+        return self.market_data.root or md_root(self.exchange.id)
+
+    def check_market_data(self) -> None:
+        """Raise ConfigError naming the first key of [market_data] (or exchange.id) that is
+        wrong. The files it names are read when the publisher is made, not here."""
+        if not EXCHANGE_ID.fullmatch(self.exchange.id):
+            raise ConfigError(f"exchange.id: expected 1 to 32 letters, digits, '-' or '_' (it names the exchange "
+                              f"in the market data topics), got {self.exchange.id!r}")
+        md = self.market_data
+        if not md.host or md.host != md.host.strip():
+            raise ConfigError(f"market_data.host: expected the MQTT broker's host name or address, got {md.host!r}")
+        for name, value, low, high in (("port", md.port, 1, 65535), ("depth", md.depth, 1, MD_DEPTH_MAX),
+                                       ("interval_ms", md.interval_ms, 1, MD_INTERVAL_MS_MAX)):
+            if not low <= value <= high:
+                raise ConfigError(f"market_data.{name} must be between {low} and {high}, got {value}")
+        if not md.interval_ms <= md.health_interval_ms <= MD_HEALTH_INTERVAL_MS_MAX:
+            raise ConfigError(f"market_data.health_interval_ms must be between market_data.interval_ms "
+                              f"({md.interval_ms}) and {MD_HEALTH_INTERVAL_MS_MAX}, got {md.health_interval_ms}")
+        if md.root:
+            problem = topic_problem(md.root)
+            if problem:
+                raise ConfigError(f"market_data.root: {problem}")
+        if len(md.username) > MD_USERNAME_MAX:
+            raise ConfigError(f"market_data.username has more than {MD_USERNAME_MAX} characters")
+        if md.password_file and not md.username:
+            raise ConfigError("market_data.password_file needs market_data.username (MQTT sends a password only "
+                              "with a user name)")
+        if not md.tls:
+            for name in ("tls_ca", "tls_cert", "tls_key"):
+                if getattr(md, name):
+                    raise ConfigError(f"market_data.{name} is set but market_data.tls is false: set tls = true "
+                                      f"or remove {name}")
+        if bool(md.tls_cert) != bool(md.tls_key):
+            raise ConfigError("market_data.tls_cert and market_data.tls_key go together (a client certificate and "
+                              "its key), both or neither")
+
     def check(self) -> None:
         """Raise ConfigError naming the first key that is wrong."""
         self.instruments()
@@ -198,6 +261,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         self.member_stp()
         self.fee_rates_ppm()
         self.listen()
+        self.check_market_data()
         members = {m.id for m in self.member}
         for name in [*members, self.exchange.operator_member, *(u.user for u in self.user)]:
             if not name or len(name) > NAME_MAX:
@@ -234,6 +298,23 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                      "write_buffer_max"):
             if getattr(s, name) <= 0:
                 raise ConfigError(f"session.{name} must be positive, got {getattr(s, name)}")
+
+
+def md_root(exchange_id: str) -> str:
+    """The default market data root: the payload version, then the exchange's id, so
+    that exchanges sharing a broker never share a topic."""
+    return f"etx/v1/{exchange_id}"
+
+
+def topic_problem(root: str) -> str | None:
+    """What keeps ``root`` from being the root of MQTT topic names, if anything."""
+    if not root or root.startswith("/") or root.endswith("/") or "//" in root:
+        return f"expected topic levels separated by '/', without a leading or trailing '/', got {root!r}"
+    if any(c in root for c in ("+", "#", "\x00")):
+        return f"a topic cannot hold the wildcards '+' and '#' (or NUL), got {root!r}"
+    if len(root) > MD_ROOT_MAX:
+        return f"at most {MD_ROOT_MAX} characters, got {len(root)}"
+    return None
 
 
 def fen(yuan: Decimal, where: str) -> int:
