@@ -1,31 +1,52 @@
-"""Market data over MQTT: conflated book, trades, stats and status per instrument, plus
-operator alerts and health.
+"""Market data over MQTT: conflated book, trades, stats, status and reference data per
+instrument, the exchange's own status, operator alerts and health.
 
 Contract:
+- Every topic is under one root that names the exchange (``etx/v1/{exchange.id}`` by
+  default), so exchanges sharing a broker never touch each other's topics:
+  ``{root}/status`` (retained: "online", "closed" or "lost", and the publisher's random
+  instance id), ``{root}/md/{instrument}/book|trades|stats|status|ref`` and
+  ``{root}/ops/alerts|health``.
 - ``MarketDataPublisher.on_events(events)`` is called by the core after each batch, on
   the event loop's thread. It is synchronous and cheap (a few hundred nanoseconds per
   event): it only marks which instruments changed, keeps the Trade events in a bounded
   buffer, and remembers closing prices. It never does I/O and never blocks. Trades are
   published without member or order ids: the market is anonymous.
-- ``run()`` is an asyncio task that publishes, conflated, at most once every
-  ``interval_ms`` per instrument: the retained ``{root}/md/{instrument}/book``,
-  ``.../stats`` and ``.../status`` snapshots (read from the engine at publish time) and
-  the non-retained ``.../trades`` arrays. It also publishes ``{root}/ops/alerts`` (from
-  ``alert()``) and the retained ``{root}/ops/health`` every ``health_interval_ms``.
-- ``run()`` never raises (except when cancelled). A broker that is down or goes away
-  costs one log line per outage; the publisher keeps conflating in bounded memory and
-  reconnects with exponential backoff. On every (re)connect it republishes every
-  instrument's retained snapshots, because a restarted broker may have lost them.
+- ``run()`` is an asyncio task. On each connect it first reads ``{root}/status`` on a
+  connection without a will: if another instance says "online" there, it waits for
+  the broker to confirm that instance is gone (its will turns the status "lost" at
+  most 1.5 x keepalive after it died); if instead that instance shows it is alive (a
+  live health message under the root) or stays "online", this publisher logs one
+  error line naming the root and the instance and publishes nothing, ever (the
+  exchange trades on without market data). Otherwise it publishes the retained
+  ``{root}/status`` "online" and every instrument's snapshots, then, conflated, at most
+  once every ``interval_ms`` per instrument: the retained ``book``, ``stats``,
+  ``status`` and ``ref`` snapshots (read from the engine at publish time) and the
+  non-retained ``trades`` arrays. Alerts go to ``{root}/ops/alerts`` and the retained
+  ``{root}/ops/health`` every ``health_interval_ms``.
+- Two connections publish: the main one, whose will sets ``{root}/status`` "lost", and
+  one for health, whose will sets health "offline" (MQTT has one will per connection).
+  ``stop()`` publishes what is pending, then every instrument's book, stats and status
+  with the phase "closed", ``{root}/status`` "closed" and health "offline", and
+  disconnects cleanly (no will).
+- ``run()`` never raises (except when cancelled). A broker that is down, refuses the
+  user or fails the TLS handshake costs one log line per outage; the publisher keeps
+  conflating in bounded memory and reconnects with exponential backoff. On every
+  (re)connect it republishes every instrument's retained snapshots, because a
+  restarted broker may have lost them.
 - Limits: ``trades_max`` trades buffered (the oldest is dropped and counted when full),
   ``alerts_max`` alerts queued (likewise), ``payload_max`` bytes per message (trade
-  arrays are split to fit; anything else that cannot fit is dropped and counted).
+  arrays are split to fit; anything else that cannot fit is dropped and counted),
+  ``depth`` at most ``MD_DEPTH_MAX`` levels per side.
 - Payloads are JSON (msgspec). Every price is given twice: an integer in fen
   (``price``) and a decimal string in yuan (``price_yuan``, e.g. "100.25"). See
   docs/marketdata.md for the schemas.
+- The broker password never appears in a log line, a message or a ``repr``.
 
-Trades and alerts go out with QoS 1 (at least once: a trade may be delivered twice
-after a reconnect; ``trade_id`` identifies it). Snapshots go out with QoS 0: each one
-supersedes the last, and a reconnect republishes them all.
+Trades, alerts, ``{root}/status`` and the closing snapshots go out with QoS 1 (at least
+once: a trade may be delivered twice after a reconnect; ``trade_id`` identifies it).
+Other snapshots go out with QoS 0: each one supersedes the last, and a reconnect
+republishes them all.
 """
 
 from __future__ import annotations
@@ -35,21 +56,29 @@ import contextlib
 import itertools
 import logging
 import os
+import secrets
+import ssl
+import stat
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import msgspec
+from aiomqtt.exceptions import MqttConnectError
 
 from engine import DayClosed, Engine, Event, Phase, Side, Trade
 from engine.messages import Accepted, Amended, Cancelled, Decremented, Expired, StatusChanged
+from gateway.config import MD_DEPTH_MAX, Config, ConfigError, MarketDataSection, md_root, topic_problem
 
 log = logging.getLogger("etx.marketdata")
 
 # What an event changes, as a bit mask per instrument. TRADE and CLOSE only tell
-# on_events what else to record; the snapshots published are BOOK, STATS and STATUS.
-BOOK, STATS, STATUS, TRADE, CLOSE = 1, 2, 4, 8, 16
+# on_events what else to record; the snapshots published are BOOK, STATS, STATUS, REF.
+BOOK, STATS, STATUS, TRADE, CLOSE, REF = 1, 2, 4, 8, 16, 32
+SNAPSHOTS = BOOK | STATS | STATUS | REF
 _CHANGES: dict[type, int] = {
     Accepted: BOOK,  # an order that rests changes the book; one that does not costs a spare snapshot
     Cancelled: BOOK,
@@ -58,13 +87,16 @@ _CHANGES: dict[type, int] = {
     Decremented: BOOK,
     Trade: BOOK | STATS | TRADE,
     StatusChanged: BOOK | STATUS,  # the book snapshot carries the phase too
-    DayClosed: STATS | CLOSE,
+    DayClosed: STATS | CLOSE | REF,  # the day's close moves the reference price and the band
 }
-_PHASE_NAMES = {int(Phase.CLOSED): "closed", int(Phase.CONTINUOUS): "continuous", int(Phase.HALTED): "halted"}
+CLOSED = "closed"
+_PHASE_NAMES = {int(Phase.CLOSED): CLOSED, int(Phase.CONTINUOUS): "continuous", int(Phase.HALTED): "halted"}
 _SIDE_NAMES = {int(Side.BUY): "buy", int(Side.SELL): "sell"}
-_TOPIC_FORBIDDEN = ("+", "#", "\x00")
+ONLINE, LOST = "online", "lost"  # the states of {root}/status, with CLOSED
 ALERT_KIND_MAX = 64
 ALERT_TEXT_MAX = 2000
+KEEPALIVE_S = 10  # the broker fires a silent connection's will 1.5 x this after its last packet
+_AUTH_REFUSED = {4, 5, 134, 135}  # CONNACK: bad user name or password, not authorized (3.1.1 and 5 codes)
 _ids = itertools.count(1)
 
 
@@ -78,6 +110,17 @@ def yuan(fen: int) -> str:
 def _price(fen: int) -> tuple[int | None, str | None]:
     """The engine's 0 means "no price yet" (no trade today); JSON says null."""
     return (fen, yuan(fen)) if fen else (None, None)
+
+
+def _hhmm(minutes: int) -> str:
+    """Local minutes after midnight as "HH:MM" (1440 is "24:00", the end of a day)."""
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _utc_offset(minutes: int) -> str:
+    """480 -> "+08:00", -330 -> "-05:30"."""
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{_hhmm(abs(minutes))}"
 
 
 # --- payloads (one definition each; docs/marketdata.md shows examples) --------------
@@ -156,6 +199,43 @@ class StatusMsg(msgspec.Struct):
     halted: bool
 
 
+class Window(msgspec.Struct):
+    open: str  # local time "HH:MM"
+    close: str  # local time "HH:MM"; "24:00" is midnight at the day's end
+
+
+class RefMsg(msgspec.Struct):
+    """An instrument's rules: what an order must respect, and when it can trade."""
+
+    instrument: str
+    seq: int
+    ts: int
+    tick: int  # the price step, fen
+    tick_yuan: str
+    lot: int  # the quantity step, tonnes
+    qty_min: int
+    qty_max: int
+    ref_price: int  # today's reference price (the previous close)
+    ref_price_yuan: str
+    band_bps: int  # the band, +- basis points of the reference price; 0 = a fixed range
+    band_low: int  # the lowest and highest price an order may have today
+    band_low_yuan: str
+    band_high: int
+    band_high_yuan: str
+    windows: list[Window]  # the daily continuous trading windows, local time
+    utc_offset_minutes: int  # local time = UTC + this
+    utc_offset: str  # the same as "+08:00"
+
+
+class ExchangeStatusMsg(msgspec.Struct):
+    """``{root}/status``: whether the exchange behind the root is publishing."""
+
+    state: str  # "online", "closed" (stopped cleanly) or "lost" (the broker's will)
+    instance: str  # a random id of the publishing process
+    ts: int  # wall clock, ns since the Unix epoch (for "lost": when that connection was made)
+    seq: int  # the exchange's last sequence number then
+
+
 class AlertMsg(msgspec.Struct):
     kind: str
     text: str
@@ -181,10 +261,103 @@ class HealthMsg(msgspec.Struct):
     reconnects: int = 0
 
 
+# --- what the configuration names: the password file and the TLS files ----------------
+
+
+class _Secret:
+    """A value kept out of every repr (so out of logs and tracebacks)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<hidden>"
+
+
+def read_password_file(path: str) -> str:
+    """The broker password: the one line of a regular file only its owner can read or
+    write (like a credentials file, gateway/credentials.py). ConfigError naming
+    ``market_data.password_file``, the path and what to do; never the password."""
+    p = Path(path)
+    where = f"market_data.password_file {p}"
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise ConfigError(f"{where} cannot be read ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{where} is not a regular file")
+    if st.st_mode & 0o077:
+        raise ConfigError(f"{where} can be read by others (mode {stat.S_IMODE(st.st_mode):03o}); make it private: "
+                          f"chmod 600 {p}")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise ConfigError(f"{where} belongs to another user")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{where} cannot be read ({getattr(e, 'strerror', None) or type(e).__name__})") from None
+    lines = text.splitlines()
+    if len(lines) > 1:
+        raise ConfigError(f"{where} has more than one line: write only the broker password")
+    if not lines or not lines[0]:
+        raise ConfigError(f"{where} holds no password: write the broker password on its one line")
+    return lines[0]
+
+
+def broker_tls_context(md: MarketDataSection) -> ssl.SSLContext | None:
+    """The TLS context for the broker (None without market_data.tls): its certificate
+    checked against market_data.tls_ca (or the system's CAs) and the host name, and
+    the client certificate when given. ConfigError naming the key and the file."""
+    if not md.tls:
+        return None
+    for name in ("tls_ca", "tls_cert", "tls_key"):
+        path = getattr(md, name)
+        if path:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as e:
+                raise ConfigError(f"market_data.{name} {path} cannot be read ({e.strerror or e}): give the path of "
+                                  "a readable PEM file") from None
+    try:
+        ctx = ssl.create_default_context(cafile=md.tls_ca or None)
+    except ssl.SSLError:
+        raise ConfigError(f"market_data.tls_ca {md.tls_ca} is not a PEM certificate (the CA that signed the "
+                          "broker's certificate)") from None
+    if md.tls_cert:
+        try:
+            ctx.load_cert_chain(md.tls_cert, md.tls_key)
+        except ssl.SSLError as e:
+            if e.reason == "KEY_VALUES_MISMATCH":
+                raise ConfigError(f"market_data.tls_key {md.tls_key} is not the private key of "
+                                  f"market_data.tls_cert {md.tls_cert}") from None
+            raise ConfigError(f"market_data.tls_cert {md.tls_cert} and market_data.tls_key {md.tls_key} are not a "
+                              "PEM certificate chain and its private key") from None
+    return ctx
+
+
+def _trouble(exc: BaseException, broker: str, username: str | None) -> tuple[int, str]:
+    """The log level and words for a failed connection to ``broker`` (host:port): a
+    refused user and a failed TLS handshake are the operator's to fix, and say so."""
+    if isinstance(exc, MqttConnectError):
+        rc = getattr(exc.rc, "value", exc.rc)
+        if rc in _AUTH_REFUSED:
+            who = f"user {username!r}" if username else "an anonymous connection"
+            return logging.ERROR, (f"MQTT broker {broker} refused {who} ({exc}): check market_data.username and "
+                                   "market_data.password_file")
+    cause = exc.__context__ if isinstance(exc, aiomqtt.MqttError) else exc
+    if isinstance(cause, ssl.SSLError):
+        return logging.ERROR, (f"TLS with MQTT broker {broker} failed ({cause.reason or cause}): check "
+                               "market_data.host, tls_ca, tls_cert and tls_key")
+    return logging.WARNING, f"cannot reach MQTT broker {broker} ({exc or type(exc).__name__})"
 
 
 class _Lost(Exception):
     """The broker connection went away while we were serving it."""
+
+
+_CONNECT_ERRORS = (aiomqtt.MqttError, OSError, TimeoutError)
 
 
 class MarketDataPublisher:
@@ -195,11 +368,15 @@ class MarketDataPublisher:
         engine: Engine,
         host: str,
         port: int,
-        root: str = "etx/v1",
+        root: str = md_root("etx"),
         depth: int = 5,
         *,
         interval_ms: int = 100,
         health_interval_ms: int = 5000,
+        username: str | None = None,
+        password: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        keepalive_s: int = KEEPALIVE_S,
         trades_max: int = 10_000,
         alerts_max: int = 1000,
         payload_max: int = 256 * 1024,
@@ -207,15 +384,15 @@ class MarketDataPublisher:
         backoff_min_ms: int = 200,
         backoff_max_ms: int = 5000,
         timeout_ms: int = 5000,
-        identifier: str | None = None,
     ) -> None:
-        if not root or root.startswith("/") or root.endswith("/") or any(c in root for c in _TOPIC_FORBIDDEN):
-            raise ValueError(f"root must be a topic without wildcards or leading/trailing '/', got {root!r}")
+        problem = topic_problem(root)
+        if problem:
+            raise ValueError(f"root: {problem}")
         for symbol in engine.markets:
-            if "/" in symbol or any(c in symbol for c in _TOPIC_FORBIDDEN):
+            if "/" in symbol or any(c in symbol for c in "+#\x00"):
                 raise ValueError(f"instrument {symbol!r} cannot be a topic level ('/', '+', '#' not allowed)")
-        if not 1 <= depth <= 100:
-            raise ValueError(f"depth must be in [1, 100], got {depth}")
+        if not 1 <= depth <= MD_DEPTH_MAX:
+            raise ValueError(f"depth must be in [1, {MD_DEPTH_MAX}], got {depth}")
         if interval_ms < 1 or health_interval_ms < interval_ms:
             raise ValueError(f"need 1 <= interval_ms <= health_interval_ms, got {interval_ms}, {health_interval_ms}")
         if trades_max < 1 or alerts_max < 1 or trades_per_message < 1:
@@ -224,34 +401,79 @@ class MarketDataPublisher:
             raise ValueError(f"payload_max must be at least 4096 bytes (one book or alert), got {payload_max}")
         if not 1 <= backoff_min_ms <= backoff_max_ms:
             raise ValueError(f"need 1 <= backoff_min_ms <= backoff_max_ms, got {backoff_min_ms}, {backoff_max_ms}")
+        if not 1 <= keepalive_s <= 65535:
+            raise ValueError(f"keepalive_s must be in [1, 65535], got {keepalive_s}")
+        if password is not None and not username:
+            raise ValueError("a password needs a username")
         self.engine = engine
         self.host, self.port = host, port
         self.root, self.depth = root, depth
+        self.username = username or None
+        self._password = None if password is None else _Secret(password)
+        self.tls_context = tls_context
+        self.keepalive_s = keepalive_s
+        # How long a starting publisher waits for the broker to confirm that the other
+        # instance online under its root is gone: the broker fires a will 1.5 x keepalive
+        # after a connection's last packet (at once when the process died and its
+        # socket was closed).
+        self.takeover_wait_s = 1.5 * keepalive_s + 1
         self.interval_s = interval_ms / 1000
         self.health_interval_s = health_interval_ms / 1000
         self.trades_max, self.alerts_max = trades_max, alerts_max
         self.payload_max, self.trades_per_message = payload_max, trades_per_message
         self.backoff_min_s, self.backoff_max_s = backoff_min_ms / 1000, backoff_max_ms / 1000
         self.timeout_s = timeout_ms / 1000
-        self.identifier = identifier or f"etx-md-{os.getpid()}-{next(_ids)}"
+        self.instance = secrets.token_hex(8)  # this process's publisher, in {root}/status
+        # Client ids: unique per instance (a broker drops the older of two equal ones).
+        # 23 characters, the most every MQTT 3.1.1 broker must accept.
+        self._client_ids = (f"etx-md-{self.instance}", f"etx-mh-{self.instance}", f"etx-mc-{self.instance}")
         # Filled by on_events (the core's side), drained by run().
         self._dirty: dict[str, int] = {}
         self._last: dict[str, Event | None] = {s: None for s in engine.markets}  # the last event of each
+        self._start_seq_ts = (engine.last_seq, engine.last_ts)  # what the exchange recovered
         self._closed: dict[str, DayClosed] = {}
         self._trades: deque[Trade] = deque()
         self._alerts: deque[bytes] = deque()
         # Counters, reported in the health message.
         self.trades_dropped = self.alerts_dropped = self.oversize_dropped = 0
         self.published = self.reconnects = 0
+        self.connect_failures = 0  # connection attempts that failed (logged once per outage)
         self.connected = False
+        self.refused_by: str | None = None  # the other instance online under our root, once refused
         self._running = False
         self._started = time.monotonic()
         self._stop = asyncio.Event()
         self._enc = msgspec.json.Encoder()
+        self._topic_status = f"{root}/status"
         self._topic_health = f"{root}/ops/health"
         self._topic_alerts = f"{root}/ops/alerts"
         self._topics = {s: (f"{root}/md/{s}/book", f"{root}/md/{s}/trades", f"{root}/md/{s}/stats",
-                            f"{root}/md/{s}/status") for s in engine.markets}
+                            f"{root}/md/{s}/status", f"{root}/md/{s}/ref") for s in engine.markets}
+
+    @classmethod
+    def from_config(cls, engine: Engine, cfg: Config, *, host: str | None = None, port: int | None = None,
+                    **kw: Any) -> MarketDataPublisher:
+        """The publisher [market_data] describes (``host``/``port`` override it, as
+        ``etx serve --mqtt`` does). Reads the password file and the TLS files now:
+        ConfigError naming the key when one cannot be used."""
+        md = cfg.market_data
+        password = read_password_file(md.password_file) if md.password_file else None
+        return cls(engine, host or md.host, port or md.port, cfg.md_root(), md.depth, interval_ms=md.interval_ms,
+                   health_interval_ms=md.health_interval_ms, username=md.username or None, password=password,
+                   tls_context=broker_tls_context(md), **kw)
+
+    @property
+    def has_password(self) -> bool:
+        return self._password is not None
+
+    @property
+    def url(self) -> str:
+        """Where it publishes, for a log line: ``mqtts://host:port/root`` (no password)."""
+        user = f"{self.username}@" if self.username else ""
+        return f"mqtt{'s' if self.tls_context else ''}://{user}{self.host}:{self.port}/{self.root}"
+
+    def __repr__(self) -> str:
+        return f"MarketDataPublisher({self.url!r}, instance={self.instance!r})"
 
     # --- the core's side: synchronous, no I/O -------------------------------------------
 
@@ -293,23 +515,24 @@ class MarketDataPublisher:
         self._alerts.append(payload)
 
     def stop(self) -> None:
-        """Ask run() to publish what is pending, mark health offline and return. Final:
-        a stopped publisher does not start again."""
+        """Ask run() to publish what is pending, mark everything closed and return.
+        Final: a stopped publisher does not start again."""
         self._stop.set()
 
     # --- snapshots ----------------------------------------------------------------------
 
     def _seq_ts(self, symbol: str) -> tuple[int, int]:
-        """Sequence number and time of the last event that touched the instrument."""
+        """Sequence number and time of the last event that touched the instrument; the
+        exchange's last ones at the start when none has since."""
         ev = self._last[symbol]
-        return (0, 0) if ev is None else (ev.seq, ev.ts)  # type: ignore[attr-defined]
+        return self._start_seq_ts if ev is None else (ev.seq, ev.ts)  # type: ignore[attr-defined]
 
-    def book(self, symbol: str) -> BookMsg:
+    def book(self, symbol: str, phase: str | None = None) -> BookMsg:
         market = self.engine.markets[symbol]
         bids, asks = self.engine.depth(symbol, self.depth)
         seq, ts = self._seq_ts(symbol)
         return BookMsg(
-            symbol, seq, ts, _PHASE_NAMES.get(market.phase, str(market.phase)),
+            symbol, seq, ts, phase or _PHASE_NAMES.get(market.phase, str(market.phase)),
             [BookLevel(p, yuan(p), q, n) for p, q, n in bids],
             [BookLevel(p, yuan(p), q, n) for p, q, n in asks],
         )
@@ -330,10 +553,24 @@ class MarketDataPublisher:
             s["band_high"], yuan(s["band_high"]), close, close_yuan, day,
         )
 
-    def status(self, symbol: str) -> StatusMsg:
+    def status(self, symbol: str, phase: str | None = None) -> StatusMsg:
         market = self.engine.markets[symbol]
         seq, ts = self._seq_ts(symbol)
-        return StatusMsg(symbol, seq, ts, _PHASE_NAMES.get(market.phase, str(market.phase)), market.halted)
+        return StatusMsg(symbol, seq, ts, phase or _PHASE_NAMES.get(market.phase, str(market.phase)), market.halted)
+
+    def ref(self, symbol: str) -> RefMsg:
+        market = self.engine.markets[symbol]
+        rules, schedule = market.rules, self.engine.schedule
+        seq, ts = self._seq_ts(symbol)
+        return RefMsg(
+            symbol, seq, ts, rules.tick, yuan(rules.tick), rules.lot, rules.qty_min, rules.qty_max,
+            market.ref_price, yuan(market.ref_price), rules.band_bps, market.low, yuan(market.low),
+            market.high, yuan(market.high), [Window(_hhmm(a), _hhmm(b)) for a, b in schedule.windows],
+            schedule.utc_offset_minutes, _utc_offset(schedule.utc_offset_minutes),
+        )
+
+    def exchange_status(self, state: str) -> ExchangeStatusMsg:
+        return ExchangeStatusMsg(state, self.instance, time.time_ns(), self.engine.last_seq)
 
     def health(self, status: str = "online") -> HealthMsg:
         return HealthMsg(
@@ -373,14 +610,15 @@ class MarketDataPublisher:
     # --- the publishing task ------------------------------------------------------------
 
     @staticmethod
-    async def probe(host: str, port: int, timeout: float = 1.0) -> bool:
-        """Whether an MQTT broker accepts a connection at host:port within timeout seconds."""
+    async def probe(host: str, port: int, timeout: float = 1.0, **client: Any) -> bool:
+        """Whether an MQTT broker accepts a connection at host:port within timeout seconds
+        (``client``: aiomqtt.Client's username, password, tls_context)."""
         try:
             async with asyncio.timeout(timeout):
                 async with aiomqtt.Client(host, port, identifier=f"etx-probe-{os.getpid()}-{next(_ids)}",
-                                          timeout=timeout):
+                                          timeout=timeout, **client):
                     return True
-        except (aiomqtt.MqttError, OSError, TimeoutError):
+        except _CONNECT_ERRORS:
             return False
 
     async def run(self) -> None:
@@ -393,23 +631,48 @@ class MarketDataPublisher:
         finally:
             self._running = False
 
+    def _client(self, identifier: str, will: aiomqtt.Will | None = None) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            self.host, self.port, identifier=identifier, will=will, timeout=self.timeout_s,
+            keepalive=self.keepalive_s, username=self.username,
+            password=None if self._password is None else self._password.value, tls_context=self.tls_context,
+        )
+
+    async def _connect(self, client: aiomqtt.Client, opened: list[aiomqtt.Client]) -> aiomqtt.Client:
+        async with asyncio.timeout(self.timeout_s * 2):  # a blackholed host must not hang us
+            await client.__aenter__()
+        opened.append(client)
+        return client
+
     async def _run(self) -> None:
         backoff = self.backoff_min_s
         down_since: float | None = None  # monotonic time the current outage began
         attempts = 0
         while not self._stop.is_set():
+            opened: list[aiomqtt.Client] = []
             try:
-                will = aiomqtt.Will(self._topic_health, self._enc.encode(HealthMsg("offline")), qos=1, retain=True)
-                client = aiomqtt.Client(self.host, self.port, identifier=self.identifier, will=will,
-                                        timeout=self.timeout_s, keepalive=10)
-                async with asyncio.timeout(self.timeout_s * 2):  # a blackholed host must not hang us
-                    await client.__aenter__()
-            except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+                holder = await self._holder()
+                if holder is not None:
+                    if not self._stop.is_set():
+                        self.refused_by = holder
+                        log.error("market data: another exchange (instance %s) is online under %s; this one "
+                                  "publishes nothing (trading goes on without market data): give each exchange its "
+                                  "own exchange.id, or, if that instance is gone, clear its status "
+                                  "(mosquitto_pub -r -n -t %s) and restart", holder, self.root, self._topic_status)
+                    return
+                # The wills: a crash (or a lost network) leaves "lost" and health "offline".
+                lost = self._enc.encode(self.exchange_status(LOST))
+                main = await self._connect(self._client(self._client_ids[0], aiomqtt.Will(
+                    self._topic_status, lost, qos=1, retain=True)), opened)
+                health = await self._connect(self._client(self._client_ids[1], aiomqtt.Will(
+                    self._topic_health, self._enc.encode(HealthMsg("offline")), qos=1, retain=True)), opened)
+            except _CONNECT_ERRORS as exc:
                 attempts += 1
+                self.connect_failures += 1
                 if down_since is None:
                     down_since = time.monotonic()
-                    log.warning("market data: cannot reach MQTT broker %s:%s (%s); conflating and retrying",
-                                self.host, self.port, exc or type(exc).__name__)
+                    level, text = _trouble(exc, f"{self.host}:{self.port}", self.username)
+                    log.log(level, "market data: %s; conflating and retrying", text)
             else:
                 if down_since is not None:
                     log.warning("market data: connected to %s:%s after %.1f s and %d attempts",
@@ -418,8 +681,8 @@ class MarketDataPublisher:
                     self.reconnects += 1
                 backoff = self.backoff_min_s
                 try:
-                    await self._serve(client)
-                except (_Lost, aiomqtt.MqttError, OSError, TimeoutError) as exc:
+                    await self._serve(main, health)
+                except (_Lost, *_CONNECT_ERRORS) as exc:
                     down_since = time.monotonic()
                     log.warning("market data: lost MQTT broker %s:%s (%s); conflating and reconnecting",
                                 self.host, self.port, exc or type(exc).__name__)
@@ -428,8 +691,9 @@ class MarketDataPublisher:
                     # the core: log it with its traceback and start over after a pause.
                     down_since = time.monotonic()
                     log.exception("market data: publisher error; restarting the connection")
-                finally:
-                    self.connected = False
+            finally:
+                self.connected = False
+                for client in reversed(opened):
                     with contextlib.suppress(Exception):
                         await client.__aexit__(None, None, None)
             if self._stop.is_set():
@@ -438,20 +702,91 @@ class MarketDataPublisher:
                 await asyncio.wait_for(self._stop.wait(), backoff)
             backoff = min(backoff * 2, self.backoff_max_s)
 
-    async def _serve(self, client: aiomqtt.Client) -> None:
-        """Publish on one connection until it is lost (raises) or stop() (returns)."""
+    def _decode_status(self, payload: Any) -> ExchangeStatusMsg | None:
+        """A ``{root}/status`` message, or None for an empty (cleared) or foreign one."""
+        try:
+            return msgspec.json.decode(payload, type=ExchangeStatusMsg)
+        except (msgspec.DecodeError, TypeError):
+            return None
+
+    async def _holder(self) -> str | None:
+        """The instance of another publisher that is online under our root, if any.
+
+        Read on a connection of its own without a will (whatever happens to it says
+        nothing), closed before this returns. The broker sends a topic's retained
+        message in answer to a subscribe, before it answers the next subscribe, so once
+        the second subscription is acknowledged the retained status, if there is one,
+        has arrived. "online" of another instance is believed while that instance shows
+        it is alive or the broker keeps its connection: a crashed instance's will turns
+        it "lost" within 1.5 x keepalive (at once when its process died), a live one
+        publishes health every health_interval_ms."""
+        client = await self._connect(self._client(self._client_ids[2]), [])
+        try:
+            return await self._read_holder(client)
+        finally:
+            with contextlib.suppress(Exception):
+                await client.__aexit__(None, None, None)
+
+    async def _read_holder(self, client: aiomqtt.Client) -> str | None:
+        await client.subscribe(self._topic_status, qos=1)
+        await client.subscribe(self._topic_health, qos=0)
+        messages = client.messages
+        status: ExchangeStatusMsg | None = None
+        while len(messages):
+            m = await anext(messages)
+            if m.topic.matches(self._topic_status):
+                status = self._decode_status(m.payload)
+        if status is None or status.instance == self.instance or status.state != ONLINE:
+            return None
+        holder = status.instance
+        log.warning("market data: %s says instance %s is online; waiting up to %g s for it to show it is alive "
+                    "or for the broker to confirm it is gone", self._topic_status, holder, self.takeover_wait_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.takeover_wait_s
+        stopper = asyncio.create_task(self._stop.wait())
+        try:
+            while not self._stop.is_set():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return holder  # the broker still holds its connection: it is alive
+                receive = asyncio.ensure_future(anext(messages))
+                await asyncio.wait((receive, stopper), timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                if not receive.done():
+                    receive.cancel()
+                    await asyncio.gather(receive, return_exceptions=True)
+                    continue
+                m = receive.result()
+                if m.topic.matches(self._topic_status):
+                    status = self._decode_status(m.payload)
+                    if status is None or status.state != ONLINE:
+                        log.warning("market data: instance %s under %s is %s; taking over", holder, self.root,
+                                    status.state if status else "cleared")
+                        return None
+                    holder = status.instance
+                elif not m.retain:
+                    return holder  # a live health message: someone publishes under our root
+            return holder
+        finally:
+            stopper.cancel()
+            await asyncio.gather(stopper, return_exceptions=True)
+
+    async def _serve(self, main: aiomqtt.Client, health: aiomqtt.Client) -> None:
+        """Publish on one pair of connections until one is lost (raises) or stop() (returns)."""
         self.connected = True
+        await main.publish(self._topic_status, self._enc.encode(self.exchange_status(ONLINE)), qos=1, retain=True)
+        self.published += 1
         # A (re)started broker may have lost the retained snapshots: send them all again.
         for symbol in self.engine.markets:
-            self._dirty[symbol] = self._dirty.get(symbol, 0) | BOOK | STATS | STATUS
+            self._dirty[symbol] = self._dirty.get(symbol, 0) | SNAPSHOTS
         next_health = 0.0
-        watcher = asyncio.create_task(self._watch(client))
+        watchers = (asyncio.create_task(self._watch(main)), asyncio.create_task(self._watch(health)))
         stopper = asyncio.create_task(self._stop.wait())
         try:
             while True:
                 started = time.monotonic()
-                flush = asyncio.create_task(self._flush(client, started >= next_health))
-                await asyncio.wait((flush, watcher), return_when=asyncio.FIRST_COMPLETED)
+                flush = asyncio.create_task(self._flush(main.publish, health.publish if started >= next_health
+                                                        else None))
+                await asyncio.wait((flush, *watchers), return_when=asyncio.FIRST_COMPLETED)
                 if not flush.done():
                     flush.cancel()  # its finally clause puts unsent trades back
                     await asyncio.gather(flush, return_exceptions=True)
@@ -460,18 +795,17 @@ class MarketDataPublisher:
                 if started >= next_health:
                     next_health = started + self.health_interval_s
                 if stopper.done():
-                    await client.publish(self._topic_health, self._enc.encode(self.health("offline")),
-                                         qos=1, retain=True)
+                    await self._close(main.publish, health.publish)
                     return
                 delay = self.interval_s - (time.monotonic() - started)
                 if delay > 0:
-                    await asyncio.wait((watcher, stopper), timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-                if watcher.done():
+                    await asyncio.wait((*watchers, stopper), timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+                if any(w.done() for w in watchers):
                     raise _Lost("connection closed")
         finally:
-            for task in (watcher, stopper):
+            for task in (*watchers, stopper):
                 task.cancel()
-            await asyncio.gather(watcher, stopper, return_exceptions=True)
+            await asyncio.gather(*watchers, stopper, return_exceptions=True)
 
     @staticmethod
     async def _watch(client: aiomqtt.Client) -> None:
@@ -480,9 +814,10 @@ class MarketDataPublisher:
         async for _ in client.messages:
             pass
 
-    async def _flush(self, client: aiomqtt.Client, with_health: bool) -> None:
-        """Publish alerts, then per changed instrument its trades, book, stats and status."""
-        publish = client.publish
+    async def _flush(self, publish: Callable[..., Awaitable[Any]],
+                     publish_health: Callable[..., Awaitable[Any]] | None) -> None:
+        """Publish alerts, then per changed instrument its trades, book, stats, status and
+        reference data; then health, when given its connection's publish."""
         while self._alerts:
             await publish(self._topic_alerts, self._alerts[0], qos=1)
             self._alerts.popleft()  # only once sent: a lost connection keeps it queued
@@ -499,7 +834,7 @@ class MarketDataPublisher:
                 dirty[t.instrument] = 0  # its trades still go out (they normally come with a mask)
         try:
             for symbol, mask in dirty.items():
-                book_t, trades_t, stats_t, status_t = self._topics[symbol]
+                book_t, trades_t, stats_t, status_t, ref_t = self._topics[symbol]
                 group = groups.get(symbol)
                 if group:
                     for payload, count in self.trade_payloads(group):
@@ -514,9 +849,11 @@ class MarketDataPublisher:
                     await self._send(publish, stats_t, self.stats(symbol))
                 if mask & STATUS:
                     await self._send(publish, status_t, self.status(symbol))
+                if mask & REF:
+                    await self._send(publish, ref_t, self.ref(symbol))
                 dirty[symbol] = 0
-            if with_health:
-                await publish(self._topic_health, self._enc.encode(self.health()), qos=0, retain=True)
+            if publish_health is not None:
+                await publish_health(self._topic_health, self._enc.encode(self.health()), qos=0, retain=True)
                 self.published += 1
         finally:
             for symbol, mask in dirty.items():
@@ -525,12 +862,27 @@ class MarketDataPublisher:
             if groups:
                 self._requeue([t for g in groups.values() for t in g])
 
-    async def _send(self, publish: Callable[..., Awaitable[None]], topic: str, msg: msgspec.Struct) -> None:
+    async def _close(self, publish: Callable[..., Awaitable[Any]],
+                     publish_health: Callable[..., Awaitable[Any]]) -> None:
+        """The last word of a clean stop (after the last flush): every instrument's book,
+        stats and status as they are with the phase "closed", then ``{root}/status``
+        "closed" and health "offline"; QoS 1, so the broker has them before we go."""
+        for symbol in self.engine.markets:
+            book_t, _, stats_t, status_t, _ = self._topics[symbol]
+            await self._send(publish, book_t, self.book(symbol, CLOSED), qos=1)
+            await self._send(publish, stats_t, self.stats(symbol), qos=1)
+            await self._send(publish, status_t, self.status(symbol, CLOSED), qos=1)
+        await publish(self._topic_status, self._enc.encode(self.exchange_status(CLOSED)), qos=1, retain=True)
+        await publish_health(self._topic_health, self._enc.encode(self.health("offline")), qos=1, retain=True)
+        self.published += 2
+
+    async def _send(self, publish: Callable[..., Awaitable[Any]], topic: str, msg: msgspec.Struct,
+                    qos: int = 0) -> None:
         payload = self._enc.encode(msg)
         if len(payload) > self.payload_max:
             self.oversize_dropped += 1
             return
-        await publish(topic, payload, qos=0, retain=True)
+        await publish(topic, payload, qos=qos, retain=True)
         self.published += 1
 
     def _requeue(self, unsent: list[Trade]) -> None:
@@ -549,7 +901,7 @@ class MarketDataPublisher:
         assert len(self._alerts) <= self.alerts_max, len(self._alerts)
         assert set(self._last) == set(markets)
         for symbol, mask in self._dirty.items():
-            assert symbol in markets and 0 <= mask <= BOOK | STATS | STATUS | TRADE | CLOSE, (symbol, mask)
+            assert symbol in markets and 0 <= mask <= SNAPSHOTS | TRADE | CLOSE, (symbol, mask)
         last_id: dict[str, int] = {}
         for t in self._trades:
             assert type(t) is Trade and t.instrument in markets, t

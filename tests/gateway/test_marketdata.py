@@ -4,6 +4,7 @@ messages (anonymous), conflation, limits, a broker restart, and an unreachable b
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import textwrap
@@ -15,24 +16,37 @@ import aiomqtt
 import msgspec
 import pytest
 
-from engine import EndOfDay, Engine, Halt, Instrument, NewOrder, Resume, Sequencer, Side
+from engine import ALWAYS_OPEN, EndOfDay, Engine, Halt, Instrument, NewOrder, Resume, Schedule, Sequencer, Side
 from engine.messages import Command
-from gateway.marketdata import AlertMsg, BookMsg, HealthMsg, MarketDataPublisher, StatsMsg, StatusMsg, TradeMsg, yuan
-from tests.mosquitto import Mosquitto, free_port, mosquitto_broker
+from gateway.marketdata import (
+    AlertMsg,
+    BookMsg,
+    ExchangeStatusMsg,
+    HealthMsg,
+    MarketDataPublisher,
+    RefMsg,
+    StatsMsg,
+    StatusMsg,
+    TradeMsg,
+    yuan,
+)
+from tests.mosquitto import Mosquitto, Subscriber, free_port, mosquitto_broker
 
 broker = mosquitto_broker  # the shared fixture, under the name these tests use
 
-ROOT = "etx/v1/md/CEA24"
+EXCHANGE = "etx/v1/etx"  # the default root: the payload version, then the exchange id
+ROOT = f"{EXCHANGE}/md/CEA24"
 SECRETS = (b"MEMBER-", b"COID-")  # member ids and client order ids must never be published
 WAIT_S = 5.0
 
 
 class Exchange:
-    """An engine on a frozen clock, feeding the publisher after every batch as the core does."""
+    """An engine on a frozen clock (``clock``: one of your own), feeding the publisher
+    after every batch as the core does."""
 
-    def __init__(self) -> None:
-        self.engine = Engine([Instrument(symbol="CEA24", ref_price=10000, holds=False)])
-        self.sequencer = Sequencer(lambda: 0)
+    def __init__(self, schedule: Schedule = ALWAYS_OPEN, clock: Callable[[], int] = lambda: 0) -> None:
+        self.engine = Engine([Instrument(symbol="CEA24", ref_price=10000, holds=False)], schedule=schedule)
+        self.sequencer = Sequencer(clock)
         self.md: MarketDataPublisher | None = None
         self.n = 0
 
@@ -54,45 +68,6 @@ class Exchange:
     def order(self, member: str, side: Side, qty: int, price: int) -> NewOrder:
         self.n += 1
         return NewOrder(f"MEMBER-{member}", f"COID-{self.n}", "CEA24", int(side), qty, price)
-
-
-class Subscriber:
-    """Collects every message under etx/v1/# from the moment it is connected."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.messages: list[tuple[str, bytes, bool]] = []
-
-    async def __aenter__(self) -> Subscriber:
-        self.client = aiomqtt.Client("127.0.0.1", self.port, timeout=WAIT_S)
-        await self.client.__aenter__()
-        await self.client.subscribe("etx/v1/#", qos=1)
-        self.task = asyncio.create_task(self._collect())
-        return self
-
-    async def _collect(self) -> None:
-        async for m in self.client.messages:
-            assert isinstance(m.payload, bytes)
-            self.messages.append((str(m.topic), m.payload, bool(m.retain)))
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-        await self.client.__aexit__(None, None, None)
-
-    def on(self, topic: str) -> list[Any]:
-        return [msgspec.json.decode(p) for t, p, _ in self.messages if t == topic]
-
-    async def wait(self, topic: str, pred: Callable[[Any], bool] = lambda _: True) -> Any:
-        """The first message on topic that satisfies pred; fails after WAIT_S."""
-        async with asyncio.timeout(WAIT_S):
-            while True:
-                for t, p, _ in self.messages:
-                    if t == topic:
-                        msg = msgspec.json.decode(p)
-                        if pred(msg):
-                            return msg
-                await asyncio.sleep(0.005)
 
 
 def level(price: int, qty: int, orders: int) -> dict[str, Any]:
@@ -182,7 +157,7 @@ def test_book_trades_stats_status_and_anonymity(broker: Mosquitto) -> None:
             async with Subscriber(broker.port) as late:
                 for topic in ("book", "stats", "status"):
                     await late.wait(f"{ROOT}/{topic}", lambda m: m["seq"] == closed)
-                health = await late.wait("etx/v1/ops/health")
+                health = await late.wait(f"{EXCHANGE}/ops/health")
                 await asyncio.sleep(0.05)
                 assert health["status"] == "online"
                 assert all(retain for t, _, retain in late.messages if "/md/" in t)
@@ -190,7 +165,7 @@ def test_book_trades_stats_status_and_anonymity(broker: Mosquitto) -> None:
 
             md.stop()
             await asyncio.wait_for(task, WAIT_S)
-            health = await live.wait("etx/v1/ops/health", lambda m: m["status"] == "offline")
+            health = await live.wait(f"{EXCHANGE}/ops/health", lambda m: m["status"] == "offline")
             assert health["last_seq"] == closed and health["trades_dropped"] == 0
             for topic, payload, _ in live.messages:
                 assert not any(s in payload for s in SECRETS), (topic, payload)
@@ -237,13 +212,13 @@ def test_buffered_trades_and_alerts_are_bounded(broker: Mosquitto) -> None:
         async with Subscriber(broker.port) as live:
             task = asyncio.create_task(md.run())
             await until(lambda: sum(len(t) for t in live.on(f"{ROOT}/trades")) >= 4)
-            await live.wait("etx/v1/ops/health")
+            await live.wait(f"{EXCHANGE}/ops/health")
             trades = [t["trade_id"] for msg in live.on(f"{ROOT}/trades") for t in msg]
             assert trades == [7, 8, 9, 10]
-            alerts = live.on("etx/v1/ops/alerts")
+            alerts = live.on(f"{EXCHANGE}/ops/alerts")
             assert [a["text"] for a in alerts] == ["alert 4", "x" * 2000]
             assert len(alerts[1]["kind"]) == 64 and alerts[0]["last_seq"] == x.engine.last_seq
-            health = live.on("etx/v1/ops/health")[-1]
+            health = live.on(f"{EXCHANGE}/ops/health")[-1]
             assert (health["trades_dropped"], health["alerts_dropped"]) == (6, 4)
             md.stop()
             await asyncio.wait_for(task, WAIT_S)
@@ -267,8 +242,8 @@ def test_large_trade_bursts_split_under_payload_max(broker: Mosquitto) -> None:
             assert ids == list(range(1, 151))
             assert md.oversize_dropped == 0
             md.alert("test", "\x01€" * 2000)  # 2000 characters, far more than 4096 bytes of JSON
-            alert = await live.wait("etx/v1/ops/alerts")
-            size = max(len(p) for t, p, _ in live.messages if t == "etx/v1/ops/alerts")
+            alert = await live.wait(f"{EXCHANGE}/ops/alerts")
+            size = max(len(p) for t, p, _ in live.messages if t == f"{EXCHANGE}/ops/alerts")
             assert size <= 4096 and 0 < len(alert["text"]) < 2000 and alert["text"].startswith("\x01€")
             md.stop()
             await asyncio.wait_for(task, WAIT_S)
@@ -345,10 +320,214 @@ def test_probe(broker: Mosquitto) -> None:
     asyncio.run(scenario())
 
 
+# --- findings of "tried as a new user would" ----------------------------------------
+
+T0 = 1_732_759_200_000_000_000  # 2024-11-28 02:00 UTC, 10:00 in Beijing: inside the morning window
+
+
+def test_first_snapshots_carry_the_engines_seq_and_ts(broker: Mosquitto) -> None:
+    # A publisher started on an engine that has already run (a restarted exchange)
+    # used to send its first stats and status with seq 0, ts 0.
+    async def scenario() -> None:
+        ticks = itertools.count(T0, 1000)
+        x = Exchange(clock=lambda: next(ticks))
+        for cmd in (x.order("A", Side.BUY, 10, 9900), x.order("B", Side.SELL, 4, 9900), x.order("B", Side.SELL, 2, 10100)):
+            x.engine.apply(x.sequencer.stamp(cmd))
+        x.engine.out.clear()  # what a recovery replays is not handed to the publisher
+        seq, ts = x.engine.last_seq, x.engine.last_ts
+        assert seq == 3 and ts > 0
+        md = x.publisher(broker.port)
+        async with Subscriber(broker.port) as live:
+            task = asyncio.create_task(md.run())
+            for topic in ("book", "stats", "status", "ref"):
+                msg = await live.wait(f"{ROOT}/{topic}")
+                assert (msg["seq"], msg["ts"]) == (seq, ts), (topic, msg)
+            stats = await live.wait(f"{ROOT}/stats")
+            assert (stats["volume"], stats["last"]) == (4, 9900)
+            md.stop()
+            await asyncio.wait_for(task, WAIT_S)
+
+    asyncio.run(scenario())
+
+
+def test_reference_data_topic(broker: Mosquitto) -> None:
+    # Tick, lot, order sizes, band and schedule were nowhere on the feed.
+    async def scenario() -> None:
+        national = Schedule(windows=[(570, 690), (780, 900)], utc_offset_minutes=480)
+        ticks = itertools.count(T0, 1000)
+        x = Exchange(schedule=national, clock=lambda: next(ticks))
+        md = x.publisher(broker.port)
+        async with Subscriber(broker.port) as live:
+            task = asyncio.create_task(md.run())
+            ref = await live.wait(f"{ROOT}/ref")
+            assert ref == {
+                "instrument": "CEA24", "seq": 0, "ts": 0, "tick": 1, "tick_yuan": "0.01", "lot": 1,
+                "qty_min": 1, "qty_max": 99_999, "ref_price": 10000, "ref_price_yuan": "100.00", "band_bps": 1000,
+                "band_low": 9000, "band_low_yuan": "90.00", "band_high": 11000, "band_high_yuan": "110.00",
+                "windows": [{"open": "09:30", "close": "11:30"}, {"open": "13:00", "close": "15:00"}],
+                "utc_offset_minutes": 480, "utc_offset": "+08:00",
+            }
+            async with Subscriber(broker.port) as late:
+                assert await late.wait(f"{ROOT}/ref") == ref
+                assert all(retain for t, _, retain in late.messages if t == f"{ROOT}/ref")
+            x.batch(x.order("A", Side.BUY, 10, 9500), x.order("B", Side.SELL, 10, 9500))
+            x.batch(EndOfDay())  # the close moves the reference price and the band
+            closed = x.engine.last_seq
+            ref = await live.wait(f"{ROOT}/ref", lambda m: m["seq"] == closed)
+            assert (ref["ref_price"], ref["band_low"], ref["band_high"]) == (9500, 8550, 10450)
+            assert ref["band_low_yuan"] == "85.50" and ref["ts"] == x.engine.last_ts
+            count = len(live.on(f"{ROOT}/ref"))
+            x.batch(x.order("A", Side.BUY, 1, 9400))
+            await live.wait(f"{ROOT}/book", lambda m: m["seq"] == x.engine.last_seq)
+            assert len(live.on(f"{ROOT}/ref")) == count  # an order does not move the rules
+            md.stop()
+            await asyncio.wait_for(task, WAIT_S)
+        assert_yuan_pairs(ref)
+
+    asyncio.run(scenario())
+
+
+def test_reference_data_republished_on_reconnect(broker: Mosquitto) -> None:
+    async def scenario() -> None:
+        x = Exchange()
+        md = x.publisher(broker.port)
+        task = asyncio.create_task(md.run())
+        async with Subscriber(broker.port) as live:
+            await live.wait(f"{ROOT}/ref")
+        broker.stop()  # no persistence: the restarted broker has lost every retained message
+        await until(lambda: not md.connected)
+        broker.start()
+        async with Subscriber(broker.port) as fresh:
+            ref = await fresh.wait(f"{ROOT}/ref")
+            assert ref["band_high"] == 11000
+            status = await fresh.wait(f"{EXCHANGE}/status")
+            assert status["state"] == "online" and status["instance"] == md.instance
+        md.stop()
+        await asyncio.wait_for(task, WAIT_S)
+
+    asyncio.run(scenario())
+
+
+def test_exchange_status_online_then_closed_on_a_clean_stop(broker: Mosquitto) -> None:
+    # After a stop the retained topics still said "continuous" and a new subscriber got
+    # the last run's book as if it were live.
+    async def scenario() -> None:
+        ticks = itertools.count(T0, 1000)
+        x = Exchange(clock=lambda: next(ticks))
+        md = x.publisher(broker.port)
+        async with Subscriber(broker.port) as live:
+            task = asyncio.create_task(md.run())
+            online = await live.wait(f"{EXCHANGE}/status")
+            assert online["state"] == "online" and online["instance"] == md.instance
+            assert set(online) == {"state", "instance", "ts", "seq"} and online["ts"] > 0
+            x.batch(x.order("A", Side.BUY, 10, 9900), x.order("B", Side.SELL, 3, 10100))
+            await live.wait(f"{ROOT}/book", lambda m: m["seq"] == x.engine.last_seq)
+            x.batch(x.order("C", Side.BUY, 1, 9800))  # pending when the stop comes: still published
+            md.stop()
+            await asyncio.wait_for(task, WAIT_S)
+            last = x.engine.last_seq
+            closed = await live.wait(f"{EXCHANGE}/status", lambda m: m["state"] == "closed")
+            assert closed["instance"] == md.instance and closed["seq"] == last
+            health = await live.wait(f"{EXCHANGE}/ops/health", lambda m: m["status"] == "offline")
+            assert health["last_seq"] == last
+        async with Subscriber(broker.port) as late:  # what a subscriber finds afterwards
+            assert (await late.wait(f"{EXCHANGE}/status"))["state"] == "closed"
+            status = await late.wait(f"{ROOT}/status")
+            assert (status["phase"], status["halted"], status["seq"]) == ("closed", False, last)
+            book = await late.wait(f"{ROOT}/book")
+            assert book["phase"] == "closed" and book["seq"] == last
+            assert book["bids"] == [level(9900, 10, 1), level(9800, 1, 1)] and book["asks"] == [level(10100, 3, 1)]
+            assert (await late.wait(f"{ROOT}/stats"))["seq"] == last
+            assert (await late.wait(f"{EXCHANGE}/ops/health"))["status"] == "offline"
+
+    asyncio.run(scenario())
+
+
+def test_a_second_publisher_on_the_same_root_publishes_nothing(broker: Mosquitto,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    # Two exchanges under one root overwrote each other's topics.
+    caplog.set_level(logging.WARNING, logger="etx.marketdata")
+
+    async def scenario() -> None:
+        first, second = Exchange(), Exchange()
+        md1 = first.publisher(broker.port, health_interval_ms=50)
+        md2 = second.publisher(broker.port, health_interval_ms=50)
+        async with Subscriber(broker.port) as live:
+            task1 = asyncio.create_task(md1.run())
+            await live.wait(f"{EXCHANGE}/status")
+            second.batch(second.order("A", Side.BUY, 77, 9123))
+            task2 = asyncio.create_task(md2.run())
+            await asyncio.wait_for(task2, WAIT_S)  # it gives up, without an exception
+            assert md2.refused_by == md1.instance and not md2.connected
+            first.batch(first.order("A", Side.BUY, 5, 9900))
+            await live.wait(f"{ROOT}/book", lambda m: m["seq"] == first.engine.last_seq)
+            statuses = live.on(f"{EXCHANGE}/status")
+            assert {m["instance"] for m in statuses} == {md1.instance}
+            assert not any(b"9123" in p for _, p, _ in live.messages)  # the second's book never went out
+            md1.stop()
+            await asyncio.wait_for(task1, WAIT_S)
+        refusals = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(refusals) == 1, [r.getMessage() for r in caplog.records]
+        line = refusals[0].getMessage()
+        assert f"instance {md1.instance}" in line and f"online under {EXCHANGE};" in line, line
+        assert "publishes nothing" in line and "trading goes on" in line, line
+
+    asyncio.run(scenario())
+
+
+def test_an_online_status_nobody_keeps_alive_is_not_overwritten(broker: Mosquitto,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    # A retained "online" that no will can ever turn "lost" (a persistent broker restarted
+    # while that exchange was down) is believed for the keepalive grace and then still
+    # not overwritten: the operator clears it, and the next start publishes.
+    caplog.set_level(logging.WARNING, logger="etx.marketdata")
+
+    async def scenario() -> None:
+        stale = ExchangeStatusMsg("online", "0123456789abcdef", T0, 42)
+        async with aiomqtt.Client("127.0.0.1", broker.port) as other:
+            await other.publish(f"{EXCHANGE}/status", msgspec.json.encode(stale), qos=1, retain=True)
+        x = Exchange()
+        md = x.publisher(broker.port, keepalive_s=1)
+        await asyncio.wait_for(md.run(), WAIT_S)
+        assert md.refused_by == stale.instance
+        async with aiomqtt.Client("127.0.0.1", broker.port) as operator:  # mosquitto_pub -r -n -t etx/v1/etx/status
+            await operator.publish(f"{EXCHANGE}/status", b"", qos=1, retain=True)
+        again = x.publisher(broker.port)
+        async with Subscriber(broker.port) as live:
+            task = asyncio.create_task(again.run())
+            status = await live.wait(f"{EXCHANGE}/status", lambda m: m["state"] == "online")
+            assert status["instance"] == again.instance
+            again.stop()
+            await asyncio.wait_for(task, WAIT_S)
+
+    asyncio.run(scenario())
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("waiting up to 2.5 s" in line for line in lines), lines
+    assert sum(r.levelno == logging.ERROR for r in caplog.records) == 1, lines
+
+
+def test_a_lost_instance_is_taken_over_at_once(broker: Mosquitto) -> None:
+    # The status a crashed exchange leaves (its will) does not keep the next one out.
+    async def scenario() -> None:
+        gone = ExchangeStatusMsg("lost", "0123456789abcdef", T0, 42)
+        async with aiomqtt.Client("127.0.0.1", broker.port) as other:
+            await other.publish(f"{EXCHANGE}/status", msgspec.json.encode(gone), qos=1, retain=True)
+        x = Exchange()
+        md = x.publisher(broker.port)
+        async with Subscriber(broker.port) as live:
+            task = asyncio.create_task(md.run())
+            status = await live.wait(f"{EXCHANGE}/status", lambda m: m["state"] == "online")
+            assert status["instance"] == md.instance and md.refused_by is None
+            md.stop()
+            await asyncio.wait_for(task, WAIT_S)
+
+    asyncio.run(scenario())
+
+
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "marketdata.md"
 DOC_TYPES: dict[str, Any] = {
-    "book": BookMsg, "trades": list[TradeMsg], "stats": StatsMsg, "status": StatusMsg,
-    "alert": AlertMsg, "health": HealthMsg,
+    "book": BookMsg, "trades": list[TradeMsg], "stats": StatsMsg, "status": StatusMsg, "ref": RefMsg,
+    "exchange_status": ExchangeStatusMsg, "alert": AlertMsg, "health": HealthMsg,
 }
 
 
