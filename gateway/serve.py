@@ -24,8 +24,12 @@ Contract:
 - Settlement runs beside the core: each batch's postings are handed to the settler
   (``settlement.settler``), whose thread writes them to the registry store (SQLite file
   or PostgreSQL URL) in batches, one transaction each; the core never waits for it.
-- Market data is published to MQTT when a broker answers at ``md_host:md_port``;
-  otherwise one line says so and the exchange runs without it.
+- Market data is published to the MQTT broker of ``[market_data]`` (``md_host`` and
+  ``md_port``, i.e. ``--mqtt``, override its host and port; ``market_data=False``, i.e.
+  ``--no-market-data``, its ``enabled``). A broker that is away, at the start or later,
+  costs a log line and the publisher connects when it can; an unreadable password or
+  TLS file stops the start (ServeError naming the key); another exchange online under
+  the same topic root leaves this one trading without market data, with one error line.
 - SIGINT and SIGTERM stop it gracefully: no new connections, sessions told, queued
   commands applied and journaled, postings written, journal closed.
 """
@@ -126,8 +130,8 @@ class _Settle:
 class Service:
     """The exchange as one service; see the module docstring."""
 
-    def __init__(self, cfg: Config, data_dir: str | Path, *, md_host: str = "127.0.0.1", md_port: int = 1883,
-                 market_data: bool = True, snapshots: bool = True, snapshot_every: int = SNAPSHOT_EVERY,
+    def __init__(self, cfg: Config, data_dir: str | Path, *, md_host: str | None = None, md_port: int | None = None,
+                 market_data: bool | None = None, snapshots: bool = True, snapshot_every: int = SNAPSHOT_EVERY,
                  snapshot_every_s: float | None = SNAPSHOT_EVERY_S,
                  snapshot_history: int = SNAPSHOT_HISTORY, config_text: str | None = None,
                  what: str = "etx serve") -> None:
@@ -149,7 +153,8 @@ class Service:
             self.folder.release()
             raise
 
-    def _open(self, cfg: Config, config_text: str | None, market_data: bool, md_host: str, md_port: int,
+    def _open(self, cfg: Config, config_text: str | None, market_data: bool | None, md_host: str | None,
+              md_port: int | None,
               snapshots: bool, snapshot_every: int, snapshot_every_s: float | None, snapshot_history: int) -> None:
         from engine.journal import GroupCommitter
         from gateway.recovery import Snapshotter, core_factory, recover
@@ -205,7 +210,10 @@ class Service:
         listeners: list[Any] = [self.settle]
         self.md: Any = None
         self.md_task: asyncio.Task[Any] | None = None
-        self.md_host, self.md_port, self.md_wanted = md_host, md_port, market_data
+        # None: as [market_data] says.
+        self.md_host = md_host or cfg.market_data.host
+        self.md_port = md_port or cfg.market_data.port
+        self.md_wanted = cfg.market_data.enabled if market_data is None else market_data
         self.server = Server(self.exchange, auth, [m.id for m in cfg.member], s,
                              operator_member=cfg.exchange.operator_member, journal=self.committer.commit,
                              on_events=listeners)
@@ -303,14 +311,16 @@ class Service:
         except ImportError:
             print("market data: not published (the MQTT publisher is not installed)")
             return
-        if not await MarketDataPublisher.probe(self.md_host, self.md_port):
-            print(f"market data: not published (no MQTT broker at {self.md_host}:{self.md_port})")
-            return
-        self.md = MarketDataPublisher(self.exchange.engine, self.md_host, self.md_port)
+        try:
+            self.md = MarketDataPublisher.from_config(self.exchange.engine, self.cfg, host=self.md_host,
+                                                      port=self.md_port)
+        except ConfigError as e:  # a password or TLS file that cannot be used
+            raise ServeError(str(e)) from None
         self.server.on_events.append(self.md.on_events)
         self.server.alerts.append(self.md.alert)
         self.md_task = asyncio.create_task(self.md.run())
-        print(f"market data: publishing to mqtt://{self.md_host}:{self.md_port} under etx/v1/md/...")
+        print(f"market data: publishing to {self.md.url} as instance {self.md.instance} (when the broker answers; "
+              f"see {self.md.root}/status)", flush=True)
 
     async def stop(self, snapshot: bool = True) -> None:
         """Stop gracefully (see the module docstring); ``snapshot``: take a last snapshot
@@ -415,8 +425,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and print its secret_hash for the configuration")
     parser.add_argument("--data", default="etx-data", help="folder for the journal (and a relative SQLite registry)")
     parser.add_argument("--listen", default=None, help="HOST:PORT to listen on, overriding exchange.listen")
-    parser.add_argument("--mqtt", default="127.0.0.1:1883", help="MQTT broker HOST:PORT for market data")
-    parser.add_argument("--no-market-data", action="store_true", help="do not publish market data")
+    parser.add_argument("--mqtt", default=None, metavar="HOST:PORT",
+                        help="MQTT broker for market data, overriding market_data.host and port")
+    parser.add_argument("--no-market-data", action="store_true",
+                        help="do not publish market data (overrides market_data.enabled)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.add_argument("--snapshot-every", type=int, default=SNAPSHOT_EVERY, metavar="N",
                         help=f"snapshot every N commands (default {SNAPSHOT_EVERY:,}); a restart replays about "
@@ -441,14 +453,30 @@ def snapshot_options_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def mqtt_address(text: str | None) -> tuple[str | None, int | None]:
+    """``--mqtt HOST:PORT`` as (host, port); (None, None) when not given. ValueError
+    saying what is expected."""
+    if text is None:
+        return None, None
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"--mqtt: expected HOST:PORT (port 1 to 65535), got {text!r}")
+    return host, int(port)
+
+
 async def serve(args: argparse.Namespace, cfg: Config, config_text: str | None = None) -> int:
-    md_host, _, md_port = args.mqtt.rpartition(":")
+    try:
+        md_host, md_port = mqtt_address(args.mqtt)
+    except ValueError as e:
+        print(f"etx serve: {e}")
+        return 2
     problem = snapshot_options_problem(args)
     if problem is not None:
         print(f"etx serve: {problem}")
         return 2
-    service = Service(cfg, args.data, md_host=md_host or "127.0.0.1", md_port=int(md_port or 1883),
-                      market_data=not args.no_market_data, snapshots=not args.no_snapshots,
+    service = Service(cfg, args.data, md_host=md_host, md_port=md_port,
+                      market_data=False if args.no_market_data else None, snapshots=not args.no_snapshots,
                       snapshot_every=args.snapshot_every, snapshot_every_s=args.snapshot_interval,
                       snapshot_history=args.snapshot_history, config_text=config_text)
     host = port = None
