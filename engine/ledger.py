@@ -3,7 +3,8 @@
 No short selling and no credit: before an order may rest or trade, the engine holds the
 buyer's cash (``cash_required(price * qty)``: the notional plus whatever allowance the
 ledger keeps for fees) or the seller's allowances. Fills consume holds through
-``settle``; cancels, expiry and IOC rests ``release`` them.
+``settle``; cancels, expiry and IOC rests ``release`` them. Position limits read a
+member's ``holding`` of an instrument.
 
 ``settlement.Ledger`` is the real implementation (fees, T+1, registry). ``SimpleLedger``
 here is just enough for the engine's own tests and replays: balances and holds, no fees.
@@ -43,6 +44,11 @@ class HoldLedger(Protocol):
 
     def end_of_day(self) -> None:
         """The trading day closed (T+1 quantities become sellable, and so on)."""
+        ...
+
+    def holding(self, account: str, asset: str) -> int:
+        """What the account owns of ``asset`` (its balance, held and not yet sellable
+        included; 0 when it has none): the position that position limits count."""
         ...
 
     def state(self) -> list[tuple[str, str, int, int]]:
@@ -119,6 +125,10 @@ class SimpleLedger:
 
     def end_of_day(self) -> None:
         pass
+
+    def holding(self, account: str, asset: str) -> int:
+        e = self.entries.get((account, asset))
+        return e[0] if e else 0
 
     def state(self) -> list[tuple[str, str, int, int]]:
         return [(a, s, e[0], e[1]) for (a, s), e in sorted(self.entries.items()) if e[0] or e[1]]

@@ -304,6 +304,14 @@ class Ledger:
         the command the exchange set in ``cause_seq``/``cause_ts``."""
         self._end_of_day(self.cause_seq, self.cause_ts, "")
 
+    def holding(self, account: str, asset: str) -> int:
+        """The account's balance of ``asset`` (held and T+1 quantities included)."""
+        by_asset = self._by_account.get(account)
+        if by_asset is None:
+            return 0
+        e = by_asset.get(asset)
+        return e[0] if e is not None else 0
+
     def state(self) -> list[tuple[str, str, int, int]]:
         return [(a, s, e[0], e[1]) for (a, s), e in sorted(self.entries.items()) if e[0] or e[1]]
 
