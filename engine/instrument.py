@@ -4,7 +4,9 @@ An instrument (one allowance vintage, e.g. CEA24) has a tick, a lot, order size 
 a reference price (the previous close) and a price band around it. The band is rounded
 inwards to the tick, so no price outside the limit can ever trade. An instrument with
 ``band_bps == 0`` has no band; it then trades between the fixed ``price_min`` and
-``price_max`` instead (replays of foreign flow, tests).
+``price_max`` instead (replays of foreign flow, tests). ``position_max`` (tonnes, 0 =
+none) caps what a member may hold of it: a buy is rejected when the member's holding
+plus its open buy quantity plus the order's would pass it.
 
 The schedule is a list of daily windows in local minutes after midnight (the national
 market's listing mode: 09:30-11:30 and 13:00-15:00, UTC+8). Phase changes are computed
@@ -32,6 +34,7 @@ class Instrument(msgspec.Struct, kw_only=True):
     price_min: int = 1  # used only without a band
     price_max: int = 0  # used only without a band (must then be set)
     holds: bool = True  # pre-trade holds; False only for replays and benchmarks
+    position_max: int = 0  # tonnes a member may hold and have open to buy; 0 = no limit
 
     def check(self) -> None:
         """Raise ValueError naming the first rule that does not hold."""
@@ -42,6 +45,8 @@ class Instrument(msgspec.Struct, kw_only=True):
         for name in ("tick", "lot", "qty_min", "ref_price"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{self.symbol}: {name} must be positive, got {getattr(self, name)}")
+        if self.position_max < 0:
+            raise ValueError(f"{self.symbol}: position_max must be 0 (no limit) or positive, got {self.position_max}")
         if self.qty_max < self.qty_min:
             raise ValueError(f"{self.symbol}: qty_max {self.qty_max} < qty_min {self.qty_min}")
         if not 0 <= self.band_bps < 10_000:

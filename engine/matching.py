@@ -10,6 +10,9 @@ Contract:
 
 Matching is price-time priority; a fill trades at the resting order's price. Holds are
 taken from the ledger before an order may rest or trade (when the instrument has holds).
+Position limits (``Instrument.position_max``) and member suspensions are checked
+before the holds; the open buy quantity the limits need is kept only for the
+instruments that have one.
 """
 
 from __future__ import annotations
@@ -42,15 +45,20 @@ from engine.messages import (
     Halt,
     HitOrder,
     MassCancel,
+    MemberStatus,
     NewOrder,
+    Note,
+    Noted,
     OrdType,
     Phase,
     Reason,
+    ReinstateMember,
     Rejected,
     Resume,
     Side,
     StatusChanged,
     Stp,
+    SuspendMember,
     Tick,
     TimeInForce,
     Trade,
@@ -73,6 +81,7 @@ CANCEL_BOTH: Final = int(Stp.CANCEL_BOTH)
 DECREMENT: Final = int(Stp.DECREMENT)
 USER: Final = int(CancelReason.USER)
 IOC_REST: Final = int(CancelReason.IOC_REST)
+SUSPENDED: Final = int(CancelReason.SUSPENDED)
 HIT_LEVELS: Final = 5  # a hit-this-order target must be among the best five levels
 # Aliases of the interpreted modules' names that the hot paths use: compiled by mypyc,
 # Final names are C statics, where an imported name is a lookup in the module's dict
@@ -89,7 +98,7 @@ SELF_TRADE: Final = int(CancelReason.SELF_TRADE)
 NEW_ORDER_FIELDS: Final = ("member", "coid", "instrument", "side", "qty", "price", "ord_type", "tif", "stp", "seq", "ts")
 assert NewOrder.__struct_fields__ == NEW_ORDER_FIELDS, NewOrder.__struct_fields__
 # Engine._cancel unpacks astuple(cmd) in this order.
-CANCEL_FIELDS: Final = ("member", "order_id", "seq", "ts")
+CANCEL_FIELDS: Final = ("member", "order_id", "actor", "text", "seq", "ts")
 assert Cancel.__struct_fields__ == CANCEL_FIELDS, Cancel.__struct_fields__
 
 
@@ -98,7 +107,7 @@ class Market:
 
     __slots__ = (
         "rules", "symbol", "holds", "book", "sides", "low", "high", "ref_price", "phase", "halted",
-        "tick", "lot", "qty_min", "qty_max",
+        "tick", "lot", "qty_min", "qty_max", "position_max", "open_buys",
         "open_price", "high_price", "low_price", "last_price", "volume", "value", "trades",
     )
 
@@ -109,6 +118,10 @@ class Market:
         # Copied out of the rules: read for every order.
         self.tick, self.lot, self.qty_min, self.qty_max = rules.tick, rules.lot, rules.qty_min, rules.qty_max
         self.holds = rules.holds
+        self.position_max = rules.position_max
+        # Open (resting) buy quantity per member, kept only when position_max is set:
+        # without a limit the hot paths pay one test of position_max and nothing more.
+        self.open_buys: dict[str, int] = {}
         self.ref_price = rules.ref_price
         self.phase = int(Phase.CLOSED)
         self.halted = False
@@ -116,7 +129,7 @@ class Market:
 
     def new_day(self, ref_price: int) -> None:
         """Start a day on a new reference price; the book must be empty."""
-        assert not (self.book.bids.bits or self.book.asks.bits)
+        assert not (self.book.bids.bits or self.book.asks.bits or self.open_buys)
         self._start_day(ref_price)
 
     def _start_day(self, ref_price: int) -> None:
@@ -182,6 +195,8 @@ class Engine:
             market = Market(rules)
             if market.holds and ledger is None:
                 raise ValueError(f"instrument {rules.symbol} has holds but the engine has no ledger")
+            if market.position_max and ledger is None:
+                raise ValueError(f"instrument {rules.symbol} has a position limit but the engine has no ledger")
             self.markets[rules.symbol] = market
         modes = (CANCEL_RESTING, CANCEL_INCOMING, CANCEL_BOTH, DECREMENT)
         if stp_default not in modes:
@@ -204,6 +219,9 @@ class Engine:
         # Client order ids used today, per member: a set of strings per member is
         # cheaper than one set of (member, coid) tuples (no tuple per order).
         self.coids: dict[str, set[str]] = {}
+        # Members whose trading the operator suspended (SuspendMember): until reinstated
+        # their new orders, hit orders and amends are rejected. Not day-bound.
+        self.suspended: set[str] = set()
         self.last_seq = 0
         self.last_ts = 0
         self._order_ids = itertools.count(1)  # next() is one C call in the hot path
@@ -220,6 +238,9 @@ class Engine:
             Resume: self._resume,
             Tick: self._tick,
             EndOfDay: self._end_of_day,
+            SuspendMember: self._suspend,
+            ReinstateMember: self._reinstate,
+            Note: self._note,
         }
 
     @property
@@ -298,6 +319,9 @@ class Engine:
         """Checks shared by new and hit orders; rejects and returns False on the first
         that fails."""
         coid = cmd.coid
+        if cmd.member in self.suspended:
+            self._reject(cmd, Reason.MEMBER_SUSPENDED, f"member {cmd.member} is suspended from trading", coid)
+            return False
         if market is None:
             self._reject(cmd, Reason.UNKNOWN_INSTRUMENT, f"unknown instrument {cmd.instrument!r}", coid)
             return False
@@ -341,6 +365,38 @@ class Engine:
             cmd, Reason.INSUFFICIENT_HOLDINGS, f"available {market.symbol} does not cover {qty} t", cmd.coid
         )
         return -1
+
+    def _position_ok(
+        self, cmd: NewOrder | HitOrder | Amend, member: str, market: Market, more: int, coid: str, order_id: int,
+    ) -> bool:
+        """Whether ``more`` tonnes to buy keep the member within the instrument's position
+        limit (its holding, from the ledger, plus its open buy quantity plus ``more``);
+        rejects and returns False when they do not."""
+        ledger = self.ledger
+        assert ledger is not None and market.position_max > 0
+        holding = ledger.holding(member, market.symbol)
+        open_buys = market.open_buys.get(member, 0)
+        total = holding + open_buys + more
+        if total <= market.position_max:
+            return True
+        self._reject(
+            cmd, Reason.POSITION_LIMIT,
+            f"position limit {market.position_max} t in {market.symbol}: holding {holding} t + open buys "
+            f"{open_buys} t + {more} t = {total} t",
+            coid, order_id,
+        )
+        return False
+
+    def _open_buy(self, market: Market, member: str, delta: int) -> None:
+        """Change the member's open (resting) buy quantity in a market with a position
+        limit by ``delta``."""
+        open_buys = market.open_buys
+        left = open_buys.get(member, 0) + delta
+        assert left >= 0, (market.symbol, member, delta)
+        if left:
+            open_buys[member] = left
+        else:
+            del open_buys[member]
 
     def _validate_new(self, cmd: NewOrder, market: Market | None) -> int:
         """The thorough checks of a new order, in the order their reasons are reported.
@@ -408,11 +464,14 @@ class Engine:
             or qty % market.lot
             or price % market.tick
             or coid in used
+            or (self.suspended and member in self.suspended)
         ):
             price = self._validate_new(cmd, market)
             if price < 0:
                 return
             assert market is not None
+        if market.position_max and side == BUY and not self._position_ok(cmd, member, market, qty, coid, 0):
+            return
         hold = 0
         if market.holds:
             hold = self._hold_new(cmd, member, market, side, price, qty)
@@ -452,6 +511,8 @@ class Engine:
         level.queue.append(order)
         level.qty += order.qty
         self.orders[order_id] = order
+        if market.position_max and side == BUY:
+            self._open_buy(market, member, order.qty)
 
     def _fok_fillable(self, market: Market, order: Order) -> bool:
         """Whether the whole order would fill now. Own orders do not count; under
@@ -499,6 +560,7 @@ class Engine:
         qty = order.qty
         trade_ids = self._trade_ids
         orders = self.orders
+        limited = side == SELL and market.position_max != 0  # the makers are buys under a position limit
         while qty and opp.best <= limit:
             key = opp.best
             level = levels[key]
@@ -532,6 +594,8 @@ class Engine:
                     level.queue.popleft()
                     del orders[maker.order_id]
                 maker.filled += fill
+                if limited:
+                    self._open_buy(market, maker.member, -fill)
                 lqty -= fill
                 filled += fill
                 fills += 1
@@ -571,9 +635,12 @@ class Engine:
         out = self.out
         order.filled += order.qty - qty  # bring the incoming order up to date
         order.qty = qty
+        limited = maker.side == BUY and market.position_max != 0
         if mode == CANCEL_RESTING or mode == CANCEL_BOTH:
             level.queue.popleft()
             level.qty -= maker.qty
+            if limited:
+                self._open_buy(market, maker.member, -maker.qty)
             out.append(_Cancelled(seq, ts, maker.member, maker.order_id, market.symbol, maker.qty, SELF_TRADE))
             self._release_rest(market, maker)
             maker.qty = 0
@@ -586,6 +653,8 @@ class Engine:
         assert mode == DECREMENT
         cut = qty if qty < maker.qty else maker.qty
         level.qty -= cut
+        if limited:
+            self._open_buy(market, maker.member, -cut)
         self._reduce(market, maker, cut)
         out.append(_Decremented(seq, ts, maker.member, maker.order_id, market.symbol, cut, maker.qty))
         if not maker.qty:
@@ -634,6 +703,8 @@ class Engine:
         quantity it had."""
         qty = order.qty
         self._release_rest(market, order)
+        if market.position_max and order.side == BUY:
+            self._open_buy(market, order.member, -qty)
         half = market.sides[order.side]
         half.kill(order, (order.price - half.base) * half.sign)
         del self.orders[order.order_id]
@@ -654,7 +725,8 @@ class Engine:
         order_id: int
         seq: Any  # passed on into the event only: kept boxed
         ts: Any
-        member, order_id, seq, ts = fields  # astuple(cmd), read by apply_batch
+        # astuple(cmd), read by apply_batch; actor and text are for the record only.
+        member, order_id, _, _, seq, ts = fields
         order = self.orders.get(order_id)
         if order is None or order.member != member:
             self._own_order(cmd)  # rejects with the specific reason
@@ -663,6 +735,8 @@ class Engine:
         qty = order.qty
         if market.holds:
             self._release_rest(market, order)
+        if market.position_max and order.side == BUY:
+            self._open_buy(market, member, -qty)
         # HalfBook.kill inlined for the common case (the level stays non-empty, no
         # compaction due): cancels are a third of the flow.
         half = market.sides[order.side]
@@ -681,6 +755,10 @@ class Engine:
             self._emit(_Cancelled(seq, ts, member, order_id, order.instrument, qty, USER))
 
     def _amend(self, cmd: Amend) -> None:
+        if cmd.member in self.suspended:
+            self._reject(cmd, Reason.MEMBER_SUSPENDED, f"member {cmd.member} is suspended from trading",
+                         order_id=cmd.order_id)
+            return
         order = self._own_order(cmd)
         if order is None:
             return
@@ -706,6 +784,10 @@ class Engine:
             return
         if price == order.price and qty == order.qty:
             self._reject(cmd, Reason.AMEND_NO_CHANGE, "amend changes neither price nor quantity", order_id=oid)
+            return
+        # A buy's increase counts against the position limit as a new order's quantity does.
+        limited = order.side == BUY and market.position_max != 0
+        if limited and qty > order.qty and not self._position_ok(cmd, order.member, market, qty - order.qty, "", oid):
             return
         # Adjust the hold first: an increase may be refused, which must change nothing.
         new_hold = 0
@@ -733,12 +815,16 @@ class Engine:
             level = half.levels[(price - half.base) * half.sign]
             assert level is not None
             level.qty -= order.qty - qty
+            if limited:
+                self._open_buy(market, order.member, qty - order.qty)
             order.qty = qty
             order.hold = new_hold
             self.out.append(Amended(seq, ts, order.member, oid, market.symbol, price, qty, True))
             return
         # Loses priority: out of the book (its hold already adjusted), then in again as
         # an incoming order that may trade.
+        if limited:
+            self._open_buy(market, order.member, -order.qty)
         half.kill(order, (order.price - half.base) * half.sign)  # marks the old entry dead
         del self.orders[oid]
         moved = Order(oid, order.member, order.coid, order.instrument, order.side, price, qty,
@@ -748,6 +834,8 @@ class Engine:
         if moved.qty:
             half.add(moved, (price - half.base) * half.sign)
             self.orders[oid] = moved
+            if limited:
+                self._open_buy(market, moved.member, moved.qty)
 
     def _hit_order(self, cmd: HitOrder) -> None:
         market = self.markets.get(cmd.instrument)
@@ -768,6 +856,8 @@ class Engine:
             self._reject(cmd, Reason.TARGET_NOT_IN_BEST_LEVELS, f"order {target.order_id} is not among the best {HIT_LEVELS} levels", cmd.coid)
             return
         price, qty = target.price, cmd.qty
+        if side == BUY and market.position_max and not self._position_ok(cmd, cmd.member, market, qty, cmd.coid, 0):
+            return
         hold = 0
         if market.holds:
             hold = self._hold_new(cmd, cmd.member, market, side, price, qty)
@@ -794,6 +884,8 @@ class Engine:
         order.qty -= fill
         order.filled += fill
         target.filled += fill
+        if target.side == BUY and market.position_max:
+            self._open_buy(market, target.member, -fill)
         if fill == target.qty:
             half.kill(target, key)
             del self.orders[target.order_id]
@@ -875,6 +967,10 @@ class Engine:
     def _tick(self, cmd: Tick) -> None:
         """Nothing beyond the clock check that apply() makes for every command."""
 
+    def _note(self, cmd: Note) -> None:
+        """As a Tick, and the record of what the operator did outside the core."""
+        self.out.append(Noted(cmd.seq, cmd.ts, cmd.actor, cmd.kind, cmd.text))
+
     def _advance_clock(self, seq: int, ts: int) -> None:
         """The schedule may have changed phase since the last command."""
         if ts >= self._expire_at:
@@ -912,6 +1008,32 @@ class Engine:
         if self.ledger is not None:
             self.ledger.end_of_day()
 
+    # --- members ----------------------------------------------------------------------
+
+    def _suspend(self, cmd: SuspendMember) -> None:
+        member = cmd.member
+        if not member:
+            self._reject(cmd, Reason.INVALID_FIELD, "member is empty: name the member to suspend")
+            return
+        if member in self.suspended:
+            self._reject(cmd, Reason.ALREADY_SUSPENDED, f"member {member} is suspended already")
+            return
+        self.suspended.add(member)
+        self.out.append(MemberStatus(cmd.seq, cmd.ts, member, True, cmd.text))
+        if cmd.cancel_orders:
+            self._cancel_where(lambda o: o.member != member, SUSPENDED, cmd.seq, cmd.ts)
+
+    def _reinstate(self, cmd: ReinstateMember) -> None:
+        member = cmd.member
+        if not member:
+            self._reject(cmd, Reason.INVALID_FIELD, "member is empty: name the member to reinstate")
+            return
+        if member not in self.suspended:
+            self._reject(cmd, Reason.NOT_SUSPENDED, f"member {member} is not suspended")
+            return
+        self.suspended.discard(member)
+        self.out.append(MemberStatus(cmd.seq, cmd.ts, member, False, cmd.text))
+
     # --- queries ----------------------------------------------------------------------
 
     def bbo(self, instrument: str) -> tuple[int, int, int, int]:
@@ -948,6 +1070,7 @@ class Engine:
         return EngineSnapshot(
             self.last_seq, self.last_ts, self.next_order_id, self.next_trade_id, self.day,
             self._next_change, self._expire_at, [(m, list(used)) for m, used in self.coids.items() if used], markets,
+            sorted(self.suspended),
         )
 
     def restore(self, snap: EngineSnapshot) -> None:
@@ -957,6 +1080,7 @@ class Engine:
         self.next_order_id, self.next_trade_id, self.day = snap.next_order_id, snap.next_trade_id, snap.day
         self._next_change, self._expire_at = snap.next_change, snap.expire_at
         self.coids = {m: set(used) for m, used in snap.coids}
+        self.suspended = set(snap.suspended)
         for ms in snap.markets:
             market = self.markets.get(ms.symbol)
             if market is None:
@@ -970,6 +1094,8 @@ class Engine:
                 half = market.sides[order.side]
                 half.add(order, (order.price - half.base) * half.sign)
                 self.orders[order.order_id] = order
+                if market.position_max and order.side == BUY:  # derived from the book, not snapshotted
+                    self._open_buy(market, order.member, order.qty)
 
     def state(self) -> list[Any]:
         """A canonical, encodable picture of everything the core owns."""
@@ -982,8 +1108,13 @@ class Engine:
                 [[o.record() for o in m.book.bids.orders()], [o.record() for o in m.book.asks.orders()]],
             ])
         ledger = self.ledger.state() if self.ledger is not None else []
-        return [self.last_seq, self.last_ts, self.next_order_id, self.next_trade_id, self.day,
-                markets, self._coid_digest(), ledger]
+        state: list[Any] = [self.last_seq, self.last_ts, self.next_order_id, self.next_trade_id, self.day,
+                            markets, self._coid_digest(), ledger]
+        if self.suspended:
+            # Only when there are any: a state without suspensions keeps the hash it had
+            # before suspensions existed, so snapshot files written then still verify.
+            state.append(sorted(self.suspended))
+        return state
 
     def _coid_digest(self) -> list[tuple[str, int, int]]:
         """The day's client order ids, canonically and cheaply: per member, how many and
@@ -1001,8 +1132,14 @@ class Engine:
         live: dict[int, Order] = {}
         held_cash: dict[str, int] = {}
         held_asset: dict[tuple[str, str], int] = {}
+        assert all(isinstance(m, str) and m for m in self.suspended), self.suspended
         for market in self.markets.values():
             market.book._check()
+            open_buys: dict[str, int] = {}
+            for o in market.book.bids.orders():
+                open_buys[o.member] = open_buys.get(o.member, 0) + o.qty
+            # The open buy quantity is kept exactly for the markets with a position limit.
+            assert market.open_buys == (open_buys if market.position_max else {}), (market.symbol, market.open_buys)
             for half in (market.book.bids, market.book.asks):
                 for o in half.orders():
                     assert o.order_id not in live, o

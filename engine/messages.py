@@ -93,6 +93,10 @@ class Reason(IntEnum):
     AMEND_NO_CHANGE = 16
     NOT_HALTED = 17
     ALREADY_HALTED = 18
+    POSITION_LIMIT = 19  # a buy would take the member past the instrument's position_max
+    MEMBER_SUSPENDED = 20  # the member's trading is suspended by the operator
+    ALREADY_SUSPENDED = 21
+    NOT_SUSPENDED = 22
 
 
 class CancelReason(IntEnum):
@@ -102,6 +106,7 @@ class CancelReason(IntEnum):
     HALT = 4  # an operator halt that cancels resting orders
     MASS_CANCEL = 5  # a mass cancel by the member or an operator
     DISCONNECT = 6  # the gateway's cancel-on-disconnect (a mass cancel)
+    SUSPENDED = 7  # the operator suspended the member's trading and cancelled its orders
 
 
 # --- commands ---------------------------------------------------------------------
@@ -128,8 +133,14 @@ class NewOrder(Command, tag=1):
 
 
 class Cancel(Command, tag=2):
+    """Cancel one open order; ``member`` must be the order's member, whoever sends it.
+    ``actor`` (who sent it, ``member/user``: an operator cancelling for a member) and
+    ``text`` (an operator's reason) are for the record: the gateway fills in ``actor``."""
+
     member: Name
     order_id: int
+    actor: Actor = ""
+    text: Text = ""
     seq: int = 0
     ts: int = 0
 
@@ -212,7 +223,45 @@ class EndOfDay(Command, tag=9):
     ts: int = 0
 
 
-ENGINE_COMMANDS = (NewOrder, Cancel, Amend, MassCancel, HitOrder, Halt, Resume, Tick, EndOfDay)
+class SuspendMember(Command, tag=10):
+    """Operator suspension of a member's trading: until it is reinstated, its new
+    orders, hit orders and amends are rejected (MEMBER_SUSPENDED); its cancels still
+    work. With ``cancel_orders`` its resting orders are cancelled (reason SUSPENDED).
+    ``actor`` (filled in by the gateway) and ``text`` (the reason) are for the record."""
+
+    member: Name
+    cancel_orders: bool = False
+    actor: Actor = ""
+    text: Text = ""
+    seq: int = 0
+    ts: int = 0
+
+
+class ReinstateMember(Command, tag=11):
+    """End an operator suspension of a member's trading."""
+
+    member: Name
+    actor: Actor = ""
+    text: Text = ""
+    seq: int = 0
+    ts: int = 0
+
+
+class Note(Command, tag=12):
+    """An operator's action outside the core (unlocking a user, disconnecting a
+    session), put into the journal, the exchange's one history. It changes no state:
+    like a ``Tick`` it only lets time pass; the engine answers with ``Noted``."""
+
+    actor: Actor
+    kind: Name  # what was done, e.g. "unlock", "disconnect"
+    text: Text
+    seq: int = 0
+    ts: int = 0
+
+
+ENGINE_COMMANDS = (
+    NewOrder, Cancel, Amend, MassCancel, HitOrder, Halt, Resume, Tick, EndOfDay, SuspendMember, ReinstateMember, Note,
+)
 
 # --- events -----------------------------------------------------------------------
 
@@ -331,6 +380,26 @@ class Decremented(Event, tag=109):
     qty_left: int  # the order's open quantity after it
 
 
+class MemberStatus(Event, tag=110):
+    """A member's trading was suspended or reinstated; ``text`` is the operator's reason."""
+
+    seq: int
+    ts: int
+    member: str
+    suspended: bool
+    text: str
+
+
+class Noted(Event, tag=111):
+    """The record of a ``Note``: an operator's action outside the core."""
+
+    seq: int
+    ts: int
+    actor: str
+    kind: str
+    text: str
+
+
 ENGINE_EVENTS = (
     Accepted,
     Rejected,
@@ -341,6 +410,11 @@ ENGINE_EVENTS = (
     StatusChanged,
     DayClosed,
     Decremented,
+    MemberStatus,
+    Noted,
 )
 
-AnyCommand = NewOrder | Cancel | Amend | MassCancel | HitOrder | Halt | Resume | Tick | EndOfDay
+AnyCommand = (
+    NewOrder | Cancel | Amend | MassCancel | HitOrder | Halt | Resume | Tick | EndOfDay | SuspendMember
+    | ReinstateMember | Note
+)

@@ -50,3 +50,5 @@ class EngineSnapshot(msgspec.Struct, array_like=True):
     expire_at: int
     coids: list[tuple[str, list[str]]]  # per member, in no particular order
     markets: list[MarketSnapshot]
+    # Added later, with a default, at the end: snapshots written before decode as before.
+    suspended: list[str] = msgspec.field(default_factory=list)  # members whose trading is suspended, sorted

@@ -23,10 +23,12 @@ from engine import (
     NewOrder,
     OrdType,
     Reason,
+    ReinstateMember,
     Rejected,
     Resume,
     Schedule,
     Side,
+    SuspendMember,
     Tick,
     TimeInForce,
 )
@@ -37,8 +39,9 @@ R = Reason
 
 
 def venue(**kw: object) -> Venue:
-    """CEA24 (tick 5, lot 10, qty 10..99_990, band [9000, 11000]) and CEA23 (defaults)."""
-    inst = [cx("CEA24", 10_000, tick=5, lot=10, qty_min=10, qty_max=99_990), cx("CEA23", 8_000)]
+    """CEA24 (tick 5, lot 10, qty 10..99_990, band [9000, 11000]) and CEA23 (defaults,
+    and a position limit of 1,100 t: A and B hold 1,000 t)."""
+    inst = [cx("CEA24", 10_000, tick=5, lot=10, qty_min=10, qty_max=99_990), cx("CEA23", 8_000, position_max=1_100)]
     v = Venue(inst, **kw)  # type: ignore[arg-type]
     v.fund("A", cash=10_000_000, CEA24=1_000, CEA23=1_000)
     v.fund("B", cash=10_000_000, CEA24=1_000, CEA23=1_000)
@@ -159,6 +162,30 @@ CASES: list[tuple[str, int, Scenario]] = [
      lambda v: (oid := resting(v), v.send(Halt("")), Amend("A", oid, 10_000, 10))[2]),
     ("hit-halted", R.INSTRUMENT_HALTED,
      lambda v: (oid := resting(v), v.send(Halt("CEA24")), HitOrder("B", "h", "CEA24", oid, 10))[2]),
+    # POSITION_LIMIT: CEA23 allows 1,100 t; A holds 1,000 t.
+    ("new-buy-past-position-limit", R.POSITION_LIMIT, lambda v: new(qty=101, price=8_000, instrument="CEA23")),
+    ("market-buy-past-position-limit", R.POSITION_LIMIT,
+     lambda v: new(qty=101, ord_type=OrdType.MARKET, tif=TimeInForce.IOC, instrument="CEA23")),
+    ("open-buys-count-to-the-limit", R.POSITION_LIMIT,
+     lambda v: (v.rest("A", BUY, 60, 7_900, instrument="CEA23"), new(qty=41, price=7_950, instrument="CEA23"))[1]),
+    ("hit-buy-past-position-limit", R.POSITION_LIMIT,
+     lambda v: HitOrder("A", "h", "CEA23", v.rest("B", SELL, 200, 8_000, instrument="CEA23"), 101)),
+    ("amend-buy-up-past-position-limit", R.POSITION_LIMIT,
+     lambda v: Amend("A", v.rest("A", BUY, 100, 7_900, instrument="CEA23"), 7_900, 101)),
+    # MEMBER_SUSPENDED
+    ("new-suspended", R.MEMBER_SUSPENDED, lambda v: (v.send(SuspendMember("A")), new())[1]),
+    ("amend-suspended", R.MEMBER_SUSPENDED,
+     lambda v: (oid := resting(v), v.send(SuspendMember("A")), Amend("A", oid, 10_000, 10))[2]),
+    ("hit-suspended", R.MEMBER_SUSPENDED,
+     lambda v: (oid := resting(v), v.send(SuspendMember("B")), HitOrder("B", "h", "CEA24", oid, 10))[2]),
+    # ALREADY_SUSPENDED and NOT_SUSPENDED
+    ("suspend-suspended", R.ALREADY_SUSPENDED,
+     lambda v: (v.send(SuspendMember("A")), SuspendMember("A", cancel_orders=True))[1]),
+    ("reinstate-not-suspended", R.NOT_SUSPENDED, lambda v: ReinstateMember("A")),
+    ("reinstate-reinstated", R.NOT_SUSPENDED,
+     lambda v: (v.send(SuspendMember("A")), v.send(ReinstateMember("A")), ReinstateMember("A"))[2]),
+    ("suspend-nobody", R.INVALID_FIELD, lambda v: SuspendMember("")),
+    ("reinstate-nobody", R.INVALID_FIELD, lambda v: ReinstateMember("")),
 ]
 
 
@@ -207,9 +234,12 @@ def test_halt_wins_over_closed() -> None:
 
 def test_the_checks_run_in_a_fixed_order() -> None:
     """When a command breaks several rules, the first check decides (documented order:
-    instrument, phase, side, quantity range, lot, client order id, stp, tif, order type,
-    tick, band, funds)."""
+    suspension, instrument, phase, side, quantity range, lot, client order id, stp, tif,
+    order type, tick, band, position limit, funds)."""
     v = venue()
+    v.send(SuspendMember("A"))
+    v.reject(new(instrument="X", side=9, qty=-1), R.MEMBER_SUSPENDED)
+    v.send(ReinstateMember("A"))
     v.reject(new(instrument="X", side=9, qty=-1), R.UNKNOWN_INSTRUMENT)
     v.reject(new(side=9, qty=-1), R.INVALID_FIELD)
     v.reject(new(qty=5, price=1), R.QTY_OUT_OF_RANGE)
@@ -220,6 +250,8 @@ def test_the_checks_run_in_a_fixed_order() -> None:
     v.reject(new(coid="x", price=1, member="POOR"), R.OFF_TICK)
     v.reject(new(coid="x", price=5, member="POOR"), R.PRICE_OUTSIDE_BAND)
     v.reject(new(coid="x", price=10_000, member="POOR"), R.INSUFFICIENT_FUNDS)
+    v.fund("POOR", CEA23=1_100)
+    v.reject(new(coid="x", price=8_000, member="POOR", instrument="CEA23"), R.POSITION_LIMIT)
     oid = resting(v)
     v.reject(Amend("B", oid, 1, 1), R.NOT_YOUR_ORDER)
     v.reject(Amend("A", oid, 1, 1), R.QTY_OUT_OF_RANGE)

@@ -53,9 +53,9 @@ def member(drive: Driver, account: str, cash: int = 0, holdings: dict[str, int] 
 class Market:
     """An exchange on a manual clock with a sequencer: ``send`` stamps and applies."""
 
-    def __init__(self, fees: Fees = FEES) -> None:
+    def __init__(self, fees: Fees = FEES, instruments: list[Instrument] = INSTRUMENTS) -> None:
         self.ledger = Ledger(fees)
-        self.exchange = Exchange(INSTRUMENTS, self.ledger)
+        self.exchange = Exchange(instruments, self.ledger)
         self.clock = ManualClock(1_700_000_000_000_000_000)
         self.seq = Sequencer(self.clock)
 

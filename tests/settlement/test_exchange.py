@@ -4,7 +4,25 @@ from __future__ import annotations
 
 import msgspec
 
-from engine import CASH, Accepted, Cancel, EndOfDay, NewOrder, Reason, Rejected, Side, Trade
+from engine import (
+    CASH,
+    Accepted,
+    Cancel,
+    Cancelled,
+    CancelReason,
+    EndOfDay,
+    Instrument,
+    MemberStatus,
+    NewOrder,
+    Note,
+    Noted,
+    Reason,
+    ReinstateMember,
+    Rejected,
+    Side,
+    SuspendMember,
+    Trade,
+)
 from settlement import (
     Allocate,
     Deposit,
@@ -128,4 +146,49 @@ def test_withdrawing_cash_an_open_order_holds_is_refused_and_changes_nothing() -
     [done] = m.send(Withdraw("clerk", "A", balance - held))
     assert isinstance(done, RegistryDone), done
     assert m.ledger.entry("A", CASH) == (held, held, 0, 0)
+    m.exchange._check()
+
+
+def test_position_limits_count_the_registrys_holding_t1_included() -> None:
+    """The limit reads the settlement ledger's balance: allowances bought today (not yet
+    sellable) and allowances an open sell holds both count."""
+    m = Market(instruments=[Instrument(symbol="CEA24", ref_price=10_000, position_max=500), INSTRUMENTS[1]])
+    m.send(OpenAccount("clerk", "A", 1), OpenAccount("clerk", "B", 1),
+           Deposit("clerk", "A", 50_000_000), Allocate("mee", "AUTHORITY", "B", "CEA24", 10_000))
+    assert m.ledger.holding("A", "CEA24") == 0 and m.ledger.holding("NOBODY", "CEA24") == 0
+    m.send(NewOrder("B", "s1", "CEA24", int(Side.SELL), 1_000, 10_000))  # B holds past the limit: it may sell
+    evs = m.send(NewOrder("A", "b1", "CEA24", int(Side.BUY), 300, 10_000))
+    assert [type(e) for e in evs] == [Accepted, Trade]
+    assert m.ledger.entry("A", "CEA24") == (300, 0, 300, 0) and m.ledger.holding("A", "CEA24") == 300
+    m.send(NewOrder("A", "b2", "CEA24", int(Side.BUY), 100, 9_900))  # rests
+    [rej] = m.send(NewOrder("A", "b3", "CEA24", int(Side.BUY), 101, 9_900))
+    assert isinstance(rej, Rejected) and rej.reason == Reason.POSITION_LIMIT
+    assert rej.text == "position limit 500 t in CEA24: holding 300 t + open buys 100 t + 101 t = 501 t"
+    [acc] = m.send(NewOrder("A", "b4", "CEA24", int(Side.BUY), 100, 9_900))
+    assert isinstance(acc, Accepted)
+    m.exchange._check()
+
+
+def test_the_operators_engine_commands_pass_through_a_batch_with_registry_commands() -> None:
+    m = open_market()
+    m.send(NewOrder("A", "b1", "CEA24", int(Side.BUY), 100, 9_990))
+    evs = m.send(
+        SuspendMember("A", True, "EXCH/op1", "surveillance"),
+        NewOrder("A", "b2", "CEA24", int(Side.BUY), 100, 9_990),
+        Deposit("clerk", "A", 1_000),  # a registry command between them
+        Note("EXCH/op1", "unlock", "A/trader1"),
+        ReinstateMember("A", "EXCH/op1", "cleared"),
+        NewOrder("A", "b3", "CEA24", int(Side.BUY), 100, 9_990),
+        Cancel("A", 2, "EXCH/op1", "asked by phone"),  # b3 (b2 never had an id)
+    )
+    assert [type(e) for e in evs] == [MemberStatus, Cancelled, Rejected, RegistryDone, Noted, MemberStatus, Accepted,
+                                      Cancelled]
+    assert [e.seq for e in evs] == [evs[0].seq + i for i in (0, 0, 1, 2, 3, 4, 5, 6)]
+    assert evs[1].reason == CancelReason.SUSPENDED and evs[2].reason == Reason.MEMBER_SUSPENDED
+    assert evs[7].reason == CancelReason.USER
+    assert m.ledger.entry("A", CASH)[1] == 0
+    m.send(SuspendMember("B"))
+    fresh = Exchange(INSTRUMENTS, Ledger(FEES))
+    fresh.restore(msgspec.msgpack.decode(msgspec.msgpack.encode(m.exchange.snapshot()), type=Exchange.SNAPSHOT_TYPE))
+    assert fresh.engine.suspended == {"B"} and fresh.state_hash() == m.exchange.state_hash()
     m.exchange._check()
