@@ -1,9 +1,11 @@
 """The engine's and the settlement core's hot modules run compiled (mypyc, see setup.py), from an up-to-date
 build, and the compiled engine behaves exactly as its source run by the interpreter:
 the same events, byte for byte, and the same state hash, on seeded workloads of the
-engine alone (every regime, with and without holds) and of the whole exchange core
-(engine and settlement ledger, with fees). ``ETX_PURE_PYTHON=1`` installs run the
-source itself; the first test then checks that nothing compiled is loaded."""
+engine alone (every regime, with and without holds; the property tests' streams, with
+position limits, member suspensions, notes and operators' cancels) and of the whole
+exchange core (engine and settlement ledger, with fees). ``ETX_PURE_PYTHON=1``
+installs run the source itself; the first test then checks that nothing compiled is
+loaded."""
 
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ import settlement.ledger
 from benchmarks.generator import REGIMES, generate
 from engine.stream import build_engine
 from tests.crash.workload import exchange_workload
+from tests.property.workload import build_engine as property_engine, recorded
 
 seed = int(sys.argv[1])
 print(engine.matching.__spec__.origin, settlement.ledger.__spec__.origin)
@@ -53,6 +56,10 @@ for regime in sorted(REGIMES):
         work = generate(regime, 6000, seed, holds=holds, members=8)
         cmds = work.all()
         print(regime, holds, digest(build_engine(work.header), [cmds[i:i + 97] for i in range(0, len(cmds), 97)]))
+for rseed in (1, 4):  # position limits near A and B (1), near C and POOR (4)
+    pair = recorded(rseed, 4000)
+    journal = pair.journal
+    print("rules", rseed, digest(property_engine(pair.config)[0], [journal[i:i + 89] for i in range(0, len(journal), 89)]))
 make_core, cmds = exchange_workload(8000, seed)
 print("exchange", digest(make_core(), [cmds[i:i + 101] for i in range(0, len(cmds), 101)]))
 """

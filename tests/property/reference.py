@@ -14,7 +14,9 @@ every rule is re-derived here from the specification, in the most obvious way:
 - the price band is computed with exact fractions; the closing price with exact
   rounding of value / volume;
 - phases are recomputed from the schedule on every command; resting orders expire
-  at the first close (end of the day's last window) after the previous command.
+  at the first close (end of the day's last window) after the previous command;
+- a position limit counts the member's balance plus the open quantity of its resting
+  buys, summed from the book at each check (the engine keeps a running total).
 
 Events are produced in the order the engine documents (see ``apply``). Where the
 engine cancels or expires many orders at once, they go in order id order, which is
@@ -43,10 +45,15 @@ from engine.messages import (
     Halt,
     HitOrder,
     MassCancel,
+    MemberStatus,
     NewOrder,
+    Note,
+    Noted,
+    ReinstateMember,
     Rejected,
     Resume,
     StatusChanged,
+    SuspendMember,
     Tick,
     Trade,
 )
@@ -62,8 +69,9 @@ UNKNOWN_INSTRUMENT, OFF_TICK, OFF_LOT, QTY_OUT_OF_RANGE, PRICE_OUTSIDE_BAND = 1,
 MARKET_CLOSED, INSTRUMENT_HALTED, INSUFFICIENT_FUNDS, INSUFFICIENT_HOLDINGS = 6, 7, 8, 9
 DUPLICATE_CLIENT_ORDER_ID, UNKNOWN_ORDER, NOT_YOUR_ORDER, INVALID_FIELD = 10, 11, 12, 13
 TARGET_NOT_IN_BEST_LEVELS, TARGET_IS_OWN_ORDER, AMEND_NO_CHANGE, NOT_HALTED, ALREADY_HALTED = 14, 15, 16, 17, 18
+POSITION_LIMIT, MEMBER_SUSPENDED, ALREADY_SUSPENDED, NOT_SUSPENDED = 19, 20, 21, 22
 # cancel reasons
-USER, IOC_REST, SELF_TRADE, HALT, MASS_CANCEL, DISCONNECT = 1, 2, 3, 4, 5, 6
+USER, IOC_REST, SELF_TRADE, HALT, MASS_CANCEL, DISCONNECT, SUSPENDED = 1, 2, 3, 4, 5, 6, 7
 NS_PER_MINUTE = 60_000_000_000
 NS_PER_DAY = 1440 * NS_PER_MINUTE
 # The order of the events when many orders are cancelled or expired at once: "id" (order
@@ -161,6 +169,7 @@ class Reference:
         # holds its notional plus that fee.
         self.fee_divisor = fee_divisor
         self.coids: set[tuple[str, str]] = set()
+        self.suspended: set[str] = set()
         self.next_order_id = 1
         self.next_trade_id = 1
         self.arrivals = 0
@@ -202,6 +211,14 @@ class Reference:
     def available(self, member: str, asset: str) -> int:
         return self.balance.get((member, asset), 0) - self.held(member, asset)
 
+    def past_limit(self, member: str, m: Market, more: int) -> bool:
+        """Whether buying ``more`` would take the member past the market's position
+        limit: its balance, plus its resting buys, plus ``more``."""
+        if not m.rules.position_max:
+            return False
+        open_buys = sum(o.qty for o in m.orders if o.member == member and o.side == BUY)
+        return self.balance.get((member, m.symbol), 0) + open_buys + more > m.rules.position_max
+
     def held_all(self) -> dict[tuple[str, str], int]:
         out: dict[tuple[str, str], int] = {}
         for o in self.resting():
@@ -242,6 +259,12 @@ class Reference:
             self.resume(cmd)
         elif isinstance(cmd, EndOfDay):
             self.end_of_day(cmd)
+        elif isinstance(cmd, SuspendMember):
+            self.suspend(cmd)
+        elif isinstance(cmd, ReinstateMember):
+            self.reinstate(cmd)
+        elif isinstance(cmd, Note):
+            self.out.append(Noted(seq, ts, cmd.actor, cmd.kind, cmd.text))
         else:
             assert isinstance(cmd, Tick), cmd
         return self.out[start:]
@@ -295,7 +318,9 @@ class Reference:
     # --- orders -----------------------------------------------------------------------
 
     def check_order(self, cmd: NewOrder | HitOrder, m: Market | None, side: int, qty: int) -> bool:
-        if m is None:
+        if cmd.member in self.suspended:
+            self.reject(cmd, MEMBER_SUSPENDED, cmd.coid)
+        elif m is None:
             self.reject(cmd, UNKNOWN_INSTRUMENT, cmd.coid)
         elif m.phase != CONTINUOUS:
             self.reject(cmd, INSTRUMENT_HALTED if m.halted else MARKET_CLOSED, cmd.coid)
@@ -342,6 +367,9 @@ class Reference:
             price = m.high if cmd.side == BUY else m.low
         else:
             self.reject(cmd, INVALID_FIELD, cmd.coid)
+            return
+        if cmd.side == BUY and self.past_limit(cmd.member, m, cmd.qty):
+            self.reject(cmd, POSITION_LIMIT, cmd.coid)
             return
         if not self.can_hold(cmd, m, cmd.side, price, cmd.qty):
             return
@@ -455,6 +483,9 @@ class Reference:
             self.out.append(Cancelled(cmd.seq, cmd.ts, order.member, order.id, order.symbol, order.qty, USER))
 
     def amend(self, cmd: Amend) -> None:
+        if cmd.member in self.suspended:
+            self.reject(cmd, MEMBER_SUSPENDED, order_id=cmd.order_id)
+            return
         order = self.own_order(cmd)
         if order is None:
             return
@@ -474,6 +505,8 @@ class Reference:
             reason = PRICE_OUTSIDE_BAND
         elif price == order.price and qty == order.qty:
             reason = AMEND_NO_CHANGE
+        elif order.side == BUY and qty > order.qty and self.past_limit(order.member, m, qty - order.qty):
+            reason = POSITION_LIMIT
         elif (rules.holds and order.side == BUY and price * qty + self.fee(price * qty) - self.cash_required(order)
               > self.available(order.member, CASH)):
             reason = INSUFFICIENT_FUNDS
@@ -511,6 +544,9 @@ class Reference:
             self.reject(cmd, TARGET_NOT_IN_BEST_LEVELS, cmd.coid)
             return
         price = target.price
+        if side == BUY and self.past_limit(cmd.member, m, cmd.qty):
+            self.reject(cmd, POSITION_LIMIT, cmd.coid)
+            return
         if not self.can_hold(cmd, m, side, price, cmd.qty):
             return
         seq, ts = cmd.seq, cmd.ts
@@ -542,6 +578,28 @@ class Reference:
         for o in self.in_cancel_order(orders):
             self.markets[o.symbol].orders.remove(o)
             self.out.append(Cancelled(seq, ts, o.member, o.id, o.symbol, o.qty, reason))
+
+    # --- members -------------------------------------------------------------------------
+
+    def suspend(self, cmd: SuspendMember) -> None:
+        if not cmd.member:
+            self.reject(cmd, INVALID_FIELD)
+        elif cmd.member in self.suspended:
+            self.reject(cmd, ALREADY_SUSPENDED)
+        else:
+            self.suspended.add(cmd.member)
+            self.out.append(MemberStatus(cmd.seq, cmd.ts, cmd.member, True, cmd.text))
+            if cmd.cancel_orders:
+                self.cancel_all([o for o in self.resting() if o.member == cmd.member], SUSPENDED, cmd.seq, cmd.ts)
+
+    def reinstate(self, cmd: ReinstateMember) -> None:
+        if not cmd.member:
+            self.reject(cmd, INVALID_FIELD)
+        elif cmd.member not in self.suspended:
+            self.reject(cmd, NOT_SUSPENDED)
+        else:
+            self.suspended.remove(cmd.member)
+            self.out.append(MemberStatus(cmd.seq, cmd.ts, cmd.member, False, cmd.text))
 
     # --- halts and the day ---------------------------------------------------------------
 

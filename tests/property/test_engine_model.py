@@ -94,6 +94,18 @@ class EngineMatchesReference(RuleBasedStateMachine):
     def resume(self, data: st.DataObject) -> None:
         self.run(self.work.resume(DataChooser(data)))
 
+    @rule(data=st.data())
+    def suspend(self, data: st.DataObject) -> None:
+        self.run(self.work.suspend(DataChooser(data)))
+
+    @rule(data=st.data())
+    def reinstate(self, data: st.DataObject) -> None:
+        self.run(self.work.reinstate(DataChooser(data)))
+
+    @rule(data=st.data())
+    def note(self, data: st.DataObject) -> None:
+        self.run(self.work.note(DataChooser(data)))
+
     @rule()
     def end_of_day(self) -> None:
         self.run(EndOfDay())

@@ -11,9 +11,11 @@ one or two instruments (ticks and lots above one, with and without holds, with a
 without a band), prices around the reference and the touch and sometimes off the tick
 or outside the band, odd lots and out-of-range quantities, every time in force and
 order type, every STP mode (and invalid ones), duplicate client order ids, cancels and
-amends of own, other members' and unknown orders, mass cancels of every scope, halts
-and resumes (with and without cancelling orders), hit orders, end of day, and time
-passing over the schedule's windows.
+amends of own, other members' and unknown orders (cancels sometimes with an operator's
+actor and text), mass cancels of every scope, halts and resumes (with and without
+cancelling orders), hit orders, end of day, time passing over the schedule's windows,
+position limits near some members' holdings, member suspensions (with and without
+cancelling orders) and reinstatements, and operators' notes.
 """
 
 from __future__ import annotations
@@ -42,12 +44,15 @@ from engine import (
     ManualClock,
     MassCancel,
     NewOrder,
+    Note,
     OrderTracker,
+    ReinstateMember,
     Rejected,
     Resume,
     Schedule,
     Sequencer,
     SimpleLedger,
+    SuspendMember,
     Tick,
     Trade,
 )
@@ -161,6 +166,9 @@ class FeeLedger:
     def end_of_day(self) -> None:
         pass
 
+    def holding(self, account: str, asset: str) -> int:
+        return self.balance.get((account, asset), 0)
+
     def state(self) -> list[tuple[str, str, int, int]]:
         keys = sorted(set(self.balance) | set(self.held))
         rows = [(a, s, self.balance.get((a, s), 0), self.held.get((a, s), 0)) for a, s in keys]
@@ -186,6 +194,12 @@ def make_config(c: Chooser) -> Config:
             dict(ref_price=800, tick=10),
         ])
         instruments.append(Instrument(symbol="CEA23", **second))  # type: ignore[arg-type]
+    # Position limits near the holdings of POOR (40 t), C (3,000 t) or A and B (10,000 t),
+    # so that the members near one both buy and are refused.
+    instruments = [
+        msgspec.structs.replace(inst, position_max=c.choice([50, 3_040, 10_040, 10_200])) if c.chance(0.4) else inst
+        for inst in instruments
+    ]
     if c.chance(0.5):
         schedule, start = Schedule(), national_start()
     else:
@@ -309,6 +323,7 @@ class Pair:
         live = {oid for oid in self.tracker.live()}
         assert live == set(engine.orders), "the tracker's open orders are not the book's"
         assert engine.day == ref.day
+        assert engine.suspended == ref.suspended
 
 
 def engine_book(engine: Engine, symbol: str) -> list[tuple[int, str, int, int, int, int]]:
@@ -446,7 +461,10 @@ class Workload:
 
     def cancel(self, c: Chooser) -> Cancel:
         oid, owner = self.order_id(c)
-        return Cancel(owner if not c.chance(0.1) else self.member(c), oid)
+        member = owner if not c.chance(0.1) else self.member(c)
+        if c.chance(0.1):  # an operator's cancel for the member, on the record
+            return Cancel(member, oid, "EXCH/op1", "asked by phone")
+        return Cancel(member, oid)
 
     def amend(self, c: Chooser) -> Amend:
         oid, owner = self.order_id(c)
@@ -485,6 +503,18 @@ class Workload:
     def resume(self, c: Chooser) -> Resume:
         return Resume(self.symbol(c) if c.chance(0.7) else "")
 
+    def suspend(self, c: Chooser) -> SuspendMember:
+        member = c.choice(MEMBERS[:4]) if not c.chance(0.05) else ""
+        return SuspendMember(member, c.chance(0.5), "EXCH/op1", "surveillance")
+
+    def reinstate(self, c: Chooser) -> ReinstateMember:
+        suspended = sorted(self.pair.reference.suspended)
+        member = c.choice(suspended) if suspended and not c.chance(0.1) else c.choice(["", *MEMBERS[:4]])
+        return ReinstateMember(member, "EXCH/op1", "cleared")
+
+    def note(self, c: Chooser) -> Note:
+        return Note("EXCH/op1", c.choice(["unlock", "disconnect"]), "A/trader1")
+
     def advance(self, c: Chooser) -> None:
         """Let time pass: mostly a little; sometimes over a phase change or the day's
         close; when the schedule is closed, often on to the next window."""
@@ -519,4 +549,10 @@ class Workload:
             return self.resume(c)
         if r < 917:
             return EndOfDay()
+        if r < 920:
+            return self.suspend(c)
+        if r < 940:
+            return self.reinstate(c)
+        if r < 945:
+            return self.note(c)
         return Tick()
