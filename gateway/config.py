@@ -104,6 +104,7 @@ class InstrumentSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     band_pct: Decimal = Decimal("10")  # +- percent of the reference price; 0 = none
     price_min: Decimal = Decimal("0.01")  # yuan, only without a band
     price_max: Decimal = Decimal("0")  # yuan, only without a band
+    position_max: int = 0  # tonnes a member may hold and have open to buy; 0 = no limit
 
 
 class MemberSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -155,6 +156,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 lot=i.lot, qty_min=i.qty_min, qty_max=i.qty_max, band_bps=band_bps,
                 price_min=fen(i.price_min, f"{where}: price_min"),
                 price_max=fen(i.price_max, f"{where}: price_max"),
+                position_max=i.position_max,
             )
             # Said here in yuan as written; the engine's own check would say it in fen.
             for name, written in (("ref_price", i.ref_price), ("tick", i.tick)):
