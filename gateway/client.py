@@ -33,13 +33,26 @@ import ssl as ssl_module
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from engine.messages import Amend, Cancel, CancelReason, HitOrder, MassCancel, NewOrder, OrdType, Stp, TimeInForce
+from engine.messages import (
+    Amend,
+    Cancel,
+    CancelReason,
+    HitOrder,
+    MassCancel,
+    NewOrder,
+    OrdType,
+    Rejected,
+    Stp,
+    TimeInForce,
+)
 from gateway.framing import MAX_OUTBOUND_FRAME, FrameSplitter, FrameWriter
 from gateway.protocol import (
     PROTOCOL_VERSION,
     BalancesReply,
     BookReply,
     CodMode,
+    Disconnect,
+    Disconnected,
     Heartbeat,
     InstrumentsReply,
     Logon,
@@ -52,11 +65,19 @@ from gateway.protocol import (
     QueryInstruments,
     QueryOrders,
     QueryRejected,
+    QuerySessions,
     Report,
     ServerHeartbeat,
+    SessionsReply,
+    Unlock,
+    Unlocked,
+    Watch,
     outbound_decoder,
 )
+from settlement.messages import RegistryRejected
 
+_REJECTIONS = (Rejected, RegistryRejected)
+_REPLIES = (OrdersReply, BalancesReply, BookReply, InstrumentsReply, QueryRejected, Unlocked, Disconnected, SessionsReply)
 READ_CHUNK = 256 * 1024
 INBOX_MAX = 1_000_000  # messages kept for next(); beyond it the client stops reading
 
@@ -104,6 +125,7 @@ class Client:
         self._tasks: list[asyncio.Task[Any]] = []
         self._sent_at = 0.0
         self._out = bytearray()
+        self._collectors: list[list[Any]] = []  # rejections seen while a command() waits
 
     # --- connection ------------------------------------------------------------------
 
@@ -280,6 +302,39 @@ class Client:
     async def query_instruments(self, instrument: str = "", timeout: float = 10.0) -> InstrumentsReply:
         return await self._ask(lambda r: QueryInstruments(r, instrument), timeout)  # type: ignore[no-any-return]
 
+    # --- staff ----------------------------------------------------------------------
+
+    async def command(self, cmd: Any, timeout: float = 10.0) -> Any:
+        """Send a command and wait until the exchange has taken it: the refusal or
+        rejection that answers it (a ``Rejected`` or ``RegistryRejected`` body), or None
+        when it was applied without one. A query sent right behind it in the same write
+        is answered after the command's batch, so whatever rejection comes before that
+        reply is this command's (or another command of the same user's, sent at the
+        same moment from another session: staff streams are per user)."""
+        seen: list[Any] = []
+        self._collectors.append(seen)
+        try:
+            self.send(cmd)
+            await self._ask(lambda r: QueryInstruments(r), timeout)
+        finally:
+            self._collectors.remove(seen)
+        for body in seen:
+            return body
+        return None
+
+    async def unlock(self, member: str, user: str, text: str = "", timeout: float = 10.0) -> Unlocked:
+        return await self._ask(lambda r: Unlock(r, member, user, text), timeout)  # type: ignore[no-any-return]
+
+    async def disconnect(self, session_id: int, text: str = "", timeout: float = 10.0) -> Disconnected:
+        return await self._ask(lambda r: Disconnect(r, session_id, text), timeout)  # type: ignore[no-any-return]
+
+    async def query_sessions(self, timeout: float = 10.0) -> SessionsReply:
+        return await self._ask(lambda r: QuerySessions(r), timeout)  # type: ignore[no-any-return]
+
+    def watch(self, depth: int = 10, interval_ms: int = 250) -> None:
+        """Start the operator feed (staff only): views arrive through ``next()``."""
+        self.send(Watch(0, depth, interval_ms))
+
     # --- receiving -------------------------------------------------------------------
 
     async def next(self, timeout: float | None = 10.0) -> Any:
@@ -309,6 +364,11 @@ class Client:
     def _dispatch(self, msg: Any) -> None:
         t = type(msg)
         if t is Report:
+            # A command's answer is new: not one of the reports replayed at the logon.
+            if self._collectors and type(msg.body) in _REJECTIONS and (
+                    not msg.seq_out or self.ack is None or msg.seq_out > self.ack.next_seq):
+                for seen in self._collectors:
+                    seen.append(msg.body)
             if not msg.seq_out:  # a refusal by the gateway, outside the sequence
                 self._inbox.put_nowait(msg)
                 return
@@ -319,7 +379,7 @@ class Client:
             self._inbox.put_nowait(msg)
         elif t is ServerHeartbeat:
             pass
-        elif t in (OrdersReply, BalancesReply, BookReply, InstrumentsReply, QueryRejected):
+        elif t in _REPLIES and (t is not SessionsReply or msg.req_id):
             fut = self._replies.get(msg.req_id)
             if fut is not None and not fut.done():
                 fut.set_result(msg)

@@ -105,6 +105,16 @@ class InstrumentSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     price_min: Decimal = Decimal("0.01")  # yuan, only without a band
     price_max: Decimal = Decimal("0")  # yuan, only without a band
     position_max: int = 0  # tonnes a member may hold and have open to buy; 0 = no limit
+    large_holder: int = 0  # tonnes: a member's holding reaching it raises a surveillance alert; 0 = none
+
+
+class SurveillanceSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The thresholds of the operators' alerts (gateway.surveillance)."""
+
+    cancel_ratio_max: Decimal = Decimal("20")  # cancels per trade a member may reach in a day ...
+    cancel_ratio_min: int = 200  # ... once it has cancelled this many
+    settlement_lag_max: int = 100_000  # commands applied but not settled before an alert
+    repeat_s: int = 60  # the same alert again within this is counted, not raised
 
 
 class MemberSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -131,6 +141,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     session: SessionSection = msgspec.field(default_factory=SessionSection)
     fees: FeesSection = msgspec.field(default_factory=FeesSection)
     market_data: MarketDataSection = msgspec.field(default_factory=MarketDataSection)
+    surveillance: SurveillanceSection = msgspec.field(default_factory=SurveillanceSection)
     instrument: list[InstrumentSection] = msgspec.field(default_factory=list)
     member: list[MemberSection] = msgspec.field(default_factory=list)
     user: list[UserSection] = msgspec.field(default_factory=list)
@@ -264,6 +275,15 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         self.fee_rates_ppm()
         self.listen()
         self.check_market_data()
+        v = self.surveillance
+        if not (v.cancel_ratio_max.is_finite() and v.cancel_ratio_max > 0):
+            raise ConfigError(f"surveillance.cancel_ratio_max must be a positive number, got {v.cancel_ratio_max}")
+        for name in ("cancel_ratio_min", "settlement_lag_max", "repeat_s"):
+            if getattr(v, name) < 0:
+                raise ConfigError(f"surveillance.{name} must be at least 0, got {getattr(v, name)}")
+        for i in self.instrument:
+            if i.large_holder < 0:
+                raise ConfigError(f"instrument {i.symbol}: large_holder must be at least 0 t, got {i.large_holder}")
         members = {m.id for m in self.member}
         for name in [*members, self.exchange.operator_member, *(u.user for u in self.user)]:
             if not name or len(name) > NAME_MAX:
@@ -284,7 +304,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             staff = u.role in ("operator", "clerk", "authority")
             if staff and u.member != self.exchange.operator_member:
                 raise ConfigError(f"{where}: role {u.role} belongs to exchange.operator_member {self.exchange.operator_member!r}")
-            if not staff and u.member not in members:
+            # A read_only user of the exchange's own member is the staff view (the console's).
+            staff_view = u.role == "read_only" and u.member == self.exchange.operator_member
+            if not staff and not staff_view and u.member not in members:
                 raise ConfigError(f"{where}: unknown member {u.member!r}")
             try:
                 parse_hash(u.secret_hash)

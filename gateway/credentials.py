@@ -44,25 +44,35 @@ class Credentials(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return f"{self.member}/{self.user}"
 
 
-def from_file(path: str | Path) -> Credentials:
-    """The credentials in a file readable by its owner only."""
+def read_private(path: str | Path, what: str) -> str:
+    """The text of a file that holds a secret: a regular file of this user that no one
+    else can read or write (``chmod 600``). CredentialsError names ``what`` (e.g.
+    "credentials file ..."), the path and the remedy, never the content."""
     p = Path(path)
     try:
         st = p.stat()
     except OSError as e:
-        raise CredentialsError(f"credentials file {p}: {e.strerror or e}") from None
+        raise CredentialsError(f"{what} cannot be read ({e.strerror or e})") from None
     if not stat.S_ISREG(st.st_mode):
-        raise CredentialsError(f"credentials file {p} is not a regular file")
+        raise CredentialsError(f"{what} is not a regular file")
     if st.st_mode & 0o077:
-        raise CredentialsError(f"credentials file {p} can be read by others (mode {stat.S_IMODE(st.st_mode):03o}); "
-                               f"make it private: chmod 600 {p}")
+        raise CredentialsError(f"{what} can be read by others (mode {stat.S_IMODE(st.st_mode):03o}); make it "
+                               f"private: chmod 600 {p}")
     if hasattr(os, "getuid") and st.st_uid != os.getuid():
-        raise CredentialsError(f"credentials file {p} belongs to another user")
+        raise CredentialsError(f"{what} belongs to another user")
     try:
-        raw = tomllib.loads(p.read_text())
-        creds = msgspec.convert(raw, Credentials)
+        return p.read_text()
     except (OSError, UnicodeDecodeError) as e:
-        raise CredentialsError(f"credentials file {p}: {e}") from None
+        raise CredentialsError(f"{what} cannot be read ({getattr(e, 'strerror', None) or type(e).__name__})") from None
+
+
+def from_file(path: str | Path) -> Credentials:
+    """The credentials in a file readable by its owner only."""
+    p = Path(path)
+    text = read_private(p, f"credentials file {p}")
+    try:
+        raw = tomllib.loads(text)
+        creds = msgspec.convert(raw, Credentials)
     except tomllib.TOMLDecodeError as e:
         raise CredentialsError(f"credentials file {p} is not valid TOML: {e}") from None
     except msgspec.ValidationError as e:

@@ -186,3 +186,22 @@ def registry_url(folder: str | Path, registry: str) -> str:
     if registry.startswith(("postgresql://", "postgres://")) or Path(registry).is_absolute():
         return registry
     return str(Path(folder) / registry)
+
+
+def exchange_address(folder: str | Path, given: str = "") -> tuple[str, int]:
+    """Where a tool reaches the exchange: ``given`` (HOST:PORT) when there is one, else
+    the address its running ``etx serve`` names in the data folder's lock. ValueError
+    (saying what to do) when neither works."""
+    where = given
+    if not where:
+        running = holder(folder)
+        if not running or not running.get("listen"):
+            raise ValueError(f"no exchange is running on {folder} (give --data DIR, or --exchange HOST:PORT)")
+        where = str(running["listen"])
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {where!r}")
+    if host in ("0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"  # the exchange listens everywhere: reach it here
+    return host.strip("[]"), int(port)
+

@@ -58,11 +58,9 @@ import logging
 import os
 import secrets
 import ssl
-import stat
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -72,6 +70,7 @@ from aiomqtt.exceptions import MqttConnectError
 from engine import DayClosed, Engine, Event, Phase, Side, Trade
 from engine.messages import Accepted, Amended, Cancelled, Decremented, Expired, StatusChanged
 from gateway.config import MD_DEPTH_MAX, Config, ConfigError, MarketDataSection, md_root, topic_problem
+from gateway.credentials import CredentialsError, read_private
 
 log = logging.getLogger("etx.marketdata")
 
@@ -277,26 +276,14 @@ class _Secret:
 
 
 def read_password_file(path: str) -> str:
-    """The broker password: the one line of a regular file only its owner can read or
-    write (like a credentials file, gateway/credentials.py). ConfigError naming
+    """The broker password: the one line of a file only its owner can read or write
+    (``gateway.credentials.read_private``). ConfigError naming
     ``market_data.password_file``, the path and what to do; never the password."""
-    p = Path(path)
-    where = f"market_data.password_file {p}"
+    where = f"market_data.password_file {path}"
     try:
-        st = p.stat()
-    except OSError as e:
-        raise ConfigError(f"{where} cannot be read ({e.strerror or e})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"{where} is not a regular file")
-    if st.st_mode & 0o077:
-        raise ConfigError(f"{where} can be read by others (mode {stat.S_IMODE(st.st_mode):03o}); make it private: "
-                          f"chmod 600 {p}")
-    if hasattr(os, "getuid") and st.st_uid != os.getuid():
-        raise ConfigError(f"{where} belongs to another user")
-    try:
-        text = p.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{where} cannot be read ({getattr(e, 'strerror', None) or type(e).__name__})") from None
+        text = read_private(path, where)
+    except CredentialsError as e:
+        raise ConfigError(str(e)) from None
     lines = text.splitlines()
     if len(lines) > 1:
         raise ConfigError(f"{where} has more than one line: write only the broker password")
@@ -429,6 +416,7 @@ class MarketDataPublisher:
         self._client_ids = (f"etx-md-{self.instance}", f"etx-mh-{self.instance}", f"etx-mc-{self.instance}")
         # Filled by on_events (the core's side), drained by run().
         self._dirty: dict[str, int] = {}
+        self._dirty_since = 0.0
         self._last: dict[str, Event | None] = {s: None for s in engine.markets}  # the last event of each
         self._start_seq_ts = (engine.last_seq, engine.last_ts)  # what the exchange recovered
         self._closed: dict[str, DayClosed] = {}
@@ -482,6 +470,8 @@ class MarketDataPublisher:
         # Bound to locals: this runs once per event on the core's path.
         changes, dirty, last = _CHANGES, self._dirty, self._last
         trades, trades_max = self._trades, self.trades_max
+        if not dirty:
+            self._dirty_since = time.monotonic()  # the oldest change not yet published (lag_ms)
         for ev in events:
             mask = changes.get(type(ev))
             if mask is None:
@@ -630,6 +620,15 @@ class MarketDataPublisher:
             await self._run()
         finally:
             self._running = False
+
+    def lag_ms(self) -> float:
+        """How long the oldest change not yet published has waited (0: none waits)."""
+        return (time.monotonic() - self._dirty_since) * 1000 if self._dirty else 0.0
+
+    async def reachable(self, timeout: float = 1.0) -> bool:
+        """Whether the broker accepts a connection with this publisher's settings now."""
+        return await self.probe(self.host, self.port, timeout, username=self.username, tls_context=self.tls_context,
+                                password=None if self._password is None else self._password.value)
 
     def _client(self, identifier: str, will: aiomqtt.Will | None = None) -> aiomqtt.Client:
         return aiomqtt.Client(

@@ -5,8 +5,9 @@ body is one msgspec Struct encoded as an array whose first element is an integer
 ``docs/protocol.md`` specifies every message for implementers in other languages.
 
 Tags:
-- 1-9: engine commands (``engine.messages``), sent as they are: the gateway overwrites
-  ``member`` from the session, and the sequencer overwrites ``seq``/``ts`` when it stamps them.
+- 1-19: engine commands (``engine.messages``), sent as they are: the gateway overwrites
+  ``member`` from the session (a trader's) or ``actor`` (staff), and the sequencer
+  overwrites ``seq``/``ts`` when it stamps them.
 - 20-49: registry commands (``settlement.messages``); the gateway overwrites ``actor``
   with the session's ``member/user``.
 - 50-99: inbound session messages defined here (logon, heartbeat, queries).
@@ -48,11 +49,15 @@ from engine.messages import (
     Halt,
     HitOrder,
     MassCancel,
+    MemberStatus,
     Name,
     NewOrder,
+    Noted,
+    ReinstateMember,
     Rejected,
     Resume,
     StatusChanged,
+    SuspendMember,
     Symbol,
     Text,
 )
@@ -69,6 +74,16 @@ class Role(IntEnum):
     OPERATOR = 3  # halts, resumes, mass cancels anyone, closes the day; queries all; never trades
     CLERK = 4  # registry operations (accounts, deposits, withdrawals, transfers ...)
     AUTHORITY = 5  # allocation and issue of allowances
+
+
+STAFF_ROLES = (Role.OPERATOR, Role.CLERK, Role.AUTHORITY)
+
+
+def is_staff(role: int, member: str, operator_member: str) -> bool:
+    """Exchange staff: operators, clerks, the authority, and read-only users of the
+    exchange's own member (the staff view). Each has a stream of its own and sees every
+    member."""
+    return role in STAFF_ROLES or (role == Role.READ_ONLY and member == operator_member)
 
 
 ROLE_NAMES = {"trader": Role.TRADER, "read_only": Role.READ_ONLY, "operator": Role.OPERATOR,
@@ -102,6 +117,7 @@ class GatewayReason(IntEnum):
     UNKNOWN_MEMBER = 120  # an operator query or mass cancel named an unknown member
     JOURNAL_UNAVAILABLE = 121  # the command could not be made durable, so it was not entered
     FRAME_TIMEOUT = 122  # a frame begun was not completed within the session's frame deadline
+    DISCONNECTED = 123  # an operator ended the session
 
 
 class CodMode(IntEnum):
@@ -176,11 +192,41 @@ class QueryInstruments(Msg, tag=56):
 
 class Unlock(Msg, tag=57):
     """An operator lifts the logon lockout of a user (from every address). Answered
-    with an ``Unlocked``; not a command of the core."""
+    with an ``Unlocked``; recorded in the journal as a ``Note`` with ``text``."""
 
     req_id: int
     member: Name
     user: Name
+    text: Text = ""  # the operator's reason
+
+
+class Watch(Msg, tag=58):
+    """Exchange staff (an operator, or a read-only user of the exchange's own member)
+    start the operator feed on this session: every ``interval_ms`` the instruments that
+    changed (``InstrumentView``, ``depth`` levels a side), the trades with their
+    members (``TradesView``), alerts (``AlertView``) as they come, and each second the
+    exchange's health (``HealthView``) and its sessions (``SessionsReply``). The first
+    push holds everything (with each instrument's ``ChartView``). ``depth`` 0 stops it.
+    The feed is conflated: a client that does not keep up gets fewer, fresher views."""
+
+    req_id: int
+    depth: int = 10
+    interval_ms: int = 250
+
+
+class QuerySessions(Msg, tag=59):
+    """The sessions logged on now (exchange staff)."""
+
+    req_id: int
+
+
+class Disconnect(Msg, tag=60):
+    """An operator ends a session (``SessionClosed(DISCONNECTED)``); answered with a
+    ``Disconnected``; recorded in the journal as a ``Note`` with ``text``."""
+
+    req_id: int
+    session_id: int
+    text: Text = ""
 
 
 # --- outbound session messages (150-199) ---------------------------------------------
@@ -247,7 +293,7 @@ class Fill(Msg, tag=170):
 
 ReportBody = (
     Accepted | Rejected | Fill | Cancelled | Amended | Expired | Decremented | StatusChanged | DayClosed
-    | RegistryDone | RegistryRejected
+    | MemberStatus | Noted | RegistryDone | RegistryRejected
 )
 
 
@@ -345,15 +391,126 @@ class Unlocked(Msg, tag=176):
     locks: int  # the lockouts lifted (one per source address that was locked out)
 
 
+class Disconnected(Msg, tag=177):
+    req_id: int
+    session_id: int
+    found: bool  # False: no such session is connected
+
+
+# --- the operator feed (Watch) ----------------------------------------------------------
+
+
+class InstrumentView(Msg, tag=180):
+    """One instrument as it is now: phase, halt, band, the day's statistics and the
+    best ``depth`` levels each side. Prices in fen; 0 for a price that does not exist
+    yet (no trade today)."""
+
+    instrument: str
+    seq: int  # of the last event that touched it
+    ts: int
+    phase: int
+    halted: bool
+    halt_text: str  # why it is halted: the operator's reason and name ("" when not halted)
+    ref_price: int
+    band_low: int
+    band_high: int
+    tick: int
+    open: int
+    high: int
+    low: int
+    last: int
+    vwap: int  # the closing price so far: the volume-weighted average of the day's trades
+    volume: int
+    value: int
+    trades: int
+    bids: list[BookLevel]
+    asks: list[BookLevel]
+
+
+class TradeRow(msgspec.Struct, array_like=True, gc=False):
+    seq: int
+    ts: int
+    trade_id: int
+    instrument: str
+    price: int
+    qty: int
+    aggressor: int  # the taker's side
+    buyer: str
+    seller: str
+
+
+class TradesView(Msg, tag=181):
+    """The newest trades since the last push (at most 100), oldest first; ``dropped``
+    counts the older ones of the interval left out (the statistics and the chart count
+    them)."""
+
+    trades: list[TradeRow]
+    dropped: int
+
+
+class ChartView(Msg, tag=182):
+    """The day's price series of one instrument: per second with a trade, the last price
+    and the volume of that second (``[ts_s, price, volume]``). The first push holds the
+    whole day; later ones the seconds from the last one sent on (which replace those
+    the client has)."""
+
+    instrument: str
+    points: list[tuple[int, int, int]]
+
+
+class AlertView(Msg, tag=183):
+    ts: int
+    kind: str  # price-limit, halt, resume, self-trade, large-holder, position-limit, cancel-ratio, lockout, ...
+    instrument: str
+    member: str
+    text: str
+
+
+class HealthView(Msg, tag=184):
+    ts: int
+    last_seq: int
+    commands_per_s: int
+    batches_per_s: int
+    batch_p50_us: int  # applying a batch to the core, over the last second
+    batch_p99_us: int
+    fsync_p50_us: int  # the journal's group commits, over the last second
+    fsync_p99_us: int
+    settlement_lag: int  # commands applied but not yet settled into the registry store
+    snapshot_age_s: int  # since the newest durable snapshot (-1: none)
+    md_lag_ms: int  # the market data publisher's oldest unpublished change (-1: not publishing)
+    sessions: int
+    connecting: int  # connections not logged on yet
+
+
+class SessionInfo(msgspec.Struct, array_like=True, gc=False):
+    session_id: int
+    member: str
+    user: str
+    role: int
+    peer: str
+    since: int  # logon time, ns since the epoch
+    commands: int  # commands this session sent
+    refused: int  # of them, refused by the gateway
+    commands_per_s: int  # over the last second
+    refused_per_s: int
+    cod: bool
+
+
+class SessionsReply(Msg, tag=185):
+    req_id: int  # 0 in the operator feed
+    sessions: list[SessionInfo]
+
+
 ORDERS_PER_REPLY = 500
 BOOK_LEVELS = 5
 
 SESSION_INBOUND: tuple[type, ...] = (Logon, Logout, Heartbeat, QueryOrders, QueryBalances, QueryBook, QueryInstruments,
-                                     Unlock)
+                                     Unlock, Watch, QuerySessions, Disconnect)
 QUERIES: tuple[type, ...] = (QueryOrders, QueryBalances, QueryBook, QueryInstruments)
 TRADER_COMMANDS: tuple[type, ...] = (NewOrder, Cancel, Amend, MassCancel, HitOrder)
 OPERATOR_COMMANDS: tuple[type, ...] = (Halt, Resume, MassCancel, EndOfDay)
-ENGINE_INBOUND: tuple[type, ...] = (NewOrder, Cancel, Amend, MassCancel, HitOrder, Halt, Resume, EndOfDay)
+ENGINE_INBOUND: tuple[type, ...] = (NewOrder, Cancel, Amend, MassCancel, HitOrder, Halt, Resume, EndOfDay, SuspendMember,
+                                    ReinstateMember)
 
 
 def _registry_commands() -> tuple[tuple[type, ...], tuple[type, ...]]:
@@ -367,7 +524,8 @@ CLERK_COMMANDS, AUTHORITY_COMMANDS = _registry_commands()
 INBOUND: tuple[type, ...] = ENGINE_INBOUND + CLERK_COMMANDS + AUTHORITY_COMMANDS + SESSION_INBOUND
 OUTBOUND: tuple[type, ...] = (
     LogonAck, LogonReject, ServerHeartbeat, SessionReject, SessionClosed, Notice, Report, Resent,
-    OrdersReply, BalancesReply, BookReply, InstrumentsReply, QueryRejected, Unlocked,
+    OrdersReply, BalancesReply, BookReply, InstrumentsReply, QueryRejected, Unlocked, Disconnected,
+    InstrumentView, TradesView, ChartView, AlertView, HealthView, SessionsReply,
 )
 
 InboundMessage: Any = functools.reduce(operator.or_, INBOUND)

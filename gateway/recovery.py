@@ -362,6 +362,7 @@ class Snapshotter:
         self.written = 0
         self.errors = 0
         self.last_written = 0  # seq of the newest snapshot written
+        self.written_at = 0.0  # when it became durable (monotonic; 0: none yet)
         self.pauses_s: list[float] = []  # the pause trading sees for each snapshot
         self.write_s: list[float] = []  # from the pause to the snapshot being durable and retired
         self._thread: threading.Thread | None = None
@@ -457,6 +458,7 @@ class Snapshotter:
                 retired = self.store.retire(self.journal_dir, keep_seq_from=keep)
                 self.written += 1
                 self.last_written = max(self.last_written, last_seq)
+                self.written_at = time.monotonic()
                 took = time.perf_counter() - started
                 self.write_s.append(took)
                 cost = took if cost_s is None else cost_s

@@ -217,6 +217,15 @@ class Service:
         self.server = Server(self.exchange, auth, [m.id for m in cfg.member], s,
                              operator_member=cfg.exchange.operator_member, journal=self.committer.commit,
                              on_events=listeners)
+        self.server.feed.health = self.health
+        from gateway.surveillance import Surveillance
+
+        v = cfg.surveillance
+        self.surveillance = Surveillance(
+            self.exchange, self.server.alert, large_holder={i.symbol: i.large_holder for i in cfg.instrument},
+            cancel_ratio_max=float(v.cancel_ratio_max), cancel_ratio_min=v.cancel_ratio_min, repeat_s=v.repeat_s)
+        self.server.on_batches.append(self.surveillance.on_batch)
+        self._lag_alerted = False
         if self.recovery.edge is not None:
             self.server.restore_streams(self.recovery.edge, restored["open"])
             self.recovery = self.recovery._replace(edge=None)  # the streams own it now
@@ -253,6 +262,34 @@ class Service:
             raise ServeError(f"{where} does not match the journal: {problem}; the store was changed outside the "
                              f"exchange: see etx registry audit --data {self.data_dir}")
 
+    def health(self) -> dict[str, int]:
+        """The service's figures for the operators' health view (once a second): the
+        journal's group commits since the last call, settlement's lag, the newest
+        snapshot's age and the market data publisher's lag."""
+        commits = self.committer.commit_us
+        times = sorted(commits)
+        commits.clear()
+        lag = max(0, self.exchange.last_seq - self.settler.durable_seq)
+        out = {"settlement_lag": lag}
+        lag_max = self.cfg.surveillance.settlement_lag_max
+        if lag_max and lag > lag_max and not self._lag_alerted:
+            self._lag_alerted = True
+            self.server.alert("settlement-lag", f"settlement is {lag:,} commands behind the core (more than "
+                                                f"{lag_max:,}); the store at {self.registry_url} is slow or unavailable")
+        elif self._lag_alerted and lag <= lag_max // 2:
+            self._lag_alerted = False
+            self.server.alert("settlement-lag", f"settlement caught up: {lag:,} commands behind")
+        if times:
+            out["fsync_p50_us"] = times[len(times) // 2]
+            out["fsync_p99_us"] = times[min(len(times) - 1, len(times) * 99 // 100)]
+        snapper = self.snapshotter
+        if snapper is not None and snapper.written_at:
+            out["snapshot_age_s"] = int(time.monotonic() - snapper.written_at)
+        lag_ms = getattr(self.md, "lag_ms", None)
+        if callable(lag_ms):
+            out["md_lag_ms"] = int(lag_ms())
+        return out
+
     def _store_trouble(self, text: str) -> None:
         """From the settler's thread: the store cannot be written now ("" once it can)."""
         if text:
@@ -277,10 +314,16 @@ class Service:
                                      f"{self.cfg.session.failures_max} failed logons; an operator can unlock it")
 
     def _journal_state(self, ok: bool, reason: str) -> None:
+        """From the journal's thread: it refuses writes (orders are refused), or works again."""
         if ok:
             log.warning("journal available again")
         else:
             log.error("journal unavailable, orders are refused: %s", reason)
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            text = "the journal writes again: orders are taken" if ok else \
+                f"the journal refuses writes, so every order is refused: {reason}"
+            loop.call_soon_threadsafe(self.server.alert, "journal", text)
 
     async def start(self, host: str | None = None, port: int | None = None) -> tuple[str, int]:
         self.loop = asyncio.get_running_loop()
@@ -319,8 +362,12 @@ class Service:
         self.server.on_events.append(self.md.on_events)
         self.server.alerts.append(self.md.alert)
         self.md_task = asyncio.create_task(self.md.run())
-        print(f"market data: publishing to {self.md.url} as instance {self.md.instance} (when the broker answers; "
-              f"see {self.md.root}/status)", flush=True)
+        if await self.md.reachable():
+            print(f"market data: publishing to {self.md.url} under {self.md.root}/ as instance {self.md.instance}",
+                  flush=True)
+        else:
+            print(f"market data: no MQTT broker answers at {self.md_host}:{self.md_port}; the exchange runs without "
+                  f"and publishes once one does (Debian: apt-get install mosquitto)", flush=True)
 
     async def stop(self, snapshot: bool = True) -> None:
         """Stop gracefully (see the module docstring); ``snapshot``: take a last snapshot

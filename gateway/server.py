@@ -47,8 +47,10 @@ from typing import Any, Protocol
 
 from engine.matching import Engine
 from engine.messages import (
+    TEXT_MAX,
     CancelReason,
     MassCancel,
+    Note,
     Rejected,
     Tick,
 )
@@ -66,6 +68,7 @@ from gateway.protocol import (
     Role,
     ServerHeartbeat,
     inbound_decoder,
+    is_staff,
 )
 from gateway.queries import Queries
 from gateway.session import (
@@ -81,6 +84,7 @@ from gateway.session import (
     _Dup,
 )
 from gateway.streams import GatewayState, MemberStream, Router, StreamsCapture
+from gateway.watch import Feed
 
 log = logging.getLogger("etx.server")
 
@@ -90,7 +94,7 @@ PIPELINE_DEPTH = 4  # batches being journaled at once
 DISCONNECT = int(CancelReason.DISCONNECT)
 JOURNAL_REFUSED = "the journal is unavailable; not entered"
 LOGON_DEADLINE_S = 10.0  # a connection that has not logged on by then is closed
-STAFF = (Role.OPERATOR, Role.CLERK, Role.AUTHORITY)
+BATCH_TIMES_MAX = 65_536  # batch durations kept for the health figures of one second
 
 
 class Core(Protocol):
@@ -162,12 +166,17 @@ class Server:
         # One stream per trading member (shared by its sessions), and one per staff user
         # (operators, clerks, the authority: keyed "member/user"), each its own sequence:
         # a staff user sees the answers to its own commands and the market's status.
-        staff = [f"{m}/{u}" for (m, u), user in sorted(auth.users.items()) if user.role in STAFF]
+        staff = [f"{m}/{u}" for (m, u), user in sorted(auth.users.items()) if is_staff(user.role, m, operator_member)]
         self.router = Router(core.engine, members, staff)
         self.streams = self.router.streams
         self.members = self.router.members
         self.system = self.router.system
         self.queries = Queries(core, self.router)
+        # Called with each batch and its events (the operator feed, surveillance).
+        self.on_batches: list[Callable[[list[Any], list[Any]], None]] = []
+        self._batch_us: collections.deque[int] = collections.deque(maxlen=BATCH_TIMES_MAX)
+        self.feed = Feed(core.engine, lambda: list(self.sessions), self._figures)
+        self.on_batches.append(self.feed.on_batch)
         # Connections: those not logged on yet, per source address, have their own budget
         # (prelogon_max, prelogon_per_address), so that strangers cannot take the places
         # of members; logged-on sessions count against sessions_max.
@@ -175,7 +184,7 @@ class Server:
         self.prelogon_total = 0
         self.logged_on = 0
         self.alerts: list[Callable[[str, str], None]] = []  # operator alert sinks (market data's ops topic)
-        self.core_types = frozenset(ENGINE_INBOUND + CLERK_COMMANDS + AUTHORITY_COMMANDS) | {Tick}
+        self.core_types = frozenset(ENGINE_INBOUND + CLERK_COMMANDS + AUTHORITY_COMMANDS) | {Tick, Note}
         # The core queue: commands with the stream they came from; other work (queries,
         # gateway rejects, retransmissions) with the session or stream it is for.
         self.p_cmds: list[Any] = []
@@ -287,15 +296,42 @@ class Server:
             self.logged_on -= 1
         s.counted = UNCOUNTED
 
-    def alert(self, kind: str, text: str) -> None:
-        """An operator alert: logged, and handed to the alert sinks (the ops topic)."""
+    def alert(self, kind: str, text: str, instrument: str = "", member: str = "") -> None:
+        """An operator alert: logged, pushed to the watching staff and handed to the
+        alert sinks (the market data's ops topic)."""
         log.warning("alert %s: %s", kind, text)
+        self.feed.alert(kind, text, instrument, member)
         for sink in self.alerts:
             sink(kind, text)
+
+    def _figures(self) -> dict[str, int]:
+        """The server's own health figures (the operator feed reads them each second)."""
+        times = sorted(self._batch_us)
+        self._batch_us.clear()
+        return {"commands": self.commands, "batches": self.batches,
+                "batch_p50_us": times[len(times) // 2] if times else 0,
+                "batch_p99_us": times[min(len(times) - 1, len(times) * 99 // 100)] if times else 0,
+                "sessions": self.logged_on, "connecting": self.prelogon_total}
+
+    def note(self, actor: str, kind: str, text: str) -> None:
+        """Record a staff action taken outside the core (an unlock, a disconnect) in the
+        journal, the exchange's one history, as a ``Note`` command."""
+        self.p_cmds.append(Note(actor, kind, text[:TEXT_MAX]))
+        self.p_origins.append(self.streams.get(actor, self.system))
+        self.wake()
+
+    def disconnect(self, session_id: int, text: str) -> bool:
+        """End a session (an operator's action); False when there is no such session."""
+        for s in list(self.sessions):
+            if s.session_id == session_id and s.acked:
+                s.close(GatewayReason.DISCONNECTED, text or "disconnected by an operator")
+                return True
+        return False
 
     def session_lost(self, s: Session) -> None:
         self.sessions.discard(s)
         self._uncount(s)
+        self.feed.forget(s)
         if not s.joined:
             return
         s.joined = False
@@ -455,13 +491,17 @@ class Server:
         core = self.core
         touched: list[MemberStream] = []
         if cmds:
+            started = time.perf_counter()
             core.apply_batch(cmds)
+            self._batch_us.append(int((time.perf_counter() - started) * 1e6))
             self.batches += 1
             self.commands += len(cmds)
             out = core.out
             self.router.route(out, origins, cmds[0].seq, touched)
             for listener in self.on_events:
                 listener(out)
+            for batch_listener in self.on_batches:
+                batch_listener(cmds, out)
             out.clear()
             self._encode(touched)
         for msg, frm in zip(extra, extra_from, strict=True):
@@ -581,7 +621,7 @@ class Server:
     def _query(self, s: Session, q: Any) -> None:
         if s.state == CLOSED:
             return
-        self.writer.append(s.wbuf, self.queries.answer(s.member, s.role in STAFF, q))
+        self.writer.append(s.wbuf, self.queries.answer(s.member, s.staff, q))
         self._dirty_set.add(s)
 
     # --- time ------------------------------------------------------------------------
@@ -594,12 +634,15 @@ class Server:
         while True:
             await asyncio.sleep(step)
             now = self.loop.time()
+            self.feed.tick(now)
             frame_s = self.cfg.frame_deadline_ms / 1000
             for s in list(self.sessions):
                 if s.state == ACTIVE:
                     hb = s.heartbeat_s
                     if now - s.last_rx > hb * timeout_n:
                         s.close(GatewayReason.HEARTBEAT_TIMEOUT, f"nothing received for {hb * timeout_n:.1f}s")
+                        self.alert("session-dropped", f"session {s.session_id} of {s.member}/{s.user} from {s.peer} "
+                                   f"timed out: nothing received for {hb * timeout_n:.1f} s", "", s.member)
                     elif s.partial_since and now - s.partial_since > frame_s:
                         # A frame trickled a byte at a time keeps last_rx fresh: the frame
                         # itself must complete in time.

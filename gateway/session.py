@@ -51,8 +51,10 @@ from engine.messages import (
     HitOrder,
     MassCancel,
     NewOrder,
+    ReinstateMember,
     Rejected,
     Resume,
+    SuspendMember,
 )
 from gateway.auth import BAD_TEXT, Authenticator
 from gateway.config import SessionSection
@@ -64,6 +66,8 @@ from gateway.protocol import (
     PROTOCOL_VERSION,
     QUERIES,
     CodMode,
+    Disconnect,
+    Disconnected,
     GatewayReason,
     Heartbeat,
     Logon,
@@ -72,11 +76,14 @@ from gateway.protocol import (
     Logout,
     Notice,
     QueryRejected,
+    QuerySessions,
     Role,
     SessionClosed,
     SessionReject,
     Unlock,
     Unlocked,
+    Watch,
+    is_staff,
 )
 from gateway.streams import MemberStream
 
@@ -100,6 +107,8 @@ class Host(Protocol):
     p_origins: list[MemberStream]
     p_extra: list[Any]
     p_extra_from: list[Any]
+    operator_member: str
+    feed: Any  # gateway.watch.Feed
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
     def wake(self, s: Session | None = None) -> None: ...
@@ -108,6 +117,9 @@ class Host(Protocol):
     def session_logged_on(self, s: Session) -> bool: ...
     def session_lost(self, s: Session) -> None: ...
     def write_reports(self, s: Session, stream: MemberStream, after: int, upto: int) -> None: ...
+    def disconnect(self, session_id: int, text: str) -> bool: ...
+    def alert(self, kind: str, text: str, instrument: str = "", member: str = "") -> None: ...
+    def note(self, actor: str, kind: str, text: str) -> None: ...
 
 log = logging.getLogger("etx.session")
 
@@ -118,12 +130,17 @@ CLOSE_GRACE_S = 2.0  # a closed connection whose output the peer does not take b
 MASS_CANCEL = int(CancelReason.MASS_CANCEL)
 
 # What each role may send: type -> kind. Anything not listed is NOT_PERMITTED.
-K_ORDER, K_OWN, K_STAFF, K_QUERY, K_HEARTBEAT, K_LOGOUT, K_LOGON, K_OPS = 1, 2, 3, 4, 5, 6, 7, 8
-_COMMON: dict[type, int] = {Heartbeat: K_HEARTBEAT, Logout: K_LOGOUT, Logon: K_LOGON, **{q: K_QUERY for q in QUERIES}}
+K_ORDER, K_OWN, K_STAFF, K_QUERY, K_HEARTBEAT, K_LOGOUT, K_LOGON, K_OPS, K_WATCH = 1, 2, 3, 4, 5, 6, 7, 8, 9
+# Watch and QuerySessions are for exchange staff (gateway.protocol.is_staff): anyone else
+# is answered QueryRejected(NOT_PERMITTED) (see _each).
+_COMMON: dict[type, int] = {Heartbeat: K_HEARTBEAT, Logout: K_LOGOUT, Logon: K_LOGON, **{q: K_QUERY for q in QUERIES},
+                            Watch: K_WATCH, QuerySessions: K_WATCH}
 PERMISSIONS: dict[Role, dict[type, int]] = {
     Role.TRADER: {**_COMMON, NewOrder: K_ORDER, HitOrder: K_ORDER, Cancel: K_OWN, Amend: K_OWN, MassCancel: K_OWN},
     Role.READ_ONLY: dict(_COMMON),
-    Role.OPERATOR: {**_COMMON, Halt: K_STAFF, Resume: K_STAFF, MassCancel: K_STAFF, EndOfDay: K_STAFF, Unlock: K_OPS},
+    Role.OPERATOR: {**_COMMON, Halt: K_STAFF, Resume: K_STAFF, MassCancel: K_STAFF, EndOfDay: K_STAFF,
+                    Cancel: K_STAFF, SuspendMember: K_STAFF, ReinstateMember: K_STAFF, Unlock: K_OPS,
+                    Disconnect: K_OPS},
     Role.CLERK: {**_COMMON, **{c: K_STAFF for c in CLERK_COMMANDS}},
     Role.AUTHORITY: {**_COMMON, **{c: K_STAFF for c in AUTHORITY_COMMANDS}},
 }
@@ -192,6 +209,10 @@ class Session(asyncio.Protocol):
         self.counted: int = UNCOUNTED  # which of the server's connection budgets this one is in
         self.handshaking = False  # a TLS handshake is under way
         self.partial_since = 0.0  # when the incomplete frame now buffered began (0: none)
+        self.staff = False  # exchange staff: sees every member, may watch (gateway.server.is_staff)
+        self.since = 0  # logon time, ns since the epoch
+        self.commands = 0  # commands sent (the sessions view) ...
+        self.refused = 0  # ... and of them refused by the gateway
 
     # --- asyncio.Protocol ----------------------------------------------------------
 
@@ -329,6 +350,7 @@ class Session(asyncio.Protocol):
             for msg in msgs:
                 msg.member = member
         coids.update(dict.fromkeys(ids))  # pending: the core records the outcomes
+        self.commands += len(msgs)
         server = self.server
         server.p_cmds += msgs
         server.p_origins += [stream] * len(msgs)
@@ -365,6 +387,8 @@ class Session(asyncio.Protocol):
                     break
                 continue
             kind = perms.get(type(msg))
+            if kind is not None and kind <= K_STAFF:
+                self.commands += 1
             if kind == K_ORDER:
                 coid = msg.coid
                 # A retransmission first: it is answered with the original outcome, never
@@ -417,10 +441,18 @@ class Session(asyncio.Protocol):
                     if problem is not None:
                         self._reject(msg, *problem)
                         continue
+                elif type(msg) in (SuspendMember, ReinstateMember) and msg.member not in self.server.members:
+                    # The engine knows no member list: a name that is not a member is refused here.
+                    self._reject(msg, GatewayReason.UNKNOWN_MEMBER, f"unknown member {msg.member!r}")
+                    continue
                 msg.actor = self.actor  # every staff command names who ran it (its origin, for the record)
                 submit_cmd(msg)
                 submit_origin(stream)
-            elif kind == K_OPS:
+            elif kind == K_OPS or kind == K_WATCH:
+                if kind == K_WATCH and not self.staff:
+                    self.send(QueryRejected(msg.req_id, GatewayReason.NOT_PERMITTED,
+                                            f"only exchange staff may send {type(msg).__name__}"))
+                    continue
                 if self.qtokens < 1.0:
                     self.send(QueryRejected(msg.req_id, GatewayReason.THROTTLED, "over the session's query rate"))
                     continue
@@ -452,11 +484,27 @@ class Session(asyncio.Protocol):
         server.wake(self)
 
     def _ops(self, msg: Any) -> None:
-        """An operator's request to the gateway itself (not a command of the core)."""
-        if type(msg) is Unlock:
-            locks = self.server.auth.unlock(msg.member, msg.user)
+        """A staff request to the gateway itself (not a command of the core)."""
+        server = self.server
+        t = type(msg)
+        if t is Unlock:
+            locks = server.auth.unlock(msg.member, msg.user)
             log.warning("unlock: member=%r user=%r by %s: %d lockouts lifted", msg.member, msg.user, self.actor, locks)
+            server.note(self.actor, "unlock", f"{msg.member}/{msg.user}: {locks} lockouts lifted. {msg.text}".strip())
             self.send(Unlocked(msg.req_id, msg.member, msg.user, locks))
+        elif t is Disconnect:
+            found = server.disconnect(msg.session_id, msg.text)
+            log.warning("disconnect: session %d by %s: %s", msg.session_id, self.actor, "done" if found else "no such session")
+            if found:
+                server.note(self.actor, "disconnect", f"session {msg.session_id}. {msg.text}".strip())
+            self.send(Disconnected(msg.req_id, msg.session_id, found))
+        elif t is Watch:
+            # Answered at once with the sessions (the reply carries the req_id); the
+            # feed follows from the next tick.
+            self.send(server.feed.sessions_reply(msg.req_id))
+            server.feed.watch(self, msg.depth, msg.interval_ms)
+        elif t is QuerySessions:
+            self.send(server.feed.sessions_reply(msg.req_id))
 
     def _staff_mass_cancel_problem(self, msg: MassCancel) -> tuple[int, str] | None:
         if msg.member and msg.member not in self.server.members:
@@ -474,6 +522,7 @@ class Session(asyncio.Protocol):
         # What the refusal answers: an order's coid, or a registry command's ref (both
         # bounded by the decoder).
         coid = getattr(msg, "coid", "") or getattr(msg, "ref", "")
+        self.refused += 1
         rej = Rejected(0, time.time_ns(), self.member, coid, getattr(msg, "order_id", 0), int(reason), text)
         self.server.p_extra.append(rej)
         self.server.p_extra_from.append(self)  # this session's own refusal: to it alone
@@ -537,7 +586,7 @@ class Session(asyncio.Protocol):
         if user is None:
             self._logon_reject(reason, text)
             return
-        staff = user.role in (Role.OPERATOR, Role.CLERK, Role.AUTHORITY)
+        staff = is_staff(user.role, user.member, server.operator_member)
         stream = server.streams.get(f"{user.member}/{user.user}" if staff else user.member)
         if stream is None:
             self._logon_reject(GatewayReason.BAD_CREDENTIALS, BAD_TEXT)
@@ -550,6 +599,8 @@ class Session(asyncio.Protocol):
             self._logon_reject(GatewayReason.SESSION_LIMIT, "too many sessions are logged on; try again later")
             return
         self.member, self.user, self.role = user.member, user.user, user.role
+        self.staff = staff
+        self.since = time.time_ns()
         self.actor = f"{user.member}/{user.user}"
         self.stream = stream
         self.perms = PERMISSIONS[user.role]
@@ -621,6 +672,15 @@ class Session(asyncio.Protocol):
 
     # --- output and closing ------------------------------------------------------
 
+    def send_many(self, msgs: list[Any]) -> None:
+        """Write several messages now, with one write."""
+        if self.state == CLOSED or self.transport is None:
+            return
+        self.transport.write(self.server.writer.frames(msgs))
+        self.last_tx = self.server.loop.time()
+        if self.transport.get_write_buffer_size() > self.server.cfg.write_buffer_max:
+            self.drop(GatewayReason.SLOW_CONSUMER, f"more than {self.server.cfg.write_buffer_max} bytes of output unread")
+
     def send(self, msg: Any) -> None:
         """Write one message now (session-level replies; the core batches its own)."""
         if self.state == CLOSED or self.transport is None:
@@ -657,6 +717,9 @@ class Session(asyncio.Protocol):
             return
         log.warning("session dropped: member=%s user=%s peer=%s session=%d reason=%d %s",
                     self.member, self.user, self.peer, self.session_id, reason, text)
+        if self.acked:
+            self.server.alert("session-dropped", f"session {self.session_id} of {self.member}/{self.user} from "
+                              f"{self.peer} dropped: {text}", "", self.member)
         self.state = CLOSED
         self.abort()
 

@@ -61,6 +61,8 @@ def run_outage(tmp_path: Path, caplog: pytest.LogCaptureFixture, check_outbound:
 
         first = await outcome(trader, trader.new_order(SYMBOL, Side.BUY, 10, 9_990))
         assert type(first) is Accepted
+        alerts: list[tuple[str, str]] = []
+        service.server.alerts.append(lambda kind, text: alerts.append((kind, text)))
         journal = service.recovery.journal
         saved = os.dup(journal._fd)
         full = os.open("/dev/full", os.O_WRONLY)
@@ -82,6 +84,10 @@ def run_outage(tmp_path: Path, caplog: pytest.LogCaptureFixture, check_outbound:
             await asyncio.sleep(0.05)
         assert any("journal available again" in r.getMessage() for r in caplog.records)
         assert service.committer.available
+        await asyncio.sleep(0.1)  # the alerts come from the journal's thread through the loop
+        kinds = [(k, t.split(":")[0]) for k, t in alerts]
+        assert kinds == [("journal", "the journal refuses writes, so every order is refused"),
+                         ("journal", "the journal writes again")], alerts
         last = await outcome(trader, trader.new_order(SYMBOL, Side.BUY, 7, 9_980))
         assert type(last) is Accepted
         seen = trader.last_seq

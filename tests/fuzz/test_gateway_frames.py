@@ -42,11 +42,13 @@ from gateway.protocol import (
     QueryInstruments,
     QueryOrders,
     QueryRejected,
+    QuerySessions,
     Report,
     Resent,
     SessionClosed,
     SessionReject,
     Unlock,
+    Watch,
     inbound_decoder,
 )
 from settlement import Allocate, Deposit
@@ -130,6 +132,8 @@ def expected(body: bytes, user: str = "") -> str:
         return "reply"
     if t is Unlock:  # an operator's request to the gateway; anyone else is refused
         return "reply" if user == "op" else "reject"
+    if t in (Watch, QuerySessions):  # the staff's feed (or a refusal): answered with its req_id
+        return "reply"
     if t is MassCancel:
         return "nothing"  # answered by one Cancelled per order cancelled; these members have none
     return "report"

@@ -39,7 +39,6 @@ from gateway.protocol import (
     SessionClosed,
     SessionReject,
     Unlock,
-    Unlocked,
 )
 from tests.gateway.harness import SECRET, SYMBOL, Harness, drain, run
 from tests.gateway.test_session import Raw
@@ -138,9 +137,8 @@ def test_guesses_from_one_address_do_not_lock_the_user_out_from_another(caplog: 
             assert real.ack is not None
             # An operator unlocks it.
             op = await h.client("EXCH", "op")
-            op.send(Unlock(7, "M1", "t1"))
-            answer = await op.wait_for(lambda m: isinstance(m, Unlocked))
-            assert (answer.req_id, answer.locks) == (7, 1)
+            answer = await op.unlock("M1", "t1", "the member called")
+            assert (answer.member, answer.user, answer.locks) == ("M1", "t1", 1)
             assert (await h.client("M1", "t1", source="127.0.0.3")).ack is not None
             # A trader may not unlock.
             real.send(Unlock(8, "M1", "t1"))

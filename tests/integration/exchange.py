@@ -9,6 +9,7 @@ runs ``etx serve`` on a free port with its data folder in ``tmp_path/data``.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,17 @@ ROOT = Path(__file__).resolve().parents[2]
 STAFF = {"clerk": "clerk", "auth": "authority", "ops": "operator"}
 
 
+_STARTED: list[Serve] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """A test that fails before stopping its exchange must not leave it running."""
+    for serve in _STARTED:
+        if serve.proc is not None and serve.proc.poll() is None:
+            serve.proc.kill()
+
+
 class Exchange:
     def __init__(self, tmp_path: Path, *serve_args: str) -> None:
         self.dir = tmp_path
@@ -33,6 +45,7 @@ class Exchange:
         self.config = write_config(tmp_path, self.port)
         self.creds = {user: write_file(tmp_path / f"{user}.cred", Credentials("EXCH", user, SECRET)) for user in STAFF}
         self.serve = Serve(self.config, self.data, self.port, ROOT, ("--log-level", "INFO", *serve_args))
+        _STARTED.append(self.serve)
 
     async def start(self) -> None:
         self.serve.start()
