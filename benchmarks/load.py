@@ -248,10 +248,11 @@ class Spawned:
     """``etx serve`` in a subprocess on a fresh folder, with funded load members."""
 
     def __init__(self, pairs: int, folder: str | None = None, serve_args: list[str] | None = None,
-                 log_path: str | None = None) -> None:
+                 log_path: str | None = None, market_data: bool = False) -> None:
         self.folder = Path(folder or tempfile.mkdtemp(prefix="etx-load-"))
         self.log_path = log_path  # the exchange's output is appended to it at stop
         self.pairs = pairs
+        self.market_data = market_data  # publish to the broker --mqtt names (serve_args), else none
         self.serve_args = list(serve_args or [])  # more options for etx serve
         self.secret = secrets.token_urlsafe(12)
         self.members = [f"L{i:02d}" for i in range(2 * pairs)]
@@ -267,7 +268,7 @@ class Spawned:
         for m in self.members:
             lines += ['[[member]]', f'id = "{m}"', '[[user]]', f'member = "{m}"', 'user = "load"', 'role = "trader"',
                       f'secret_hash = "{h}"']
-        for u, role in (("clerk", "clerk"), ("authority", "authority")):
+        for u, role in (("clerk", "clerk"), ("authority", "authority"), ("ops", "operator")):
             lines += ['[[user]]', 'member = "EXCH"', f'user = "{u}"', f'role = "{role}"', f'secret_hash = "{h}"']
         return "\n".join(lines) + "\n"
 
@@ -276,7 +277,7 @@ class Spawned:
         cfg.write_text(self.config())
         self.proc = subprocess.Popen(
             [sys.executable, *os.environ.get("ETX_LOAD_PYFLAGS", "").split(), "-m", "tools.cli", "serve", "--config", str(cfg), "--data", str(self.folder / "data"),
-             "--no-market-data", "--log-level", "WARNING", *self.serve_args],
+             *([] if self.market_data else ["--no-market-data"]), "--log-level", "WARNING", *self.serve_args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert self.proc.stdout is not None
         loop = asyncio.get_running_loop()

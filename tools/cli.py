@@ -19,6 +19,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("tools.replay", "replay an order stream or a LOBSTER file through the engine"),
     "registry": ("tools.registry", "registry accounts, balances, history, operations and audit"),
     "journal": ("tools.journal", "verify, inspect and summarise a journal"),
+    "console": ("console.app", "the market operator's console in the browser (a web application)"),
+    "ops": ("terminal.ops", "the market operator's actions and views in the terminal"),
+    "watch": ("terminal.watch", "one instrument live in the terminal: ladder, trades, statistics"),
 }
 
 

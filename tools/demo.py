@@ -269,7 +269,7 @@ What next
   ./dev load --spawn --seconds 10                load-test an exchange over TCP and report latency
   ./dev registry --help                          registry accounts, balances, history and audit
                                                  (this demo's registry: {registry})
-  mosquitto_sub -t 'etx/v1/md/#' -v              watch market data while an exchange runs
+  mosquitto_sub -t 'etx/v1/#' -v                 watch market data while an exchange runs
   docs/protocol.md                               write a member client in any language
   (this demo's journal and registry stay in {folder})"""
 

@@ -1,0 +1,317 @@
+// etx console: the page. Live data arrive as JSON over the WebSocket /ws (one message
+// per view: instrument, trades, chart, alert, health, sessions, answer); actions go as
+// POST /api/action with the session's CSRF token, after a confirmation with a reason.
+"use strict";
+
+const state = {
+  me: null, csrf: "", selected: "", instruments: {}, charts: {}, trades: [], plot: null, plotFor: "",
+};
+const $ = (id) => document.getElementById(id);
+
+function yuan(fen) {
+  if (fen === null || fen === undefined || fen === 0) return "—";
+  const sign = fen < 0 ? "-" : "";
+  const v = Math.abs(fen);
+  return sign + Math.floor(v / 100).toLocaleString("en") + "." + String(v % 100).padStart(2, "0");
+}
+function tonnes(q) { return q.toLocaleString("en"); }
+function time(ns) { return new Date(ns / 1e6).toISOString().slice(11, 19); }
+function cell(row, text, cls) {
+  const td = row.insertCell();
+  td.textContent = text;
+  if (cls) td.className = cls;
+  return td;
+}
+
+// --- live data ---------------------------------------------------------------------
+
+function connect() {
+  const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws");
+  ws.onopen = () => { $("link").textContent = "live"; $("link").className = "badge live"; };
+  ws.onclose = () => {
+    $("link").textContent = "reconnecting"; $("link").className = "badge";
+    setTimeout(async () => {
+      const me = await fetch("/api/me", {credentials: "same-origin"});
+      if (me.status === 401) { location.assign("/login"); return; }
+      connect();
+    }, 1000);
+  };
+  ws.onmessage = (event) => { take(JSON.parse(event.data)); scheduleRender(); };
+}
+
+function take(msg) {
+  switch (msg.type) {
+    case "me": break;
+    case "instrument":
+      state.instruments[msg.instrument] = msg;
+      if (!state.selected) select(msg.instrument);
+      dirty.instruments = true;
+      if (msg.instrument === state.selected) { dirty.instrument = true; ordersSoon(); }
+      break;
+    case "chart": {
+      // The whole day at first, then the seconds from the last one sent (they replace ours).
+      let points = state.charts[msg.instrument] || [];
+      if (msg.whole) points = [];
+      if (msg.points.length) {
+        const first = msg.points[0][0];
+        while (points.length && points[points.length - 1][0] >= first) points.pop();
+        points = points.concat(msg.points);
+      }
+      state.charts[msg.instrument] = points;
+      if (msg.instrument === state.selected) dirty.chart = true;
+      break;
+    }
+    case "trades":
+      for (const t of msg.trades) state.trades.push(t);
+      if (state.trades.length > 400) state.trades.splice(0, state.trades.length - 200);
+      dirty.trades = true;
+      break;
+    case "alert": addItem("alerts", `${time(msg.ts)} ${msg.kind}: ${msg.text}`, "alert"); break;
+    case "answer": addItem("answers", `${msg.action || ""} ${msg.ok ? "done" : "refused"}: ${msg.text}`, msg.ok ? "ok" : "error"); break;
+    case "health": renderHealth(msg); break;
+    case "sessions": renderSessions(msg.sessions); break;
+    case "closed": $("link").textContent = "session ended"; break;
+  }
+}
+
+// Rendering is coalesced: at most once every RENDER_MS, whatever the rate of messages.
+const RENDER_MS = 250;
+const dirty = {instruments: false, instrument: false, chart: false, trades: false};
+let renderAt = 0, renderTimer = null;
+function scheduleRender() {
+  if (renderTimer !== null) return;
+  const wait = Math.max(0, renderAt + RENDER_MS - Date.now());
+  renderTimer = setTimeout(() => { renderTimer = null; requestAnimationFrame(renderDirty); }, wait);
+}
+function renderDirty() {
+  renderAt = Date.now();
+  if (dirty.instruments) renderInstruments();
+  if (dirty.instrument) renderInstrument();
+  if (dirty.chart) renderChart();
+  if (dirty.trades) renderTrades();
+  for (const k of Object.keys(dirty)) dirty[k] = false;
+}
+
+function addItem(list, text, cls) {
+  const li = document.createElement("li");
+  li.textContent = text;
+  li.className = cls;
+  const ol = $(list);
+  ol.prepend(li);
+  while (ol.children.length > 100) ol.lastChild.remove();
+}
+
+// --- rendering ---------------------------------------------------------------------
+
+function select(symbol) {
+  state.selected = symbol;
+  dirty.instrument = dirty.chart = dirty.trades = dirty.instruments = true;
+  scheduleRender();
+  refreshOrders();
+}
+
+function renderInstruments() {
+  const body = $("instruments").tBodies[0];
+  body.replaceChildren();
+  for (const symbol of Object.keys(state.instruments).sort()) {
+    const v = state.instruments[symbol];
+    const row = body.insertRow();
+    row.dataset.symbol = symbol;
+    if (symbol === state.selected) row.className = "selected";
+    cell(row, symbol);
+    cell(row, yuan(v.last));
+    cell(row, v.halted ? "halted" : v.phase, v.halted ? "halted" : "");
+    row.addEventListener("click", () => select(symbol));
+  }
+}
+
+function renderInstrument() {
+  const v = state.instruments[state.selected];
+  if (!v) return;
+  $("symbol").textContent = v.instrument;
+  $("status").textContent = `${v.halted ? "HALTED" + (v.halt_text ? ": " + v.halt_text : "") : v.phase} · reference ${yuan(v.ref_price)} · band ${yuan(v.band_low)} – ${yuan(v.band_high)} · seq ${v.seq}`;
+  $("status").className = v.halted ? "halted" : "";
+  $("stats").textContent = `open ${yuan(v.open)} · high ${yuan(v.high)} · low ${yuan(v.low)} · last ${yuan(v.last)} · VWAP ${yuan(v.vwap)} · volume ${tonnes(v.volume)} t · value ${yuan(v.value)} · ${v.trades} trades`;
+  const body = $("ladder").tBodies[0];
+  body.replaceChildren();
+  for (let i = v.asks.length - 1; i >= 0; i--) {
+    const [price, qty, orders] = v.asks[i];
+    const row = body.insertRow();
+    row.className = "ask";
+    cell(row, ""); cell(row, ""); cell(row, yuan(price), "price"); cell(row, tonnes(qty)); cell(row, orders);
+  }
+  for (const [price, qty, orders] of v.bids) {
+    const row = body.insertRow();
+    row.className = "bid";
+    cell(row, orders); cell(row, tonnes(qty)); cell(row, yuan(price), "price"); cell(row, ""); cell(row, "");
+  }
+}
+
+function renderChart() {
+  const v = state.instruments[state.selected];
+  if (!v || typeof uPlot === "undefined") return;
+  const points = state.charts[state.selected] || [];
+  const xs = points.map((p) => p[0]);
+  const price = points.map((p) => p[1] / 100);
+  const low = xs.map(() => v.band_low / 100), high = xs.map(() => v.band_high / 100), ref = xs.map(() => v.ref_price / 100);
+  const data = [xs, price, low, high, ref];
+  const now = Date.now() / 1000;
+  if (state.plot && state.plotFor === state.selected) { state.plot.setData(data); return; }
+  if (state.plot) state.plot.destroy();
+  state.plotFor = state.selected;
+  state.plot = new uPlot({
+    width: 520, height: 240, title: `${state.selected}: the day's prices`,
+    scales: {
+      // The span of the day's trades, with five minutes each side (none yet: the last hour).
+      x: {time: true, range: (u, min, max) => (min === null || max === null ? [now - 3600, now] : [min - 300, max + 300])},
+      y: {range: () => [v.band_low / 100 * 0.995, v.band_high / 100 * 1.005]},
+    },
+    series: [
+      {},
+      {label: "price", stroke: "#1f5fbf", width: 2},
+      {label: "band low", stroke: "#c33", dash: [6, 4]},
+      {label: "band high", stroke: "#c33", dash: [6, 4]},
+      {label: "reference", stroke: "#888", dash: [2, 4]},
+    ],
+  }, data, $("chart"));
+}
+
+function renderTrades() {
+  const body = $("trades").tBodies[0];
+  body.replaceChildren();
+  const mine = state.trades.filter((t) => t.instrument === state.selected).slice(-30).reverse();
+  for (const t of mine) {
+    const row = body.insertRow();
+    cell(row, time(t.ts)); cell(row, yuan(t.price), "price"); cell(row, tonnes(t.qty));
+    cell(row, t.buyer); cell(row, t.seller); cell(row, t.aggressor);
+  }
+}
+
+function renderHealth(h) {
+  const lag = h.settlement_lag < 0 ? "—" : h.settlement_lag.toLocaleString("en");
+  $("health").textContent = `seq ${h.last_seq.toLocaleString("en")} · ${h.commands_per_s.toLocaleString("en")} commands/s` +
+    ` · batch p50 ${h.batch_p50_us} µs p99 ${h.batch_p99_us} µs · fsync p50 ${h.fsync_p50_us} µs p99 ${h.fsync_p99_us} µs` +
+    ` · settlement lag ${lag} · snapshot age ${h.snapshot_age_s < 0 ? "—" : h.snapshot_age_s + " s"}` +
+    ` · market data lag ${h.md_lag_ms < 0 ? "—" : h.md_lag_ms + " ms"} · ${h.sessions} sessions, ${h.connecting} connecting`;
+}
+
+function renderSessions(sessions) {
+  const body = $("sessions").tBodies[0];
+  body.replaceChildren();
+  for (const s of sessions) {
+    const row = body.insertRow();
+    cell(row, s.session_id); cell(row, s.member); cell(row, s.user); cell(row, s.role); cell(row, s.peer);
+    cell(row, time(s.since)); cell(row, s.commands_per_s); cell(row, s.refused_per_s); cell(row, s.commands);
+    cell(row, s.cod ? "on" : "off");
+    const td = row.insertCell();
+    if (state.me && state.me.operator) {
+      const b = document.createElement("button");
+      b.textContent = "Disconnect";
+      b.className = "act danger";
+      b.addEventListener("click", () => act("disconnect", {session_id: s.session_id},
+        `Disconnect session ${s.session_id} (${s.member}/${s.user} from ${s.peer})?`));
+      td.append(b);
+    }
+  }
+}
+
+// The open orders of the selected instrument follow its changes, at most every 2 s.
+let ordersTimer = null;
+function ordersSoon() {
+  if (ordersTimer === null) ordersTimer = setTimeout(() => { ordersTimer = null; refreshOrders(); }, 2000);
+}
+
+async function refreshOrders() {
+  if (!state.selected) return;
+  const response = await fetch("/api/orders?instrument=" + encodeURIComponent(state.selected), {credentials: "same-origin"});
+  const answer = await response.json();
+  const body = $("orders").tBodies[0];
+  body.replaceChildren();
+  for (const o of answer.orders || []) {
+    const row = body.insertRow();
+    cell(row, o.order_id); cell(row, o.member); cell(row, o.side); cell(row, yuan(o.price), "price");
+    cell(row, tonnes(o.qty)); cell(row, tonnes(o.filled));
+    const td = row.insertCell();
+    if (state.me && state.me.operator) {
+      const b = document.createElement("button");
+      b.textContent = "Cancel";
+      b.className = "act danger";
+      b.addEventListener("click", () => act("cancel", {order_id: o.order_id, member: o.member},
+        `Cancel order ${o.order_id} of ${o.member} (${o.side} ${o.qty} t at ${yuan(o.price)})?`));
+      td.append(b);
+    }
+  }
+}
+
+// --- actions ------------------------------------------------------------------------
+
+function confirmed(question, withCancel) {
+  return new Promise((resolve) => {
+    const dialog = $("confirm");
+    $("confirm-what").textContent = question;
+    $("confirm-reason").value = "";
+    $("confirm-cancel-orders").checked = false;
+    $("confirm-cancel-label").hidden = !withCancel;
+    dialog.onclose = () => resolve(dialog.returnValue === "yes" ?
+      {text: $("confirm-reason").value, cancel_orders: $("confirm-cancel-orders").checked} : null);
+    dialog.showModal();
+  });
+}
+
+async function act(action, fields, question, withCancel) {
+  const answer = await confirmed(question, withCancel);
+  if (!answer) return;
+  if (!answer.text.trim()) { addItem("answers", `${action}: a reason is needed`, "error"); return; }
+  const body = Object.assign({action: action, text: answer.text}, fields);
+  if (withCancel) body.cancel_orders = answer.cancel_orders;
+  const response = await fetch("/api/action", {
+    method: "POST", credentials: "same-origin",
+    headers: {"Content-Type": "application/json", "X-CSRF-Token": state.csrf},
+    body: JSON.stringify(body),
+  });
+  if (!response.ok && response.status !== 400) {
+    addItem("answers", `${action} refused (${response.status}): ${await response.text()}`, "error");
+  }
+  if (action === "cancel" || action === "cancel_all" || action === "suspend") setTimeout(refreshOrders, 300);
+}
+
+function wire() {
+  $("halt").addEventListener("click", () => act("halt", {instrument: state.selected}, `Halt ${state.selected}?`, true));
+  $("resume").addEventListener("click", () => act("resume", {instrument: state.selected}, `Resume ${state.selected}?`));
+  $("eod").addEventListener("click", () => act("end_of_day", {}, "End the trading day? Resting orders expire and the closing prices are fixed."));
+  $("cancel-all").addEventListener("click", () => {
+    const member = $("member-id").value.trim();
+    if (member) act("cancel_all", {member: member, instrument: ""}, `Cancel all orders of ${member}, in every instrument?`);
+  });
+  $("suspend").addEventListener("click", () => {
+    const member = $("member-id").value.trim();
+    if (member) act("suspend", {member: member}, `Suspend the trading of ${member}?`, true);
+  });
+  $("reinstate").addEventListener("click", () => {
+    const member = $("member-id").value.trim();
+    if (member) act("reinstate", {member: member}, `Reinstate the trading of ${member}?`);
+  });
+  $("unlock").addEventListener("click", () => {
+    const who = $("unlock-user").value.trim();
+    const cut = who.lastIndexOf("/");
+    if (cut > 0) act("unlock", {member: who.slice(0, cut), user: who.slice(cut + 1)}, `Unlock ${who}?`);
+  });
+  $("refresh-orders").addEventListener("click", refreshOrders);
+  $("logout").addEventListener("click", async () => {
+    await fetch("/api/logout", {method: "POST", credentials: "same-origin", headers: {"X-CSRF-Token": state.csrf}});
+    location.assign("/login");
+  });
+}
+
+async function start() {
+  const response = await fetch("/api/me", {credentials: "same-origin"});
+  if (response.status === 401) { location.assign("/login"); return; }
+  state.me = await response.json();
+  state.csrf = state.me.csrf;
+  $("who").textContent = `${state.me.member}/${state.me.user} (${state.me.role}${state.me.operator ? "" : ", view only"})`;
+  if (!state.me.operator) for (const el of document.querySelectorAll("[data-needs=operator]")) el.hidden = true;
+  wire();
+  connect();
+}
+
+start();
