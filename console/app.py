@@ -393,11 +393,16 @@ class Console:
             raise web.HTTPUnauthorized(text="log on first")
         instrument = request.query.get("instrument", "")[:16]
         member = request.query.get("member", "")[:64]
+        if not instrument:
+            return web.json_response({"ok": False, "text": "name the instrument"}, status=400)
         try:
-            orders = await s.client.query_orders(instrument, member, timeout=10)
+            # The orders near the top of the book (its best levels): the cost of the query
+            # is that of the orders shown, however deep the book.
+            reply = await s.client.query_top_orders(instrument, DEPTH, member, timeout=10)
         except QueryError as e:
             return web.json_response({"ok": False, "text": e.text}, status=400)
-        return web.json_response({"ok": True, "orders": [
+        orders = reply.orders
+        return web.json_response({"ok": True, "more": reply.more, "orders": [
             {"order_id": o.order_id, "member": o.member, "coid": o.coid, "instrument": o.instrument,
              "side": "buy" if o.side == Side.BUY else "sell", "price": o.price, "qty": o.qty, "filled": o.filled,
              "ts": o.ts} for o in orders[:2000]]})

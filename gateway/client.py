@@ -293,6 +293,13 @@ class Client:
                 return orders
             after = reply.orders[-1].order_id
 
+    async def query_top_orders(self, instrument: str, levels: int = 10, member: str = "",
+                               timeout: float = 10.0) -> OrdersReply:
+        """The orders resting at the best ``levels`` levels of each side of a book
+        (bids then asks, best first; one reply, at most 500 orders)."""
+        return await self._ask(  # type: ignore[no-any-return]
+            lambda r: QueryOrders(r, instrument, member, 0, levels), timeout)
+
     async def query_balances(self, member: str = "", timeout: float = 10.0) -> BalancesReply:
         return await self._ask(lambda r: QueryBalances(r, member), timeout)  # type: ignore[no-any-return]
 

@@ -166,13 +166,18 @@ class Heartbeat(Msg, tag=52):
 
 
 class QueryOrders(Msg, tag=53):
-    """The open orders of the session's member (operators: ``member``, "" = all),
-    in order id order, at most ``ORDERS_PER_REPLY`` after ``after_order_id``."""
+    """The open orders of the session's member (staff: ``member``, "" = all), in order
+    id order, at most ``ORDERS_PER_REPLY`` after ``after_order_id``. With ``best_levels``
+    and an ``instrument``: the orders resting at the best ``best_levels`` price levels
+    of each side instead (bids then asks, best first, in time priority; at most
+    ``ORDERS_PER_REPLY``): what is near the top of a book, at a cost that does not
+    grow with the book."""
 
     req_id: int
     instrument: Symbol = ""
     member: Name = ""
     after_order_id: int = 0
+    best_levels: int = 0
 
 
 class QueryBalances(Msg, tag=54):

@@ -16,6 +16,7 @@ import heapq
 from collections.abc import Iterable
 from typing import Any
 
+from engine.messages import Side
 from gateway.protocol import (
     BOOK_LEVELS,
     ORDERS_PER_REPLY,
@@ -37,6 +38,8 @@ from gateway.protocol import (
 from gateway.streams import Router
 
 BALANCES_PER_REPLY = 10_000  # rows of one BalancesReply (the rest is left out)
+LEVELS_MAX = 50  # best_levels of a QueryOrders
+BUY, SELL = int(Side.BUY), int(Side.SELL)
 
 
 class Queries:
@@ -54,7 +57,17 @@ class Queries:
             if named and named not in self.router.members:
                 return QueryRejected(q.req_id, GatewayReason.UNKNOWN_MEMBER, f"unknown member {named!r}")
             who = named if sees_all else member
-            return self._orders(q, who) if t is QueryOrders else self._balances(q, who)
+            if t is QueryBalances:
+                return self._balances(q, who)
+            if q.best_levels:
+                if not q.instrument or q.best_levels < 0:
+                    return QueryRejected(q.req_id, GatewayReason.INVALID_FIELD,
+                                         "best_levels needs an instrument and a positive number of levels")
+                if q.instrument not in engine.markets:
+                    return QueryRejected(q.req_id, GatewayReason.UNKNOWN_INSTRUMENT,
+                                         f"unknown instrument {q.instrument!r}")
+                return self._top_orders(q, who)
+            return self._orders(q, who)
         if t is QueryBook:
             market = engine.markets.get(q.instrument)
             if market is None:
@@ -84,6 +97,26 @@ class Queries:
         page = [orders[oid] for oid in found[:ORDERS_PER_REPLY]]
         return OrdersReply(q.req_id, [OpenOrder(o.order_id, o.member, o.coid, o.instrument, o.side, o.price, o.qty,
                                                 o.filled, o.ts) for o in page], len(found) > ORDERS_PER_REPLY)
+
+    def _top_orders(self, q: QueryOrders, member: str) -> OrdersReply:
+        """The orders at the best levels of each side (see ``QueryOrders``): read level by
+        level from the book, so the cost is that of the orders listed."""
+        engine = self.core.engine
+        levels = min(q.best_levels, LEVELS_MAX)
+        bids, asks = engine.depth(q.instrument, levels)
+        rows: list[OpenOrder] = []
+        more = False
+        for side, book_levels in ((BUY, bids), (SELL, asks)):
+            for price, _, _ in book_levels:
+                for o in engine.level_orders(q.instrument, side, price):
+                    if member and o.member != member:
+                        continue
+                    if len(rows) == ORDERS_PER_REPLY:
+                        more = True
+                        break
+                    rows.append(OpenOrder(o.order_id, o.member, o.coid, o.instrument, o.side, o.price, o.qty,
+                                          o.filled, o.ts))
+        return OrdersReply(q.req_id, rows, more)
 
     def _balances(self, q: QueryBalances, member: str) -> BalancesReply:
         ledger = self.core.ledger

@@ -67,9 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = add("alerts", "the recent alerts (--follow: and those to come)", reason=False)
     p.add_argument("--follow", action="store_true")
     add("health", "the exchange's health figures", reason=False)
-    p = add("orders", "open orders (of a member, of an instrument)", reason=False)
+    p = add("orders", "open orders: a member's, or those at an instrument's best levels", reason=False)
     p.add_argument("--member", default="")
     p.add_argument("--instrument", default="")
+    p.add_argument("--levels", type=int, default=10, help="with --instrument: how many best levels of each side")
     p = add("halt", "halt an instrument (or all: \"\")")
     p.add_argument("instrument")
     p.add_argument("--cancel-orders", action="store_true", help="and cancel its resting orders")
@@ -172,12 +173,21 @@ async def _act(client: Client, args: argparse.Namespace) -> int:
 async def _view(client: Client, args: argparse.Namespace) -> int:
     action = args.action
     if action == "orders":
-        orders = await client.query_orders(args.instrument, args.member)
+        if args.instrument and not args.member:
+            # The best levels, not the whole book: the cost is that of what is shown.
+            reply = await client.query_top_orders(args.instrument, args.levels)
+            orders, more = reply.orders, reply.more
+        elif args.member:
+            orders, more = await client.query_orders(args.instrument, args.member), False
+        else:
+            raise ValueError("orders: name a member (--member) or an instrument (--instrument)")
         print(f"{'ORDER':>8} {'MEMBER':<10} {'INSTRUMENT':<10} {'SIDE':<4} {'PRICE':>10} {'QTY':>8} {'FILLED':>8}  COID")
         for o in orders:
             side = "buy" if o.side == Side.BUY else "sell"
             print(f"{o.order_id:>8} {o.member:<10} {o.instrument:<10} {side:<4} {_yuan(o.price):>10} {o.qty:>8} "
                   f"{o.filled:>8}  {o.coid}")
+        if more:
+            print("(more at these levels than one reply holds)")
         return 0
     if action == "sessions":
         reply = await client.query_sessions()

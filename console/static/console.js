@@ -16,6 +16,24 @@ function yuan(fen) {
 }
 function tonnes(q) { return q.toLocaleString("en"); }
 function time(ns) { return new Date(ns / 1e6).toISOString().slice(11, 19); }
+// Tables are filled in place: rows are reused and a cell is written only when its text
+// changes, so a live update costs the browser little layout and paint.
+function fill(table, rows) {
+  const body = table.tBodies[0];
+  while (body.rows.length > rows.length) body.deleteRow(-1);
+  rows.forEach((r, i) => {
+    const row = body.rows[i] || body.insertRow();
+    if (row.className !== (r.cls || "")) row.className = r.cls || "";
+    r.cells.forEach((text, j) => {
+      const td = row.cells[j] || row.insertCell();
+      const value = String(text);
+      if (td.textContent !== value) td.textContent = value;
+      const want = (r.cellCls && r.cellCls[j]) || "";
+      if (td.className !== want) td.className = want;
+    });
+  });
+}
+
 function cell(row, text, cls) {
   const td = row.insertCell();
   td.textContent = text;
@@ -68,15 +86,15 @@ function take(msg) {
       break;
     case "alert": addItem("alerts", `${time(msg.ts)} ${msg.kind}: ${msg.text}`, "alert"); break;
     case "answer": addItem("answers", `${msg.action || ""} ${msg.ok ? "done" : "refused"}: ${msg.text}`, msg.ok ? "ok" : "error"); break;
-    case "health": renderHealth(msg); break;
-    case "sessions": renderSessions(msg.sessions); break;
+    case "health": dirty.health = msg; break;
+    case "sessions": dirty.sessions = msg.sessions; break;
     case "closed": $("link").textContent = "session ended"; break;
   }
 }
 
 // Rendering is coalesced: at most once every RENDER_MS, whatever the rate of messages.
-const RENDER_MS = 250;
-const dirty = {instruments: false, instrument: false, chart: false, trades: false};
+const RENDER_MS = 500;
+const dirty = {instruments: false, instrument: false, chart: false, trades: false, health: null, sessions: null};
 let renderAt = 0, renderTimer = null;
 function scheduleRender() {
   if (renderTimer !== null) return;
@@ -89,7 +107,10 @@ function renderDirty() {
   if (dirty.instrument) renderInstrument();
   if (dirty.chart) renderChart();
   if (dirty.trades) renderTrades();
-  for (const k of Object.keys(dirty)) dirty[k] = false;
+  if (dirty.health) renderHealth(dirty.health);
+  if (dirty.sessions) renderSessions(dirty.sessions);
+  dirty.instruments = dirty.instrument = dirty.chart = dirty.trades = false;
+  dirty.health = dirty.sessions = null;
 }
 
 function addItem(list, text, cls) {
@@ -132,19 +153,16 @@ function renderInstrument() {
   $("status").textContent = `${v.halted ? "HALTED" + (v.halt_text ? ": " + v.halt_text : "") : v.phase} · reference ${yuan(v.ref_price)} · band ${yuan(v.band_low)} – ${yuan(v.band_high)} · seq ${v.seq}`;
   $("status").className = v.halted ? "halted" : "";
   $("stats").textContent = `open ${yuan(v.open)} · high ${yuan(v.high)} · low ${yuan(v.low)} · last ${yuan(v.last)} · VWAP ${yuan(v.vwap)} · volume ${tonnes(v.volume)} t · value ${yuan(v.value)} · ${v.trades} trades`;
-  const body = $("ladder").tBodies[0];
-  body.replaceChildren();
+  const rows = [];
+  const priceCls = [null, null, "price", null, null];
   for (let i = v.asks.length - 1; i >= 0; i--) {
     const [price, qty, orders] = v.asks[i];
-    const row = body.insertRow();
-    row.className = "ask";
-    cell(row, ""); cell(row, ""); cell(row, yuan(price), "price"); cell(row, tonnes(qty)); cell(row, orders);
+    rows.push({cls: "ask", cells: ["", "", yuan(price), tonnes(qty), orders], cellCls: priceCls});
   }
   for (const [price, qty, orders] of v.bids) {
-    const row = body.insertRow();
-    row.className = "bid";
-    cell(row, orders); cell(row, tonnes(qty)); cell(row, yuan(price), "price"); cell(row, ""); cell(row, "");
+    rows.push({cls: "bid", cells: [orders, tonnes(qty), yuan(price), "", ""], cellCls: priceCls});
   }
+  fill($("ladder"), rows);
 }
 
 function renderChart() {
@@ -177,14 +195,9 @@ function renderChart() {
 }
 
 function renderTrades() {
-  const body = $("trades").tBodies[0];
-  body.replaceChildren();
   const mine = state.trades.filter((t) => t.instrument === state.selected).slice(-30).reverse();
-  for (const t of mine) {
-    const row = body.insertRow();
-    cell(row, time(t.ts)); cell(row, yuan(t.price), "price"); cell(row, tonnes(t.qty));
-    cell(row, t.buyer); cell(row, t.seller); cell(row, t.aggressor);
-  }
+  fill($("trades"), mine.map((t) => ({cells: [time(t.ts), yuan(t.price), tonnes(t.qty), t.buyer, t.seller, t.aggressor],
+                                      cellCls: [null, "price"]})));
 }
 
 function renderHealth(h) {

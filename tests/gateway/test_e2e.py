@@ -570,3 +570,37 @@ async def test_a_retransmission_over_the_throttle_still_gets_the_original_outcom
         assert type(first) is Report and isinstance(first.body, Accepted) and first.seq_out == 1
         assert type(again) is Resent and again.body == first.body
         h.check()
+
+
+@run
+async def test_orders_at_the_best_levels() -> None:
+    """``QueryOrders.best_levels``: the orders resting at the best levels of each side,
+    bids then asks, best first and in time priority within a level; a member sees its
+    own there too, staff everyone's; the query names an instrument that exists."""
+    async with Harness() as h:
+        op = await h.client("EXCH", "op")
+        m1 = await h.client("M1", "t1")
+        m2 = await h.client("M2", "t2")
+        for c, side, qty, price in ((m1, BUY, 1, 9_900), (m2, BUY, 2, 9_900), (m1, BUY, 3, 9_950),
+                                    (m1, BUY, 4, 9_800), (m2, SELL, 5, 10_100), (m1, SELL, 6, 10_050)):
+            c.new_order(SYMBOL, side, qty, price)
+            await body_of(c, Accepted)
+        top = await op.query_top_orders(SYMBOL, 2)
+        assert [(o.member, o.side, o.price, o.qty) for o in top.orders] == [
+            ("M1", BUY, 9_950, 3), ("M1", BUY, 9_900, 1), ("M2", BUY, 9_900, 2),
+            ("M1", SELL, 10_050, 6), ("M2", SELL, 10_100, 5)]
+        assert not top.more
+        assert [o.qty for o in (await op.query_top_orders(SYMBOL, 1)).orders] == [3, 6]
+        assert [o.qty for o in (await op.query_top_orders(SYMBOL, 2, member="M2")).orders] == [2, 5]
+        # A member sees only its own orders, at the same levels.
+        assert [o.qty for o in (await m2.query_top_orders(SYMBOL, 2)).orders] == [2, 5]
+        with pytest.raises(QueryError) as e:
+            await m2.query_top_orders(SYMBOL, 2, member="M1")
+        assert e.value.reason == GatewayReason.NOT_PERMITTED
+        for instrument, levels, reason in (("NOPE", 2, GatewayReason.UNKNOWN_INSTRUMENT),
+                                           ("", 2, GatewayReason.INVALID_FIELD),
+                                           (SYMBOL, -1, GatewayReason.INVALID_FIELD)):
+            with pytest.raises(QueryError) as e:
+                await op.query_top_orders(instrument, levels)
+            assert e.value.reason == reason
+        h.check()

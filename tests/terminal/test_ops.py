@@ -73,6 +73,10 @@ def test_every_operator_action(tmp_path: Path) -> None:
             assert len(orders) == 3
             listed = done(ops(ex, "orders", "--member", "M1"))
             assert all(str(i) in listed for i in orders) and "M1" in listed
+            top = done(ops(ex, "orders", "--instrument", SYMBOL, "--levels", "1"))
+            assert [int(line.split()[0]) for line in top.splitlines()[1:]] == [orders[0]], top
+            unnamed = ops(ex, "orders")
+            assert unnamed.returncode == 2 and "--member" in unnamed.stderr, unnamed.stderr
             done(ops(ex, "cancel", str(orders[0]), "--member", "M1", "--reason", "the member asked"))
             assert (await next_body(m1, Cancelled)).order_id == orders[0]
             wrong = ops(ex, "cancel", str(orders[1]), "--member", "M2", "--reason", "wrong member")
