@@ -175,8 +175,8 @@ async def _view(client: Client, args: argparse.Namespace) -> int:
     if action == "orders":
         if args.instrument and not args.member:
             # The best levels, not the whole book: the cost is that of what is shown.
-            reply = await client.query_top_orders(args.instrument, args.levels)
-            orders, more = reply.orders, reply.more
+            top = await client.query_top_orders(args.instrument, args.levels)
+            orders, more = top.orders, top.more
         elif args.member:
             orders, more = await client.query_orders(args.instrument, args.member), False
         else:
