@@ -83,6 +83,7 @@ QUEUE_MAX = 2_000  # JSON messages waiting for one browser tab; more and the tab
 TRADES_KEPT = 200
 ALERTS_KEPT = 200
 DEPTH = 10
+ORDERS_PER_SIDE = 25  # orders of each side in the page's order list
 INTERVAL_MS = 250
 SESSIONS_MAX = 64  # console sessions at once
 TEXT_MAX = 256
@@ -401,11 +402,15 @@ class Console:
             reply = await s.client.query_top_orders(instrument, DEPTH, member, timeout=10)
         except QueryError as e:
             return web.json_response({"ok": False, "text": e.text}, status=400)
-        orders = reply.orders
-        return web.json_response({"ok": True, "more": reply.more, "orders": [
+        # The first ORDERS_PER_SIDE of each side, nearest the top: what an operator reads
+        # and acts on from the page (the rest: ``etx ops orders``).
+        bids = [o for o in reply.orders if o.side == Side.BUY]
+        asks = [o for o in reply.orders if o.side != Side.BUY]
+        more = reply.more or len(bids) > ORDERS_PER_SIDE or len(asks) > ORDERS_PER_SIDE
+        return web.json_response({"ok": True, "more": more, "orders": [
             {"order_id": o.order_id, "member": o.member, "coid": o.coid, "instrument": o.instrument,
              "side": "buy" if o.side == Side.BUY else "sell", "price": o.price, "qty": o.qty, "filled": o.filled,
-             "ts": o.ts} for o in orders[:2000]]})
+             "ts": o.ts} for o in bids[:ORDERS_PER_SIDE] + asks[:ORDERS_PER_SIDE]]})
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         s = self._session(request)

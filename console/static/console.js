@@ -5,6 +5,7 @@
 
 const state = {
   me: null, csrf: "", selected: "", instruments: {}, charts: {}, trades: [], plot: null, plotFor: "",
+  symbols: [], sessions: [], orders: [],
 };
 const $ = (id) => document.getElementById(id);
 
@@ -17,8 +18,9 @@ function yuan(fen) {
 function tonnes(q) { return q.toLocaleString("en"); }
 function time(ns) { return new Date(ns / 1e6).toISOString().slice(11, 19); }
 // Tables are filled in place: rows are reused and a cell is written only when its text
-// changes, so a live update costs the browser little layout and paint.
-function fill(table, rows) {
+// changes, so a live update costs the browser little layout and paint. With ``button``,
+// each row ends in a button of that label (one click handler per table, see ``onRow``).
+function fill(table, rows, button) {
   const body = table.tBodies[0];
   while (body.rows.length > rows.length) body.deleteRow(-1);
   rows.forEach((r, i) => {
@@ -31,14 +33,23 @@ function fill(table, rows) {
       const want = (r.cellCls && r.cellCls[j]) || "";
       if (td.className !== want) td.className = want;
     });
+    if (button && row.cells.length === r.cells.length) {
+      const b = document.createElement("button");
+      b.textContent = button;
+      b.className = "act danger";
+      row.insertCell().append(b);
+    }
   });
 }
 
-function cell(row, text, cls) {
-  const td = row.insertCell();
-  td.textContent = text;
-  if (cls) td.className = cls;
-  return td;
+// One click handler per table: ``handle(index)`` gets the body row's index (of a button
+// click when ``buttonsOnly``).
+function onRow(table, handle, buttonsOnly) {
+  table.tBodies[0].addEventListener("click", (event) => {
+    if (buttonsOnly && !event.target.closest("button")) return;
+    const row = event.target.closest("tr");
+    if (row) handle(row.sectionRowIndex);
+  });
 }
 
 // --- live data ---------------------------------------------------------------------
@@ -132,18 +143,12 @@ function select(symbol) {
 }
 
 function renderInstruments() {
-  const body = $("instruments").tBodies[0];
-  body.replaceChildren();
-  for (const symbol of Object.keys(state.instruments).sort()) {
+  state.symbols = Object.keys(state.instruments).sort();
+  fill($("instruments"), state.symbols.map((symbol) => {
     const v = state.instruments[symbol];
-    const row = body.insertRow();
-    row.dataset.symbol = symbol;
-    if (symbol === state.selected) row.className = "selected";
-    cell(row, symbol);
-    cell(row, yuan(v.last));
-    cell(row, v.halted ? "halted" : v.phase, v.halted ? "halted" : "");
-    row.addEventListener("click", () => select(symbol));
-  }
+    return {cls: symbol === state.selected ? "selected" : "", cells: [symbol, yuan(v.last), v.halted ? "halted" : v.phase],
+            cellCls: [null, null, v.halted ? "halted" : ""]};
+  }));
 }
 
 function renderInstrument() {
@@ -209,51 +214,36 @@ function renderHealth(h) {
 }
 
 function renderSessions(sessions) {
-  const body = $("sessions").tBodies[0];
-  body.replaceChildren();
-  for (const s of sessions) {
-    const row = body.insertRow();
-    cell(row, s.session_id); cell(row, s.member); cell(row, s.user); cell(row, s.role); cell(row, s.peer);
-    cell(row, time(s.since)); cell(row, s.commands_per_s); cell(row, s.refused_per_s); cell(row, s.commands);
-    cell(row, s.cod ? "on" : "off");
-    const td = row.insertCell();
-    if (state.me && state.me.operator) {
-      const b = document.createElement("button");
-      b.textContent = "Disconnect";
-      b.className = "act danger";
-      b.addEventListener("click", () => act("disconnect", {session_id: s.session_id},
-        `Disconnect session ${s.session_id} (${s.member}/${s.user} from ${s.peer})?`));
-      td.append(b);
-    }
-  }
+  state.sessions = sessions;
+  fill($("sessions"), sessions.map((s) => ({cells: [
+    s.session_id, s.member, s.user, s.role, s.peer, time(s.since), s.commands_per_s, s.refused_per_s, s.commands,
+    s.cod ? "on" : "off"]})), operator() ? "Disconnect" : null);
 }
+
+function operator() { return Boolean(state.me && state.me.operator); }
 
 // The open orders of the selected instrument follow its changes, at most every 2 s.
 let ordersTimer = null;
 function ordersSoon() {
-  if (ordersTimer === null) ordersTimer = setTimeout(() => { ordersTimer = null; refreshOrders(); }, 2000);
+  if (ordersTimer !== null) return;
+  ordersTimer = setTimeout(() => {
+    ordersTimer = null;
+    if ($("orders").matches(":hover")) ordersSoon(); else refreshOrders();
+  }, 2000);
 }
 
+// The orders nearest the top of the book (the console sends the first 25 of each side;
+// a member's orders anywhere are one action away: "Cancel all orders"). The list is not
+// refreshed while the pointer is over it, so a row does not move under a click.
 async function refreshOrders() {
   if (!state.selected) return;
   const response = await fetch("/api/orders?instrument=" + encodeURIComponent(state.selected), {credentials: "same-origin"});
   const answer = await response.json();
-  const body = $("orders").tBodies[0];
-  body.replaceChildren();
-  for (const o of answer.orders || []) {
-    const row = body.insertRow();
-    cell(row, o.order_id); cell(row, o.member); cell(row, o.side); cell(row, yuan(o.price), "price");
-    cell(row, tonnes(o.qty)); cell(row, tonnes(o.filled));
-    const td = row.insertCell();
-    if (state.me && state.me.operator) {
-      const b = document.createElement("button");
-      b.textContent = "Cancel";
-      b.className = "act danger";
-      b.addEventListener("click", () => act("cancel", {order_id: o.order_id, member: o.member},
-        `Cancel order ${o.order_id} of ${o.member} (${o.side} ${o.qty} t at ${yuan(o.price)})?`));
-      td.append(b);
-    }
-  }
+  const orders = answer.orders || [];
+  state.orders = orders;
+  fill($("orders"), orders.map((o) => ({cells: [o.order_id, o.member, o.side, yuan(o.price), tonnes(o.qty), tonnes(o.filled)],
+                                        cellCls: [null, null, null, "price"]})), operator() ? "Cancel" : null);
+  $("orders-more").hidden = !answer.more;
 }
 
 // --- actions ------------------------------------------------------------------------
@@ -289,6 +279,16 @@ async function act(action, fields, question, withCancel) {
 }
 
 function wire() {
+  onRow($("instruments"), (i) => select(state.symbols[i]));
+  onRow($("sessions"), (i) => {
+    const s = state.sessions[i];
+    act("disconnect", {session_id: s.session_id}, `Disconnect session ${s.session_id} (${s.member}/${s.user} from ${s.peer})?`);
+  }, true);
+  onRow($("orders"), (i) => {
+    const o = state.orders[i];
+    act("cancel", {order_id: o.order_id, member: o.member},
+      `Cancel order ${o.order_id} of ${o.member} (${o.side} ${o.qty} t at ${yuan(o.price)})?`);
+  }, true);
   $("halt").addEventListener("click", () => act("halt", {instrument: state.selected}, `Halt ${state.selected}?`, true));
   $("resume").addEventListener("click", () => act("resume", {instrument: state.selected}, `Resume ${state.selected}?`));
   $("eod").addEventListener("click", () => act("end_of_day", {}, "End the trading day? Resting orders expire and the closing prices are fixed."));
