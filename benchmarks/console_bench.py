@@ -13,9 +13,13 @@ Run: ``.venv/bin/python -m benchmarks.console_bench [--rate 10000] [--seconds 20
    ``performance.timeOrigin + performance.now()``); same machine, same clock. Medians
    and 99th percentiles over every trade received.
 2. **Throughput with the console open**: ``etx load``'s throughput run (as fast as
-   acknowledged) against a spawned exchange with no browser, then with ``etx console``
-   and three headless Chromiums logged on as operators (each its own console session,
-   so three operator feeds), alternated ``--runs`` times; the ratio of the medians.
+   acknowledged) against a spawned exchange in three arms, alternated ``--runs`` times:
+   without the console; with ``etx console`` and three console sessions read by plain
+   WebSocket clients that fetch the order list as the page does (the console's own
+   cost); with ``etx console`` open in three headless Chromiums logged on as operators
+   (the pages drawn on the exchange's machine too). For each: the median throughput,
+   its ratio to the first arm's and the median of the runs' paired ratios, and the
+   exchange's own CPU time per order (from /proc).
 
 Caveats: one shared machine runs the exchange, the load, the broker, the console and
 the browsers; the figures say what watching costs here, not on an exchange's own
@@ -28,6 +32,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -35,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiomqtt
 
 from benchmarks.browser import browser, log_on, text_of, wait_until
@@ -85,6 +91,46 @@ def open_browsers(n: int, web: int, secret: str) -> list[Any]:
     return drivers
 
 
+class Readers:
+    """What a browser asks of the console, without a browser: ``n`` console sessions
+    logged on over HTTP, each reading its WebSocket and fetching the order list every
+    2 s as the page does. With them the console's cost is measured apart from the
+    cost of drawing pages on the same machine."""
+
+    def __init__(self, n: int, web: int, secret: str) -> None:
+        self.n, self.url, self.secret = n, f"http://127.0.0.1:{web}", secret
+        self.http: list[aiohttp.ClientSession] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.messages = 0
+
+    async def start(self) -> None:
+        for _ in range(self.n):
+            http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+            self.http.append(http)
+            page = await http.get(self.url + "/login")
+            token = page.cookies["etx_login"].value
+            answer = await http.post(self.url + "/api/login", headers={"X-CSRF-Token": token},
+                                     json={"member": "EXCH", "user": "ops", "secret": self.secret})
+            assert answer.status == 200, await answer.text()
+            ws = await http.ws_connect(self.url + "/ws")
+            self.tasks += [asyncio.create_task(self._read(ws)), asyncio.create_task(self._poll(http))]
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for _ in ws:
+            self.messages += 1
+
+    async def _poll(self, http: aiohttp.ClientSession) -> None:
+        while True:
+            await asyncio.sleep(2)
+            await (await http.get(self.url + "/api/orders?instrument=CEA24")).read()
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for http in self.http:
+            await http.close()
+
+
 async def lag(rate: int, seconds: float, mqtt: str) -> dict[str, Any]:
     spawned = Spawned(1, serve_args=["--mqtt", mqtt], market_data=True)
     port = await spawned.start()
@@ -127,21 +173,40 @@ async def lag(rate: int, seconds: float, mqtt: str) -> dict[str, Any]:
     }
 
 
-async def throughput(seconds: float, browsers: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def throughput(seconds: float, browsers: int = 0, readers: int = 0) -> tuple[float, float]:
+    """Orders a second acknowledged, and the exchange's CPU time per order (µs)."""
     spawned = Spawned(1)
     port = await spawned.start()
     console = None
     drivers: list[Any] = []
+    plain = None
     try:
-        if browsers:
+        if browsers or readers:
             console, web = await start_console(port)
+        if browsers:
             drivers = await asyncio.get_running_loop().run_in_executor(None, open_browsers, browsers, web,
                                                                        spawned.secret)
+        if readers:
+            plain = Readers(readers, web, spawned.secret)
+            await plain.start()
+        await asyncio.sleep(2)  # the pages drawn and live
+        before = cpu_seconds(spawned.proc.pid)
         result = await drive("127.0.0.1", port, spawned.creds(), seconds=seconds, rate=0, seed=3)
+        used = cpu_seconds(spawned.proc.pid) - before
         if drivers:  # the pages were alive to the end
             assert all("live" in text_of(d, "link") for d in drivers)
-        return result.rate
+        if plain is not None:
+            assert plain.messages > 0
+        return result.rate, used / max(1, result.orders) * 1e6
     finally:
+        if plain is not None:
+            await plain.stop()
         for d in drivers:
             d.quit()
         if console is not None:
@@ -158,16 +223,26 @@ async def main(args: argparse.Namespace) -> None:
           f"({figures['mqtt_trades']:,} trades)")
     print(f"  trade -> console page:    median {figures['page_p50_ms']:.1f} ms, p99 {figures['page_p99_ms']:.1f} ms "
           f"({figures['page_trades']:,} trades)")
-    bare: list[float] = []
-    watched: list[float] = []
+    arms = {"without the console": {}, "console, 3 sessions read without a browser": {"readers": 3},
+            "console open in 3 headless Chromiums": {"browsers": 3}}
+    rates: dict[str, list[float]] = {name: [] for name in arms}
+    costs: dict[str, list[float]] = {name: [] for name in arms}
     for run in range(args.runs):
-        bare.append(await throughput(args.seconds, 0))
-        watched.append(await throughput(args.seconds, 3))
-        print(f"  run {run + 1}: without the console {bare[-1]:,.0f} orders/s, with it and 3 browsers "
-              f"{watched[-1]:,.0f} orders/s")
-    b, w = statistics.median(bare), statistics.median(watched)
-    print(f"throughput: median {b:,.0f} orders/s without, {w:,.0f} with the console open in 3 browsers: "
-          f"ratio {w / b:.3f}")
+        for name, kw in arms.items():
+            rate, cost = await throughput(args.seconds, **kw)
+            rates[name].append(rate)
+            costs[name].append(cost)
+        print(f"  run {run + 1}: " + "; ".join(f"{name} {rates[name][-1]:,.0f} orders/s ({costs[name][-1]:.2f} µs)"
+                                               for name in arms))
+    base = "without the console"
+    b, cb = statistics.median(rates[base]), statistics.median(costs[base])
+    print("medians over the runs (orders/s; the exchange's CPU time an order), and the median of each run's "
+          "ratio to the run without:")
+    for name in arms:
+        paired = [r / rb for r, rb in zip(rates[name], rates[base], strict=True)]
+        r, c = statistics.median(rates[name]), statistics.median(costs[name])
+        print(f"  {name:<44} {r:>10,.0f} orders/s  ratio {r / b:.3f} (paired {statistics.median(paired):.3f})"
+              f"   {c:5.2f} µs an order  ratio {c / cb:.3f}")
 
 
 def cli() -> None:

@@ -581,9 +581,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     console = Console(exchange, gateway_ssl, secure_cookies=https is not None)
     scheme = "https" if https else "http"
-    print(f"etx console on {scheme}://{host}:{port} for the exchange at {exchange[0]}:{exchange[1]}", flush=True)
-    web.run_app(console.app, host=host, port=int(port), ssl_context=https, print=None,
-                handle_signals=True)
+    started = f"etx console on {scheme}://{host}:{port} for the exchange at {exchange[0]}:{exchange[1]}"
+    try:
+        # aiohttp calls ``print`` once the console listens: the line is the signal that it does.
+        web.run_app(console.app, host=host, port=int(port), ssl_context=https,
+                    print=lambda _: print(started, flush=True), handle_signals=True)
+    except OSError as e:
+        print(f"etx console: cannot listen on {host}:{port}: {e.strerror or e}", flush=True)
+        return 2
     return 0
 
 

@@ -126,6 +126,14 @@ def test_the_ladder_follows_orders_and_an_operator_halts_from_the_page(setup: Se
                 wait_until(d, lambda d: "M1" in text_of(d, "trades") and "M2" in text_of(d, "trades"))
                 assert "last 100.10" in text_of(d, "stats")
                 wait_until(d, lambda d: "M2" in text_of(d, "orders"))  # the open orders follow, with their members
+                # A few more trades, a second apart: the chart draws the day's prices.
+                for price in (9_990, 10_015, 9_985):
+                    await asyncio.sleep(1.1)
+                    (m2 if price < 10_000 else m1).new_order(SYMBOL, Side.SELL if price < 10_000 else Side.BUY, 3,
+                                                             price)
+                    await (m2 if price < 10_000 else m1).query_instruments()
+                wait_until(d, lambda d: "4 trades" in text_of(d, "stats"))
+                assert d.find_elements(By.CSS_SELECTOR, "#chart canvas")
                 shot(d, setup.tmp, "console")
                 # Halt from the page, with its confirmation and reason.
                 d.find_element(By.ID, "halt").click()
@@ -248,3 +256,27 @@ def test_an_action_without_its_csrf_token_is_refused(setup: Setup) -> None:
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 403
+
+
+def test_the_console_says_when_it_listens_and_when_it_cannot() -> None:
+    """"etx console on ..." is printed once the console listens (scripts wait for it);
+    a port already taken is a clear error, not that line."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = subprocess.run([sys.executable, "-m", "tools.cli", "console", "--exchange", "127.0.0.1:1", "--listen",
+                               f"127.0.0.1:{port}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert busy.returncode == 2 and "cannot listen on" in busy.stdout and "console on" not in busy.stdout, busy
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "console", "--exchange", "127.0.0.1:1", "--listen",
+                             f"127.0.0.1:{port}"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and "etx console on" in proc.stdout.readline()
+        with socket.create_connection(("127.0.0.1", port), timeout=5):  # listening already
+            pass
+    finally:
+        proc.terminate()
+        proc.wait(30)
