@@ -101,18 +101,20 @@ class Readers:
         self.n, self.url, self.secret = n, f"http://127.0.0.1:{web}", secret
         self.http: list[aiohttp.ClientSession] = []
         self.tasks: list[asyncio.Task[None]] = []
+        self.sockets: list[aiohttp.ClientWebSocketResponse] = []
         self.messages = 0
 
     async def start(self) -> None:
         for _ in range(self.n):
             http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
             self.http.append(http)
-            page = await http.get(self.url + "/login")
-            token = page.cookies["etx_login"].value
-            answer = await http.post(self.url + "/api/login", headers={"X-CSRF-Token": token},
-                                     json={"member": "EXCH", "user": "ops", "secret": self.secret})
-            assert answer.status == 200, await answer.text()
+            async with http.get(self.url + "/login") as page:
+                token = page.cookies["etx_login"].value
+            async with http.post(self.url + "/api/login", headers={"X-CSRF-Token": token},
+                                 json={"member": "EXCH", "user": "ops", "secret": self.secret}) as answer:
+                assert answer.status == 200, await answer.text()
             ws = await http.ws_connect(self.url + "/ws")
+            self.sockets.append(ws)
             self.tasks += [asyncio.create_task(self._read(ws)), asyncio.create_task(self._poll(http))]
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -122,11 +124,15 @@ class Readers:
     async def _poll(self, http: aiohttp.ClientSession) -> None:
         while True:
             await asyncio.sleep(2)
-            await (await http.get(self.url + "/api/orders?instrument=CEA24")).read()
+            async with http.get(self.url + "/api/orders?instrument=CEA24") as answer:
+                await answer.read()
 
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for ws in self.sockets:
+            await ws.close()
         for http in self.http:
             await http.close()
 

@@ -3,9 +3,8 @@
 The price band bounds the prices that can rest, so each side is a plain array of levels
 indexed by price, not a sorted map. Each half-book numbers its levels by *key*, the
 distance from its best possible price (asks: price - low; bids: high - price), so lower
-keys are better on both sides and one piece of code serves both. A Python integer used
-as a bitmap marks the non-empty levels; the next best level after one empties is found
-with two or three big-integer operations, independent of the gap.
+keys are better on both sides and one piece of code serves both. The non-empty levels are marked in a ``KeySet``, a tree of 32-bit words: the next best
+level after one empties is found in a few word operations, however wide the band.
 
 A level is a deque of orders in time priority. Cancelling marks the order dead (open
 quantity 0) in O(1); dead orders are dropped when they reach the front or when the
@@ -17,6 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
+from typing import Final
 
 from mypy_extensions import mypyc_attr
 
@@ -111,12 +111,116 @@ class Level:
         self.queue.extend(live)
         self.dead = 0
 
+WORD: Final = 32  # bits per word: values stay below 2**62, mypyc's unboxed integers
+SHIFT: Final = 5
+MASK: Final = 31
+
+
+class KeySet:
+    """A set of keys in [0, size): a tree of 32-bit words. ``layers[0]`` has a bit per
+    key, each further layer a bit per non-zero word of the layer below, and the last
+    layer is one word; ``count`` is the number of keys.
+
+    The work of each operation depends on the distance it looks across, not on
+    ``size``: ``add`` and ``remove`` touch one word, and a word of each layer above
+    only when the word below turns from or to zero; ``next`` climbs only as many
+    layers as the gap to the next key needs and comes down as many. With
+    ``counting`` on, ``visits`` counts the words each operation touched (for the test
+    that shows it)."""
+
+    __slots__ = ("size", "layers", "top", "count", "counting", "visits")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        layers: list[list[int]] = []
+        n = size
+        while True:
+            words = (n + MASK) >> SHIFT
+            layers.append([0] * words)
+            if words == 1:
+                break
+            n = words
+        self.layers = layers
+        self.top = len(layers) - 1
+        self.count = 0
+        self.counting = False
+        self.visits = 0
+
+    def __bool__(self) -> bool:
+        return self.count != 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def add(self, key: int) -> None:
+        """Add a key that is not in the set."""
+        self.count += 1
+        touched = 0
+        for words in self.layers:
+            i = key >> SHIFT
+            w = words[i]
+            words[i] = w | 1 << (key & MASK)
+            touched += 1
+            if w:
+                break
+            key = i
+        if self.counting:
+            self.visits += touched
+
+    def remove(self, key: int) -> None:
+        """Remove a key that is in the set."""
+        self.count -= 1
+        touched = 0
+        for words in self.layers:
+            i = key >> SHIFT
+            w = words[i] ^ 1 << (key & MASK)
+            words[i] = w
+            touched += 1
+            if w:
+                break
+            key = i
+        if self.counting:
+            self.visits += touched
+
+    def next(self, key: int) -> int:
+        """The smallest key >= key in the set, ``size`` if there is none."""
+        if not self.count:
+            return self.size
+        layers = self.layers
+        depth = 0
+        touched = 0
+        found = self.size
+        while depth <= self.top:
+            words = layers[depth]
+            i = key >> SHIFT
+            if i >= len(words):
+                break
+            w = words[i] >> (key & MASK)
+            touched += 1
+            if w:
+                key += (w & -w).bit_length() - 1
+                while depth:  # down to the first key under the word found
+                    depth -= 1
+                    w = layers[depth][key]
+                    touched += 1
+                    key = (key << SHIFT) + (w & -w).bit_length() - 1
+                found = key
+                break
+            key = i + 1
+            depth += 1
+        if self.counting:
+            self.visits += touched
+        return found
+
+    def __contains__(self, key: int) -> bool:
+        return bool(self.layers[0][key >> SHIFT] >> (key & MASK) & 1)
+
 
 class HalfBook:
-    """One side: levels by key (0 = best possible price), a bitmap of non-empty
-    levels, and the best key (``size`` when the side is empty)."""
+    """One side: levels by key (0 = best possible price), the set of keys of the
+    non-empty levels, and the best key (``size`` when the side is empty)."""
 
-    __slots__ = ("side", "base", "sign", "size", "levels", "bits", "best")
+    __slots__ = ("side", "base", "sign", "size", "levels", "keys", "best")
 
     def __init__(self, side: int, low: int, high: int) -> None:
         self.side = side
@@ -124,7 +228,7 @@ class HalfBook:
         # price = base + sign * key
         self.base, self.sign = (high, -1) if side == Side.BUY else (low, 1)
         self.levels: list[Level | None] = [None] * self.size
-        self.bits = 0
+        self.keys = KeySet(self.size)
         self.best = self.size
 
     def key(self, price: int) -> int:
@@ -139,7 +243,7 @@ class HalfBook:
         if level is None:
             level = self.levels[key] = Level()
         if not level.qty:
-            self.bits |= 1 << key
+            self.keys.add(key)
             if key < self.best:
                 self.best = key
         level.queue.append(order)
@@ -161,42 +265,44 @@ class HalfBook:
 
     def emptied(self, key: int) -> None:
         """The level at key has no live orders left: unmark it, move best if needed."""
-        self.bits ^= 1 << key  # the bit is set: the level was not empty
+        self.keys.remove(key)
         if key == self.best:
-            bits = self.bits
-            self.best = (bits & -bits).bit_length() - 1 if bits else self.size
+            self.best = self.keys.next(key + 1)
 
     def nth_key(self, n: int) -> int:
         """Key of the n-th best non-empty level (n = 1 is the best), size if fewer."""
-        bits = self.bits
-        key = self.size
-        while n and bits:
-            low = bits & -bits
-            key = low.bit_length() - 1
-            bits ^= low
+        keys, size = self.keys, self.size
+        if n > keys.count:
+            return size
+        key = self.best
+        while n > 1:  # the n-th key exists: no search runs past the last one
+            key = keys.next(key + 1)
             n -= 1
-        return key if n == 0 else self.size
+        return key
 
     def depth(self, n: int) -> list[tuple[int, int, int]]:
         """The best n levels as (price, open qty, live order count)."""
         out: list[tuple[int, int, int]] = []
-        bits, levels = self.bits, self.levels
-        while bits and len(out) < n:
-            low = bits & -bits
-            key = low.bit_length() - 1
-            bits ^= low
+        keys, levels = self.keys, self.levels
+        n = min(n, keys.count)
+        key = self.best
+        while True:
+            if len(out) == n:
+                return out
+            if out:
+                key = keys.next(key + 1)
             level = levels[key]
             assert level is not None
             out.append((self.price(key), level.qty, level.live()))
-        return out
 
     def orders(self) -> Iterator[Order]:
         """Live orders, best level first, time priority within a level."""
-        bits, levels = self.bits, self.levels
-        while bits:
-            low = bits & -bits
-            bits ^= low
-            level = levels[low.bit_length() - 1]
+        keys, levels = self.keys, self.levels
+        key = self.best
+        for i in range(keys.count):
+            if i:
+                key = keys.next(key + 1)
+            level = levels[key]
             assert level is not None
             for order in level.queue:
                 if order.qty:
@@ -213,7 +319,7 @@ class HalfBook:
         """Assert every invariant of this side (O(levels + orders))."""
         best = self.size
         for key, level in enumerate(self.levels):
-            marked = bool(self.bits >> key & 1)
+            marked = key in self.keys
             if level is None:
                 assert not marked, key
                 continue
@@ -228,7 +334,13 @@ class HalfBook:
             if live and key < best:
                 best = key
         assert self.best == best, (self.best, best)
-        assert self.bits >> self.size == 0
+        assert self.keys.next(0) == best
+        for depth, words in enumerate(self.keys.layers[1:]):
+            below = self.keys.layers[depth]
+            for i, w in enumerate(words):
+                for b in range(WORD):
+                    j = i * WORD + b
+                    assert bool(w >> b & 1) == (j < len(below) and below[j] != 0), (depth, i, b)
 
 
 class Book:

@@ -129,7 +129,7 @@ class Market:
 
     def new_day(self, ref_price: int) -> None:
         """Start a day on a new reference price; the book must be empty."""
-        assert not (self.book.bids.bits or self.book.asks.bits or self.open_buys)
+        assert not (self.book.bids.keys or self.book.asks.keys or self.open_buys)
         self._start_day(ref_price)
 
     def _start_day(self, ref_price: int) -> None:
@@ -505,7 +505,7 @@ class Engine:
         if level is None:
             level = half.levels[k] = Level()
         if not level.qty:
-            half.bits |= 1 << k
+            half.keys.add(k)
             if k < half.best:
                 half.best = k
         level.queue.append(order)
@@ -522,13 +522,9 @@ class Engine:
         limit = (order.price - opp.base) * opp.sign
         need, member = order.qty, order.member
         stops = order.stp != CANCEL_RESTING
-        bits, levels = opp.bits, opp.levels
-        while bits:
-            low = bits & -bits
-            key = low.bit_length() - 1
-            if key > limit:
-                return False
-            bits ^= low
+        keys, levels, size = opp.keys, opp.levels, opp.size
+        key = opp.best
+        while key <= limit and key < size:
             level = levels[key]
             assert level is not None
             for o in level.queue:
@@ -540,6 +536,7 @@ class Engine:
                     need -= o.qty
                     if need <= 0:
                         return True
+            key = keys.next(key + 1)
         return False
 
     def _match(self, market: Market, order: Order, seq: Any, ts: Any) -> None:

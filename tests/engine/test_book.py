@@ -31,7 +31,7 @@ def test_best_moves_as_levels_fill_and_empty() -> None:
     assert half.price(half.best) == 150
     half.kill(a, half.key(150))
     half.kill(c, half.key(180))
-    assert half.best == half.size and half.bits == 0
+    assert half.best == half.size and not half.keys
     half._check()
 
 
