@@ -87,7 +87,9 @@ class Feed:
         self.changes: dict[str, int] = {}  # instrument -> how often it changed (a counter)
         self.seqs: dict[str, tuple[int, int]] = {}  # instrument -> (seq, ts) of the last event touching it
         self.halt_texts: dict[str, str] = {}  # instrument -> why it is halted (the Halt command's reason and actor)
-        self.trades: collections.deque[TradeRow] = collections.deque(maxlen=TRADES_MAX)
+        # The core's Trade events as they are: a row for a watcher is made only for the
+        # few trades a push carries, not for every trade under load.
+        self.trades: collections.deque[Trade] = collections.deque(maxlen=TRADES_MAX)
         self.trades_total = 0  # trades ever buffered: the number of the next one
         self.charts: dict[str, collections.deque[tuple[int, int, int]]] = {}
         self.alerts: collections.deque[AlertView] = collections.deque(maxlen=ALERTS_KEPT)
@@ -120,8 +122,7 @@ class Feed:
             elif t is Trade:
                 self._chart(instrument, ev.ts, ev.price, ev.qty)
                 if watching:
-                    self.trades.append(TradeRow(ev.seq, ev.ts, ev.trade_id, instrument, ev.price, ev.qty, ev.aggressor,
-                                                ev.buyer, ev.seller))
+                    self.trades.append(ev)
                     self.trades_total += 1
             elif t is DayClosed:
                 self.charts.pop(instrument, None)  # a new day, a new chart
@@ -244,7 +245,10 @@ class Feed:
             return []
         kept_from = total - len(self.trades)
         start = max(w.trade_cursor, kept_from, total - TRADES_PER_PUSH)
-        trades = [self.trades[i - kept_from] for i in range(start, total)]
+        trades = []
+        for i in range(start, total):
+            t = self.trades[i - kept_from]
+            trades.append(TradeRow(t.seq, t.ts, t.trade_id, t.instrument, t.price, t.qty, t.aggressor, t.buyer, t.seller))
         dropped = start - w.trade_cursor
         w.trade_cursor = total
         return [TradesView(trades, dropped)]
