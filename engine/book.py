@@ -308,6 +308,14 @@ class HalfBook:
                 if order.qty:
                     yield order
 
+    def depth_at(self, price: int) -> tuple[int, int]:
+        """(open quantity, live orders) at a price; (0, 0) when none rest there."""
+        key = self.key(price)
+        if not 0 <= key < self.size:
+            return 0, 0
+        level = self.levels[key]
+        return (level.qty, level.live()) if level is not None and level.qty else (0, 0)
+
     def level_orders(self, price: int) -> list[Order]:
         key = self.key(price)
         if not 0 <= key < self.size:
@@ -356,18 +364,18 @@ class Book:
         # Indexed by side: sides[Side.BUY] is the bid side.
         self.sides = (self.bids, self.bids, self.asks)
 
-    def best_bid(self) -> int:
-        """Best bid price, 0 when there is none."""
+    def best_bid(self) -> int | None:
+        """Best bid price, None when there is none."""
         b = self.bids
-        return b.price(b.best) if b.best < b.size else 0
+        return b.price(b.best) if b.best < b.size else None
 
-    def best_ask(self) -> int:
-        """Best ask price, 0 when there is none."""
+    def best_ask(self) -> int | None:
+        """Best ask price, None when there is none."""
         a = self.asks
-        return a.price(a.best) if a.best < a.size else 0
+        return a.price(a.best) if a.best < a.size else None
 
     def _check(self) -> None:
         self.bids._check()
         self.asks._check()
         bid, ask = self.best_bid(), self.best_ask()
-        assert not (bid and ask and bid >= ask), f"crossed book: bid {bid} >= ask {ask}"
+        assert bid is None or ask is None or bid < ask, f"crossed book: bid {bid} >= ask {ask}"

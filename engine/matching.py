@@ -187,6 +187,7 @@ class Engine:
         stp_default: int = CANCEL_RESTING,
         member_stp: dict[str, int] | None = None,
         acks: bool = True,
+        self_trade_prevention: bool = True,
     ) -> None:
         self.markets: dict[str, Market] = {}
         for rules in instruments:
@@ -213,6 +214,11 @@ class Engine:
         # member's own cancel), for pure-matching replays and benchmarks that need only
         # trades and state changes. The gateway always runs with acks.
         self.acks = acks
+        # self_trade_prevention=False lets a member's orders trade with each other: only
+        # for replays and benchmarks of foreign flow (where one firm's orders do meet),
+        # never for the carbon market, where wash trades are banned. Not in snapshots:
+        # it is how the engine is built, like acks.
+        self.stp_on = self_trade_prevention
         self.out: list[Event] = []  # drained by the caller with out.clear(), never replaced
         self._emit = self.out.append
         self.orders: dict[int, Order] = {}
@@ -522,6 +528,8 @@ class Engine:
         limit = (order.price - opp.base) * opp.sign
         need, member = order.qty, order.member
         stops = order.stp != CANCEL_RESTING
+        if not self.stp_on:
+            member = ""  # no order is the incoming order's own
         keys, levels, size = opp.keys, opp.levels, opp.size
         key = opp.best
         while key <= limit and key < size:
@@ -558,6 +566,7 @@ class Engine:
         trade_ids = self._trade_ids
         orders = self.orders
         limited = side == SELL and market.position_max != 0  # the makers are buys under a position limit
+        stp_on = self.stp_on
         while qty and opp.best <= limit:
             key = opp.best
             level = levels[key]
@@ -572,7 +581,7 @@ class Engine:
                     level.queue.popleft()
                     level.dead -= 1
                     continue
-                if maker.member == member:
+                if maker.member == member and stp_on:
                     level.qty = lqty
                     qty = self._self_trade(market, opp, level, key, order, maker, qty, seq, ts)
                     lqty = level.qty
@@ -638,7 +647,7 @@ class Engine:
             level.qty -= maker.qty
             if limited:
                 self._open_buy(market, maker.member, -maker.qty)
-            out.append(_Cancelled(seq, ts, maker.member, maker.order_id, market.symbol, maker.qty, SELF_TRADE))
+            out.append(_Cancelled(seq, ts, maker.member, maker.order_id, market.symbol, maker.qty, SELF_TRADE, maker.side, maker.price))
             self._release_rest(market, maker)
             maker.qty = 0
             del self.orders[maker.order_id]
@@ -693,7 +702,7 @@ class Engine:
         qty = order.qty
         self._release_rest(market, order)
         order.qty = 0
-        self.out.append(_Cancelled(seq, ts, order.member, order.order_id, market.symbol, qty, reason))
+        self.out.append(_Cancelled(seq, ts, order.member, order.order_id, market.symbol, qty, reason, order.side, order.price))
 
     def _remove_resting(self, market: Market, order: Order) -> int:
         """Take a live order out of the book and release its hold; returns the open
@@ -749,7 +758,7 @@ class Engine:
             half.kill(order, key)
         del self.orders[order_id]
         if self.acks:
-            self._emit(_Cancelled(seq, ts, member, order_id, order.instrument, qty, USER))
+            self._emit(_Cancelled(seq, ts, member, order_id, order.instrument, qty, USER, order.side, order.price))
 
     def _amend(self, cmd: Amend) -> None:
         if cmd.member in self.suspended:
@@ -902,7 +911,7 @@ class Engine:
         for order in doomed:
             market = self.markets[order.instrument]
             qty = self._remove_resting(market, order)
-            out.append(_Cancelled(seq, ts, order.member, order.order_id, order.instrument, qty, reason))
+            out.append(_Cancelled(seq, ts, order.member, order.order_id, order.instrument, qty, reason, order.side, order.price))
 
     def _mass_cancel(self, cmd: MassCancel) -> None:
         if cmd.instrument and cmd.instrument not in self.markets:
@@ -1034,11 +1043,25 @@ class Engine:
     # --- queries ----------------------------------------------------------------------
 
     def bbo(self, instrument: str) -> tuple[int, int, int, int]:
-        """(bid price, bid qty, ask price, ask qty); zeros for an empty side."""
+        """(bid price, bid qty, ask price, ask qty); zeros for an empty side, as in the
+        market data. ``best_bid``/``best_ask`` say None for an empty side."""
         book = self.markets[instrument].book
         bid = book.bids.depth(1) or [(0, 0, 0)]
         ask = book.asks.depth(1) or [(0, 0, 0)]
         return bid[0][0], bid[0][1], ask[0][0], ask[0][1]
+
+    def best_bid(self, instrument: str) -> int | None:
+        """The best bid price, None when no buy rests."""
+        return self.markets[instrument].book.best_bid()
+
+    def best_ask(self, instrument: str) -> int | None:
+        """The best ask price, None when no sell rests."""
+        return self.markets[instrument].book.best_ask()
+
+    def depth_at(self, instrument: str, side: int, price: int) -> tuple[int, int]:
+        """(open quantity, live orders) resting on one side at one price; (0, 0) for a
+        price with none, outside the band included."""
+        return self.markets[instrument].book.sides[side].depth_at(price)
 
     def depth(self, instrument: str, n: int = 5) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
         """The best n levels of each side as (price, qty, orders): L2."""

@@ -324,6 +324,11 @@ class Cancelled(Event, tag=104):
     instrument: str
     qty: int  # the open quantity that was cancelled
     reason: int
+    # The order's side and limit price (a market order's: the band's limit), so a
+    # consumer keeping a book from the events needs no memory of the order. Last, with
+    # defaults: a decoder of the older layout still reads the rest.
+    side: int = 0
+    price: int = 0
 
 
 class Amended(Event, tag=105):

@@ -41,6 +41,7 @@ def test_cancel_removes_the_order_and_releases_its_hold(v: Venue) -> None:
     c = out[0]
     assert isinstance(c, Cancelled)
     assert (c.member, c.order_id, c.instrument, c.qty, c.reason) == ("A", oid, "CEA24", 10, CancelReason.USER)
+    assert (c.side, c.price) == (BUY, 9_990)  # what a consumer keeping the book needs
     assert v.held("A") == 0
     assert v.engine.order(oid) is None
     assert v.engine.bbo("CEA24") == (0, 0, 0, 0)
@@ -59,6 +60,7 @@ def test_cancel_a_partially_filled_order_reports_its_open_quantity(v: Venue) -> 
     v.buy("B", 4, 10_000)
     out = v.send(Cancel("A", oid))
     assert out[0].qty == 6  # type: ignore[attr-defined]
+    assert (out[0].side, out[0].price) == (SELL, 10_000)  # type: ignore[attr-defined]
 
 
 def test_cancel_in_the_middle_of_a_level_keeps_the_others_in_order(v: Venue) -> None:

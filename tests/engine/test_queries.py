@@ -61,3 +61,21 @@ def test_order_shows_an_open_order() -> None:
     )
     v.buy("B", 6, 10_010)
     assert v.engine.order(oid) is None
+
+
+def test_best_prices_of_an_empty_side_are_none_and_depth_at_a_price() -> None:
+    v = venue()
+    assert v.engine.best_bid("CEA24") is None and v.engine.best_ask("CEA24") is None
+    a = v.rest("A", BUY, 5, 9_990)
+    v.rest("A", BUY, 7, 9_990)
+    v.rest("B", SELL, 3, 10_010)
+    assert (v.engine.best_bid("CEA24"), v.engine.best_ask("CEA24")) == (9_990, 10_010)
+    assert v.engine.depth_at("CEA24", BUY, 9_990) == (12, 2)
+    assert v.engine.depth_at("CEA24", SELL, 10_010) == (3, 1)
+    assert v.engine.depth_at("CEA24", SELL, 9_990) == (0, 0)  # the other side's price
+    assert v.engine.depth_at("CEA24", BUY, 9_000) == (0, 0)  # the band's edge, nothing there
+    assert v.engine.depth_at("CEA24", BUY, 1) == (0, 0)  # outside the band
+    v.send(Cancel("A", a))
+    assert v.engine.depth_at("CEA24", BUY, 9_990) == (7, 1)
+    v.sell("B", 7, 9_990)
+    assert v.engine.best_bid("CEA24") is None and v.engine.depth_at("CEA24", BUY, 9_990) == (0, 0)

@@ -64,7 +64,7 @@ def test_a_cancel_carries_its_actor_and_text_for_the_record_only() -> None:
     rej = v.reject(Cancel("B", oid, actor="EXCH/op1", text="asked by phone"), Reason.NOT_YOUR_ORDER)
     assert rej.order_id == oid
     out = v.send(Cancel("A", oid, actor="EXCH/op1", text="asked by phone"))
-    assert out == [Cancelled(v.sequencer.seq, v.clock.now, "A", oid, "CEA24", 10, CancelReason.USER)]
+    assert out == [Cancelled(v.sequencer.seq, v.clock.now, "A", oid, "CEA24", 10, CancelReason.USER, BUY, 9_900)]
 
 
 def test_the_messages_encode_as_documented() -> None:

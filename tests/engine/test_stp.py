@@ -272,3 +272,21 @@ def test_accepted_reports_the_order_not_its_stp() -> None:
     ack = v.buy("A", 1, 10_000)[0]
     assert isinstance(ack, Accepted)
     assert v.engine.order(ack.order_id).stp == Stp.CANCEL_RESTING  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("tif", [TimeInForce.DAY, TimeInForce.FOK])
+def test_without_self_trade_prevention_a_member_trades_with_itself(tif: int) -> None:
+    """Only for replays and benchmarks of foreign flow: an engine built with
+    self_trade_prevention=False matches a member's orders with each other, whatever
+    mode the order asks for, and a fill-or-kill counts the member's own orders."""
+    v = venue(self_trade_prevention=False)
+    own = v.rest("A", SELL, 10, 10_000)
+    out = v.buy("A", 10, 10_000, stp=Stp.CANCEL_BOTH, tif=tif)
+    assert kinds(out) == ["Accepted", "Trade"]
+    trade = out[1]
+    assert isinstance(trade, Trade) and (trade.maker_order_id, trade.maker_member, trade.taker_member) == (own, "A", "A")
+    assert v.engine.bbo("CEA24") == (0, 0, 0, 0)
+    # Built with it (the default), the same order is stopped by the member's own.
+    v = venue()
+    v.rest("A", SELL, 10, 10_000)
+    assert "Trade" not in kinds(v.buy("A", 10, 10_000, stp=Stp.CANCEL_BOTH, tif=tif))

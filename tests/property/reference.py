@@ -381,14 +381,14 @@ class Reference:
         self.out.append(Accepted(seq, ts, cmd.member, cmd.coid, order.id, m.symbol, cmd.side, price, cmd.qty,
                                  cmd.ord_type, cmd.tif))
         if cmd.tif == FOK and not self.fok_fillable(m, order):
-            self.out.append(Cancelled(seq, ts, order.member, order.id, m.symbol, order.qty, IOC_REST))
+            self.out.append(Cancelled(seq, ts, order.member, order.id, m.symbol, order.qty, IOC_REST, order.side, order.price))
             return
         self.match(m, order, seq, ts)
         if order.qty:
             if cmd.tif == DAY and cmd.ord_type == LIMIT:
                 self.enter(m, order)
             else:
-                self.out.append(Cancelled(seq, ts, order.member, order.id, m.symbol, order.qty, IOC_REST))
+                self.out.append(Cancelled(seq, ts, order.member, order.id, m.symbol, order.qty, IOC_REST, order.side, order.price))
 
     def enter(self, m: Market, order: Order) -> None:
         self.arrivals += 1
@@ -421,9 +421,9 @@ class Reference:
                 mode = order.stp
                 if mode in (CANCEL_RESTING, CANCEL_BOTH):
                     m.orders.remove(maker)
-                    self.out.append(Cancelled(seq, ts, maker.member, maker.id, m.symbol, maker.qty, SELF_TRADE))
+                    self.out.append(Cancelled(seq, ts, maker.member, maker.id, m.symbol, maker.qty, SELF_TRADE, maker.side, maker.price))
                 if mode in (CANCEL_INCOMING, CANCEL_BOTH):
-                    self.out.append(Cancelled(seq, ts, order.member, order.id, m.symbol, order.qty, SELF_TRADE))
+                    self.out.append(Cancelled(seq, ts, order.member, order.id, m.symbol, order.qty, SELF_TRADE, order.side, order.price))
                     order.qty = 0
                 if mode == DECREMENT:
                     cut = min(order.qty, maker.qty)
@@ -480,7 +480,7 @@ class Reference:
         order = self.own_order(cmd)
         if order is not None:
             self.markets[order.symbol].orders.remove(order)
-            self.out.append(Cancelled(cmd.seq, cmd.ts, order.member, order.id, order.symbol, order.qty, USER))
+            self.out.append(Cancelled(cmd.seq, cmd.ts, order.member, order.id, order.symbol, order.qty, USER, order.side, order.price))
 
     def amend(self, cmd: Amend) -> None:
         if cmd.member in self.suspended:
@@ -561,7 +561,7 @@ class Reference:
         if not target.qty:
             m.orders.remove(target)
         if order.qty:
-            self.out.append(Cancelled(seq, ts, order.member, order.id, m.symbol, order.qty, IOC_REST))
+            self.out.append(Cancelled(seq, ts, order.member, order.id, m.symbol, order.qty, IOC_REST, order.side, order.price))
 
     def mass_cancel(self, cmd: MassCancel) -> None:
         if cmd.instrument and cmd.instrument not in self.markets:
@@ -577,7 +577,7 @@ class Reference:
     def cancel_all(self, orders: list[Order], reason: int, seq: int, ts: int) -> None:
         for o in self.in_cancel_order(orders):
             self.markets[o.symbol].orders.remove(o)
-            self.out.append(Cancelled(seq, ts, o.member, o.id, o.symbol, o.qty, reason))
+            self.out.append(Cancelled(seq, ts, o.member, o.id, o.symbol, o.qty, reason, o.side, o.price))
 
     # --- members -------------------------------------------------------------------------
 
