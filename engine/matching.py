@@ -507,9 +507,7 @@ class Engine:
         # Rest the order: HalfBook.add inlined, it runs for most commands.
         half = market.sides[side]
         k = (price - half.base) * half.sign
-        level = half.levels[k]
-        if level is None:
-            level = half.levels[k] = Level()
+        level = half.level_for(k)
         if not level.qty:
             half.keys.add(k)
             if k < half.best:
@@ -530,10 +528,10 @@ class Engine:
         stops = order.stp != CANCEL_RESTING
         if not self.stp_on:
             member = ""  # no order is the incoming order's own
-        keys, levels, size = opp.keys, opp.levels, opp.size
+        keys, size = opp.keys, opp.size
         key = opp.best
         while key <= limit and key < size:
-            level = levels[key]
+            level = opp.level(key)
             assert level is not None
             for o in level.queue:
                 if o.qty:
@@ -556,7 +554,6 @@ class Engine:
         # The hottest loop of the engine. Attributes are bound to locals, and the
         # price, the statistics and the level's total are kept per level, not per fill.
         emit = self._emit
-        levels = opp.levels
         member, side = order.member, order.side
         taker_id: Any = order.order_id  # boxed once here, not once per fill
         holds = market.holds
@@ -569,7 +566,7 @@ class Engine:
         stp_on = self.stp_on
         while qty and opp.best <= limit:
             key = opp.best
-            level = levels[key]
+            level = opp.level(key)
             assert level is not None
             price = opp.base + opp.sign * key
             lqty = level.qty
@@ -747,7 +744,7 @@ class Engine:
         # compaction due): cancels are a third of the flow.
         half = market.sides[order.side]
         key = (order.price - half.base) * half.sign
-        level = half.levels[key]
+        level = half.level(key)
         assert level is not None
         level.qty -= qty
         if level.qty and 2 * level.dead + 2 <= len(level.queue) + 16:
@@ -818,7 +815,7 @@ class Engine:
         seq, ts = cmd.seq, cmd.ts
         half = market.sides[order.side]
         if price == order.price and qty < order.qty:
-            level = half.levels[(price - half.base) * half.sign]
+            level = half.level((price - half.base) * half.sign)
             assert level is not None
             level.qty -= order.qty - qty
             if limited:
@@ -897,7 +894,7 @@ class Engine:
             del self.orders[target.order_id]
         else:
             target.qty -= fill
-            level = half.levels[key]
+            level = half.level(key)
             assert level is not None
             level.qty -= fill
         market.record(price, fill, 1)

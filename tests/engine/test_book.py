@@ -43,7 +43,7 @@ def test_killing_many_orders_of_a_level_compacts_it() -> None:
     for o in orders[:90]:
         half.kill(o, half.key(150))
         half._check()
-    level = half.levels[half.key(150)]
+    level = half.level(half.key(150))
     assert level is not None
     dead = len(level) - 10
     assert dead <= 10 + 16  # compacted: at most as many dead entries as live, plus slack
