@@ -74,6 +74,7 @@ class Order:
     __hash__ = None  # type: ignore[assignment]  # as a msgspec Struct: mutable, unhashable
 
 
+@mypyc_attr(acyclic=True)
 class Level:
     """Orders at one price in time priority, in ``queue``. ``qty`` sums the open
     quantity of the live orders (so the level is empty exactly when it is 0); ``dead``
@@ -81,7 +82,9 @@ class Level:
 
     It holds its deque rather than extending deque: mypyc compiles a class that holds
     one to a native class (``qty`` and ``dead`` at fixed offsets, unboxed) but cannot
-    compile a subclass of deque (it builds one that crashes in deque.__init__)."""
+    compile a subclass of deque (it builds one that crashes in deque.__init__).
+    Acyclic (its deque holds orders, which refer to strings and integers only): the
+    compiled class is not tracked by the cycle collector."""
 
     __slots__ = ("queue", "qty", "dead")
 
@@ -223,12 +226,13 @@ class HalfBook:
     """One side: levels by key (0 = best possible price), the set of keys of the
     non-empty levels, and the best key (``size`` when the side is empty).
 
-    The levels are an array in chunks of 256, each made when a price in it is first
-    used: a side's memory, and what the cycle collector walks on each full pass,
-    follow the prices used, not the band's width (one flat array of 2,000,000 slots a
-    side made every full collection cost milliseconds)."""
+    The levels are an array in chunks of 256. A level exists while orders rest at its
+    price and a chunk while one of its levels exists: a side's memory, and what the
+    cycle collector walks on each full pass, follow the book, not the band's width nor
+    the prices used earlier in the day (one flat array of 2,000,000 slots a side, and
+    every level ever used kept, made each full collection cost milliseconds)."""
 
-    __slots__ = ("side", "base", "sign", "size", "chunks", "keys", "best")
+    __slots__ = ("side", "base", "sign", "size", "chunks", "used", "keys", "best")
 
     def __init__(self, side: int, low: int, high: int) -> None:
         self.side = side
@@ -236,6 +240,7 @@ class HalfBook:
         # price = base + sign * key
         self.base, self.sign = (high, -1) if side == Side.BUY else (low, 1)
         self.chunks: list[list[Level | None] | None] = [None] * ((self.size + CHUNK_MASK) >> CHUNK_SHIFT)
+        self.used: list[int] = [0] * len(self.chunks)  # levels in each chunk
         self.keys = KeySet(self.size)
         self.best = self.size
 
@@ -246,18 +251,21 @@ class HalfBook:
         return self.base + self.sign * key
 
     def level(self, key: int) -> Level | None:
-        """The level at key, None if none was ever made there."""
+        """The level at key, None if no order rests there."""
         chunk = self.chunks[key >> CHUNK_SHIFT]
         return None if chunk is None else chunk[key & CHUNK_MASK]
 
     def level_for(self, key: int) -> Level:
-        """The level at key, made (and its chunk) if needed."""
-        chunk = self.chunks[key >> CHUNK_SHIFT]
+        """The level at key, made (and its chunk) if needed: the caller rests an order
+        there."""
+        i = key >> CHUNK_SHIFT
+        chunk = self.chunks[i]
         if chunk is None:
-            chunk = self.chunks[key >> CHUNK_SHIFT] = [None] * CHUNK
+            chunk = self.chunks[i] = [None] * CHUNK
         level = chunk[key & CHUNK_MASK]
         if level is None:
             level = chunk[key & CHUNK_MASK] = Level()
+            self.used[i] += 1
         return level
 
     def add(self, order: Order, key: int) -> None:
@@ -277,7 +285,6 @@ class HalfBook:
         level.qty -= order.qty
         order.qty = 0
         if not level.qty:
-            level.reset()
             self.emptied(key)
             return
         level.dead += 1
@@ -285,7 +292,15 @@ class HalfBook:
             level.compact()
 
     def emptied(self, key: int) -> None:
-        """The level at key has no live orders left: unmark it, move best if needed."""
+        """The level at key has no live orders left: drop it (and its chunk if it was
+        the chunk's last), unmark it, move best if needed."""
+        i = key >> CHUNK_SHIFT
+        chunk = self.chunks[i]
+        assert chunk is not None
+        chunk[key & CHUNK_MASK] = None
+        self.used[i] -= 1
+        if not self.used[i]:
+            self.chunks[i] = None
         self.keys.remove(key)
         if key == self.best:
             self.best = self.keys.next(key + 1)
@@ -353,6 +368,7 @@ class HalfBook:
             if level is None:
                 assert not marked, key
                 continue
+            assert level.qty, key  # a level exists only while orders rest there
             live = [o for o in level.queue if o.qty]
             assert level.dead == len(level) - len(live), (key, level.dead, len(level), len(live))
             assert level.qty == sum(o.qty for o in live), key
@@ -364,6 +380,9 @@ class HalfBook:
             if live and key < best:
                 best = key
         assert self.best == best, (self.best, best)
+        for i, chunk in enumerate(self.chunks):
+            made = 0 if chunk is None else sum(lv is not None for lv in chunk)
+            assert self.used[i] == made and (chunk is None) == (made == 0), (i, self.used[i], made)
         assert self.keys.next(0) == best
         for depth, words in enumerate(self.keys.layers[1:]):
             below = self.keys.layers[depth]

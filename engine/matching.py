@@ -622,7 +622,6 @@ class Engine:
                 if 2 * level.dead > len(level.queue) + 16:  # fills took live orders off the front
                     level.compact()
             else:
-                level.reset()
                 opp.emptied(key)
         order.filled += order.qty - qty
         order.qty = qty
