@@ -55,6 +55,7 @@ class LoadResult(msgspec.Struct):
     rate: float  # acknowledged orders per second
     latency_p50_us: float = 0.0
     latency_p99_us: float = 0.0
+    latency_p999_us: float = 0.0
     latency_max_us: float = 0.0
     target_rate: int = 0
 
@@ -237,6 +238,7 @@ async def drive(host: str, port: int, creds: list[tuple[str, str, str, int]], *,
     if lat:
         res.latency_p50_us = lat[len(lat) // 2] * 1e6
         res.latency_p99_us = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6
+        res.latency_p999_us = lat[min(len(lat) - 1, int(len(lat) * 0.999))] * 1e6
         res.latency_max_us = lat[-1] * 1e6
     return res
 
@@ -357,7 +359,7 @@ def _print(res: LoadResult) -> None:
           f"{res.fills:,} fills in {res.seconds:.2f}s = {res.rate:,.0f} orders/s")
     if res.latency_p50_us:
         print(f"  latency (write to acknowledgement): median {res.latency_p50_us:,.0f} us, "
-              f"p99 {res.latency_p99_us:,.0f} us, max {res.latency_max_us:,.0f} us")
+              f"p99 {res.latency_p99_us:,.0f} us, p99.9 {res.latency_p999_us:,.0f} us, max {res.latency_max_us:,.0f} us")
 
 
 async def _main(args: argparse.Namespace) -> int:
