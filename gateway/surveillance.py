@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.messages import (
+    Accepted,
     Cancelled,
     CancelReason,
     DayClosed,
@@ -41,13 +42,15 @@ from engine.messages import (
     Phase,
     Reason,
     Rejected,
+    Side,
     StatusChanged,
     Trade,
 )
 
 HALTED = int(Phase.HALTED)
 SELF_TRADE = int(CancelReason.SELF_TRADE)
-MEMBER_CANCELS = (int(CancelReason.USER), int(CancelReason.MASS_CANCEL))
+USER, MASS = int(CancelReason.USER), int(CancelReason.MASS_CANCEL)  # a member's own cancels
+BUY = int(Side.BUY)
 POSITION_LIMIT = int(Reason.POSITION_LIMIT)
 
 Alert = Callable[[str, str, str, str], None]  # (kind, text, instrument, member)
@@ -90,18 +93,39 @@ class Surveillance:
         self.alert(kind, text, instrument, member)
 
     def on_batch(self, cmds: list[Any], events: list[Any]) -> None:
+        # Runs after every batch, whether anyone watches or not: the common events
+        # (acknowledgements, trades, members' cancels) take the short paths, counted
+        # inline; what may raise an alert goes to a method.
         markets = self.engine.markets
         first = cmds[0].seq if cmds else 0
+        trades, cancels = self.trades, self.cancels
+        ratio_min = self.cancel_ratio_min
+        large = self.large_holder
         for ev in events:
             t = type(ev)
+            if t is Accepted:
+                continue
             if t is Trade:
-                self._trade(ev, markets[ev.instrument])
+                if ev.aggressor == BUY:
+                    buyer, seller = ev.taker_member, ev.maker_member
+                else:
+                    buyer, seller = ev.maker_member, ev.taker_member
+                trades[buyer] = trades.get(buyer, 0) + 1
+                if seller != buyer:
+                    trades[seller] = trades.get(seller, 0) + 1
+                market = markets[ev.instrument]
+                if ev.price <= market.low or ev.price >= market.high or large:
+                    self._trade(ev, market, buyer, seller)
             elif t is Cancelled:
-                if ev.reason == SELF_TRADE:
+                reason = ev.reason
+                if reason == SELF_TRADE:
                     self.raise_("self-trade", f"self-trade prevention cancelled order {ev.order_id} of {ev.member} "
                                 f"({ev.qty} t): it met an order of the same member", ev.instrument, ev.member)
-                elif ev.reason in MEMBER_CANCELS:
-                    self._cancel(ev.member)
+                elif reason == USER or reason == MASS:
+                    member = ev.member
+                    count = cancels[member] = cancels.get(member, 0) + 1
+                    if count >= ratio_min:
+                        self._cancel(member, count)
             elif t is Decremented:
                 self.raise_("self-trade", f"self-trade prevention took {ev.qty} t off order {ev.order_id} of "
                             f"{ev.member} ({ev.qty_left} t left): it met an order of the same member",
@@ -118,11 +142,8 @@ class Surveillance:
                 self.ratio_alerted.clear()
                 self.holders.clear()
 
-    def _trade(self, ev: Trade, market: Any) -> None:
-        buyer, seller = ev.buyer, ev.seller
-        self.trades[buyer] = self.trades.get(buyer, 0) + 1
-        if seller != buyer:
-            self.trades[seller] = self.trades.get(seller, 0) + 1
+    def _trade(self, ev: Trade, market: Any, buyer: str, seller: str) -> None:
+        """A trade at the band's limit, or in an instrument with a large-holder threshold."""
         if ev.price <= market.low or ev.price >= market.high:
             edge = "lower" if ev.price <= market.low else "upper"
             self.raise_("price-limit", f"{ev.instrument} traded {ev.qty} t at {yuan(ev.price)}, the {edge} limit of "
@@ -137,10 +158,8 @@ class Surveillance:
                             f"large-holder threshold of {threshold:,} t (after trade {ev.trade_id})",
                             ev.instrument, buyer)
 
-    def _cancel(self, member: str) -> None:
-        cancels = self.cancels[member] = self.cancels.get(member, 0) + 1
-        if cancels < self.cancel_ratio_min:
-            return
+    def _cancel(self, member: str, cancels: int) -> None:
+        """A member's cancel, its ``cancels``-th today (at least cancel_ratio_min)."""
         trades = self.trades.get(member, 0)
         if cancels <= self.cancel_ratio_max * max(trades, 1):
             return

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from engine.messages import DayClosed, Halt, Phase, StatusChanged, Trade
+from engine.messages import Accepted, Cancelled, DayClosed, Halt, Phase, StatusChanged, Trade
 from gateway.protocol import (
     AlertView,
     BookLevel,
@@ -102,16 +102,35 @@ class Feed:
     # --- the core's side ---------------------------------------------------------------
 
     def on_batch(self, cmds: list[Any], events: list[Any]) -> None:
-        changes = self.changes
-        seqs = self.seqs
+        # Runs after every batch, watched or not: per event only a type test and a
+        # note of its instrument; each instrument's change count and last (seq, ts)
+        # are moved once per batch, and a batch's trades of one instrument in one
+        # second make one chart update.
+        last: dict[str, Any] = {}  # instrument -> its last event in this batch
         watching = bool(self.watchers)
+        trades = self.trades
+        chart: Any = None  # the pending chart update: the last trade, and the volume since
+        volume = 0
         for ev in events:
+            t = type(ev)
+            if t is Accepted or t is Cancelled:
+                last[ev.instrument] = ev
+                continue
+            if t is Trade:
+                last[ev.instrument] = ev
+                if chart is not None and (chart.instrument != ev.instrument or chart.ts // NS != ev.ts // NS):
+                    self._chart(chart.instrument, chart.ts, chart.price, volume)
+                    volume = 0
+                chart = ev
+                volume += ev.qty
+                if watching:
+                    trades.append(ev)
+                    self.trades_total += 1
+                continue
             instrument = getattr(ev, "instrument", None)
             if not instrument:
                 continue
-            changes[instrument] = changes.get(instrument, 0) + 1
-            seqs[instrument] = (ev.seq, ev.ts)
-            t = type(ev)
+            last[instrument] = ev
             if t is StatusChanged:
                 if ev.phase == HALTED:
                     cmd = cmds[ev.seq - cmds[0].seq] if cmds else None
@@ -119,13 +138,17 @@ class Feed:
                     self.halt_texts[instrument] = why
                 else:
                     self.halt_texts.pop(instrument, None)
-            elif t is Trade:
-                self._chart(instrument, ev.ts, ev.price, ev.qty)
-                if watching:
-                    self.trades.append(ev)
-                    self.trades_total += 1
             elif t is DayClosed:
+                if chart is not None:
+                    self._chart(chart.instrument, chart.ts, chart.price, volume)
+                    chart, volume = None, 0
                 self.charts.pop(instrument, None)  # a new day, a new chart
+        if chart is not None:
+            self._chart(chart.instrument, chart.ts, chart.price, volume)
+        changes, seqs = self.changes, self.seqs
+        for instrument, ev in last.items():
+            changes[instrument] = changes.get(instrument, 0) + 1
+            seqs[instrument] = (ev.seq, ev.ts)
 
     def _chart(self, instrument: str, ts: int, price: int, qty: int) -> None:
         points = self.charts.get(instrument)
