@@ -427,3 +427,25 @@ class Client:
             if loop.time() - self._sent_at >= interval / 2:
                 self._send_now(Heartbeat())
                 self._sent_at = loop.time()
+
+
+class StaffLogonError(Exception):
+    """A staff tool could not log on; the message names the exchange and says why."""
+
+
+async def connect_staff(host: str, port: int, member: str, user: str, secret: str, cafile: str = "") -> Client:
+    """Log a staff tool (etx ops, etx watch, etx registry) on to the exchange's gateway,
+    cancel-on-disconnect off; with ``cafile`` over TLS, trusting that certificate at
+    whatever name the exchange is reached by."""
+    context = None
+    if cafile:
+        context = ssl_module.create_default_context(cafile=cafile)
+        context.check_hostname = False
+    client = Client(host, port, member, user, secret, cod=CodMode.OFF, ssl=context)
+    try:
+        await client.connect()
+    except LogonError as e:
+        raise StaffLogonError(f"the exchange at {host}:{port} refused the logon of {member}/{user}: {e.text}") from None
+    except OSError as e:
+        raise StaffLogonError(f"cannot reach the exchange at {host}:{port}: {e.strerror or e}") from None
+    return client

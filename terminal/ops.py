@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ssl
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -32,10 +31,10 @@ from engine.messages import (
     Side,
     SuspendMember,
 )
-from gateway.client import Client, LogonError, QueryError
+from gateway.client import Client, QueryError, StaffLogonError, connect_staff
 from gateway.credentials import CredentialsError, obtain
 from gateway.datadir import exchange_address
-from gateway.protocol import AlertView, CodMode, HealthView, Role
+from gateway.protocol import AlertView, HealthView, Role
 
 ACTIONS = ("halt", "resume", "end-of-day", "cancel", "cancel-all", "suspend", "reinstate", "unlock", "disconnect")
 VIEWS = ("sessions", "alerts", "health", "orders")
@@ -101,18 +100,10 @@ def run(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace) -> int:
     host, port = exchange_address(args.data, args.exchange)
     creds = obtain(args.credentials, args.user, "EXCH")
-    context = None
-    if args.cafile:
-        context = ssl.create_default_context(cafile=args.cafile)
-        context.check_hostname = False
-    client = Client(host, port, creds.member, creds.user, creds.secret, cod=CodMode.OFF, ssl=context)
     try:
-        await client.connect()
-    except LogonError as e:
-        print(f"etx ops: the exchange at {host}:{port} refused the logon of {creds.name}: {e.text}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"etx ops: cannot reach the exchange at {host}:{port}: {e.strerror or e}", file=sys.stderr)
+        client = await connect_staff(host, port, creds.member, creds.user, creds.secret, args.cafile)
+    except StaffLogonError as e:
+        print(f"etx ops: {e}", file=sys.stderr)
         return 2
     try:
         if args.action in VIEWS:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ssl
 import sys
 from collections import deque
 from datetime import UTC, datetime
@@ -23,10 +22,10 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Static
 
 from engine.messages import Phase, Side
-from gateway.client import Client, LogonError, QueryError
+from gateway.client import Client, QueryError, StaffLogonError, connect_staff
 from gateway.credentials import CredentialsError, obtain
 from gateway.datadir import exchange_address
-from gateway.protocol import CodMode, InstrumentView, TradesView
+from gateway.protocol import InstrumentView, TradesView
 
 DEPTH = 10
 TRADES_SHOWN = 20
@@ -127,17 +126,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def connect(args: argparse.Namespace) -> Client:
     host, port = exchange_address(args.data, args.exchange)
     creds = obtain(args.credentials, args.user, "EXCH")
-    context = None
-    if args.cafile:
-        context = ssl.create_default_context(cafile=args.cafile)
-        context.check_hostname = False
-    client = Client(host, port, creds.member, creds.user, creds.secret, cod=CodMode.OFF, ssl=context)
     try:
-        await client.connect()
-    except LogonError as e:
-        raise ValueError(f"the exchange at {host}:{port} refused the logon of {creds.name}: {e.text}") from None
-    except OSError as e:
-        raise ValueError(f"cannot reach the exchange at {host}:{port}: {e.strerror or e}") from None
+        client = await connect_staff(host, port, creds.member, creds.user, creds.secret, args.cafile)
+    except StaffLogonError as e:
+        raise ValueError(str(e)) from None
     try:
         instruments = await client.query_instruments(args.instrument)
         await client.query_sessions()  # exchange staff only

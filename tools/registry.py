@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
-import ssl
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -346,24 +345,18 @@ def _reason_name(code: int) -> str:
 
 async def _online(cfg: Config, creds: Credentials, cmd: Any, listen: str) -> Any:
     """Send the command through the running exchange's gateway as the staff user."""
-    from gateway.client import Client, LogonError
-    from gateway.protocol import CodMode, Report
+    from gateway.client import StaffLogonError, connect_staff
+    from gateway.protocol import Report
 
     host, _, port = listen.rpartition(":")
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    context = None
-    if cfg.exchange.tls_cert:
-        # The tool runs beside the exchange: trust its own certificate, at whatever name.
-        context = ssl.create_default_context(cafile=cfg.exchange.tls_cert)
-        context.check_hostname = False
-    client = Client(host.strip("[]"), int(port), creds.member, creds.user, creds.secret, cod=CodMode.OFF, ssl=context)
     try:
-        await client.connect()
-    except LogonError as e:
-        raise ToolError(f"the exchange at {listen} refused the logon of {creds.name}: {e.text}") from None
-    except OSError as e:
-        raise ToolError(f"cannot reach the exchange at {listen}: {e.strerror or e}") from None
+        # Beside the exchange the tool trusts its own certificate, at whatever name.
+        client = await connect_staff(host.strip("[]"), int(port), creds.member, creds.user, creds.secret,
+                                     cfg.exchange.tls_cert)
+    except StaffLogonError as e:
+        raise ToolError(str(e)) from None
     try:
         # The command's ref names it in its answer (RegistryDone or RegistryRejected, or
         # the gateway's refusal, outside the sequence): other sessions of the same user
