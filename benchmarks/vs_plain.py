@@ -297,9 +297,12 @@ def etx_commands(ops: list[tuple[int, int, int, int, int]], first_seq: int) -> l
     return [etx_command(op, first_seq + i) for i, op in enumerate(ops)]
 
 
-def run_etx(flow: Flow, way: str) -> float:
-    """Seconds etx takes for the measured orders, fed one way."""
+def run_etx(flow: Flow, way: str, engines: list[Engine] | None = None) -> float:
+    """Seconds etx takes for the measured orders, fed one way (the engine is appended
+    to ``engines`` when given, for a test to look at)."""
     engine = etx_engine(flow, acks=way != "call-noacks")
+    if engines is not None:
+        engines.append(engine)
     seq = len(flow.warmup) + 1
     ops = flow.ops
     out = engine.out

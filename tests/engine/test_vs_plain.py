@@ -5,7 +5,19 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.vs_plain import CANCEL, MARKET, REGIMES, WIDTHS, generate, plain_apply, plainbook, run_etx, same_fills
+from benchmarks.vs_plain import (
+    CANCEL,
+    MARKET,
+    REGIMES,
+    SYMBOL,
+    WIDTHS,
+    generate,
+    plain_apply,
+    plainbook,
+    run_etx,
+    same_fills,
+)
+from engine.matching import Engine
 
 
 @pytest.mark.parametrize("width", WIDTHS)
@@ -15,10 +27,22 @@ def test_etx_and_the_plain_book_fill_alike(regime: str, width: int) -> None:
     assert same_fills(flow) > 100
 
 
-def test_every_way_of_feeding_runs_the_whole_flow() -> None:
+def test_every_way_of_feeding_leaves_the_same_book() -> None:
+    """Each way of feeding the engine in the benchmark applies every order: the same
+    orders accepted and the same book at the end, the plain book's best prices."""
     flow = generate("carbon", 2_000, 2_000, seed=3)
+    plain = plainbook().Book()
+    plain_apply(plain, flow.warmup + flow.ops)
+    engines: list[Engine] = []
     for way in ("call", "call-noacks", "batch", "engine"):
-        assert run_etx(flow, way) > 0
+        run_etx(flow, way, engines)
+    first = engines[0]
+    assert first.next_order_id == 1 + sum(op[0] != CANCEL for op in flow.warmup + flow.ops)
+    assert (first.best_bid(SYMBOL), first.best_ask(SYMBOL)) == (plain.best_bid(), plain.best_ask())
+    for engine in engines[1:]:
+        assert engine.depth(SYMBOL, 10_000) == first.depth(SYMBOL, 10_000)
+        assert engine.next_order_id == first.next_order_id
+        engine._check()
 
 
 def test_the_carbon_flow_is_a_carbon_book() -> None:
