@@ -294,6 +294,9 @@ class Rejected(Event, tag=102):
     text: str
 
 
+_BUY = int(Side.BUY)  # a plain int: comparing with the IntEnum member takes its slow path
+
+
 class Trade(Event, tag=103):
     seq: int
     ts: int
@@ -309,11 +312,11 @@ class Trade(Event, tag=103):
 
     @property
     def buyer(self) -> str:
-        return self.taker_member if self.aggressor == Side.BUY else self.maker_member
+        return self.taker_member if self.aggressor == _BUY else self.maker_member
 
     @property
     def seller(self) -> str:
-        return self.maker_member if self.aggressor == Side.BUY else self.taker_member
+        return self.maker_member if self.aggressor == _BUY else self.taker_member
 
 
 class Cancelled(Event, tag=104):

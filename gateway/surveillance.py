@@ -42,7 +42,6 @@ from engine.messages import (
     Phase,
     Reason,
     Rejected,
-    Side,
     StatusChanged,
     Trade,
 )
@@ -50,7 +49,6 @@ from engine.messages import (
 HALTED = int(Phase.HALTED)
 SELF_TRADE = int(CancelReason.SELF_TRADE)
 USER, MASS = int(CancelReason.USER), int(CancelReason.MASS_CANCEL)  # a member's own cancels
-BUY = int(Side.BUY)
 POSITION_LIMIT = int(Reason.POSITION_LIMIT)
 
 Alert = Callable[[str, str, str, str], None]  # (kind, text, instrument, member)
@@ -106,10 +104,7 @@ class Surveillance:
             if t is Accepted:
                 continue
             if t is Trade:
-                if ev.aggressor == BUY:
-                    buyer, seller = ev.taker_member, ev.maker_member
-                else:
-                    buyer, seller = ev.maker_member, ev.taker_member
+                buyer, seller = ev.buyer, ev.seller
                 trades[buyer] = trades.get(buyer, 0) + 1
                 if seller != buyer:
                     trades[seller] = trades.get(seller, 0) + 1
