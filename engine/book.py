@@ -99,10 +99,6 @@ class Level:
     def __iter__(self) -> Iterator[Order]:
         return iter(self.queue)
 
-    def reset(self) -> None:
-        self.queue.clear()
-        self.qty = self.dead = 0
-
     def live(self) -> int:
         return len(self.queue) - self.dead
 
