@@ -102,46 +102,51 @@ def ladder_rows(driver: Any, side: str = "") -> list[str]:
     return [" ".join(t.split()) for t in texts(driver, f"#ladder tbody tr{'.' + side if side else ''}")]
 
 
+# The browser is driven from a thread (asyncio.to_thread): a wait on the page must not
+# block the members' event loop, whose sessions answer the exchange's heartbeats (a
+# session silent for three seconds is closed).
+
+
 def test_the_ladder_follows_orders_and_an_operator_halts_from_the_page(setup: Setup) -> None:
     async def trade() -> None:
         m1, m2 = setup.ex.client("M1"), setup.ex.client("M2")
         await m1.connect()
         await m2.connect()
         try:
-            d = browser()
+            d = await asyncio.to_thread(browser)
             try:
-                log_on(d, setup.url, "EXCH", "ops", SECRET)
-                wait_until(d, lambda d: "live" in text_of(d, "link"))
+                await asyncio.to_thread(log_on, d, setup.url, "EXCH", "ops", SECRET)
+                await asyncio.to_thread(wait_until, d, lambda d: "live" in text_of(d, "link"))
                 for i in range(5):
                     m1.new_order(SYMBOL, Side.BUY, 10 + i, 9_990 - 5 * i)
                     m2.new_order(SYMBOL, Side.SELL, 20 + i, 10_010 + 5 * i)
                 await m1.query_instruments()
                 await m2.query_instruments()
-                wait_until(d, lambda d: len(ladder_rows(d)) == 10)
+                await asyncio.to_thread(wait_until, d, lambda d: len(ladder_rows(d)) == 10)
                 rows = ladder_rows(d)
                 assert rows[4] == "100.10 20 1" and rows[5] == "1 10 99.90", rows  # best ask above best bid
                 m1.new_order(SYMBOL, Side.BUY, 20, 10_010)  # takes the best ask
-                await m1.query_instruments()  # sent and taken (the browser's waits block this loop)
-                wait_until(d, lambda d: ladder_rows(d, "ask")[-1].startswith("100.15"))  # the new best ask
-                wait_until(d, lambda d: "M1" in text_of(d, "trades") and "M2" in text_of(d, "trades"))
+                await m1.query_instruments()  # sent and taken
+                await asyncio.to_thread(wait_until, d, lambda d: ladder_rows(d, "ask")[-1].startswith("100.15"))  # the new best ask
+                await asyncio.to_thread(wait_until, d, lambda d: "M1" in text_of(d, "trades") and "M2" in text_of(d, "trades"))
                 assert "last 100.10" in text_of(d, "stats")
-                wait_until(d, lambda d: "M2" in text_of(d, "orders"))  # the open orders follow, with their members
+                await asyncio.to_thread(wait_until, d, lambda d: "M2" in text_of(d, "orders"))  # the open orders follow, with their members
                 # A few more trades, a second apart: the chart draws the day's prices.
                 for price in (9_990, 10_015, 9_985):
                     await asyncio.sleep(1.1)
                     (m2 if price < 10_000 else m1).new_order(SYMBOL, Side.SELL if price < 10_000 else Side.BUY, 3,
                                                              price)
                     await (m2 if price < 10_000 else m1).query_instruments()
-                wait_until(d, lambda d: "4 trades" in text_of(d, "stats"))
+                await asyncio.to_thread(wait_until, d, lambda d: "4 trades" in text_of(d, "stats"))
                 assert d.find_elements(By.CSS_SELECTOR, "#chart canvas")
                 shot(d, setup.tmp, "console")
                 # Halt from the page, with its confirmation and reason.
                 d.find_element(By.ID, "halt").click()
-                wait_until(d, lambda d: d.find_element(By.ID, "confirm").is_displayed())
+                await asyncio.to_thread(wait_until, d, lambda d: d.find_element(By.ID, "confirm").is_displayed())
                 d.find_element(By.ID, "confirm-reason").send_keys("an erroneous price in the test")
                 d.find_element(By.ID, "confirm-yes").click()
-                wait_until(d, lambda d: "HALTED" in text_of(d, "status"))
-                wait_until(d, lambda d: "halt done" in text_of(d, "answers"))
+                await asyncio.to_thread(wait_until, d, lambda d: "HALTED" in text_of(d, "status"))
+                await asyncio.to_thread(wait_until, d, lambda d: "halt done" in text_of(d, "answers"))
                 shot(d, setup.tmp, "console-halted")
             finally:
                 d.quit()
@@ -167,31 +172,31 @@ def test_an_operator_cancels_a_members_orders_from_the_page(setup: Setup) -> Non
             for i in range(3):
                 m1.new_order(SYMBOL, Side.BUY, 5, 9_900 - i)
             await m1.query_instruments()
-            d = browser()
+            d = await asyncio.to_thread(browser)
             try:
-                log_on(d, setup.url, "EXCH", "ops", SECRET)
-                wait_until(d, lambda d: "live" in text_of(d, "link"))
+                await asyncio.to_thread(log_on, d, setup.url, "EXCH", "ops", SECRET)
+                await asyncio.to_thread(wait_until, d, lambda d: "live" in text_of(d, "link"))
                 # The member's session is listed; its orders are, best bid first.
-                wait_until(d, lambda d: any("M1" in t.split() for t in texts(d, "#sessions tbody tr")))
-                rows = wait_until(d, lambda d: (r := texts(d, "#orders tbody tr")) and len(r) == 3 and r)
+                await asyncio.to_thread(wait_until, d, lambda d: any("M1" in t.split() for t in texts(d, "#sessions tbody tr")))
+                rows = await asyncio.to_thread(wait_until, d, lambda d: (r := texts(d, "#orders tbody tr")) and len(r) == 3 and r)
                 assert [r.split()[3] for r in rows] == ["99.00", "98.99", "98.98"], rows
                 # One order, from its row: the best bid.
                 d.find_elements(By.CSS_SELECTOR, "#orders tbody tr button")[0].click()
-                wait_until(d, lambda d: d.find_element(By.ID, "confirm").is_displayed())
+                await asyncio.to_thread(wait_until, d, lambda d: d.find_element(By.ID, "confirm").is_displayed())
                 assert "98.99" not in text_of(d, "confirm-what") and "99.00" in text_of(d, "confirm-what")
                 d.find_element(By.ID, "confirm-reason").send_keys("entered in error")
                 d.find_element(By.ID, "confirm-yes").click()
-                wait_until(d, lambda d: "cancel done" in text_of(d, "answers"))
+                await asyncio.to_thread(wait_until, d, lambda d: "cancel done" in text_of(d, "answers"))
                 one = await m1.wait_for(lambda m: isinstance(m, Report) and isinstance(m.body, Cancelled))
                 assert one.body.qty == 5 and one.body.order_id == int(rows[0].split()[0])
-                wait_until(d, lambda d: len(texts(d, "#orders tbody tr")) == 2)
+                await asyncio.to_thread(wait_until, d, lambda d: len(texts(d, "#orders tbody tr")) == 2)
                 # Then all of the member's orders.
                 d.find_element(By.ID, "member-id").send_keys("M1")
                 d.find_element(By.ID, "cancel-all").click()
-                wait_until(d, lambda d: d.find_element(By.ID, "confirm").is_displayed())
+                await asyncio.to_thread(wait_until, d, lambda d: d.find_element(By.ID, "confirm").is_displayed())
                 d.find_element(By.ID, "confirm-reason").send_keys("the member asked by phone")
                 d.find_element(By.ID, "confirm-yes").click()
-                wait_until(d, lambda d: "cancel_all done" in text_of(d, "answers"))
+                await asyncio.to_thread(wait_until, d, lambda d: "cancel_all done" in text_of(d, "answers"))
             finally:
                 d.quit()
             cancelled = [await m1.wait_for(lambda m: isinstance(m, Report) and isinstance(m.body, Cancelled))
