@@ -698,8 +698,10 @@ class Session(asyncio.Protocol):
             return
         if self.handshaking:  # nothing can be said to a peer before its TLS handshake ends
             log.info("connection closed during its TLS handshake: peer=%s reason=%d %s", self.peer, reason, text)
-            self.state = CLOSED
             self.abort()
+            # The TLS layer reports no loss before its handshake ends: the session is
+            # lost here (out of the address's budget and the session list).
+            self.connection_lost(None)
             return
         if self.wbuf and self.transport is not None:
             self.transport.write(self.wbuf)

@@ -120,6 +120,29 @@ def test_a_stalled_tls_handshake_is_closed_at_the_logon_deadline(certificate: tu
     run(main)()
 
 
+def test_a_handshake_closed_by_the_logon_timer_is_forgotten(certificate: tuple[Path, Path]) -> None:
+    """The server's timer and the handshake's own timeout both end a stalled TLS
+    handshake at the logon deadline; whichever comes first, the connection leaves the
+    address's budget and the session list (the timer's way used to leave both behind,
+    so a few stalled handshakes could use up an address's budget for good)."""
+    cert, key = certificate
+
+    async def main() -> None:
+        async with Harness(ssl=server_context(cert, key)) as h:
+            stalled = await Raw.open(h.port, source="127.0.0.3")
+            stalled.send(b"\x16\x03\x01")
+            await asyncio.sleep(0.05)
+            [s] = [s for s in h.server.sessions if s.handshaking]
+            assert h.server.prelogon.get("127.0.0.3") == 1
+            s.close(GatewayReason.NOT_LOGGED_ON, "no logon within the deadline")  # as the timer does
+            assert await stalled.until_closed(timeout=10) == []
+            await asyncio.sleep(0.05)  # the handshake task sees its transport gone
+            assert "127.0.0.3" not in h.server.prelogon and h.server.prelogon_total == 0
+            assert s not in h.server.sessions
+
+    run(main)()
+
+
 def test_guesses_from_one_address_do_not_lock_the_user_out_from_another(caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         alerts: list[tuple[str, str]] = []
