@@ -3,6 +3,8 @@
 Contract:
 - A secret is stored only as ``scrypt$N$r$p$salt$hash`` (base64 salt and hash, the
   stdlib's ``hashlib.scrypt``); the plain secret is never stored or logged.
+- ``EXAMPLE_SECRETS``: the public secrets of etx.example.toml, by the hashes it
+  publishes (``etx serve`` refuses a configuration holding one, unless told ``--demo``).
 - ``Authenticator.check`` answers a logon with the user or a reason. It never says
   whether the member, the user or the secret was wrong (one reason for all three), and
   it verifies a dummy hash (of the configured users' cost) for unknown users so that
@@ -54,6 +56,20 @@ SCRYPT_P = 1
 DKLEN = 32
 # Characters of a secret, and of a member id or user name (the configuration holds no
 # longer one): the protocol's limits, defined once with the messages.
+
+# The secrets of etx.example.toml, by the hashes that file publishes of them. Both are
+# public, so a configuration holding one of these hashes lets anyone log on: etx serve
+# refuses it (unless told --demo), and etx serve --hash-secret refuses these secrets. A
+# hash is compared as a string (free at every start); a fresh hash of one of these
+# secrets is refused when it is made. tests/tools/test_init.py checks each pair against
+# the example file.
+EXAMPLE_SECRETS: dict[str, str] = {
+    "scrypt$16384$8$1$1bH3zACZY/qoAhGYBm2Q+w==$y7P786lG/xhahORDepy+okPX/1sq7VTdLgQ9amo0v4s=": "change-me-trader-1",
+    "scrypt$16384$8$1$XlUJbJ1eS0Tb6KG086yd0Q==$ipyRUcqs9PqnX/12I7jvhj84EVFtgaIfHoDkCyLtkpY=": "change-me-trader-2",
+    "scrypt$16384$8$1$lppTDCaPpGPnWPpLoBgVMQ==$p3fIYluey721CMYS5hRrMewvpZ0YdFr9qGbQw9EDHNI=": "change-me-operator",
+    "scrypt$16384$8$1$22D8NC4Y1FzddE9WkiMosQ==$CXZM76iPgDPNDJi/QOKVteKgcCHWyrZrADxF+9Ep+BU=": "change-me-clerk",
+    "scrypt$16384$8$1$x75D934cqZ/xZcUuyEdOhg==$14S4WWhKnmbbTJanvKqr/ZuaTYTmlz5WsaiutWi0LpQ=": "change-me-authority",
+}
 
 
 def hash_secret(secret: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P,

@@ -82,10 +82,11 @@ def from_file(path: str | Path) -> Credentials:
     return creds
 
 
-def write_file(path: str | Path, creds: Credentials) -> Path:
-    """Write a credentials file with owner-only permissions (tests and ``etx init``)."""
+def write_file(path: str | Path, creds: Credentials, *, new: bool = False) -> Path:
+    """Write a credentials file with owner-only permissions (tests and ``etx init``);
+    ``new``: never replace a file (FileExistsError), as ``etx init`` writes them."""
     p = Path(path)
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | (os.O_EXCL if new else os.O_TRUNC), 0o600)
     with os.fdopen(fd, "w") as f:
         for key in ("member", "user", "secret"):
             f.write(f"{key} = {_toml_string(getattr(creds, key))}\n")

@@ -32,6 +32,10 @@ Contract:
   the same topic root leaves this one trading without market data, with one error line.
 - SIGINT and SIGTERM stop it gracefully: no new connections, sessions told, queued
   commands applied and journaled, postings written, journal closed.
+- ``etx serve`` refuses a configuration in which a user keeps a secret_hash that
+  etx.example.toml publishes (``gateway.auth.EXAMPLE_SECRETS``), with one line naming
+  the users, unless told ``--demo`` (a throwaway demonstration). ``Service`` itself
+  does not check: ``etx demo`` and the tests make their own secrets.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.auth import Authenticator
+from gateway.auth import EXAMPLE_SECRETS, Authenticator
 from gateway.config import Config, ConfigError, loads
 from gateway.datadir import DataFolder, FolderInUse, registry_url, write_config_copy
 from gateway.server import Server
@@ -487,6 +491,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "older ones are answered with REPLAY_TRIMMED after a restart")
     parser.add_argument("--no-snapshots", action="store_true",
                         help="take no snapshots (every start replays the whole journal)")
+    parser.add_argument("--demo", action="store_true",
+                        help="run even with the public example secrets of etx.example.toml (anyone can log on "
+                             "with them): for a throwaway demonstration only, never with real members or money")
 
 
 def snapshot_options_problem(args: argparse.Namespace) -> str | None:
@@ -550,6 +557,20 @@ async def serve(args: argparse.Namespace, cfg: Config, config_text: str | None =
     return 0
 
 
+def public_secret_users(cfg: Config) -> list[str]:
+    """The users (``MEMBER/USER``) whose secret_hash is one that etx.example.toml
+    publishes. A string comparison: no hashing at every start."""
+    return [f"{u.member}/{u.user}" for u in cfg.user if u.secret_hash in EXAMPLE_SECRETS]
+
+
+def public_secrets_problem(config: str, users: list[str]) -> str:
+    """The one line ``etx serve`` refuses (or, with --demo, warns about) public secrets with."""
+    return (f"{config}: {', '.join(users)} {'has' if len(users) == 1 else 'have'} the public example secrets of "
+            f"etx.example.toml (\"change-me-...\"), so anyone can log on as them: run etx init for a configuration "
+            f"with fresh secrets, or make new hashes with etx serve --hash-secret "
+            f"(--demo runs it anyway, for a throwaway demonstration only)")
+
+
 def hash_secret_command() -> int:
     """Print the stored form of a secret. On a terminal the secret is read without echo;
     it is never printed or logged, and one the gateway would refuse at logon (longer
@@ -570,6 +591,9 @@ def hash_secret_command() -> int:
     if len(secret) > SECRET_MAX:
         print(f"etx serve --hash-secret: a secret has at most {SECRET_MAX} characters, this one has {len(secret)}")
         return 2
+    if secret in EXAMPLE_SECRETS.values():
+        print("etx serve --hash-secret: this secret is one of etx.example.toml's public examples: choose another")
+        return 2
     print(hash_secret(secret))
     return 0
 
@@ -587,6 +611,13 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, OSError, UnicodeDecodeError) as e:
         print(f"etx serve: {args.config}: {e}")
         return 2
+    public = public_secret_users(cfg)
+    if public and not args.demo:
+        print(f"etx serve: {public_secrets_problem(args.config, public)}")
+        return 2
+    if public:
+        print(f"etx serve: --demo: {', '.join(public)} keep the public example secrets: anyone can log on as them",
+              flush=True)
     try:
         return asyncio.run(serve(args, cfg, text))
     except ServeError as e:

@@ -14,6 +14,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("tools.demo", "run a short exchange day with simulated members and show the results"),
+    "init": ("tools.init", "make a new exchange's folder: configuration with fresh secrets, credentials, data"),
     "serve": ("gateway.serve", "run the exchange service (engine, settlement, gateway) from a config file"),
     "load": ("benchmarks.load", "load-test a running exchange over TCP"),
     "replay": ("tools.replay", "replay an order stream or a LOBSTER file through the engine"),

@@ -265,7 +265,8 @@ async def _show(op: Client, service: Service, tape: Tape, out: TextIO) -> None:
 def _next_steps(folder: str, registry: str) -> str:
     return f"""
 What next
-  ./dev serve --config etx.example.toml          run the exchange from a configuration (see etx.example.toml)
+  ./dev init                                     an exchange of your own: its configuration with fresh secrets,
+                                                 credentials files, and the commands that start and fund it
   ./dev load --spawn --seconds 10                load-test an exchange over TCP and report latency
   ./dev registry --help                          registry accounts, balances, history and audit
                                                  (this demo's registry: {registry})
