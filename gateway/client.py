@@ -60,15 +60,22 @@ from gateway.protocol import (
     LogonReject,
     Logout,
     OrdersReply,
+    OrderStatus,
+    OrderStatusReply,
     QueryBalances,
     QueryBook,
     QueryInstruments,
     QueryOrders,
+    QueryOrderStatus,
     QueryRejected,
     QuerySessions,
+    QueryTrades,
+    ReplayDone,
     Report,
     ServerHeartbeat,
     SessionsReply,
+    TradeFill,
+    TradesReply,
     Unlock,
     Unlocked,
     Watch,
@@ -77,7 +84,8 @@ from gateway.protocol import (
 from settlement.messages import RegistryRejected
 
 _REJECTIONS = (Rejected, RegistryRejected)
-_REPLIES = (OrdersReply, BalancesReply, BookReply, InstrumentsReply, QueryRejected, Unlocked, Disconnected, SessionsReply)
+_REPLIES = (OrdersReply, BalancesReply, BookReply, InstrumentsReply, QueryRejected, Unlocked, Disconnected, SessionsReply,
+            OrderStatusReply, TradesReply)
 READ_CHUNK = 256 * 1024
 INBOX_MAX = 1_000_000  # messages kept for next(); beyond it the client stops reading
 
@@ -126,6 +134,11 @@ class Client:
         self._sent_at = 0.0
         self._out = bytearray()
         self._collectors: list[list[Any]] = []  # rejections seen while a command() waits
+        # Set by the exchange's ReplayDone after each logon: every report up to
+        # ``replayed_to`` has arrived, what follows is live.
+        self.replay_done = asyncio.Event()
+        self.replayed_to = -1
+        self.last_rx = 0.0  # the event loop's time of the last bytes received (heartbeats too)
 
     # --- connection ------------------------------------------------------------------
 
@@ -136,6 +149,8 @@ class Client:
                                     local_addr=(self.source, 0) if self.source else None), timeout)
         self._reader = reader
         self.closed_by_server = None
+        self.replay_done.clear()
+        self.replayed_to = -1
         self._forget_end_marks()
         self._send_now(Logon(PROTOCOL_VERSION, self.member, self.user, self._secret, self.last_seq, self.cod,
                              self.heartbeat_ms))
@@ -159,7 +174,7 @@ class Client:
         for msg in rest:
             self._dispatch(msg)
         loop = asyncio.get_running_loop()
-        self._sent_at = loop.time()
+        self._sent_at = self.last_rx = loop.time()
         self._tasks = [asyncio.create_task(self._read_loop(splitter)), asyncio.create_task(self._heartbeat_loop())]
         return first
 
@@ -300,6 +315,43 @@ class Client:
         return await self._ask(  # type: ignore[no-any-return]
             lambda r: QueryOrders(r, instrument, member, 0, levels), timeout)
 
+    async def query_order_status(self, order_id: int = 0, coid: str = "", member: str = "",
+                                 timeout: float = 10.0) -> OrderStatus | None:
+        """One order of the trading day, open or finished, by order id or client order
+        id; None when the member has no such order today."""
+        reply: OrderStatusReply = await self._ask(
+            lambda r: QueryOrderStatus(r, order_id, coid, member), timeout)
+        return reply.orders[0] if reply.orders else None
+
+    async def query_day_orders(self, instrument: str = "", member: str = "", timeout: float = 10.0) -> list[OrderStatus]:
+        """Every order the member had accepted today, open or finished (all pages)."""
+        orders: list[OrderStatus] = []
+        after = 0
+        while True:
+            reply: OrderStatusReply = await self._ask(
+                lambda r, a=after: QueryOrderStatus(r, 0, "", member, a, instrument), timeout)
+            orders += reply.orders
+            if not reply.more or not reply.orders:
+                return orders
+            after = reply.orders[-1].order_id
+
+    async def query_trades(self, instrument: str = "", member: str = "", after_trade_id: int = 0,
+                           timeout: float = 10.0) -> TradesReply:
+        """One page of the member's fills of the day after ``after_trade_id``."""
+        return await self._ask(  # type: ignore[no-any-return]
+            lambda r: QueryTrades(r, member, instrument, after_trade_id), timeout)
+
+    async def query_all_trades(self, instrument: str = "", member: str = "", timeout: float = 10.0) -> list[TradeFill]:
+        """Every fill of the member's trading day (all pages)."""
+        trades: list[TradeFill] = []
+        after = 0
+        while True:
+            reply = await self.query_trades(instrument, member, after, timeout)
+            trades += reply.trades
+            if not reply.more or not reply.trades:
+                return trades
+            after = reply.trades[-1].trade_id
+
     async def query_balances(self, member: str = "", timeout: float = 10.0) -> BalancesReply:
         return await self._ask(lambda r: QueryBalances(r, member), timeout)  # type: ignore[no-any-return]
 
@@ -386,6 +438,9 @@ class Client:
             self._inbox.put_nowait(msg)
         elif t is ServerHeartbeat:
             pass
+        elif t is ReplayDone:
+            self.replayed_to = msg.last_seq
+            self.replay_done.set()
         elif t in _REPLIES and (t is not SessionsReply or msg.req_id):
             fut = self._replies.get(msg.req_id)
             if fut is not None and not fut.done():
@@ -404,6 +459,7 @@ class Client:
                 data = await reader.read(READ_CHUNK)
                 if not data:
                     break
+                self.last_rx = asyncio.get_running_loop().time()
                 for frame in splitter.split(data):
                     self._dispatch(decode(frame))
                 while self._inbox.qsize() > INBOX_MAX:

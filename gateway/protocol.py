@@ -42,6 +42,7 @@ from engine.messages import (
     Amended,
     Cancel,
     Cancelled,
+    Coid,
     DayClosed,
     Decremented,
     EndOfDay,
@@ -118,6 +119,7 @@ class GatewayReason(IntEnum):
     JOURNAL_UNAVAILABLE = 121  # the command could not be made durable, so it was not entered
     FRAME_TIMEOUT = 122  # a frame begun was not completed within the session's frame deadline
     DISCONNECTED = 123  # an operator ended the session
+    UNKNOWN_ORDER = 124  # an order status query named no order of the member's trading day
 
 
 class CodMode(IntEnum):
@@ -225,6 +227,32 @@ class QuerySessions(Msg, tag=59):
     req_id: int
 
 
+class QueryOrderStatus(Msg, tag=61):
+    """The state of the member's orders of the trading day, finished ones too: one order
+    by ``order_id`` or by ``coid`` (a rejected order has no order id: only its coid
+    finds it); with neither, the day's accepted orders in order id order, at most
+    ``ORDERS_PER_REPLY`` after ``after_order_id`` (``instrument`` "" = all). Staff name
+    the ``member``."""
+
+    req_id: int
+    order_id: int = 0
+    coid: Coid = ""
+    member: Name = ""
+    after_order_id: int = 0
+    instrument: Symbol = ""
+
+
+class QueryTrades(Msg, tag=62):
+    """The member's fills of the trading day (one row per side of a trade it took part
+    in), in trade id order, at most ``TRADES_PER_REPLY`` after ``after_trade_id``
+    (``instrument`` "" = all). Staff name the ``member``."""
+
+    req_id: int
+    member: Name = ""
+    instrument: Symbol = ""
+    after_trade_id: int = 0
+
+
 class Disconnect(Msg, tag=60):
     """An operator ends a session (``SessionClosed(DISCONNECTED)``); answered with a
     ``Disconnected``; recorded in the journal as a ``Note`` with ``text``."""
@@ -280,6 +308,15 @@ class Notice(Msg, tag=155):
     text: str
 
 
+class ReplayDone(Msg, tag=156):
+    """Sent once per logon, after the replay of missed reports and before any live
+    report: everything up to ``last_seq`` has been sent (``last_seq`` equals
+    ``LogonAck.next_seq`` unless reports were made during the replay, which it then
+    includes)."""
+
+    last_seq: int
+
+
 class Fill(Msg, tag=170):
     """One side of a trade, as its member sees it: the counterparty is never named."""
 
@@ -304,10 +341,13 @@ ReportBody = (
 
 class Report(Msg, tag=160):
     """An application message for a member, in the member's outbound sequence; ``seq_out``
-    0 for a refusal by the gateway, which is outside the sequence and not replayed."""
+    0 for a refusal by the gateway, which is outside the sequence and not replayed.
+    ``index``, only in a refusal by the gateway, is the session's inbound frame index of
+    the refused command (counted as ``SessionReject.index``); 0 otherwise."""
 
     seq_out: int
     body: ReportBody
+    index: int = 0
 
 
 class Resent(Msg, tag=161):
@@ -400,6 +440,60 @@ class Disconnected(Msg, tag=177):
     req_id: int
     session_id: int
     found: bool  # False: no such session is connected
+
+
+class OrderState(IntEnum):
+    """An order's state in ``OrderStatus``."""
+
+    OPEN = 1  # resting (partly filled or not)
+    FILLED = 2  # filled completely
+    CANCELLED = 3  # cancelled (``reason``: the cancel reason); also an IOC/FOK/market rest
+    EXPIRED = 4  # expired at the end of the day
+    REJECTED = 5  # refused by the exchange's core (``reason``: the reject reason); no order id
+
+
+class OrderStatus(msgspec.Struct, array_like=True, gc=False):
+    order_id: int  # 0 for a rejected order
+    member: str
+    coid: str
+    instrument: str
+    side: int
+    ord_type: int
+    tif: int
+    price: int  # the limit now (an amend changes it); a market order's band limit
+    qty: int  # ordered: filled + open (an amend changes it)
+    filled: int
+    leaves: int  # open now (0 once finished)
+    state: int  # OrderState
+    reason: int  # why it was cancelled or rejected (CancelReason, Reason), else 0
+    ts: int  # accepted (or rejected)
+    last_ts: int  # the last change (fill, amend, cancel, expiry)
+
+
+class OrderStatusReply(Msg, tag=178):
+    req_id: int
+    orders: list[OrderStatus]  # empty when the order named is not one of the day's
+    more: bool  # listing the day: more orders after the last one here
+
+
+class TradeFill(msgspec.Struct, array_like=True, gc=False):
+    trade_id: int
+    seq: int
+    ts: int
+    order_id: int
+    coid: str
+    instrument: str
+    side: int
+    price: int
+    qty: int
+    liquidity: int  # 1 maker, 2 taker
+    fee: int  # fen: the trading and registry fees of this side (settled with the trade)
+
+
+class TradesReply(Msg, tag=179):
+    req_id: int
+    trades: list[TradeFill]
+    more: bool  # more after the last one here: ask again with after_trade_id
 
 
 # --- the operator feed (Watch) ----------------------------------------------------------
@@ -507,11 +601,12 @@ class SessionsReply(Msg, tag=185):
 
 
 ORDERS_PER_REPLY = 500
+TRADES_PER_REPLY = 500
 BOOK_LEVELS = 5
 
 SESSION_INBOUND: tuple[type, ...] = (Logon, Logout, Heartbeat, QueryOrders, QueryBalances, QueryBook, QueryInstruments,
-                                     Unlock, Watch, QuerySessions, Disconnect)
-QUERIES: tuple[type, ...] = (QueryOrders, QueryBalances, QueryBook, QueryInstruments)
+                                     Unlock, Watch, QuerySessions, Disconnect, QueryOrderStatus, QueryTrades)
+QUERIES: tuple[type, ...] = (QueryOrders, QueryBalances, QueryBook, QueryInstruments, QueryOrderStatus, QueryTrades)
 TRADER_COMMANDS: tuple[type, ...] = (NewOrder, Cancel, Amend, MassCancel, HitOrder)
 OPERATOR_COMMANDS: tuple[type, ...] = (Halt, Resume, MassCancel, EndOfDay)
 ENGINE_INBOUND: tuple[type, ...] = (NewOrder, Cancel, Amend, MassCancel, HitOrder, Halt, Resume, EndOfDay, SuspendMember,
@@ -528,8 +623,9 @@ def _registry_commands() -> tuple[tuple[type, ...], tuple[type, ...]]:
 CLERK_COMMANDS, AUTHORITY_COMMANDS = _registry_commands()
 INBOUND: tuple[type, ...] = ENGINE_INBOUND + CLERK_COMMANDS + AUTHORITY_COMMANDS + SESSION_INBOUND
 OUTBOUND: tuple[type, ...] = (
-    LogonAck, LogonReject, ServerHeartbeat, SessionReject, SessionClosed, Notice, Report, Resent,
+    LogonAck, LogonReject, ServerHeartbeat, SessionReject, SessionClosed, Notice, ReplayDone, Report, Resent,
     OrdersReply, BalancesReply, BookReply, InstrumentsReply, QueryRejected, Unlocked, Disconnected,
+    OrderStatusReply, TradesReply,
     InstrumentView, TradesView, ChartView, AlertView, HealthView, SessionsReply,
 )
 

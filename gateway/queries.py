@@ -12,14 +12,18 @@ levels.
 
 from __future__ import annotations
 
+import bisect
 import heapq
+import itertools
+import operator
 from collections.abc import Iterable
 from typing import Any
 
-from engine.messages import Side
+from engine.messages import Rejected, Side
 from gateway.protocol import (
     BOOK_LEVELS,
     ORDERS_PER_REPLY,
+    TRADES_PER_REPLY,
     Balance,
     BalancesReply,
     BookLevel,
@@ -29,13 +33,20 @@ from gateway.protocol import (
     InstrumentsReply,
     OpenOrder,
     OrdersReply,
+    OrderState,
+    OrderStatus,
+    OrderStatusReply,
     QueryBalances,
     QueryBook,
     QueryInstruments,
     QueryOrders,
+    QueryOrderStatus,
     QueryRejected,
+    QueryTrades,
+    TradeFill,
+    TradesReply,
 )
-from gateway.streams import Router
+from gateway.streams import DayOrder, MemberStream, Router
 
 BALANCES_PER_REPLY = 10_000  # rows of one BalancesReply (the rest is left out)
 LEVELS_MAX = 50  # best_levels of a QueryOrders
@@ -50,6 +61,20 @@ class Queries:
     def answer(self, member: str, sees_all: bool, q: Any) -> Any:
         engine = self.core.engine
         t = type(q)
+        if t is QueryOrderStatus or t is QueryTrades:
+            named = q.member
+            if not sees_all and named and named != member:
+                return QueryRejected(q.req_id, GatewayReason.NOT_PERMITTED, "you may query your own member only")
+            who = named if sees_all else member
+            stream = self.router.streams.get(who) if who in self.router.members else None
+            if stream is None:
+                return QueryRejected(q.req_id, GatewayReason.UNKNOWN_MEMBER,
+                                     f"unknown member {named!r}" if named else "name the member to query")
+            if q.instrument and q.instrument not in engine.markets:
+                return QueryRejected(q.req_id, GatewayReason.UNKNOWN_INSTRUMENT, f"unknown instrument {q.instrument!r}")
+            if t is QueryTrades:
+                return self._trades(q, stream)
+            return self._order_status(q, stream)
         if t is QueryOrders or t is QueryBalances:
             named = q.member
             if not sees_all and named and named != member:
@@ -66,6 +91,10 @@ class Queries:
                 if q.instrument not in engine.markets:
                     return QueryRejected(q.req_id, GatewayReason.UNKNOWN_INSTRUMENT,
                                          f"unknown instrument {q.instrument!r}")
+                if not sees_all and not named:
+                    # The orders a member may hit: every order at the best levels, the
+                    # other members' without member or client order id.
+                    return self._top_orders(q, "", viewer=member)
                 return self._top_orders(q, who)
             return self._orders(q, who)
         if t is QueryBook:
@@ -98,9 +127,11 @@ class Queries:
         return OrdersReply(q.req_id, [OpenOrder(o.order_id, o.member, o.coid, o.instrument, o.side, o.price, o.qty,
                                                 o.filled, o.ts) for o in page], len(found) > ORDERS_PER_REPLY)
 
-    def _top_orders(self, q: QueryOrders, member: str) -> OrdersReply:
+    def _top_orders(self, q: QueryOrders, member: str, viewer: str = "") -> OrdersReply:
         """The orders at the best levels of each side (see ``QueryOrders``): read level by
-        level from the book, so the cost is that of the orders listed."""
+        level from the book, so the cost is that of the orders listed. ``member``: only
+        that member's; ``viewer``: every order, those of other members than the viewer
+        anonymous (member and client order id "")."""
         engine = self.core.engine
         levels = min(q.best_levels, LEVELS_MAX)
         bids, asks = engine.depth(q.instrument, levels)
@@ -114,8 +145,11 @@ class Queries:
                     if len(rows) == ORDERS_PER_REPLY:
                         more = True
                         break
-                    rows.append(OpenOrder(o.order_id, o.member, o.coid, o.instrument, o.side, o.price, o.qty,
-                                          o.filled, o.ts))
+                    if viewer and o.member != viewer:
+                        rows.append(OpenOrder(o.order_id, "", "", o.instrument, o.side, o.price, o.qty, o.filled, o.ts))
+                    else:
+                        rows.append(OpenOrder(o.order_id, o.member, o.coid, o.instrument, o.side, o.price, o.qty,
+                                              o.filled, o.ts))
         return OrdersReply(q.req_id, rows, more)
 
     def _balances(self, q: QueryBalances, member: str) -> BalancesReply:
@@ -127,3 +161,63 @@ class Queries:
         out = [Balance(a, asset, b, h, available(a, asset) if available else b - h)
                for a, asset, b, h in rows if not member or a == member]
         return BalancesReply(q.req_id, out[:BALANCES_PER_REPLY])
+
+    def _order_status(self, q: QueryOrderStatus, stream: MemberStream) -> OrderStatusReply:
+        """One order of the day by id or client order id, or a page of the day's orders."""
+        member = stream.member
+        if q.order_id or q.coid:
+            order: DayOrder | None = None
+            if q.order_id:
+                order = stream.day.get(q.order_id)
+                if order is not None and q.coid and order.acc.coid != q.coid:
+                    order = None  # both named and they disagree: no such order
+            else:
+                rep = stream.coids.get(q.coid)
+                body: Any = rep.body if rep is not None else None
+                if type(body) is Rejected:
+                    return OrderStatusReply(q.req_id, [OrderStatus(
+                        0, member, body.coid, "", 0, 0, 0, 0, 0, 0, 0, REJECTED, body.reason, body.ts, body.ts)], False)
+                if body is not None:
+                    order = stream.day.get(body.order_id)
+            return OrderStatusReply(q.req_id, [_status(member, order)] if order is not None else [], False)
+        after, instrument = q.after_order_id, q.instrument
+        found = heapq.nsmallest(ORDERS_PER_REPLY + 1, (
+            oid for oid, o in stream.day.items() if oid > after and (not instrument or o.acc.instrument == instrument)))
+        day = stream.day
+        return OrderStatusReply(q.req_id, [_status(member, day[oid]) for oid in found[:ORDERS_PER_REPLY]],
+                                len(found) > ORDERS_PER_REPLY)
+
+    def _trades(self, q: QueryTrades, stream: MemberStream) -> TradesReply:
+        """A page of the member's fills of the day after ``after_trade_id`` (the list is
+        in trade id order: found by bisection)."""
+        fills = stream.fills
+        start = bisect.bisect_right(fills, q.after_trade_id, key=_TRADE_ID)
+        ledger = self.core.ledger
+        fees = getattr(ledger, "fees", None)
+        trading_ppm = fees.trading_ppm if fees is not None else 0
+        settlement_ppm = fees.settlement_ppm if fees is not None else 0
+        rows: list[TradeFill] = []
+        more = False
+        instrument = q.instrument
+        for f in itertools.islice(fills, start, None):
+            if instrument and f.instrument != instrument:
+                continue
+            if len(rows) == TRADES_PER_REPLY:
+                more = True
+                break
+            notional = f.price * f.qty
+            fee = notional * trading_ppm // PPM + notional * settlement_ppm // PPM
+            rows.append(TradeFill(f.trade_id, f.seq, f.ts, f.order_id, f.coid, f.instrument, f.side, f.price, f.qty,
+                                  f.liquidity, fee))
+        return TradesReply(q.req_id, rows, more)
+
+
+PPM = 1_000_000
+REJECTED = int(OrderState.REJECTED)
+_TRADE_ID = operator.attrgetter("trade_id")
+
+
+def _status(member: str, o: DayOrder) -> OrderStatus:
+    a = o.acc
+    return OrderStatus(a.order_id, member, a.coid, a.instrument, a.side, a.ord_type, a.tif, o.price, o.ordered,
+                       o.filled, o.qty, o.state, o.reason, a.ts, o.last_ts)

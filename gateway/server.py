@@ -433,8 +433,8 @@ class Server:
                     coid = getattr(cmd, "coid", "")
                     if coid and origin.coids.get(coid, False) is None:
                         del origin.coids[coid]  # never entered: the id is free again
-                    refusals.append(Rejected(0, now, origin.member, coid, getattr(cmd, "order_id", 0),
-                                             int(GatewayReason.JOURNAL_UNAVAILABLE), JOURNAL_REFUSED))
+                    refusals.append(Report(0, Rejected(0, now, origin.member, coid, getattr(cmd, "order_id", 0),
+                                                       int(GatewayReason.JOURNAL_UNAVAILABLE), JOURNAL_REFUSED)))
                     refused_to.append(origin)
                 # Ahead of the batch's other work: a retransmission queued with it comes
                 # after its original's refusal (see _resend).
@@ -508,7 +508,7 @@ class Server:
             if touched:  # reports queued so far go out ahead of this answer
                 self._encode(touched)
             t = type(msg)
-            if t is Rejected:
+            if t is Report:
                 self._refuse(frm, msg)
             elif t is _Dup:
                 self._resend(frm, msg.coid)
@@ -518,7 +518,7 @@ class Server:
             self._encode(touched)
         self._write()
 
-    def _refuse(self, to: MemberStream | Session, rej: Rejected) -> None:
+    def _refuse(self, to: MemberStream | Session, rep: Report) -> None:
         """A refusal by the gateway, outside the sequence: of a session's own command to
         that session alone; of commands the journal refused, to every session of the
         stream they came from (the session that sent them may be gone)."""
@@ -526,7 +526,7 @@ class Server:
         if not sessions:
             return
         buf = bytearray()
-        self.writer.append(buf, Report(0, rej))
+        self.writer.append(buf, rep)
         dirty = self._dirty_set
         for s in sessions:
             if s.state != CLOSED:

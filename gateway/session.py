@@ -77,6 +77,8 @@ from gateway.protocol import (
     Notice,
     QueryRejected,
     QuerySessions,
+    ReplayDone,
+    Report,
     Role,
     SessionClosed,
     SessionReject,
@@ -398,11 +400,11 @@ class Session(asyncio.Protocol):
                     submit_extra_from(self)
                     continue
                 if tokens < 1.0:
-                    self._reject(msg, GatewayReason.THROTTLED, "over the session's order rate")
+                    self._reject(msg, index, GatewayReason.THROTTLED, "over the session's order rate")
                     continue
                 tokens -= 1.0
                 if not 0 < len(coid) <= COID_MAX:
-                    self._reject(msg, GatewayReason.INVALID_FIELD, f"coid must have 1-{COID_MAX} characters, got {len(coid)}")
+                    self._reject(msg, index, GatewayReason.INVALID_FIELD, f"coid must have 1-{COID_MAX} characters, got {len(coid)}")
                     continue
                 coids[coid] = None  # pending: the core records the outcome
                 msg.member = member
@@ -410,12 +412,12 @@ class Session(asyncio.Protocol):
                 submit_origin(stream)
             elif kind == K_OWN:
                 if tokens < 1.0:
-                    self._reject(msg, GatewayReason.THROTTLED, "over the session's order rate")
+                    self._reject(msg, index, GatewayReason.THROTTLED, "over the session's order rate")
                     continue
                 tokens -= 1.0
                 if type(msg) is MassCancel:
                     if msg.reason != MASS_CANCEL:
-                        self._reject(msg, GatewayReason.INVALID_FIELD,
+                        self._reject(msg, index, GatewayReason.INVALID_FIELD,
                                      f"a mass cancel's reason must be {MASS_CANCEL}, got {msg.reason}")
                         continue
                     msg.actor = self.actor
@@ -431,7 +433,7 @@ class Session(asyncio.Protocol):
                 submit_extra_from(self)
             elif kind == K_STAFF:
                 if tokens < 1.0:
-                    self._reject(msg, GatewayReason.THROTTLED, "over the session's order rate")
+                    self._reject(msg, index, GatewayReason.THROTTLED, "over the session's order rate")
                     continue
                 tokens -= 1.0
                 if type(msg) is MassCancel:
@@ -439,11 +441,11 @@ class Session(asyncio.Protocol):
                     # member, which is not who sent it.
                     problem = self._staff_mass_cancel_problem(msg)
                     if problem is not None:
-                        self._reject(msg, *problem)
+                        self._reject(msg, index, *problem)
                         continue
                 elif type(msg) in (SuspendMember, ReinstateMember) and msg.member not in self.server.members:
                     # The engine knows no member list: a name that is not a member is refused here.
-                    self._reject(msg, GatewayReason.UNKNOWN_MEMBER, f"unknown member {msg.member!r}")
+                    self._reject(msg, index, GatewayReason.UNKNOWN_MEMBER, f"unknown member {msg.member!r}")
                     continue
                 msg.actor = self.actor  # every staff command names who ran it (its origin, for the record)
                 submit_cmd(msg)
@@ -470,10 +472,10 @@ class Session(asyncio.Protocol):
                 # A refusal costs a token like the command would: refusals cannot be
                 # had faster than commands.
                 if tokens < 1.0:
-                    self._reject(msg, GatewayReason.THROTTLED, "over the session's order rate")
+                    self._reject(msg, index, GatewayReason.THROTTLED, "over the session's order rate")
                     continue
                 tokens -= 1.0
-                self._reject(msg, GatewayReason.NOT_PERMITTED, f"role {self.role.name.lower()} may not send {type(msg).__name__}")
+                self._reject(msg, index, GatewayReason.NOT_PERMITTED, f"role {self.role.name.lower()} may not send {type(msg).__name__}")
             elif type(msg) in _OPS:
                 self._session_reject(index, GatewayReason.NOT_PERMITTED,
                                      f"role {self.role.name.lower()} may not send {type(msg).__name__}")
@@ -515,16 +517,17 @@ class Session(asyncio.Protocol):
             return GatewayReason.INVALID_FIELD, f"a mass cancel's reason must be {MASS_CANCEL}, got {msg.reason}"
         return None
 
-    def _reject(self, msg: Any, reason: int, text: str) -> None:
-        """An unsequenced Rejected (a Report with seq_out 0) for a command the gateway
-        refused. It goes through the core queue, so it follows the answers to what was
-        sent before it. The client order id stays unused: the order was not entered."""
+    def _reject(self, msg: Any, index: int, reason: int, text: str) -> None:
+        """An unsequenced Rejected (a Report with seq_out 0, naming the command's inbound
+        frame ``index``) for a command the gateway refused. It goes through the core
+        queue, so it follows the answers to what was sent in earlier reads. The client
+        order id stays unused: the order was not entered."""
         # What the refusal answers: an order's coid, or a registry command's ref (both
         # bounded by the decoder).
         coid = getattr(msg, "coid", "") or getattr(msg, "ref", "")
         self.refused += 1
         rej = Rejected(0, time.time_ns(), self.member, coid, getattr(msg, "order_id", 0), int(reason), text)
-        self.server.p_extra.append(rej)
+        self.server.p_extra.append(Report(0, rej, index))
         self.server.p_extra_from.append(self)  # this session's own refusal: to it alone
         self.server.wake()
 
@@ -633,6 +636,8 @@ class Session(asyncio.Protocol):
             sent = upto
             if not await self._wait_writable():
                 return
+        # The end of the replay: what follows is live (no await between this and joining).
+        self.send(ReplayDone(stream.seq))
         stream.sessions.append(self)
         self.joined = True
         self.state = ACTIVE

@@ -35,6 +35,7 @@ from engine.messages import (
     Accepted,
     Amended,
     Cancelled,
+    CancelReason,
     DayClosed,
     Decremented,
     Expired,
@@ -43,7 +44,7 @@ from engine.messages import (
     StatusChanged,
     Trade,
 )
-from gateway.protocol import Fill, Liquidity, Report
+from gateway.protocol import Fill, Liquidity, OrderState, Report
 
 log = logging.getLogger("etx.streams")
 
@@ -52,24 +53,53 @@ MAKER, TAKER = int(Liquidity.MAKER), int(Liquidity.TAKER)
 _NOT_YOURS, _UNKNOWN_ORDER = int(Reason.NOT_YOUR_ORDER), int(Reason.UNKNOWN_ORDER)
 
 
-class LiveOrder(msgspec.Struct, gc=False):
-    """The gateway's tracking of one live order: what its Fills need (the client order
-    id, the side, the open quantity after each fill). Not tracked by the garbage
-    collector: one is made per accepted order and nothing in it can form a cycle."""
+OPEN, FILLED, CANCELLED, EXPIRED = (int(OrderState.OPEN), int(OrderState.FILLED), int(OrderState.CANCELLED),
+                                    int(OrderState.EXPIRED))
+_STP = int(CancelReason.SELF_TRADE)
 
-    coid: str
-    side: int
-    qty: int
+
+class DayOrder(msgspec.Struct, array_like=True, gc=False):
+    """The gateway's record of one order of the trading day, open or finished: its
+    acceptance (the client order id, instrument, side, type ... and when) and what
+    changed since (the limit, the open quantity ``qty``, what filled, the state). While
+    open it is what the order's Fills need (client order id, side, open quantity after
+    each fill). Not tracked by the garbage collector: one is made per accepted order
+    and nothing in it can form a cycle."""
+
+    acc: Accepted
+    price: int
+    qty: int  # open now
+    ordered: int  # filled + open, as last set by the acceptance or an amend
+    filled: int = 0
+    state: int = OPEN
+    reason: int = 0  # of a cancel
+    last_ts: int = 0
+
+    @property
+    def coid(self) -> str:
+        return self.acc.coid
+
+    @property
+    def side(self) -> int:
+        return self.acc.side
+
+
+def day_order(order: Any) -> DayOrder:
+    """The record of an open order of the engine whose acceptance the gateway did not
+    see (a core restored from a snapshot without the day's records)."""
+    acc = Accepted(0, order.ts, order.member, order.coid, order.order_id, order.instrument, order.side, order.price,
+                   order.qty + order.filled, 1, order.tif)
+    return DayOrder(acc, order.price, order.qty, order.qty + order.filled, order.filled, OPEN, 0, order.ts)
 
 
 class MemberStream:
     """One member's outbound sequence: the last seq_out, the reports kept for replay
     (``history[i]`` has seq_out ``base + 1 + i``), the live sessions, the day's client
     order ids with their first outcome (None while in flight), and the member's open
-    orders (order id -> its ``LiveOrder``). Every event that concerns an order names
+    orders (order id -> its ``DayOrder``, also in ``day``, the day's orders). Every event that concerns an order names
     its member, so ``open`` is the one index of live orders the gateway keeps."""
 
-    __slots__ = ("member", "seq", "base", "history", "sessions", "coids", "mark", "open")
+    __slots__ = ("member", "seq", "base", "history", "sessions", "coids", "mark", "open", "day", "fills")
 
     def __init__(self, member: str) -> None:
         self.member = member
@@ -79,7 +109,9 @@ class MemberStream:
         self.sessions: list[Any] = []  # the joined sessions (gateway.session.Session)
         self.coids: dict[str, Report | None] = {}
         self.mark = -1  # index in history of the first report of the current batch
-        self.open: dict[int, LiveOrder] = {}
+        self.open: dict[int, DayOrder] = {}
+        self.day: dict[int, DayOrder] = {}  # every order accepted today, open or finished
+        self.fills: list[Fill] = []  # the member's fills of the day, in trade id order
 
     def _check(self) -> None:
         assert self.seq == self.base + len(self.history), (self.seq, self.base, len(self.history))
@@ -87,8 +119,8 @@ class MemberStream:
             assert rep.seq_out == self.base + 1 + i, (i, rep.seq_out)
         for s in self.sessions:
             assert s.stream is self and s.joined
-        for info in self.open.values():
-            assert type(info) is LiveOrder, info
+        for oid, info in self.open.items():
+            assert type(info) is DayOrder and info.state == OPEN and self.day.get(oid) is info, info
 
 
 class MemberState(msgspec.Struct, array_like=True):
@@ -100,6 +132,8 @@ class MemberState(msgspec.Struct, array_like=True):
     seq: int
     history: list[Report]
     outcomes: list[Report]
+    orders: list[DayOrder] = []  # the day's orders (since the snapshot format of issue 12)
+    fills: list[Fill] = []
 
 
 class GatewayState(msgspec.Struct, array_like=True):
@@ -118,17 +152,24 @@ class StreamsCapture:
     thread (the snapshot writer), a chunk of reports at a time so that it never holds
     the interpreter for long."""
 
-    def __init__(self, members: list[tuple[str, int, list[Report], list[Report]]]) -> None:
+    def __init__(self, members: list[tuple[str, int, list[Report], list[Report], list[DayOrder], dict[int, DayOrder],
+                                           list[Fill]]]) -> None:
         self.members = members
 
     @property
     def reports(self) -> int:
-        return sum(len(h) + len(o) for _, _, h, o in self.members)
+        return sum(len(m[2]) + len(m[3]) for m in self.members)
 
     def encode(self) -> bytes:
         encode = msgspec.msgpack.Encoder().encode
-        members = [MemberState(m, seq, cast(Any, _encode_list(encode, history)), cast(Any, _encode_list(encode, outcomes)))
-                   for m, seq, history, outcomes in self.members]
+        members = []
+        for m, seq, history, outcomes, day, open_copies, fills in self.members:
+            # A finished order never changes again; an open one may have changed since
+            # the capture, which copied it.
+            orders = [open_copies.get(o.acc.order_id, o) if o.state == OPEN else o for o in day]
+            members.append(MemberState(m, seq, cast(Any, _encode_list(encode, history)),
+                                       cast(Any, _encode_list(encode, outcomes)), cast(Any, _encode_list(encode, orders)),
+                                       cast(Any, _encode_list(encode, fills))))
         return encode(GatewayState(members))
 
 
@@ -185,7 +226,9 @@ class Router:
             t = type(ev)
             if t is Accepted:
                 stream = streams[ev.member]
-                stream.open[ev.order_id] = LiveOrder(ev.coid, ev.side, ev.qty)
+                order = DayOrder(ev, ev.price, ev.qty, ev.qty, 0, OPEN, 0, ev.ts)
+                stream.open[ev.order_id] = order
+                stream.day[ev.order_id] = order
                 seq = stream.seq + 1
                 stream.seq = seq
                 rep = Report(seq, ev)
@@ -196,20 +239,26 @@ class Router:
                 stream.coids[ev.coid] = rep
             elif t is Trade:
                 qty = ev.qty
+                ts = ev.ts
                 maker, taker = streams[ev.maker_member], streams[ev.taker_member]
                 m = maker.open.get(ev.maker_order_id) or self.untracked(ev.maker_order_id, ev.maker_member, 3 - ev.aggressor)
                 k = taker.open.get(ev.taker_order_id) or self.untracked(ev.taker_order_id, ev.taker_member, ev.aggressor)
-                m.qty -= qty
-                k.qty -= qty
                 for stream, oid, info, liquidity in ((maker, ev.maker_order_id, m, MAKER), (taker, ev.taker_order_id, k, TAKER)):
+                    info.qty -= qty
+                    info.filled += qty
+                    info.last_ts = ts
                     seq = stream.seq + 1
                     stream.seq = seq
                     if stream.mark < 0:
                         stream.mark = len(stream.history)
                         touched.append(stream)
-                    stream.history.append(Report(seq, Fill(ev.seq, ev.ts, oid, info.coid, ev.trade_id, ev.instrument,
-                                                           info.side, ev.price, qty, liquidity, info.qty)))
+                    acc = info.acc
+                    fill = Fill(ev.seq, ts, oid, acc.coid, ev.trade_id, ev.instrument, acc.side, ev.price, qty, liquidity,
+                                info.qty)
+                    stream.history.append(Report(seq, fill))
+                    stream.fills.append(fill)
                     if not info.qty:
+                        info.state = FILLED
                         del stream.open[oid]
             elif t is Rejected:
                 stream = origins[ev.seq - first_seq]
@@ -224,20 +273,34 @@ class Router:
                     stream.coids[ev.coid] = rep
             elif t is Cancelled or t is Expired:
                 stream = streams[ev.member]
-                stream.open.pop(ev.order_id, None)
+                done = stream.open.pop(ev.order_id, None)
+                if done is not None:
+                    done.qty = 0
+                    done.last_ts = ev.ts
+                    if t is Cancelled:
+                        done.state = CANCELLED
+                        done.reason = ev.reason
+                    else:
+                        done.state = EXPIRED
                 report(stream, ev, touched)
             elif t is Amended:
                 stream = streams[ev.member]
                 live = stream.open.get(ev.order_id)
                 if live is not None:
                     live.qty = ev.qty
+                    live.ordered = live.filled + ev.qty
+                    live.price = ev.price
+                    live.last_ts = ev.ts
                 report(stream, ev, touched)
             elif t is Decremented:
                 stream = streams[ev.member]
                 live = stream.open.get(ev.order_id)
                 if live is not None:
                     live.qty = ev.qty_left
+                    live.last_ts = ev.ts
                     if not ev.qty_left:
+                        live.state = CANCELLED
+                        live.reason = _STP
                         del stream.open[ev.order_id]
                 report(stream, ev, touched)
             elif t is StatusChanged:
@@ -246,7 +309,11 @@ class Router:
             elif t is DayClosed:
                 for stream in streams.values():
                     report(stream, ev, touched)
-                    stream.coids.clear()  # client order ids are unique per trading day
+                    # Client order ids are unique per trading day; the day's records start
+                    # again (an order still open, if any, goes on).
+                    stream.coids.clear()
+                    stream.day = dict(stream.open)
+                    stream.fills = []
             else:
                 # An event of the registry or settlement: to whoever sent the command.
                 member = getattr(ev, "member", None) or getattr(ev, "account", None)
@@ -284,10 +351,13 @@ class Router:
         client order ids (those still in flight have none: the journal after the
         snapshot has them)."""
         members = []
+        copy = msgspec.structs.replace
         for stream in self.streams.values():
             history = stream.history[-history_max:] if history_max > 0 else []
             outcomes = [rep for rep in stream.coids.values() if rep is not None]
-            members.append((stream.member, stream.seq, history, outcomes))
+            open_copies = {oid: copy(o) for oid, o in stream.open.items()}
+            members.append((stream.member, stream.seq, history, outcomes, list(stream.day.values()), open_copies,
+                            list(stream.fills)))
         return StreamsCapture(members)
 
     def restore(self, state: GatewayState, open_orders: Iterable[tuple[int, str, str, int, int]]) -> None:
@@ -305,10 +375,18 @@ class Router:
             stream.base = ms.seq - len(ms.history)
             stream.history = ms.history
             stream.coids = {cast(Any, rep.body).coid: rep for rep in ms.outcomes}  # Accepted or Rejected
+            stream.day = {o.acc.order_id: o for o in ms.orders}
+            stream.fills = ms.fills
             stream._check()
         streams = self.streams
-        for order_id, member, coid, side, qty in open_orders:
-            streams[member].open[order_id] = LiveOrder(coid, side, qty)
+        orders = self.engine.orders
+        for order_id, member, _coid, _side, qty in open_orders:
+            stream = streams[member]
+            known = stream.day.get(order_id)
+            if known is None or known.state != OPEN:  # a snapshot made before the day's records were kept
+                known = stream.day[order_id] = day_order(orders[order_id])
+            known.qty = qty
+            stream.open[order_id] = known
 
     @property
     def track(self) -> dict[int, tuple[str, int, int, MemberStream]]:
@@ -317,13 +395,16 @@ class Router:
         return {oid: (info.coid, info.side, info.qty, stream)
                 for stream in self.streams.values() for oid, info in stream.open.items()}
 
-    def untracked(self, order_id: int, member: str, side: int) -> LiveOrder:
+    def untracked(self, order_id: int, member: str, side: int) -> DayOrder:
         """Tracking for an order the gateway did not see accepted (a core restored from
         a snapshot): the engine still has it before its fill is routed."""
+        stream = self.streams[member]
         order = self.engine.orders.get(order_id)
-        coid = order.coid if order is not None else ""
-        qty = order.qty if order is not None else 0
-        info = self.streams[member].open[order_id] = LiveOrder(coid, side, qty)
+        if order is None:  # filled in this very batch: only the fill's own fields are known
+            info = DayOrder(Accepted(0, 0, member, "", order_id, "", side, 0, 0, 1, 1), 0, 0, 0)
+        else:
+            info = day_order(order)
+        stream.open[order_id] = stream.day[order_id] = info
         return info
 
     def track_core_orders(self) -> None:

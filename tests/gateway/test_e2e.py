@@ -575,8 +575,9 @@ async def test_a_retransmission_over_the_throttle_still_gets_the_original_outcom
 @run
 async def test_orders_at_the_best_levels() -> None:
     """``QueryOrders.best_levels``: the orders resting at the best levels of each side,
-    bids then asks, best first and in time priority within a level; a member sees its
-    own there too, staff everyone's; the query names an instrument that exists."""
+    bids then asks, best first and in time priority within a level; a member sees them
+    all (the orders it may hit), other members' without member or client order id, staff
+    everyone's; the query names an instrument that exists."""
     async with Harness() as h:
         op = await h.client("EXCH", "op")
         m1 = await h.client("M1", "t1")
@@ -592,8 +593,13 @@ async def test_orders_at_the_best_levels() -> None:
         assert not top.more
         assert [o.qty for o in (await op.query_top_orders(SYMBOL, 1)).orders] == [3, 6]
         assert [o.qty for o in (await op.query_top_orders(SYMBOL, 2, member="M2")).orders] == [2, 5]
-        # A member sees only its own orders, at the same levels.
-        assert [o.qty for o in (await m2.query_top_orders(SYMBOL, 2)).orders] == [2, 5]
+        # A member sees every order there (it may hit any of them), the others' anonymous ...
+        seen = (await m2.query_top_orders(SYMBOL, 2)).orders
+        assert [(o.member, o.coid != "", o.qty) for o in seen] == [
+            ("", False, 3), ("", False, 1), ("M2", True, 2), ("", False, 6), ("M2", True, 5)]
+        assert [o.order_id for o in seen] == [o.order_id for o in top.orders]
+        # ... and naming itself, only its own.
+        assert [o.qty for o in (await m2.query_top_orders(SYMBOL, 2, member="M2")).orders] == [2, 5]
         with pytest.raises(QueryError) as e:
             await m2.query_top_orders(SYMBOL, 2, member="M1")
         assert e.value.reason == GatewayReason.NOT_PERMITTED

@@ -28,6 +28,7 @@ from gateway.protocol import (
     LogonAck,
     LogonReject,
     QueryInstruments,
+    ReplayDone,
     Report,
     Role,
     ServerHeartbeat,
@@ -47,6 +48,7 @@ class Raw:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.buf = b""
+        self.replay_done: list[ReplayDone] = []  # the end-of-replay markers, which recv() skips
 
     @classmethod
     async def open(cls, port: int, rcvbuf: int = 0, source: str = "") -> Raw:
@@ -72,7 +74,11 @@ class Raw:
                 n = int.from_bytes(self.buf[:4], "big")
                 if len(self.buf) >= 4 + n:
                     body, self.buf = self.buf[4:4 + n], self.buf[4 + n:]
-                    return DECODE(body)
+                    msg = DECODE(body)
+                    if type(msg) is ReplayDone:
+                        self.replay_done.append(msg)
+                        continue
+                    return msg
             data = await asyncio.wait_for(self.reader.read(65536), timeout)
             if not data:
                 return None
