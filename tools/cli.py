@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "console": ("console.app", "the market operator's console in the browser (a web application)"),
     "ops": ("terminal.ops", "the market operator's actions and views in the terminal"),
     "watch": ("terminal.watch", "one instrument live in the terminal: ladder, trades, statistics"),
+    "trader": ("terminal.trader", "a trading member's terminal: book, orders, fills, balances, order entry"),
 }
 
 

@@ -1,0 +1,192 @@
+"""``etx trader``: a dealer's terminal, driven with Textual's pilot against a real
+``etx serve`` (a subprocess, plain TCP, SQLite registry): logon, enter, amend, cancel,
+hit an order among the best five, see the fill and the balances change, survive a
+dropped connection (the report made while away is replayed and shown as such)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine.messages import Side
+from gateway.client import Client
+from gateway.protocol import CodMode
+from settlement import Allocate, Deposit, HolderType, OpenAccount
+from terminal.trader import TraderApp, parse_price
+from tests.integration.exchange import SECRET, Exchange, run, staff_command
+
+SYMBOL = "CEA24"
+CASH = 100_000_000  # fen
+ALLOWANCES = 10_000  # t
+
+
+def cells(app: TraderApp, selector: str) -> list[list[str]]:
+    from textual.widgets import DataTable
+
+    table = app.query_one(selector, DataTable)
+    return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+async def until(pilot: Any, check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        got = check()
+        if got:
+            return got
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def command(pilot: Any, app: TraderApp, text: str) -> None:
+    """Type a command line as a dealer would, and press Enter."""
+    from textual.widgets import Input
+
+    entry = app.query_one("#command", Input)
+    entry.focus()
+    entry.value = ""
+    for ch in text:
+        await pilot.press("space" if ch == " " else "full_stop" if ch == "." else ch)
+    assert entry.value == text, entry.value
+    await pilot.press("enter")
+
+
+def said(app: TraderApp, start: str) -> str | None:
+    return next((line for line in reversed(app.lines) if line.startswith(start)), None)
+
+
+async def fund(ex: Exchange) -> None:
+    clerk = Client("127.0.0.1", ex.port, "EXCH", "clerk", SECRET, cod=CodMode.OFF)
+    auth = Client("127.0.0.1", ex.port, "EXCH", "auth", SECRET, cod=CodMode.OFF)
+    await clerk.connect()
+    await auth.connect()
+    for m in ("M1", "M2"):
+        assert type(await staff_command(clerk, OpenAccount("", m, int(HolderType.COMPLIANCE), f"{m} Ltd"))).__name__ \
+            == "RegistryDone"
+        assert type(await staff_command(clerk, Deposit("", m, CASH))).__name__ == "RegistryDone"
+        assert type(await staff_command(auth, Allocate("", "AUTHORITY", m, SYMBOL, ALLOWANCES))).__name__ \
+            == "RegistryDone"
+    await clerk.close()
+    await auth.close()
+
+
+def test_prices_are_read_exactly() -> None:
+    assert parse_price("100.25") == 10_025 and parse_price("99") == 9_900
+    for bad in ("100.255", "-1", "0", "abc", "nan", "inf"):
+        try:
+            parse_price(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} was taken as a price")
+
+
+def test_a_dealer_trades_amends_cancels_hits_and_survives_a_dropped_connection(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        ex = Exchange(tmp_path)
+        await ex.start()
+        try:
+            await fund(ex)
+            other = Client("127.0.0.1", ex.port, "M2", "tM2", SECRET, cod=CodMode.OFF)
+            await other.connect()
+            dealer = Client("127.0.0.1", ex.port, "M1", "tM1", SECRET, cod=CodMode.OFF)
+            await dealer.connect()
+            app = TraderApp(dealer, SYMBOL, [SYMBOL])
+            async with app.run_test(size=(180, 50)) as pilot:
+                await until(pilot, lambda: any(r[0] == "CNY" for r in cells(app, "#balances")), "the balances")
+                assert cells(app, "#balances") == [["CNY", "1,000,000.00", "0.00", "", "1,000,000.00"],
+                                                   [SYMBOL, "10,000 t", "0 t", "0 t", "10,000 t"]]
+
+                # Enter: the order shows once the exchange accepted it.
+                await command(pilot, app, "buy 100 100.00")
+                accepted = await until(pilot, lambda: said(app, "accepted: order"), "the acceptance")
+                order_id = accepted.split()[2]
+                await until(pilot, lambda: cells(app, "#orders"), "the open order")
+                assert cells(app, "#orders")[0][:7] == [order_id, cells(app, "#orders")[0][1], SYMBOL, "buy", "100.00",
+                                                        "100", "0"]
+                held = await until(pilot, lambda: next((r[2] for r in cells(app, "#balances")
+                                                        if r[0] == "CNY" and r[2] != "0.00"), None), "the cash held")
+                assert held == "10,003.50"  # 100 t at 100.00 plus fees (0.03 % + 0.005 %)
+
+                # Amend: the key fills the command line with the selected order; Enter sends it.
+                app.query_one("#orders").focus()
+                await pilot.press("a")
+                entry = app.query_one("#command")
+                assert entry.value == f"amend {order_id} 100.00 100"  # type: ignore[attr-defined]
+                entry.value = f"amend {order_id} 100.05 80"  # type: ignore[attr-defined]
+                await pilot.press("enter")
+                await until(pilot, lambda: said(app, f"amended: order {order_id}"), "the amendment")
+                await until(pilot, lambda: cells(app, "#orders") and cells(app, "#orders")[0][4:6] == ["100.05", "80"],
+                            "the amended order")
+
+                # Another member sells into it: the fill, its fee and the balances change.
+                other.new_order(SYMBOL, Side.SELL, 30, 10_005)
+                await until(pilot, lambda: said(app, "fill: bought 30 t"), "the fill")
+                await until(pilot, lambda: cells(app, "#fills"), "the fills table")
+                fill = cells(app, "#fills")[0]
+                assert fill[1:7] == [SYMBOL, "buy", "100.05", "30", "maker", "1.05"], fill  # 3,001.50 x 0.035 %
+                await until(pilot, lambda: [r for r in cells(app, "#balances") if r[0] == SYMBOL] == [
+                    [SYMBOL, "10,030 t", "0 t", "30 t", "10,000 t"]], "the allowances bought (sellable tomorrow)")
+
+                # Hit an order among the best five: the other member's offer, chosen in the book's orders.
+                other.new_order(SYMBOL, Side.SELL, 20, 10_050)
+                target = await until(pilot, lambda: next((r for r in cells(app, "#top") if r[2] == "100.50"), None),
+                                     "the offer among the best five")
+                assert target[4] == "·"  # another member's order: anonymous
+                top = app.query_one("#top")
+                top.focus()
+                top.move_cursor(row=[r[0] for r in cells(app, "#top")].index(target[0]))  # type: ignore[attr-defined]
+                await pilot.press("h")
+                assert entry.value == f"hit {target[0]} 20"  # type: ignore[attr-defined]
+                await pilot.press("enter")
+                await until(pilot, lambda: said(app, "fill: bought 20 t"), "the hit's fill")
+                assert said(app, f"accepted: order")
+
+                # Cancel the rest of the first order.
+                app.query_one("#orders").focus()
+                await pilot.press("x")
+                assert entry.value == f"cancel {order_id}"  # type: ignore[attr-defined]
+                await pilot.press("enter")
+                await until(pilot, lambda: said(app, f"cancelled: order {order_id}, 50 t"), "the cancel")
+                await until(pilot, lambda: not cells(app, "#orders"), "no open order")
+
+                # A mistake is explained and nothing is sent.
+                seq = dealer.last_seq
+                await command(pilot, app, "buy ten 100")
+                assert said(app, "not sent: not a quantity")
+                await command(pilot, app, "sell 5 100.001")
+                assert said(app, "not sent: not a price")
+                # An order the exchange rejects says why.
+                await command(pilot, app, "buy 5 200.00")
+                await until(pilot, lambda: said(app, "rejected: buy 5 CEA24 200.00"), "the rejection")
+                assert dealer.last_seq == seq + 1
+
+                # A dropped connection: reconnected with replay; what happened meanwhile is shown.
+                await command(pilot, app, "buy 10 99.00")
+                await until(pilot, lambda: any(r[4] == "99.00" for r in cells(app, "#orders")), "the resting bid")
+                gate = asyncio.Event()
+                reconnect = dealer.reconnect
+
+                async def held_back(timeout: float = 10.0) -> Any:
+                    await gate.wait()
+                    return await reconnect(timeout)
+
+                dealer.reconnect = held_back  # type: ignore[method-assign]
+                dealer.abort()
+                await until(pilot, lambda: said(app, "connection lost"), "the lost connection")
+                assert "disconnected" in str(app.query_one("#status").render())
+                other.new_order(SYMBOL, Side.SELL, 10, 9_900)  # trades with the bid while the dealer is away
+                await other.query_instruments()
+                gate.set()
+                await until(pilot, lambda: said(app, "reconnected"), "the reconnection")
+                assert said(app, "reconnected") == "reconnected: 1 report while away", app.lines[-5:]
+                await until(pilot, lambda: said(app, "fill (while away): bought 10 t"), "the replayed fill")
+                await until(pilot, lambda: "connected" in str(app.query_one("#status").render()), "the status")
+                await until(pilot, lambda: len(cells(app, "#fills")) == 3, "three fills")
+                await pilot.press("q")
+            await other.close()
+            await dealer.close()
+        finally:
+            assert ex.stop() == 0
+    run(scenario())
