@@ -134,6 +134,15 @@ async def scenario(tmp_path: Path) -> None:
         assert not s.problems, "\n".join(s.problems)
 
         coid, order_id = early
+        # The day's records crossed the snapshot and the journal tail: the order accepted
+        # long before is found by id and by client order id, every fill of the day is listed.
+        status = await laggard.client.query_order_status(order_id)
+        assert status is not None and status.coid == coid
+        assert await laggard.client.query_order_status(coid=coid) == status
+        day = {o.order_id for o in await laggard.client.query_day_orders()}
+        assert set(laggard.accepted.values()) <= day
+        trades = await laggard.client.query_all_trades()
+        assert {(t.trade_id, t.order_id) for t in trades} == set(laggard.fills)
         laggard.client.new_order(SYMBOL, Side.BUY, 1, 10_000, coid=coid)
         again = await laggard.client.wait_for(lambda m: type(m) is Resent, 10)
         assert type(again.body) is Accepted and again.body.order_id == order_id and again.body.coid == coid
