@@ -190,3 +190,43 @@ def test_a_dealer_trades_amends_cancels_hits_and_survives_a_dropped_connection(t
         finally:
             assert ex.stop() == 0
     run(scenario())
+
+
+def test_mistakes_at_start_end_in_one_line(tmp_path: Path) -> None:
+    """No exchange, a credentials file others can read, a wrong secret, an unknown
+    instrument: one line saying what to fix, exit 2, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from gateway.credentials import Credentials, write_file
+    from tests.integration.exchange import ROOT
+
+    def trader(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tools.cli", "trader", *argv], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+    good = write_file(tmp_path / "good.cred", Credentials("M1", "tM1", SECRET))
+    wrong = write_file(tmp_path / "wrong.cred", Credentials("M1", "tM1", "not-the-secret"))
+    loose = write_file(tmp_path / "loose.cred", Credentials("M1", "tM1", SECRET))
+    os.chmod(loose, 0o644)
+    done = trader("--data", str(tmp_path / "nothing"), "--credentials", str(good))
+    assert done.returncode == 2 and done.stderr.startswith("etx trader: no exchange is running on"), done.stderr
+
+    async def scenario() -> list[subprocess.CompletedProcess[str]]:
+        ex = Exchange(tmp_path)
+        await ex.start()
+        try:
+            runs = []
+            for argv in ((str(loose),), (str(wrong),), (str(good), "NOPE")):
+                runs.append(await asyncio.to_thread(trader, "--data", str(ex.data), "--credentials", *argv))
+            return runs
+        finally:
+            ex.stop()
+
+    loose_run, wrong_run, unknown_run = run(scenario())
+    assert "can be read by others (mode 644)" in loose_run.stderr, loose_run.stderr
+    assert "refused the logon of M1/tM1" in wrong_run.stderr, wrong_run.stderr
+    assert "no instrument 'NOPE' (the exchange lists CEA24)" in unknown_run.stderr, unknown_run.stderr
+    for r in (loose_run, wrong_run, unknown_run):
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
