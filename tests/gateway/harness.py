@@ -67,12 +67,16 @@ class Harness:
     """``async with Harness() as h:`` a listening server; ``await h.client("M1", "t1")``."""
 
     def __init__(self, cfg: SessionSection | None = None, exchange: Exchange | None = None,
-                 ssl: Any = None, **auth: Any) -> None:
+                 ssl: Any = None, *, members: tuple[str, ...] = MEMBERS,
+                 users: list[tuple[str, str, Role]] | None = None, **auth: Any) -> None:
+        """``members`` and ``users`` replace M1..M3 and ``USERS`` (each user's secret is
+        ``SECRET``); the exchange then opens and funds those members."""
         self.ssl = ssl  # the server's SSLContext, for TLS
-        self.exchange = exchange or make_exchange()
+        self.exchange = exchange or make_exchange(members)
         self.cfg = cfg or SessionSection()
-        self.auth = Authenticator([User(member=m, user=u, role=r, secret_hash=_HASH) for m, u, r in USERS], **auth)
-        self.server = Server(self.exchange, self.auth, MEMBERS, self.cfg, operator_member=OPERATOR_MEMBER, tick_s=0)
+        users = USERS if users is None else users
+        self.auth = Authenticator([User(member=m, user=u, role=r, secret_hash=_HASH) for m, u, r in users], **auth)
+        self.server = Server(self.exchange, self.auth, members, self.cfg, operator_member=OPERATOR_MEMBER, tick_s=0)
         self.port = 0
         self.clients: list[Client] = []
 
