@@ -43,8 +43,9 @@ from typing import Any
 import aiohttp
 import aiomqtt
 
+from benchmarks.blast import drive
 from benchmarks.browser import browser, log_on, text_of, wait_until
-from benchmarks.load import Spawned, drive
+from benchmarks.spawn import Spawned
 
 ROOT = Path(__file__).resolve().parent.parent
 

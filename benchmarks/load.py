@@ -1,401 +1,400 @@
-"""``etx load``: load-test an exchange over TCP and report throughput and latency.
+"""``etx load``: load-test an exchange over TCP and write a report people can read.
 
-One process drives ``--pairs`` pairs of member sessions (a buyer and a seller member
-each) against a running exchange, or against one it starts itself (``--spawn``: ``etx
-serve`` in a subprocess on a fresh folder, journal and SQLite registry included, whose
-members the load tool funds through the registry clerk and authority first).
+Against an exchange it starts itself (``--spawn``: ``etx serve`` on a fresh temporary
+folder, journal and SQLite registry included, its members funded through the registry;
+the folder is removed afterwards unless ``--keep``) or a running one (``--data DIR`` or
+``--exchange HOST:PORT``, with the member users' credentials files, ``--credentials``,
+repeatable: never secrets on the command line).
 
-- Throughput (``--rate 0``): each session sends pre-encoded orders as fast as the
-  exchange acknowledges them, keeping at most ``--window`` unacknowledged orders in
-  flight; the figure is acknowledged orders (Accepted or Rejected reports) per second.
-- Latency (``--rate N``): orders are sent at N per second in total, paced every
-  millisecond; the latency of an order is the time from its write to the arrival of
-  its acknowledgement, on this machine's monotonic clock. Median and 99th percentile.
+- Open loop (``--rate N``): N commands a second whatever the exchange does; latency from
+  each command's intended send time (benchmarks/loadgen.py). Closed loop (no
+  ``--rate``): as fast as answered, ``--window`` unanswered per session.
+- ``--mix``: the commands' shares (limit, market, IOC, FOK, hit, cancel, amend), the
+  crossing share, sizes; ``--seed``; ``--seconds`` or ``--orders``.
+- ``--ramp START:STEP[:MAX]``: open-loop steps of ``--step-seconds`` until the p99
+  passes ``--p99-limit-ms`` or errors pass ``--error-limit``; the highest sustainable rate,
+  then the latency at half of it.
+- ``--lobster [FILE]``: the LOBSTER day through the gateway (benchmarks/lobster_feed.py)
+  at its recorded pace, ``--speed`` times faster, or ``--speed max``.
 
-Orders are limits on both sides of the reference price; a tenth of them are priced
-through the other side and trade (every fill is settled by the exchange's ledger and
-written to its registry), the rest rest in the book, as most orders do on a market.
-The load generator is deliberately lean (pre-encoded frames, a bare asyncio Protocol,
-one decoder) so that it does not measure itself.
+A live progress line (elapsed, sent, answered, rate, p50/p99 of the last second,
+errors) on a terminal; the report (JSON, Markdown, PNG charts: benchmarks/loadreport.py)
+in ``--report DIR`` (default ``etx-load-YYYYMMDD-HHMMSS`` here). With ``--spawn`` the
+counts are reconciled with the exchange's own after it stops: commands in its journal,
+trades settled in its registry. Every mistake ends in one line saying what to fix.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import random
-import secrets
-import subprocess
+import shlex
+import sqlite3
 import sys
-import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from engine import NewOrder, Side
-from gateway.auth import hash_secret
-from gateway.client import Client
-from gateway.framing import MAX_OUTBOUND_FRAME, FrameSplitter, encode_frame
-from gateway.protocol import PROTOCOL_VERSION, CodMode, Heartbeat, Logon, Report
+from benchmarks import loadreport
+from benchmarks.loadgen import Generator, Instrument, Mix, MixError, RunResult, Tick
+from benchmarks.lobster import LobsterError
+from benchmarks.spawn import Spawned
+from gateway.credentials import CredentialsError, from_file
 
-SYMBOL = "CEA24"
-REF = 10_000
-_ACCEPTED, _REJECTED, _FILL = 101, 102, 170
+DEFAULT_LOBSTER = Path(__file__).resolve().parents[2] / "shared" / "data" / "lobster"
 
 
-class LoadResult(msgspec.Struct):
-    orders: int
-    acked: int
-    rejected: int
-    fills: int
-    seconds: float
-    rate: float  # acknowledged orders per second
-    latency_p50_us: float = 0.0
-    latency_p99_us: float = 0.0
-    latency_p999_us: float = 0.0
-    latency_max_us: float = 0.0
-    target_rate: int = 0
-
-
-class _Session(asyncio.Protocol):
-    """A bare member session: pre-encoded orders out, acknowledgements counted in."""
-
-    def __init__(self) -> None:
-        self.splitter = FrameSplitter(MAX_OUTBOUND_FRAME)
-        self.decode = msgspec.msgpack.decode  # generic: only the tag and a few fields are read
-        self.transport: asyncio.Transport | None = None
-        self.acked = self.rejected = self.fills = 0
-        self.sent_at: list[float] = []  # send time per order index
-        self.latencies: list[float] = []
-        self.prefix = ""  # client order ids of this run start with it
-        self.logged_on: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.closed = asyncio.get_running_loop().create_future()
-        self.wake = asyncio.Event()
-        self.timing = False
-        self.clock = time.perf_counter
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.wake.set()
-        if not self.closed.done():
-            self.closed.set_result(exc)
-        if not self.logged_on.done():
-            self.logged_on.set_exception(ConnectionError("closed before logon"))
-
-    def data_received(self, data: bytes) -> None:
-        decode = self.decode
-        now = self.clock()
-        for frame in self.splitter.split(data):
-            msg = decode(frame)
-            tag = msg[0]
-            if tag == 160:  # Report(seq_out, body)
-                body = msg[2]
-                kind = body[0]
-                if kind == _ACCEPTED or kind == _REJECTED:
-                    if not body[4].startswith(self.prefix):
-                        continue  # replayed at logon from an earlier run
-                    self.acked += 1
-                    if kind == _REJECTED:
-                        self.rejected += 1
-                    if self.timing:
-                        coid = body[4]
-                        idx = int(coid[coid.rindex("-") + 1:])
-                        self.latencies.append(now - self.sent_at[idx])
-                elif kind == _FILL and body[4].startswith(self.prefix):
-                    self.fills += 1
-            elif tag == 150 and not self.logged_on.done():
-                self.logged_on.set_result(msg)
-            elif tag in (151, 154):
-                if not self.logged_on.done():
-                    self.logged_on.set_exception(ConnectionError(f"refused: {msg}"))
-        self.wake.set()
-
-
-WRITE_FRAMES = 4096  # orders joined into one socket write by the throughput mode
-CROSS_SHARE = 0.1  # orders priced through the other side's book; the rest rest passively
-
-
-def _orders(member: str, prefix: str, side: int, n: int, rng: random.Random, qty_max: int) -> list[bytes]:
-    # Client order ids are PREFIX-INDEX: the index finds the send time of an order.
-    """Passive limits 1-30 ticks from the reference on the order's own side, and a
-    share priced 20 ticks through it that trade against the other side's book."""
-    out = []
-    sign = -1 if side == Side.BUY else 1
-    for i in range(n):
-        price = REF - sign * 20 if rng.random() < CROSS_SHARE else REF + sign * rng.randint(1, 30)
-        out.append(encode_frame(NewOrder(member, f"{prefix}-{i}", SYMBOL, side, rng.randint(1, qty_max), price)))
-    return out
-
-
-async def _open(host: str, port: int, member: str, user: str, secret: str, prefix: str) -> _Session:
-    loop = asyncio.get_running_loop()
-    _, proto = await loop.create_connection(_Session, host, port)
-    proto.prefix = prefix  # before the logon: replayed reports of earlier runs must not count
-    assert proto.transport is not None
-    proto.transport.write(encode_frame(Logon(PROTOCOL_VERSION, member, user, secret, 0, int(CodMode.ON))))
-    await asyncio.wait_for(proto.logged_on, 10)
-    return proto
-
-
-async def drive(host: str, port: int, creds: list[tuple[str, str, str, int]], *, seconds: float, rate: int,
-                window: int = 20_000, qty_max: int = 10, seed: int = 1) -> LoadResult:
-    """Run the load over sessions given as (member, user, secret, side)."""
-    rng = random.Random(seed)
-    n = len(creds)
-    per = int((rate or 150_000) * seconds / n * 1.2) + 1000
-    run_id = os.urandom(3).hex()
-    # Encoded before logging on: the sessions must not sit silent past the heartbeat timeout.
-    frames = [_orders(m, f"{run_id}{k}", side, per, rng, qty_max) for k, (m, _, _, side) in enumerate(creds)]
-    sessions = [await _open(host, port, m, u, s, f"{run_id}{k}-") for k, (m, u, s, _) in enumerate(creds)]
-    loop = asyncio.get_running_loop()
-    beat = encode_frame(Heartbeat())
-
-    async def heartbeats() -> None:
-        while True:
-            await asyncio.sleep(0.3)
-            for s in sessions:
-                if s.transport is not None and not s.transport.is_closing():
-                    s.transport.write(beat)
-
-    beating = asyncio.create_task(heartbeats())
-    for s in sessions:
-        s.sent_at = [0.0] * per
-        s.timing = bool(rate)
-    start = loop.time()
-    end = start + seconds
-    sent = [0] * n
-
-    async def blast(k: int) -> None:  # throughput: keep `window` orders in flight
-        s, fr = sessions[k], frames[k]
-        while loop.time() < end and sent[k] < per and not s.closed.done():
-            # Fill the whole window at once (in writes of at most WRITE_FRAMES frames),
-            # so that the exchange always has input queued and never waits on this tool.
-            upto = min(per, s.acked + window)
-            while sent[k] < upto:
-                step = min(upto, sent[k] + WRITE_FRAMES)
-                s.transport.write(b"".join(fr[sent[k]:step]))  # type: ignore[union-attr]
-                sent[k] = step
-            s.wake.clear()
-            await s.wake.wait()
-
-    async def pace() -> None:  # latency: `rate` orders a second, written every millisecond or so
-        total = 0
-        t0 = time.perf_counter()
-        while loop.time() < end:
-            now = time.perf_counter()
-            due = int((now - t0) * rate) - total  # catches up if a sleep ran long
-            if due >= 1:
-                # The orders due now, spread over the sessions in turn; each session
-                # writes its share in one write, as a client does that sends several
-                # orders in one turn of its loop.
-                first = total % n  # who is next in turn
-                total += due
-                for k in range(n):
-                    s = sessions[k]
-                    if s.closed.done():
-                        raise ConnectionError("the exchange closed a load session")
-                    share = due // n + (1 if (k - first) % n < due % n else 0)
-                    i = sent[k]
-                    upto = min(per, i + share)
-                    if upto <= i:
-                        continue
-                    s.sent_at[i:upto] = [now] * (upto - i)
-                    s.transport.write(b"".join(frames[k][i:upto]))  # type: ignore[union-attr]
-                    sent[k] = upto
-                if all(sent[k] >= per for k in range(n)):
-                    return
-            await asyncio.sleep(0.001)
-
-    if rate:
-        await pace()
-    else:
-        await asyncio.gather(*(blast(k) for k in range(n)))
-    elapsed = loop.time() - start
-    # Let the acknowledgements of what was sent arrive (bounded wait).
-    deadline = loop.time() + 30
-    while sum(s.acked for s in sessions) < sum(sent) and loop.time() < deadline:
-        if any(s.closed.done() for s in sessions):
-            break
-        await asyncio.sleep(0.01)
-    beating.cancel()
-    if any(s.closed.done() for s in sessions):
-        raise ConnectionError("the exchange closed a load session before acknowledging everything")
-    acked_total = sum(s.acked for s in sessions)
-    if not rate:
-        elapsed = loop.time() - start  # throughput counts until the last acknowledgement
-    lat = sorted(x for s in sessions for x in s.latencies)
-    for s in sessions:
-        assert s.transport is not None
-        s.transport.close()
-    res = LoadResult(sum(sent), acked_total, sum(s.rejected for s in sessions), sum(s.fills for s in sessions),
-                     elapsed, acked_total / elapsed if elapsed else 0.0, target_rate=rate)
-    if lat:
-        res.latency_p50_us = lat[len(lat) // 2] * 1e6
-        res.latency_p99_us = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6
-        res.latency_p999_us = lat[min(len(lat) - 1, int(len(lat) * 0.999))] * 1e6
-        res.latency_max_us = lat[-1] * 1e6
-    return res
-
-
-# --- a spawned exchange ---------------------------------------------------------------
-
-
-class Spawned:
-    """``etx serve`` in a subprocess on a fresh folder, with funded load members."""
-
-    def __init__(self, pairs: int, folder: str | None = None, serve_args: list[str] | None = None,
-                 log_path: str | None = None, market_data: bool = False) -> None:
-        self.folder = Path(folder or tempfile.mkdtemp(prefix="etx-load-"))
-        self.log_path = log_path  # the exchange's output is appended to it at stop
-        self.pairs = pairs
-        self.market_data = market_data  # publish to the broker --mqtt names (serve_args), else none
-        self.serve_args = list(serve_args or [])  # more options for etx serve
-        self.secret = secrets.token_urlsafe(12)
-        self.members = [f"L{i:02d}" for i in range(2 * pairs)]
-        self.proc: subprocess.Popen[str] | None = None
-        self.port = 0
-
-    def config(self) -> str:
-        h = hash_secret(self.secret, n=1 << 12)
-        lines = ['[exchange]', 'listen = "127.0.0.1:0"', 'schedule = "always"', 'operator_member = "EXCH"',
-                 '[fees]', 'trading_rate = 0.0003', 'registry_rate = 0.00005',
-                 '[session]', 'orders_per_second = 10000000', 'burst = 10000000',
-                 '[[instrument]]', f'symbol = "{SYMBOL}"', 'ref_price = 100.00']
-        for m in self.members:
-            lines += ['[[member]]', f'id = "{m}"', '[[user]]', f'member = "{m}"', 'user = "load"', 'role = "trader"',
-                      f'secret_hash = "{h}"']
-        for u, role in (("clerk", "clerk"), ("authority", "authority"), ("ops", "operator")):
-            lines += ['[[user]]', 'member = "EXCH"', f'user = "{u}"', f'role = "{role}"', f'secret_hash = "{h}"']
-        return "\n".join(lines) + "\n"
-
-    async def start(self) -> int:
-        cfg = self.folder / "etx.toml"
-        cfg.write_text(self.config())
-        self.proc = subprocess.Popen(
-            [sys.executable, *os.environ.get("ETX_LOAD_PYFLAGS", "").split(), "-m", "tools.cli", "serve", "--config", str(cfg), "--data", str(self.folder / "data"),
-             *([] if self.market_data else ["--no-market-data"]), "--log-level", "WARNING", *self.serve_args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert self.proc.stdout is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            line = await loop.run_in_executor(None, self.proc.stdout.readline)
-            if not line:
-                raise RuntimeError("etx serve exited before listening")
-            if line.startswith("etx serving on "):
-                self.port = int(line.split()[3].rstrip(";").rpartition(":")[2])
-                break
-        await self.fund()
-        return self.port
-
-    async def fund(self) -> None:
-        from settlement import Allocate, Deposit, HolderType, OpenAccount, RegistryDone
-
-        clerk = Client("127.0.0.1", self.port, "EXCH", "clerk", self.secret)
-        auth = Client("127.0.0.1", self.port, "EXCH", "authority", self.secret)
-        await clerk.connect()
-        await auth.connect()
-        for m in self.members:
-            clerk.send(OpenAccount("", m, int(HolderType.INSTITUTION), m))
-            clerk.send(Deposit("", m, 10**13))
-            auth.send(Allocate("", "AUTHORITY", m, SYMBOL, 10**9))
-        from settlement import RegistryRejected
-
-        # Each staff user has its own stream: each reads the answers to its commands.
-        for client, answers in ((clerk, 2 * len(self.members)), (auth, len(self.members))):
-            for _ in range(answers):
-                msg = await client.wait_for(
-                    lambda x: isinstance(x, Report) and isinstance(x.body, RegistryDone | RegistryRejected), 30)
-                if not isinstance(msg.body, RegistryDone):
-                    raise RuntimeError(f"funding refused: {msg.body}")
-        await clerk.close()
-        await auth.close()
-
-    def creds(self) -> list[tuple[str, str, str, int]]:
-        return [(m, "load", self.secret, int(Side.BUY if i % 2 == 0 else Side.SELL)) for i, m in enumerate(self.members)]
-
-    def stop(self) -> str:
-        if self.proc is None:
-            return ""
-        self.proc.send_signal(2)  # SIGINT: graceful
-        try:
-            out, _ = self.proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate()
-        if self.log_path:
-            with open(self.log_path, "a") as f:
-                f.write(out)
-        return out
+class LoadError(Exception):
+    """A mistake in the command or its setting; the message says what to fix."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--spawn", action="store_true", help="start an exchange (etx serve) for the test")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7400)
-    parser.add_argument("--session", action="append", default=[], metavar="MEMBER:USER:SECRET:SIDE",
-                        help="a member session to drive (without --spawn); SIDE is buy or sell; repeatable")
-    parser.add_argument("--pairs", type=int, default=1, help="buyer/seller session pairs with --spawn (default 1)")
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--rate", type=int, default=0, help="orders per second (0: as fast as acknowledged)")
-    parser.add_argument("--latency-at-half", action="store_true",
-                        help="after the throughput run, measure latency at half the rate reached")
-    parser.add_argument("--window", type=int, default=20_000, help="unacknowledged orders in flight per session")
-    parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
-                        help="an extra argument for the spawned etx serve, e.g. --serve-arg=--no-snapshots; repeatable")
-    parser.add_argument("--serve-log", metavar="FILE",
-                        help="append the spawned etx serve's output to FILE (with --serve-arg=--log-level=INFO "
-                             "it shows each snapshot's pause and write time)")
+    where = parser.add_argument_group("the exchange")
+    where.add_argument("--spawn", action="store_true", help="start an exchange (etx serve) of its own for the test")
+    where.add_argument("--data", default="", help="the data folder of a running exchange (finds its address)")
+    where.add_argument("--exchange", default="", metavar="HOST:PORT", help="the gateway of a running exchange")
+    where.add_argument("--credentials", action="append", default=[], metavar="FILE",
+                       help="a member user's credentials file (chmod 600: member, user, secret), one per session; "
+                            "repeatable (etx init writes them)")
+    where.add_argument("--members", type=int, default=2, help="member sessions of a spawned exchange (default 2)")
+    where.add_argument("--instruments", type=int, default=1, help="instruments of a spawned exchange (default 1)")
+    where.add_argument("--keep", action="store_true", help="keep the spawned exchange's folder (journal, registry)")
+    where.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                       help="an extra argument for the spawned etx serve, e.g. --serve-arg=--no-snapshots")
+    where.add_argument("--serve-log", metavar="FILE", help="append the spawned etx serve's output to FILE")
+    flow = parser.add_argument_group("the flow")
+    flow.add_argument("--rate", type=int, default=0, help="open loop: commands per second (0: closed loop)")
+    flow.add_argument("--seconds", type=float, default=10.0, help="length of a run (default 10)")
+    flow.add_argument("--orders", type=int, default=0, help="commands per run instead of --seconds")
+    flow.add_argument("--window", type=int, default=2000, help="closed loop: unanswered commands per session")
+    flow.add_argument("--mix", default="default",
+                      help="limit=55,market=2,ioc=3,fok=1,hit=1,cancel=30,amend=8,cross=10,qty_max=10,levels=30 "
+                           "(any subset), or 'orders' (new limit orders only)")
+    flow.add_argument("--seed", type=int, default=1)
+    flow.add_argument("--latency-at-half", action="store_true",
+                      help="after a closed-loop run, an open-loop run at half the rate it reached")
+    flow.add_argument("--ramp", default="", metavar="START:STEP[:MAX]", help="open-loop steps up to the limit")
+    flow.add_argument("--step-seconds", type=float, default=5.0)
+    flow.add_argument("--p99-limit-ms", type=float, default=10.0)
+    flow.add_argument("--error-limit", type=float, default=0.01,
+                      help="share of commands a ramp step may have refused by the gateway or unanswered (0.01: 1 %%)")
+    flow.add_argument("--lobster", nargs="?", const=str(DEFAULT_LOBSTER), default="", metavar="FILE",
+                      help="replay a LOBSTER day through the gateway (default: the sample day under ../shared)")
+    flow.add_argument("--speed", default="1", help="LOBSTER pace: 1 as recorded, N times faster, or max")
+    flow.add_argument("--lobster-rows", type=int, default=0, help="replay only the first N rows")
+    out = parser.add_argument_group("the report")
+    out.add_argument("--report", default="", metavar="DIR", help="folder of the report (default etx-load-DATE-TIME here)")
+    out.add_argument("--no-progress", action="store_true", help="no live progress line")
 
 
-def _print(res: LoadResult) -> None:
-    what = f"paced at {res.target_rate:,}/s" if res.target_rate else "as fast as acknowledged"
-    print(f"  {what}: {res.orders:,} orders sent, {res.acked:,} acknowledged ({res.rejected:,} rejected), "
-          f"{res.fills:,} fills in {res.seconds:.2f}s = {res.rate:,.0f} orders/s")
-    if res.latency_p50_us:
-        print(f"  latency (write to acknowledgement): median {res.latency_p50_us:,.0f} us, "
-              f"p99 {res.latency_p99_us:,.0f} us, p99.9 {res.latency_p999_us:,.0f} us, max {res.latency_max_us:,.0f} us")
+def _check(args: argparse.Namespace) -> None:
+    if args.spawn and (args.data or args.exchange or args.credentials):
+        raise LoadError("--spawn starts its own exchange: leave out --data, --exchange and --credentials")
+    if not args.spawn:
+        if not (args.data or args.exchange):
+            raise LoadError("give --spawn, or the exchange to test: --data DIR or --exchange HOST:PORT "
+                            "with --credentials FILE for each member session")
+        if not args.credentials:
+            raise LoadError("name the member sessions: --credentials FILE (chmod 600, with member, user and secret; "
+                            "etx init writes them), once per session")
+    for name in ("rate", "orders", "window", "members", "instruments", "lobster_rows"):
+        if getattr(args, name) < 0:
+            raise LoadError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    if args.seconds <= 0 and not args.orders:
+        raise LoadError(f"--seconds must be above 0, got {args.seconds:g}")
+    if args.window < 1:
+        raise LoadError("--window must be at least 1")
+    if args.spawn and args.members < 1:
+        raise LoadError("--members must be at least 1")
+    if args.spawn and not 1 <= args.instruments <= 26:
+        raise LoadError("--instruments must be between 1 and 26")
+    if args.ramp and args.lobster:
+        raise LoadError("--ramp and --lobster are separate runs: give one")
+    if args.speed != "max":
+        try:
+            if float(args.speed) <= 0:
+                raise ValueError
+        except ValueError:
+            raise LoadError(f"--speed is a factor above 0 or 'max', got {args.speed!r}") from None
 
 
-async def _main(args: argparse.Namespace) -> int:
-    spawned = None
-    if args.spawn:
-        spawned = Spawned(args.pairs, serve_args=args.serve_arg, log_path=args.serve_log)
-        port = await spawned.start()
-        host, creds = "127.0.0.1", spawned.creds()
-        print(f"etx load: exchange spawned on 127.0.0.1:{port} in {spawned.folder}")
-    else:
-        host, port = args.host, args.port
-        creds = []
-        for spec in args.session:
-            m, u, s, side = spec.split(":")
-            creds.append((m, u, s, int(Side.BUY if side == "buy" else Side.SELL)))
-        if not creds:
-            print("etx load: give --spawn or at least one --session MEMBER:USER:SECRET:SIDE")
-            return 2
+def parse_ramp(text: str) -> tuple[int, int, int]:
+    parts = text.split(":")
     try:
-        res = await drive(host, port, creds, seconds=args.seconds, rate=args.rate, window=args.window)
-        _print(res)
-        if args.latency_at_half and not args.rate:
-            half = int(res.rate / 2)
-            if spawned is not None:  # a fresh exchange: no backlog of the first run
-                print("  exchange: " + (spawned.stop().strip().splitlines() or ["(no output)"])[-1])
-                spawned = Spawned(args.pairs, serve_args=args.serve_arg, log_path=args.serve_log)
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        raise LoadError(f"--ramp is START:STEP[:MAX] in commands per second, got {text!r}") from None
+    if len(numbers) not in (2, 3) or any(n <= 0 for n in numbers):
+        raise LoadError(f"--ramp is START:STEP[:MAX], positive whole numbers, got {text!r}")
+    start, step = numbers[0], numbers[1]
+    top = numbers[2] if len(numbers) == 3 else 10_000_000
+    if top < start:
+        raise LoadError(f"--ramp: MAX {top:,} is below START {start:,}")
+    return start, step, top
+
+
+def _address(args: argparse.Namespace) -> tuple[str, int]:
+    from gateway.datadir import exchange_address
+
+    try:
+        return exchange_address(args.data or "etx-data", args.exchange)
+    except ValueError as e:
+        raise LoadError(str(e)) from None
+
+
+class Progress:
+    """The live line: elapsed, sent, answered, rate, p50/p99 of the last second, errors."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stdout.isatty()
+        self.live: Any = None
+        self.started = time.monotonic()
+        self.label = ""
+
+    def __enter__(self) -> Progress:
+        if self.enabled:
+            from rich.live import Live
+
+            self.live = Live("", refresh_per_second=4, transient=True)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(None, None, None)
+
+    def tick(self, tick: Tick, totals: dict[str, Any]) -> None:
+        if self.live is None:
+            return
+        from rich.text import Text
+
+        self.live.update(Text(
+            f"{self.label}  {time.monotonic() - self.started:6.1f}s  sent {totals['sent']:,}  answered "
+            f"{totals['answered']:,}  {tick.answered:,}/s  p50 {tick.p50_us / 1000:.2f} ms  p99 "
+            f"{tick.p99_us / 1000:.2f} ms  errors {totals['errors']:,}"))
+
+
+def _line(name: str, r: RunResult) -> str:
+    lat = r.latency_us
+    what = f"open loop at {r.target_rate:,}/s" if r.target_rate else "closed loop"
+    return (f"  {name}: {what}: {r.total_sent:,} sent, {r.total_answered:,} answered ({r.errors:,} rejected, "
+            f"{r.unanswered:,} unanswered), {r.fills:,} fills in {r.seconds:.2f}s = {r.rate:,.0f}/s; latency p50 "
+            f"{lat['p50'] / 1000:.2f} ms, p99 {lat['p99'] / 1000:.2f} ms, p99.9 {lat['p99_9'] / 1000:.2f} ms, "
+            f"max {lat['max'] / 1000:.2f} ms")
+
+
+async def _run(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    mix = Mix.parse(args.mix) if not args.lobster else Mix()
+    spawned: Spawned | None = None
+    lobster_feed: Any = None
+    if args.lobster:
+        from benchmarks.lobster_feed import LobsterFeed
+
+        lobster_feed = LobsterFeed(args.lobster, rows=args.lobster_rows or None)
+    try:
+        if args.spawn:
+            instruments = ([lobster_feed.instrument_toml()] if lobster_feed is not None
+                           else [f'symbol = "{_symbol(i)}"\nref_price = {100 - i}.00' for i in range(args.instruments)])
+            spawned = Spawned(0, serve_args=args.serve_arg, log_path=args.serve_log,
+                              members=2 if lobster_feed is not None else args.members, instruments=instruments)
+            try:
                 port = await spawned.start()
-                creds = spawned.creds()
-            res2 = await drive(host, port, creds, seconds=args.seconds, rate=half, seed=2)
-            _print(res2)
+            except RuntimeError as e:
+                raise LoadError(f"the spawned exchange did not start: {e} (its output: --serve-log FILE)") from None
+            host = "127.0.0.1"
+            creds = [(m, u, s, 0) for m, u, s, _ in spawned.creds()]
+            print(f"etx load: exchange spawned on {host}:{port} in {spawned.folder}"
+                  + ("" if args.keep else " (removed at the end; --keep keeps it)"))
+        else:
+            host, port = _address(args)
+            creds = []
+            for path in args.credentials:
+                c = from_file(path)
+                creds.append((c.member, c.user, c.secret, 0))
+        report["settings"].update({"exchange": f"spawned ({spawned.folder})" if spawned else f"{host}:{port}",
+                                   "sessions": len(creds), "mix": mix.describe() if not lobster_feed else "LOBSTER",
+                                   "mix_weights": msgspec_dict(mix)})
+        if lobster_feed is not None:
+            await lobster_feed.run(host, port, creds, args.speed, report, progress=not args.no_progress)
+        else:
+            gen_instruments = await _instruments(host, port, creds, spawned)
+            gen = Generator(host, port, creds, gen_instruments, mix, seed=args.seed)
+            await gen.connect()
+            try:
+                with Progress(not args.no_progress) as progress:
+                    gen.on_tick = progress.tick
+                    if args.ramp:
+                        await _ramp(gen, args, report, progress)
+                    else:
+                        progress.label = "open loop" if args.rate else "closed loop"
+                        result = await gen.run(rate=args.rate, seconds=args.seconds, commands=args.orders,
+                                               window=args.window)
+                        loadreport.add_run(report, "main", result)
+                        print(_line("main", result))
+                        if args.latency_at_half and not args.rate:
+                            half = max(int(result.rate / 2), 1)
+                            progress.label = f"open loop at {half:,}/s"
+                            r2 = await gen.run(rate=half, seconds=args.seconds, commands=args.orders)
+                            loadreport.add_run(report, "half", r2)
+                            print(_line("half", r2))
+            finally:
+                await gen.close()
     finally:
         if spawned is not None:
             tail = spawned.stop().strip().splitlines()
             print("  exchange: " + (tail[-1] if tail else "(no output)"))
-    return 0
+            try:
+                if report["runs"] or report.get("lobster"):
+                    report["reconciliation"] = reconcile(spawned.folder / "data", report)
+            finally:
+                if not args.keep:
+                    spawned.remove()
+
+
+def msgspec_dict(mix: Mix) -> dict[str, Any]:
+    return msgspec.structs.asdict(mix)
+
+
+def _symbol(i: int) -> str:
+    return "CEA24" if i == 0 else f"CEA{24 - i}" if i < 10 else f"X{chr(65 + i)}"
+
+
+async def _instruments(host: str, port: int, creds: list[tuple[str, str, str, int]],
+                       spawned: Spawned | None) -> list[Instrument]:
+    """The instruments to trade, with their reference prices and ticks, as the exchange
+    says (a query of the first session's user)."""
+    from gateway.client import Client, LogonError
+
+    m, u, s, _ = creds[0]
+    client = Client(host, port, m, u, s, cod=2)
+    try:
+        await client.connect()
+    except LogonError as e:
+        raise LoadError(f"the exchange at {host}:{port} refused the logon of {m}/{u}: {e.text}") from None
+    except OSError as e:
+        raise LoadError(f"cannot reach the exchange at {host}:{port}: {e.strerror or e}") from None
+    try:
+        infos = (await client.query_instruments()).instruments
+    finally:
+        await client.close()
+    if not infos:
+        raise LoadError(f"the exchange at {host}:{port} lists no instrument")
+    return [Instrument(i.symbol, i.ref_price or (i.band_low + i.band_high) // 2, i.tick) for i in infos]
+
+
+async def _ramp(gen: Generator, args: argparse.Namespace, report: dict[str, Any], progress: Progress) -> None:
+    start, step, top = parse_ramp(args.ramp)
+    steps: list[dict[str, Any]] = []
+    sustainable = 0
+    stopped_by = ""
+    rate = start
+    while rate <= top:
+        progress.label = f"ramp {rate:,}/s"
+        r = await gen.run(rate=rate, seconds=args.step_seconds, drain_s=10.0)
+        # Errors of the exchange's capacity: refusals by the gateway (throttled, journal
+        # unavailable ...) and commands never answered. A cancel that meets a filled order
+        # or a hit of an order that left the best five is the market, not an error.
+        refused = sum(n for k, n in r.rejected.items() if k.endswith(":gateway"))
+        share = (refused + r.unanswered) / r.total_sent if r.total_sent else 0.0
+        problems = []
+        if r.latency_us["p99"] > args.p99_limit_ms * 1000:
+            problems.append(f"p99 {r.latency_us['p99'] / 1000:.1f} ms over {args.p99_limit_ms:g} ms")
+        if share > args.error_limit:
+            problems.append(f"errors {share:.2%} over {args.error_limit:.2%}")
+        if r.unanswered or r.total_answered < 0.95 * rate * args.step_seconds:
+            problems.append(f"answered {r.total_answered:,} of {r.total_sent:,} sent")
+        steps.append({**msgspec.to_builtins(r), "error_share": share, "passed": not problems})
+        print(_line(f"ramp {rate:,}/s", r) + ("" if not problems else "  -> " + "; ".join(problems)))
+        if problems:
+            stopped_by = "; ".join(problems)
+            break
+        sustainable = rate
+        rate += step
+    report["ramp"] = {"start": start, "step": step, "max": top, "step_seconds": args.step_seconds,
+                      "p99_limit_ms": args.p99_limit_ms, "error_limit": args.error_limit, "steps": steps,
+                      "sustainable": sustainable, "stopped_by": stopped_by}
+    print(f"  highest sustainable rate: {sustainable:,} commands/s" + (f" (next step: {stopped_by})" if stopped_by else ""))
+    if sustainable:
+        half = sustainable // 2
+        progress.label = f"open loop at {half:,}/s"
+        r = await gen.run(rate=half, seconds=args.seconds)
+        loadreport.add_run(report, f"half of sustainable ({half:,}/s)", r)
+        print(_line("half", r))
+
+
+KIND_TO_COMMAND = {"limit": "NewOrder", "market": "NewOrder", "ioc": "NewOrder", "fok": "NewOrder",
+                   "hit": "HitOrder", "cancel": "Cancel", "amend": "Amend",
+                   "new": "NewOrder", "opening": "NewOrder", "execution": "NewOrder"}  # the LOBSTER feed's kinds
+
+
+def reconcile(data: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """The load's counts against the spawned exchange's own, once it has stopped: each
+    kind of command in its journal (gateway refusals are never journaled), the trades
+    settled in its registry store, two fills per trade."""
+    from gateway.recovery import JOURNAL_DIR
+    from tools.journal import collect_stats
+
+    sent: dict[str, int] = {}
+    refused = 0
+    fills = trades = 0
+    runs = list(report["runs"])
+    if report.get("ramp"):
+        runs = runs + report["ramp"]["steps"]
+    for r in runs:
+        for kind, n in r["sent"].items():
+            sent[KIND_TO_COMMAND[kind]] = sent.get(KIND_TO_COMMAND[kind], 0) + n
+            refused_kind = sum(v for k, v in r["rejected"].items() if k.startswith(kind + ":") and k.endswith(":gateway"))
+            sent[KIND_TO_COMMAND[kind]] -= refused_kind
+            refused += refused_kind
+        fills += r["fills"]
+        trades += r["trades"]
+    journal = collect_stats(data / JOURNAL_DIR, None).types
+    checks = {f"{name} commands journaled": {"load": n, "exchange": journal.get(name, 0)} for name, n in sent.items()}
+    with sqlite3.connect(f"file:{data / 'registry.sqlite'}?mode=ro", uri=True) as db:
+        settled = db.execute("SELECT count(*) FROM postings WHERE kind = 'trade'").fetchone()[0]
+    checks["trades settled into the registry"] = {"load": trades, "exchange": int(settled)}
+    checks["fills (two per trade)"] = {"load": fills, "exchange": 2 * int(settled)}
+    equal = all(c["load"] == c["exchange"] for c in checks.values())
+    note = f"{refused:,} commands refused by the gateway (not journaled) left out" if refused else ""
+    for name, c in checks.items():
+        print(f"  reconciled: {name}: load {c['load']:,}, exchange {c['exchange']:,}"
+              + ("" if c["load"] == c["exchange"] else "  DIFFERENT"))
+    return {"equal": equal, "checks": checks, "note": note}
 
 
 def run(args: argparse.Namespace) -> int:
-    return asyncio.run(_main(args))
+    folder = Path(args.report or f"etx-load-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    try:
+        _check(args)
+        if args.ramp:
+            parse_ramp(args.ramp)
+        Mix.parse(args.mix)
+        if folder.exists() and any(folder.iterdir()):
+            raise LoadError(f"the report folder {folder} exists and is not empty: name another with --report DIR")
+        report = loadreport.new_report({"mode": "ramp" if args.ramp else "lobster" if args.lobster else
+                                        ("open loop" if args.rate else "closed loop"),
+                                        "command": "etx load " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["load"]
+                                                                            else sys.argv[1:]),
+                                        "rate": args.rate, "seconds": args.seconds, "orders": args.orders,
+                                        "window": args.window, "seed": args.seed, "exchange": "", "sessions": 0,
+                                        "mix": ""})
+        try:
+            asyncio.run(_run(args, report))
+        finally:
+            if report["runs"] or report.get("ramp") or report.get("lobster"):
+                paths = loadreport.write(report, folder)
+                print(f"etx load: report in {folder}/ ({', '.join(p.name for p in paths)})")
+    except (LoadError, MixError, CredentialsError, ConnectionError, LobsterError) as e:
+        print(f"etx load: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("etx load: interrupted", file=sys.stderr)
+        return 130
+    rec = report.get("reconciliation")
+    if rec is not None and not rec["equal"]:
+        print("etx load: the load's counts differ from the exchange's (see the report)", file=sys.stderr)
+        return 1
+    return 0

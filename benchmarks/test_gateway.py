@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from benchmarks.load import Spawned, drive
+from benchmarks.blast import drive
+from benchmarks.spawn import Spawned
 
 SECONDS = float(os.environ.get("ETX_LOAD_SECONDS", "5"))
 
