@@ -193,8 +193,8 @@ def draw(report: dict[str, Any], folder: Path) -> list[Path]:
         ax2 = ax.twinx()
         ax2.plot(t, [p["p99_us"] / 1000 for p in main["timeline"]], color="tab:red", label="p99 latency")
         ax2.set_ylabel("p99 latency of the second (ms)")
-        ax2.set_ylim(bottom=0)
-        ax.set_ylim(bottom=0)
+        ax2.set_ylim(0, max([p["p99_us"] / 1000 for p in main["timeline"]] + [0.001]) * 1.15)
+        ax.set_ylim(0, max([p["sent"] for p in main["timeline"]] + [p["answered"] for p in main["timeline"]] + [1]) * 1.15)
         lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
         ax.legend(lines, [str(x.get_label()) for x in lines], loc="lower right")
         ax.set_title(f"Throughput and p99 over time: run {main['name']}")
@@ -248,3 +248,21 @@ def draw(report: dict[str, Any], folder: Path) -> list[Path]:
         fig.savefig(out[-1], dpi=110)
         plt.close(fig)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.loadreport FOLDER``: draw a report's Markdown and charts
+    again from its report.json (after a change to how they are drawn)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not (Path(args[0]) / "report.json").is_file():
+        print("usage: python -m benchmarks.loadreport FOLDER (a folder holding report.json)", file=sys.stderr)
+        return 2
+    folder = Path(args[0])
+    write(json.loads((folder / "report.json").read_text()), folder)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
