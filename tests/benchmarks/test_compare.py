@@ -57,8 +57,10 @@ def line_of(out: str, name: str) -> str:
 
 
 def test_a_clear_regression_is_flagged_and_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    save(tmp_path, 1, [bench(ENGINE, 0.100, 0.002), bench(CODEC, 0.010, 0.0002)])
-    save(tmp_path, 2, [bench(ENGINE, 0.130, 0.002), bench(CODEC, 0.010, 0.0002)])
+    # Three earlier runs agree (no drift between runs): the fourth is judged against them.
+    for n in (1, 2, 3):
+        save(tmp_path, n, [bench(ENGINE, 0.100, 0.002), bench(CODEC, 0.010, 0.0002)])
+    save(tmp_path, 4, [bench(ENGINE, 0.130, 0.002), bench(CODEC, 0.010, 0.0002)])
     code, out = run(tmp_path, capsys)
     assert code == 1
     assert line_of(out, ENGINE).endswith("REGRESSION")
@@ -83,12 +85,53 @@ def test_a_change_within_the_noise_is_not_a_regression(tmp_path: Path, capsys: p
 
 def test_the_margin_is_at_least_five_percent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # No spread at all: 4 % slower is within the 5 % floor, 6 % is not.
-    save(tmp_path, 1, [bench(ENGINE, 0.100, 0.0), bench(CODEC, 0.100, 0.0)])
-    save(tmp_path, 2, [bench(ENGINE, 0.104, 0.0), bench(CODEC, 0.106, 0.0)])
+    for n in (1, 2, 3):
+        save(tmp_path, n, [bench(ENGINE, 0.100, 0.0), bench(CODEC, 0.100, 0.0)])
+    save(tmp_path, 4, [bench(ENGINE, 0.104, 0.0), bench(CODEC, 0.106, 0.0)])
     code, out = run(tmp_path, capsys)
     assert code == 1
     assert line_of(out, ENGINE).endswith("within noise")
     assert line_of(out, CODEC).endswith("REGRESSION")
+
+
+def test_the_drift_between_earlier_runs_widens_the_margin(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # Each run's rounds agree closely, but the same code ran at 0.100 and 0.130 before:
+    # a run at 0.125 is within the noise measured between runs (30 %), compared with the
+    # median of the earlier medians.
+    save(tmp_path, 1, [bench(ENGINE, 0.100, 0.001)])
+    save(tmp_path, 2, [bench(ENGINE, 0.130, 0.001)])
+    save(tmp_path, 3, [bench(ENGINE, 0.100, 0.001)])
+    save(tmp_path, 4, [bench(ENGINE, 0.125, 0.001)])
+    code, out = run(tmp_path, capsys)
+    assert code == 0 and line_of(out, ENGINE).endswith("within noise"), out
+    assert "30.0%" in line_of(out, ENGINE)
+    save(tmp_path, 5, [bench(ENGINE, 0.150, 0.001)])  # beyond it (0.150 / the median 0.1125 = 1.33)
+    code, out = run(tmp_path, capsys)
+    assert code == 1 and line_of(out, ENGINE).endswith("REGRESSION"), out
+
+
+def test_before_the_drift_is_known_a_slowdown_is_a_candidate(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    # One earlier run only: how much runs drift is not measured yet, so a slowdown beyond
+    # the within-run noise is named, and ./dev bench does not fail on it.
+    save(tmp_path, 1, [bench(ENGINE, 0.100, 0.001)])
+    save(tmp_path, 2, [bench(ENGINE, 0.130, 0.001)])
+    code, out = run(tmp_path, capsys)
+    assert code == 0 and line_of(out, ENGINE).endswith("candidate"), out
+    assert "run ./dev bench again to judge: test_engine.py::test_engine[mixed-matching]" in out
+
+
+def test_a_slowdown_of_the_whole_machine_is_divided_out(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # Six benchmarks all 12 % slower (the machine), one of them 40 % slower (the code).
+    names = [f"benchmarks/test_engine.py::test_engine[b{i}]" for i in range(6)]
+    for n in (1, 2, 3):
+        save(tmp_path, n, [bench(name, 0.100, 0.001) for name in names])
+    save(tmp_path, 4, [bench(name, 0.112, 0.001) for name in names[:5]] + [bench(names[5], 0.140, 0.001)])
+    code, out = run(tmp_path, capsys)
+    assert code == 1 and "slower beyond the noise: test_engine.py::test_engine[b5]" in out, out
+    assert all(line_of(out, name).endswith("within noise") for name in names[:5]), out
 
 
 def test_faster_is_reported_and_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
