@@ -191,3 +191,42 @@ def test_every_mistake_ends_in_one_line(tmp_path: Path) -> None:
     done = asyncio.run(wrong_secret())
     assert done.returncode == 2 and done.stderr.strip().startswith("etx load: ") and "refused the logon of M1/tM1" \
         in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_the_progress_line_shows_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal (a pseudo-terminal here) a live line shows elapsed time, sent,
+    answered, the rate and the last second's p50/p99; with --no-progress it does not."""
+    import pty
+
+    def on_a_terminal(*extra: str) -> str:
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "load", "--spawn", "--rate", "2000", "--seconds",
+                                 "3", "--report", f"r{len(extra)}", *extra], cwd=tmp_path, stdout=slave,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        os.close(slave)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the terminal's other end closed: the process has ended
+                break
+            if not chunk:
+                break
+            out += chunk
+        os.close(master)
+        assert proc.wait(120) == 0, out.decode(errors="replace")
+        return out.decode(errors="replace")
+
+    shown = on_a_terminal()
+    assert "open loop" in shown and "answered" in shown and "/s  p50" in shown and "p99" in shown, shown
+    quiet = on_a_terminal("--no-progress")
+    assert "/s  p50" not in quiet, quiet
+
+
+def test_a_hundred_member_sessions(tmp_path: Path) -> None:
+    done = etx_load("--spawn", "--members", "100", "--rate", "3000", "--seconds", "2", "--report", "many",
+                    "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "many" / "report.json").read_text())
+    assert report["settings"]["sessions"] == 100 and report["reconciliation"]["equal"]
+    assert report["runs"][0]["unanswered"] == 0 and sum(report["runs"][0]["sent"].values()) == 6000
