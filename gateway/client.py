@@ -59,12 +59,14 @@ from gateway.protocol import (
     LogonAck,
     LogonReject,
     Logout,
+    MarketTradesReply,
     OrdersReply,
     OrderStatus,
     OrderStatusReply,
     QueryBalances,
     QueryBook,
     QueryInstruments,
+    QueryMarketTrades,
     QueryOrders,
     QueryOrderStatus,
     QueryRejected,
@@ -85,7 +87,7 @@ from settlement.messages import RegistryRejected
 
 _REJECTIONS = (Rejected, RegistryRejected)
 _REPLIES = (OrdersReply, BalancesReply, BookReply, InstrumentsReply, QueryRejected, Unlocked, Disconnected, SessionsReply,
-            OrderStatusReply, TradesReply)
+            OrderStatusReply, TradesReply, MarketTradesReply)
 READ_CHUNK = 256 * 1024
 INBOX_MAX = 1_000_000  # messages kept for next(); beyond it the client stops reading
 
@@ -351,6 +353,10 @@ class Client:
             if not reply.more or not reply.trades:
                 return trades
             after = reply.trades[-1].trade_id
+
+    async def query_market_trades(self, instrument: str, count: int = 20, timeout: float = 10.0) -> MarketTradesReply:
+        """The newest trades of an instrument, anyone's, without members (newest first)."""
+        return await self._ask(lambda r: QueryMarketTrades(r, instrument, count), timeout)  # type: ignore[no-any-return]
 
     async def query_balances(self, member: str = "", timeout: float = 10.0) -> BalancesReply:
         return await self._ask(lambda r: QueryBalances(r, member), timeout)  # type: ignore[no-any-return]

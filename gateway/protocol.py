@@ -253,6 +253,15 @@ class QueryTrades(Msg, tag=62):
     after_trade_id: int = 0
 
 
+class QueryMarketTrades(Msg, tag=63):
+    """The newest trades of an instrument (anyone's, without members): at most ``count``
+    (1 to ``MARKET_TRADES_MAX``), newest first, of those since the exchange started."""
+
+    req_id: int
+    instrument: Symbol
+    count: int = 20
+
+
 class Disconnect(Msg, tag=60):
     """An operator ends a session (``SessionClosed(DISCONNECTED)``); answered with a
     ``Disconnected``; recorded in the journal as a ``Note`` with ``text``."""
@@ -490,6 +499,20 @@ class TradeFill(msgspec.Struct, array_like=True, gc=False):
     fee: int  # fen: the trading and registry fees of this side (settled with the trade)
 
 
+class MarketTrade(msgspec.Struct, array_like=True, gc=False):
+    trade_id: int
+    ts: int
+    price: int
+    qty: int
+    aggressor: int  # the side of the incoming order (1 buy, 2 sell)
+
+
+class MarketTradesReply(Msg, tag=186):
+    req_id: int
+    instrument: str
+    trades: list[MarketTrade]  # newest first
+
+
 class TradesReply(Msg, tag=179):
     req_id: int
     trades: list[TradeFill]
@@ -602,11 +625,14 @@ class SessionsReply(Msg, tag=185):
 
 ORDERS_PER_REPLY = 500
 TRADES_PER_REPLY = 500
+MARKET_TRADES_MAX = 50  # trades an instrument keeps for QueryMarketTrades
 BOOK_LEVELS = 5
 
 SESSION_INBOUND: tuple[type, ...] = (Logon, Logout, Heartbeat, QueryOrders, QueryBalances, QueryBook, QueryInstruments,
-                                     Unlock, Watch, QuerySessions, Disconnect, QueryOrderStatus, QueryTrades)
-QUERIES: tuple[type, ...] = (QueryOrders, QueryBalances, QueryBook, QueryInstruments, QueryOrderStatus, QueryTrades)
+                                     Unlock, Watch, QuerySessions, Disconnect, QueryOrderStatus, QueryTrades,
+                                     QueryMarketTrades)
+QUERIES: tuple[type, ...] = (QueryOrders, QueryBalances, QueryBook, QueryInstruments, QueryOrderStatus, QueryTrades,
+                             QueryMarketTrades)
 TRADER_COMMANDS: tuple[type, ...] = (NewOrder, Cancel, Amend, MassCancel, HitOrder)
 OPERATOR_COMMANDS: tuple[type, ...] = (Halt, Resume, MassCancel, EndOfDay)
 ENGINE_INBOUND: tuple[type, ...] = (NewOrder, Cancel, Amend, MassCancel, HitOrder, Halt, Resume, EndOfDay, SuspendMember,
@@ -625,7 +651,7 @@ INBOUND: tuple[type, ...] = ENGINE_INBOUND + CLERK_COMMANDS + AUTHORITY_COMMANDS
 OUTBOUND: tuple[type, ...] = (
     LogonAck, LogonReject, ServerHeartbeat, SessionReject, SessionClosed, Notice, ReplayDone, Report, Resent,
     OrdersReply, BalancesReply, BookReply, InstrumentsReply, QueryRejected, Unlocked, Disconnected,
-    OrderStatusReply, TradesReply,
+    OrderStatusReply, TradesReply, MarketTradesReply,
     InstrumentView, TradesView, ChartView, AlertView, HealthView, SessionsReply,
 )
 

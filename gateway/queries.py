@@ -22,6 +22,7 @@ from typing import Any
 from engine.messages import Rejected, Side
 from gateway.protocol import (
     BOOK_LEVELS,
+    MARKET_TRADES_MAX,
     ORDERS_PER_REPLY,
     TRADES_PER_REPLY,
     Balance,
@@ -31,6 +32,8 @@ from gateway.protocol import (
     GatewayReason,
     InstrumentInfo,
     InstrumentsReply,
+    MarketTrade,
+    MarketTradesReply,
     OpenOrder,
     OrdersReply,
     OrderState,
@@ -39,6 +42,7 @@ from gateway.protocol import (
     QueryBalances,
     QueryBook,
     QueryInstruments,
+    QueryMarketTrades,
     QueryOrders,
     QueryOrderStatus,
     QueryRejected,
@@ -57,10 +61,21 @@ class Queries:
     def __init__(self, core: Any, router: Router) -> None:
         self.core = core
         self.router = router
+        # instrument -> its newest trades (the operator feed keeps them: gateway.watch)
+        self.recent: dict[str, Any] = {}
 
     def answer(self, member: str, sees_all: bool, q: Any) -> Any:
         engine = self.core.engine
         t = type(q)
+        if t is QueryMarketTrades:
+            if q.instrument not in engine.markets:
+                return QueryRejected(q.req_id, GatewayReason.UNKNOWN_INSTRUMENT, f"unknown instrument {q.instrument!r}")
+            if not 1 <= q.count <= MARKET_TRADES_MAX:
+                return QueryRejected(q.req_id, GatewayReason.INVALID_FIELD,
+                                     f"count must be 1 to {MARKET_TRADES_MAX}, got {q.count}")
+            recent = list(self.recent.get(q.instrument, ()))[-q.count:]
+            return MarketTradesReply(q.req_id, q.instrument, [MarketTrade(t.trade_id, t.ts, t.price, t.qty, t.aggressor)
+                                                              for t in reversed(recent)])
         if t is QueryOrderStatus or t is QueryTrades:
             named = q.member
             if not sees_all and named and named != member:

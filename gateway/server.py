@@ -177,6 +177,7 @@ class Server:
         self._batch_us: collections.deque[int] = collections.deque(maxlen=BATCH_TIMES_MAX)
         self.feed = Feed(core.engine, lambda: list(self.sessions), self._figures)
         self.on_batches.append(self.feed.on_batch)
+        self.queries.recent = self.feed.recent
         # Connections: those not logged on yet, per source address, have their own budget
         # (prelogon_max, prelogon_per_address), so that strangers cannot take the places
         # of members; logged-on sessions count against sessions_max.

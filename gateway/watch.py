@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.messages import Accepted, Cancelled, DayClosed, Halt, Phase, StatusChanged, Trade
 from gateway.protocol import (
+    MARKET_TRADES_MAX,
     AlertView,
     BookLevel,
     ChartView,
@@ -91,6 +92,8 @@ class Feed:
         # few trades a push carries, not for every trade under load.
         self.trades: collections.deque[Trade] = collections.deque(maxlen=TRADES_MAX)
         self.trades_total = 0  # trades ever buffered: the number of the next one
+        # The newest trades of each instrument, watched or not (QueryMarketTrades).
+        self.recent: dict[str, collections.deque[Trade]] = {}
         self.charts: dict[str, collections.deque[tuple[int, int, int]]] = {}
         self.alerts: collections.deque[AlertView] = collections.deque(maxlen=ALERTS_KEPT)
         self._second = 0.0
@@ -123,6 +126,10 @@ class Feed:
                     volume = 0
                 chart = ev
                 volume += ev.qty
+                recent = self.recent.get(ev.instrument)
+                if recent is None:
+                    recent = self.recent[ev.instrument] = collections.deque(maxlen=MARKET_TRADES_MAX)
+                recent.append(ev)
                 if watching:
                     trades.append(ev)
                     self.trades_total += 1

@@ -1,8 +1,8 @@
 """``etx trader``: a dealer's terminal for one trading member's user (Textual).
 
 What a dealer sees: per instrument the best five levels and the orders resting there
-(those it may hit: other members' anonymous), the last trades it made, its member's
-open orders, the day's fills with their fees, the balances (cash, held, unsellable
+(those it may hit: other members' anonymous), the instrument's last trades (anyone's,
+without members), its member's open orders, the day's fills with their fees, the balances (cash, held, unsellable
 until the next trading day, available), and a status line (phase, connection, last
 seq_out, heartbeat). What it does, keyboard first, on the command line at the bottom:
 
@@ -60,6 +60,7 @@ from gateway.datadir import exchange_address
 from gateway.protocol import CodMode, Fill, Notice, Report, Resent, SessionClosed
 
 LEVELS = 5
+MARKET_TRADES = 20  # the instrument's last trades shown
 FILLS_SHOWN = 200
 REFRESH_S = 1.0
 RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # waits between reconnection attempts, the last one repeated
@@ -106,6 +107,7 @@ class TraderApp(App[int]):
     #left { width: 58; }
     #book { height: 13; }
     #top { height: 1fr; }
+    #market { height: 1fr; }
     #orders { height: 1fr; }
     #fills { height: 1fr; }
     #balances { height: 6; }
@@ -132,6 +134,7 @@ class TraderApp(App[int]):
         self.pending: dict[str, str] = {}  # client order id -> what was sent, until the exchange answers
         self.open_orders: list[Any] = []
         self.top: list[Any] = []
+        self.market: list[Any] = []
         self.fills: list[Any] = []
         self.balances: list[Any] = []
         self.phase = "?"
@@ -149,6 +152,7 @@ class TraderApp(App[int]):
             with Vertical(id="left"):
                 yield DataTable(id="book", show_cursor=False)
                 yield DataTable(id="top", cursor_type="row")
+                yield DataTable(id="market", show_cursor=False)
             with Vertical():
                 yield DataTable(id="orders", cursor_type="row")
                 yield DataTable(id="fills", show_cursor=False)
@@ -163,6 +167,7 @@ class TraderApp(App[int]):
         self.sub_title = f"{c.member}/{c.user} at {c.host}:{c.port}"
         self.query_one("#book", DataTable).add_columns("Orders", "Bid qty", "Price", "Ask qty", "Orders")
         self.query_one("#top", DataTable).add_columns("Order", "Side", "Price", "Qty", "Member")
+        self.query_one("#market", DataTable).add_columns("Last trades", "Price", "Qty", "Aggressor")
         self.query_one("#orders", DataTable).add_columns("Order", "Coid", "Instr", "Side", "Price", "Open", "Filled")
         self.query_one("#fills", DataTable).add_columns("Time", "Instr", "Side", "Price", "Qty", "Liq", "Fee", "Order")
         self.query_one("#balances", DataTable).add_columns("Asset", "Balance", "Held", "Unsellable T+1", "Available")
@@ -289,6 +294,7 @@ class TraderApp(App[int]):
             self.phase = "HALTED" if i.halted else Phase(i.phase).name.lower()
         self.book = await c.query_book(self.instrument)
         self.top = (await c.query_top_orders(self.instrument, LEVELS)).orders
+        self.market = (await c.query_market_trades(self.instrument, MARKET_TRADES)).trades
         self.open_orders = await c.query_orders()
         self.fills = (await c.query_all_trades())[-FILLS_SHOWN:]
         self.balances = (await c.query_balances()).balances
@@ -320,6 +326,11 @@ class TraderApp(App[int]):
         self._fill_table("#top", [
             (str(o.order_id), "buy" if o.side == Side.BUY else "sell", yuan(o.price), f"{o.qty:,}", o.member or "·")
             for o in self.top], [str(o.order_id) for o in self.top])
+        market = self.query_one("#market", DataTable)
+        market.clear()
+        for t in self.market:  # newest first
+            when = datetime.fromtimestamp(t.ts / 1e9, UTC).strftime("%H:%M:%S")
+            market.add_row(when, yuan(t.price), f"{t.qty:,}", "buy" if t.aggressor == Side.BUY else "sell")
         self._fill_table("#orders", [
             (str(o.order_id), o.coid, o.instrument, "buy" if o.side == Side.BUY else "sell", yuan(o.price),
              f"{o.qty:,}", f"{o.filled:,}") for o in self.open_orders], [str(o.order_id) for o in self.open_orders])

@@ -239,3 +239,27 @@ def test_a_snapshot_keeps_the_days_orders_and_fills() -> None:
     assert after.day[oid].filled == 4 and after.day[oid].qty == 6
     after._check()
     assert {rep.body.coid for rep in after.coids.values()} == {"a", "b", "bad"}  # type: ignore[union-attr]
+
+
+@run
+async def test_the_last_trades_of_an_instrument_are_public_and_anonymous() -> None:
+    async with Harness() as h:
+        m1, m2, m3 = await h.client("M1", "t1"), await h.client("M2", "t2"), await h.client("M3", "t3")
+        assert (await m3.query_market_trades(SYMBOL)).trades == []
+        for i in range(3):
+            m1.new_order(SYMBOL, Side.BUY, 5 + i, 10_000 + i)
+            await m1.query_instruments()
+            m2.new_order(SYMBOL, Side.SELL, 5 + i, 10_000 + i)  # the aggressor: a sell
+            await m2.query_instruments()
+        reply = await m3.query_market_trades(SYMBOL)  # a member that took no part sees them
+        assert [(t.price, t.qty, t.aggressor) for t in reply.trades] == [
+            (10_002, 7, Side.SELL), (10_001, 6, Side.SELL), (10_000, 5, Side.SELL)]  # newest first
+        assert [t.trade_id for t in reply.trades] == sorted((t.trade_id for t in reply.trades), reverse=True)
+        assert not any(hasattr(t, "buyer") or hasattr(t, "member") for t in reply.trades)
+        assert len((await m3.query_market_trades(SYMBOL, count=2)).trades) == 2
+        for instrument, count, reason in (("NOPE", 5, GatewayReason.UNKNOWN_INSTRUMENT),
+                                          (SYMBOL, 0, GatewayReason.INVALID_FIELD),
+                                          (SYMBOL, 51, GatewayReason.INVALID_FIELD)):
+            with pytest.raises(QueryError) as e:
+                await m3.query_market_trades(instrument, count)
+            assert e.value.reason == reason

@@ -124,6 +124,8 @@ def test_a_dealer_trades_amends_cancels_hits_and_survives_a_dropped_connection(t
                 other.new_order(SYMBOL, Side.SELL, 30, 10_005)
                 await until(pilot, lambda: said(app, "fill: bought 30 t"), "the fill")
                 await until(pilot, lambda: cells(app, "#fills"), "the fills table")
+                await until(pilot, lambda: cells(app, "#market"), "the instrument's last trades")
+                assert cells(app, "#market")[0][1:] == ["100.05", "30", "sell"]  # anyone's trade, no member
                 fill = cells(app, "#fills")[0]
                 assert fill[1:7] == [SYMBOL, "buy", "100.05", "30", "maker", "1.05"], fill  # 3,001.50 x 0.035 %
                 await until(pilot, lambda: [r for r in cells(app, "#balances") if r[0] == SYMBOL] == [
