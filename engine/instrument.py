@@ -35,6 +35,8 @@ class Instrument(msgspec.Struct, kw_only=True):
     price_max: int = 0  # used only without a band (must then be set)
     holds: bool = True  # pre-trade holds; False only for replays and benchmarks
     position_max: int = 0  # tonnes a member may hold and have open to buy; 0 = no limit
+    block_min: int = 100_000  # tonnes: the smallest block agreement offer
+    block_band_bps: int = 3000  # a block offer's price within +-30 % of the previous close
 
     def check(self) -> None:
         """Raise ValueError naming the first rule that does not hold."""
@@ -47,6 +49,10 @@ class Instrument(msgspec.Struct, kw_only=True):
                 raise ValueError(f"{self.symbol}: {name} must be positive, got {getattr(self, name)}")
         if self.position_max < 0:
             raise ValueError(f"{self.symbol}: position_max must be 0 (no limit) or positive, got {self.position_max}")
+        if self.block_min <= 0:
+            raise ValueError(f"{self.symbol}: block_min must be positive, got {self.block_min}")
+        if not 0 < self.block_band_bps < 10_000:
+            raise ValueError(f"{self.symbol}: block_band_bps must be in (0, 10000), got {self.block_band_bps}")
         if self.qty_max < self.qty_min:
             raise ValueError(f"{self.symbol}: qty_max {self.qty_max} < qty_min {self.qty_min}")
         if not 0 <= self.band_bps < 10_000:
@@ -58,6 +64,15 @@ class Instrument(msgspec.Struct, kw_only=True):
             raise ValueError(f"{self.symbol}: empty price range [{lo}, {hi}]")
         if hi - lo > 2_000_000:
             raise ValueError(f"{self.symbol}: price range [{lo}, {hi}] wider than 2,000,000 units")
+
+    def block_band(self, ref_price: int | None = None) -> tuple[int, int]:
+        """The lowest and highest block offer price, on the tick, within block_band_bps
+        of the reference price (the previous close)."""
+        ref = self.ref_price if ref_price is None else ref_price
+        hi = ref * (10_000 + self.block_band_bps) // 10_000
+        lo = -(-ref * (10_000 - self.block_band_bps) // 10_000)
+        tick = self.tick
+        return max(-(-lo // tick) * tick, tick), hi // tick * tick
 
     def band(self, ref_price: int | None = None) -> tuple[int, int]:
         """The lowest and highest tradable price, on the tick, inside the limit."""

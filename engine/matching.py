@@ -33,6 +33,13 @@ from engine.messages import (
     Accepted,
     Amend,
     Amended,
+    BlockAccept,
+    BlockEnd,
+    BlockOffer,
+    BlockOffered,
+    BlockTraded,
+    BlockWithdraw,
+    BlockWithdrawn,
     Cancel,
     Cancelled,
     CancelReason,
@@ -65,6 +72,7 @@ from engine.messages import (
 )
 from engine.structs import EngineSnapshot as EngineSnapshot
 from engine.structs import MarketSnapshot as MarketSnapshot
+from engine.structs import OfferRecord as OfferRecord
 
 # Final: mypyc then keeps these in C statics, not in the module's dict.
 BUY: Final = int(Side.BUY)
@@ -100,6 +108,32 @@ assert NewOrder.__struct_fields__ == NEW_ORDER_FIELDS, NewOrder.__struct_fields_
 # Engine._cancel unpacks astuple(cmd) in this order.
 CANCEL_FIELDS: Final = ("member", "order_id", "actor", "text", "seq", "ts")
 assert Cancel.__struct_fields__ == CANCEL_FIELDS, Cancel.__struct_fields__
+
+
+class Offer:
+    """An open block agreement offer (``BlockOffer``): what is left of it and its hold.
+    Acyclic, like ``Order``."""
+
+    __slots__ = ("offer_id", "member", "coid", "instrument", "side", "qty", "price", "counterparty", "partial", "hold",
+                 "ts")
+
+    def __init__(self, offer_id: int, member: str, coid: str, instrument: str, side: int, qty: int, price: int,
+                 counterparty: str, partial: bool, hold: int, ts: int) -> None:
+        self.offer_id = offer_id
+        self.member = member
+        self.coid = coid
+        self.instrument = instrument
+        self.side = side
+        self.qty = qty
+        self.price = price
+        self.counterparty = counterparty
+        self.partial = partial
+        self.hold = hold
+        self.ts = ts
+
+    def record(self) -> OfferRecord:
+        return OfferRecord(self.offer_id, self.member, self.coid, self.instrument, self.side, self.qty, self.price,
+                           self.counterparty, self.partial, self.hold, self.ts)
 
 
 class Market:
@@ -232,6 +266,8 @@ class Engine:
         self.last_ts = 0
         self._order_ids = itertools.count(1)  # next() is one C call in the hot path
         self._trade_ids = itertools.count(1)
+        self.offers: dict[int, Offer] = {}  # open block agreement offers
+        self.next_offer_id = 1
         self.day = 1
         self._next_change = -1  # ts of the next schedule change; -1: not computed yet
         self._expire_at = 1 << 62  # ts of the current day's close
@@ -247,6 +283,9 @@ class Engine:
             SuspendMember: self._suspend,
             ReinstateMember: self._reinstate,
             Note: self._note,
+            BlockOffer: self._block_offer,
+            BlockAccept: self._block_accept,
+            BlockWithdraw: self._block_withdraw,
         }
 
     @property
@@ -353,7 +392,7 @@ class Engine:
             return False
         return True
 
-    def _hold_new(self, cmd: NewOrder | HitOrder, member: str, market: Market, side: int, price: int, qty: int) -> int:
+    def _hold_new(self, cmd: NewOrder | HitOrder | BlockOffer | BlockAccept, member: str, market: Market, side: int, price: int, qty: int) -> int:
         """Hold what a new order of ``member`` needs; returns the cash held (buys), 0
         (sells), or -1 after rejecting. (``member`` is passed, not read from ``cmd``:
         compiled, a Struct's attribute read is a generic getattr.)"""
@@ -373,7 +412,8 @@ class Engine:
         return -1
 
     def _position_ok(
-        self, cmd: NewOrder | HitOrder | Amend, member: str, market: Market, more: int, coid: str, order_id: int,
+        self, cmd: NewOrder | HitOrder | Amend | BlockOffer | BlockAccept, member: str, market: Market, more: int,
+        coid: str, order_id: int,
     ) -> bool:
         """Whether ``more`` tonnes to buy keep the member within the instrument's position
         limit (its holding, from the ledger, plus its open buy quantity plus ``more``);
@@ -995,6 +1035,9 @@ class Engine:
             market = self.markets[order.instrument]
             qty = self._remove_resting(market, order)
             out.append(Expired(seq, ts, order.member, order.order_id, order.instrument, qty))
+        # Block offers end with the block session, the day's last window.
+        for offer_id in sorted(self.offers):
+            self._end_offer(self.offers[offer_id], int(BlockEnd.EXPIRED), seq, ts)
 
     def _end_of_day(self, cmd: EndOfDay) -> None:
         self._expire_all(cmd.seq, cmd.ts)
@@ -1009,6 +1052,161 @@ class Engine:
         self.day += 1
         if self.ledger is not None:
             self.ledger.end_of_day()
+
+    # --- block agreement trading -------------------------------------------------------
+
+    def _in_block_session(self, ts: int) -> bool:
+        """Whether ``ts`` falls in the block session: the schedule's last window (13:00-15:00
+        on the national schedule; always, on an always-open one)."""
+        sched = self.schedule
+        if not sched.windows:
+            return False
+        minute = (ts + sched.utc_offset_minutes * NS_PER_MINUTE) % NS_PER_DAY // NS_PER_MINUTE
+        start, end = sched.windows[-1]
+        return start <= minute < end
+
+    def _block_market(self, cmd: BlockOffer | BlockAccept, member: str, instrument: str, coid: str) -> Market | None:
+        """Checks shared by block offers and acceptances; rejects and returns None on the
+        first that fails."""
+        if member in self.suspended:
+            self._reject(cmd, Reason.MEMBER_SUSPENDED, f"member {member} is suspended from trading", coid)
+            return None
+        market = self.markets.get(instrument)
+        if market is None:
+            self._reject(cmd, Reason.UNKNOWN_INSTRUMENT, f"unknown instrument {instrument!r}", coid)
+            return None
+        if market.halted:
+            self._reject(cmd, Reason.INSTRUMENT_HALTED, f"{market.symbol} is halted", coid)
+            return None
+        if market.phase != CONTINUOUS or not self._in_block_session(cmd.ts):
+            start, end = self.schedule.windows[-1] if self.schedule.windows else (0, 0)
+            self._reject(cmd, Reason.BLOCK_SESSION_CLOSED,
+                         f"block trading is open {start // 60:02d}:{start % 60:02d}-{end // 60:02d}:{end % 60:02d} only",
+                         coid)
+            return None
+        if coid in self.coids.get(member, ()):
+            self._reject(cmd, Reason.DUPLICATE_CLIENT_ORDER_ID, f"client order id {coid!r} already used today", coid)
+            return None
+        return market
+
+    def _block_offer(self, cmd: BlockOffer) -> None:
+        member, coid = cmd.member, cmd.coid
+        market = self._block_market(cmd, member, cmd.instrument, coid)
+        if market is None:
+            return
+        side, qty, price = cmd.side, cmd.qty, cmd.price
+        rules = market.rules
+        if side != BUY and side != SELL:
+            self._reject(cmd, Reason.INVALID_FIELD, f"side must be 1 (buy) or 2 (sell), got {side}", coid)
+            return
+        if qty < rules.block_min:
+            self._reject(cmd, Reason.BLOCK_TOO_SMALL, f"a block offer is at least {rules.block_min} t, got {qty}", coid)
+            return
+        if qty % market.lot:
+            self._reject(cmd, Reason.OFF_LOT, f"quantity {qty} is not a multiple of the lot {market.lot}", coid)
+            return
+        if price % market.tick:
+            self._reject(cmd, Reason.OFF_TICK, f"price {price} is not a multiple of the tick {market.tick}", coid)
+            return
+        low, high = rules.block_band(market.ref_price)
+        if not low <= price <= high:
+            self._reject(cmd, Reason.BLOCK_PRICE_OUT_OF_RANGE,
+                         f"block price {price} outside [{low}, {high}] ({rules.block_band_bps // 100} % around the "
+                         f"previous close {market.ref_price})", coid)
+            return
+        if cmd.counterparty == member:
+            self._reject(cmd, Reason.INVALID_FIELD, "the counterparty named is the offering member itself", coid)
+            return
+        if side == BUY and market.position_max and not self._position_ok(cmd, member, market, qty, coid, 0):
+            return
+        hold = 0
+        if market.holds:
+            hold = self._hold_new(cmd, member, market, side, price, qty)
+            if hold < 0:
+                return
+        offer_id = self.next_offer_id
+        self.next_offer_id = offer_id + 1
+        self.coids.setdefault(member, set()).add(coid)
+        self.offers[offer_id] = Offer(offer_id, member, coid, market.symbol, side, qty, price, cmd.counterparty,
+                                      cmd.partial, hold, cmd.ts)
+        self.out.append(BlockOffered(cmd.seq, cmd.ts, member, coid, offer_id, market.symbol, side, qty, price,
+                                     cmd.counterparty, cmd.partial))
+
+    def _block_accept(self, cmd: BlockAccept) -> None:
+        member, coid, qty = cmd.member, cmd.coid, cmd.qty
+        offer = self.offers.get(cmd.offer_id)
+        if offer is None or (offer.counterparty and offer.counterparty != member):
+            # An offer named to another member is, to this one, no offer at all.
+            self._reject(cmd, Reason.UNKNOWN_OFFER, f"no open block offer {cmd.offer_id} for you", coid)
+            return
+        market = self._block_market(cmd, member, offer.instrument, coid)
+        if market is None:
+            return
+        if offer.member == member:
+            self._reject(cmd, Reason.OFFER_IS_YOURS, f"block offer {offer.offer_id} is your own", coid)
+            return
+        if qty <= 0 or qty > offer.qty:
+            self._reject(cmd, Reason.QTY_OUT_OF_RANGE, f"quantity {qty} outside [1, {offer.qty}] (what is left)", coid)
+            return
+        if qty != offer.qty and not offer.partial:
+            self._reject(cmd, Reason.PARTIAL_NOT_ALLOWED,
+                         f"block offer {offer.offer_id} is all or nothing: accept {offer.qty} t", coid)
+            return
+        if qty % market.lot:
+            self._reject(cmd, Reason.OFF_LOT, f"quantity {qty} is not a multiple of the lot {market.lot}", coid)
+            return
+        side = SELL if offer.side == BUY else BUY  # the acceptor's
+        price = offer.price
+        if side == BUY and market.position_max and not self._position_ok(cmd, member, market, qty, coid, 0):
+            return
+        freed = 0
+        if market.holds:
+            ledger = self.ledger
+            assert ledger is not None
+            hold = self._hold_new(cmd, member, market, side, price, qty)
+            if hold < 0:
+                return
+            if side == BUY:
+                freed = hold  # the acceptor's hold covers exactly this trade
+            else:
+                left = offer.qty - qty
+                new = ledger.cash_required(price * left) if left else 0
+                freed = offer.hold - new
+                offer.hold = new
+        self.coids.setdefault(member, set()).add(coid)
+        trade_id = next(self._trade_ids)
+        # Settled as any trade (delivery versus payment), the offerer as maker; not
+        # recorded in the listing statistics (open, close, VWAP).
+        trade = Trade(cmd.seq, cmd.ts, trade_id, market.symbol, price, qty, side, 0, offer.member, 0, member)
+        if market.holds:
+            assert self.ledger is not None
+            self.ledger.settle(trade, freed)
+        offer.qty -= qty
+        buyer, seller = (member, offer.member) if side == BUY else (offer.member, member)
+        self.out.append(BlockTraded(cmd.seq, cmd.ts, trade_id, offer.offer_id, market.symbol, price, qty, buyer, seller,
+                                    offer.member, member, coid, offer.coid, offer.qty))
+        if not offer.qty:
+            del self.offers[offer.offer_id]
+
+    def _block_withdraw(self, cmd: BlockWithdraw) -> None:
+        offer = self.offers.get(cmd.offer_id)
+        if offer is None or offer.member != cmd.member:
+            self._reject(cmd, Reason.UNKNOWN_OFFER, f"no open block offer {cmd.offer_id} of yours")
+            return
+        self._end_offer(offer, int(BlockEnd.WITHDRAWN), cmd.seq, cmd.ts)
+
+    def _end_offer(self, offer: Offer, reason: int, seq: int, ts: int) -> None:
+        """Release what is left of an offer's hold and drop it."""
+        market = self.markets[offer.instrument]
+        if market.holds:
+            ledger = self.ledger
+            assert ledger is not None
+            if offer.side == BUY:
+                ledger.release(offer.member, CASH, offer.hold)
+            else:
+                ledger.release(offer.member, offer.instrument, offer.qty)
+        del self.offers[offer.offer_id]
+        self.out.append(BlockWithdrawn(seq, ts, offer.member, offer.offer_id, offer.instrument, offer.qty, reason))
 
     # --- members ----------------------------------------------------------------------
 
@@ -1086,7 +1284,7 @@ class Engine:
         return EngineSnapshot(
             self.last_seq, self.last_ts, self.next_order_id, self.next_trade_id, self.day,
             self._next_change, self._expire_at, [(m, list(used)) for m, used in self.coids.items() if used], markets,
-            sorted(self.suspended),
+            sorted(self.suspended), [self.offers[i].record() for i in sorted(self.offers)], self.next_offer_id,
         )
 
     def restore(self, snap: EngineSnapshot) -> None:
@@ -1097,6 +1295,10 @@ class Engine:
         self._next_change, self._expire_at = snap.next_change, snap.expire_at
         self.coids = {m: set(used) for m, used in snap.coids}
         self.suspended = set(snap.suspended)
+        self.next_offer_id = snap.next_offer_id
+        for r in snap.offers:
+            self.offers[r.offer_id] = Offer(r.offer_id, r.member, r.coid, r.instrument, r.side, r.qty, r.price,
+                                            r.counterparty, r.partial, r.hold, r.ts)
         for ms in snap.markets:
             market = self.markets.get(ms.symbol)
             if market is None:
@@ -1126,10 +1328,13 @@ class Engine:
         ledger = self.ledger.state() if self.ledger is not None else []
         state: list[Any] = [self.last_seq, self.last_ts, self.next_order_id, self.next_trade_id, self.day,
                             markets, self._coid_digest(), ledger]
-        if self.suspended:
+        if self.suspended or self.offers or self.next_offer_id > 1:
             # Only when there are any: a state without suspensions keeps the hash it had
             # before suspensions existed, so snapshot files written then still verify.
             state.append(sorted(self.suspended))
+        if self.offers or self.next_offer_id > 1:
+            # The same for block offers (issue 14).
+            state.append([self.next_offer_id, [self.offers[i].record() for i in sorted(self.offers)]])
         return state
 
     def _coid_digest(self) -> list[tuple[str, int, int]]:
@@ -1168,6 +1373,16 @@ class Engine:
                     elif market.holds:
                         key = (o.member, o.instrument)
                         held_asset[key] = held_asset.get(key, 0) + o.qty
+        for offer in self.offers.values():
+            market = self.markets[offer.instrument]
+            assert offer.qty > 0 and offer.offer_id < self.next_offer_id, offer.record()
+            if market.holds and offer.side == BUY:
+                assert self.ledger is not None
+                assert offer.hold == self.ledger.cash_required(offer.price * offer.qty), offer.record()
+                held_cash[offer.member] = held_cash.get(offer.member, 0) + offer.hold
+            elif market.holds:
+                key = (offer.member, offer.instrument)
+                held_asset[key] = held_asset.get(key, 0) + offer.qty
         assert live.keys() == self.orders.keys(), "order index differs from the books"
         for oid, o in live.items():
             assert self.orders[oid] is o

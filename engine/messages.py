@@ -97,6 +97,12 @@ class Reason(IntEnum):
     MEMBER_SUSPENDED = 20  # the member's trading is suspended by the operator
     ALREADY_SUSPENDED = 21
     NOT_SUSPENDED = 22
+    BLOCK_TOO_SMALL = 23  # a block offer under the instrument's block minimum
+    BLOCK_PRICE_OUT_OF_RANGE = 24  # a block offer's price outside the block band around the previous close
+    BLOCK_SESSION_CLOSED = 25  # block trading only in the block session (the schedule's last window)
+    UNKNOWN_OFFER = 26  # no open block offer with that id for this member (one naming another member is none)
+    OFFER_IS_YOURS = 27  # a member cannot accept its own offer
+    PARTIAL_NOT_ALLOWED = 28  # the offer is all-or-nothing and the quantity is not all of it
 
 
 class CancelReason(IntEnum):
@@ -259,8 +265,50 @@ class Note(Command, tag=12):
     ts: int = 0
 
 
+class BlockOffer(Command, tag=13):
+    """A block agreement offer: at least the instrument's block minimum (100,000 t),
+    priced within the block band around the previous close (+-30 %), in the block
+    session (the schedule's last window, 13:00-15:00). Open to every member, or to the
+    one ``counterparty`` named; with ``partial`` another member may take part of it.
+    The offerer's side is held like an order's until the offer is taken, withdrawn or
+    expires at the session's end."""
+
+    member: Name
+    coid: Coid
+    instrument: Symbol
+    side: int
+    qty: int
+    price: int
+    counterparty: Name = ""  # "" = any member
+    partial: bool = False
+    seq: int = 0
+    ts: int = 0
+
+
+class BlockAccept(Command, tag=14):
+    """Take ``qty`` of block offer ``offer_id`` (all of it unless the offer allows a
+    part), on the other side at the offer's price: held, then settled at once."""
+
+    member: Name
+    coid: Coid
+    offer_id: int
+    qty: int
+    seq: int = 0
+    ts: int = 0
+
+
+class BlockWithdraw(Command, tag=15):
+    """The offerer takes back what is left of its block offer."""
+
+    member: Name
+    offer_id: int
+    seq: int = 0
+    ts: int = 0
+
+
 ENGINE_COMMANDS = (
     NewOrder, Cancel, Amend, MassCancel, HitOrder, Halt, Resume, Tick, EndOfDay, SuspendMember, ReinstateMember, Note,
+    BlockOffer, BlockAccept, BlockWithdraw,
 )
 
 # --- events -----------------------------------------------------------------------
@@ -408,6 +456,63 @@ class Noted(Event, tag=111):
     text: str
 
 
+class BlockOffered(Event, tag=112):
+    """A block offer is open (to its offerer; other members find it with a query)."""
+
+    seq: int
+    ts: int
+    member: str
+    coid: str
+    offer_id: int
+    instrument: str
+    side: int
+    qty: int
+    price: int
+    counterparty: str
+    partial: bool
+
+
+class BlockTraded(Event, tag=113):
+    """A block trade: the acceptor took ``qty`` of the offer at its price, settled by
+    delivery versus payment like any trade; ``left`` is what remains of the offer.
+    To both members (a block agreement names its parties to each other)."""
+
+    seq: int
+    ts: int
+    trade_id: int
+    offer_id: int
+    instrument: str
+    price: int
+    qty: int
+    buyer: str
+    seller: str
+    offerer: str
+    acceptor: str
+    coid: str  # the acceptor's client order id
+    offer_coid: str
+    left: int
+
+
+class BlockWithdrawn(Event, tag=114):
+    """What was left of a block offer is gone: withdrawn by its member (reason 1) or
+    expired at the end of the block session (reason 2); its hold is released."""
+
+    seq: int
+    ts: int
+    member: str
+    offer_id: int
+    instrument: str
+    qty: int
+    reason: int
+
+
+class BlockEnd(IntEnum):
+    """Why a block offer ended without being taken (``BlockWithdrawn.reason``)."""
+
+    WITHDRAWN = 1
+    EXPIRED = 2
+
+
 ENGINE_EVENTS = (
     Accepted,
     Rejected,
@@ -420,9 +525,12 @@ ENGINE_EVENTS = (
     Decremented,
     MemberStatus,
     Noted,
+    BlockOffered,
+    BlockTraded,
+    BlockWithdrawn,
 )
 
 AnyCommand = (
     NewOrder | Cancel | Amend | MassCancel | HitOrder | Halt | Resume | Tick | EndOfDay | SuspendMember
-    | ReinstateMember | Note
+    | ReinstateMember | Note | BlockOffer | BlockAccept | BlockWithdraw
 )

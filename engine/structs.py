@@ -31,6 +31,22 @@ class OrderRecord(msgspec.Struct, array_like=True, gc=False):
     ts: int  # entry time, the time of its priority
 
 
+class OfferRecord(msgspec.Struct, array_like=True, gc=False):
+    """An open block agreement offer as snapshots and the state hash encode it."""
+
+    offer_id: int
+    member: str
+    coid: str
+    instrument: str
+    side: int
+    qty: int  # what is left
+    price: int
+    counterparty: str
+    partial: bool
+    hold: int  # cash held for a buy's quantity left; 0 for sells (they hold qty)
+    ts: int
+
+
 class MarketSnapshot(msgspec.Struct, array_like=True):
     symbol: str
     phase: int
@@ -52,3 +68,5 @@ class EngineSnapshot(msgspec.Struct, array_like=True):
     markets: list[MarketSnapshot]
     # Added later, with a default, at the end: snapshots written before decode as before.
     suspended: list[str] = msgspec.field(default_factory=list)  # members whose trading is suspended, sorted
+    offers: list[OfferRecord] = msgspec.field(default_factory=list)  # open block offers, by offer id
+    next_offer_id: int = 1
