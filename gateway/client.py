@@ -35,6 +35,9 @@ from typing import Any
 
 from engine.messages import (
     Amend,
+    BlockAccept,
+    BlockOffer,
+    BlockWithdraw,
     Cancel,
     CancelReason,
     HitOrder,
@@ -49,6 +52,7 @@ from gateway.framing import MAX_OUTBOUND_FRAME, FrameSplitter, FrameWriter
 from gateway.protocol import (
     PROTOCOL_VERSION,
     BalancesReply,
+    BlockOffersReply,
     BookReply,
     CodMode,
     Disconnect,
@@ -64,6 +68,7 @@ from gateway.protocol import (
     OrderStatus,
     OrderStatusReply,
     QueryBalances,
+    QueryBlockOffers,
     QueryBook,
     QueryInstruments,
     QueryMarketTrades,
@@ -87,7 +92,7 @@ from settlement.messages import RegistryRejected
 
 _REJECTIONS = (Rejected, RegistryRejected)
 _REPLIES = (OrdersReply, BalancesReply, BookReply, InstrumentsReply, QueryRejected, Unlocked, Disconnected, SessionsReply,
-            OrderStatusReply, TradesReply, MarketTradesReply)
+            OrderStatusReply, TradesReply, MarketTradesReply, BlockOffersReply)
 READ_CHUNK = 256 * 1024
 INBOX_MAX = 1_000_000  # messages kept for next(); beyond it the client stops reading
 
@@ -280,6 +285,25 @@ class Client:
 
     def cancel(self, order_id: int) -> None:
         self.send(Cancel(self.member, order_id))
+
+    def block_offer(self, instrument: str, side: int, qty: int, price: int, *, counterparty: str = "",
+                    partial: bool = False, coid: str | None = None) -> str:
+        """A block agreement offer (docs/protocol.md): answered by BlockOffered or Rejected."""
+        coid = coid or self.next_coid()
+        self.send(BlockOffer(self.member, coid, instrument, int(side), qty, price, counterparty, partial))
+        return coid
+
+    def block_accept(self, offer_id: int, qty: int, *, coid: str | None = None) -> str:
+        """Take ``qty`` of a block offer: answered by BlockTraded or Rejected."""
+        coid = coid or self.next_coid()
+        self.send(BlockAccept(self.member, coid, offer_id, qty))
+        return coid
+
+    def block_withdraw(self, offer_id: int) -> None:
+        self.send(BlockWithdraw(self.member, offer_id))
+
+    async def query_block_offers(self, instrument: str = "", timeout: float = 10.0) -> BlockOffersReply:
+        return await self._ask(lambda r: QueryBlockOffers(r, instrument), timeout)  # type: ignore[no-any-return]
 
     def mass_cancel(self, instrument: str = "", member: str | None = None) -> None:
         self.send(MassCancel(self.member if member is None else member, instrument, int(CancelReason.MASS_CANCEL)))

@@ -40,6 +40,12 @@ from engine.messages import (
     Accepted,
     Amend,
     Amended,
+    BlockAccept,
+    BlockOffer,
+    BlockOffered,
+    BlockTraded,
+    BlockWithdraw,
+    BlockWithdrawn,
     Cancel,
     Cancelled,
     Coid,
@@ -262,6 +268,14 @@ class QueryMarketTrades(Msg, tag=63):
     count: int = 20
 
 
+class QueryBlockOffers(Msg, tag=64):
+    """The open block agreement offers a member may accept (open to all, or naming it)
+    and its own; staff see all. ``instrument`` "" = all."""
+
+    req_id: int
+    instrument: Symbol = ""
+
+
 class Disconnect(Msg, tag=60):
     """An operator ends a session (``SessionClosed(DISCONNECTED)``); answered with a
     ``Disconnected``; recorded in the journal as a ``Note`` with ``text``."""
@@ -344,7 +358,7 @@ class Fill(Msg, tag=170):
 
 ReportBody = (
     Accepted | Rejected | Fill | Cancelled | Amended | Expired | Decremented | StatusChanged | DayClosed
-    | MemberStatus | Noted | RegistryDone | RegistryRejected
+    | MemberStatus | Noted | RegistryDone | RegistryRejected | BlockOffered | BlockTraded | BlockWithdrawn
 )
 
 
@@ -513,6 +527,23 @@ class MarketTradesReply(Msg, tag=186):
     trades: list[MarketTrade]  # newest first
 
 
+class BlockOfferRow(msgspec.Struct, array_like=True, gc=False):
+    offer_id: int
+    member: str  # the offerer: only to itself and to staff ("" to other members)
+    instrument: str
+    side: int  # the offerer's
+    qty: int  # what is left
+    price: int
+    partial: bool  # whether a part may be accepted
+    named: bool  # it names a counterparty (to a member: itself)
+    ts: int
+
+
+class BlockOffersReply(Msg, tag=187):
+    req_id: int
+    offers: list[BlockOfferRow]  # in offer id order
+
+
 class TradesReply(Msg, tag=179):
     req_id: int
     trades: list[TradeFill]
@@ -630,12 +661,13 @@ BOOK_LEVELS = 5
 
 SESSION_INBOUND: tuple[type, ...] = (Logon, Logout, Heartbeat, QueryOrders, QueryBalances, QueryBook, QueryInstruments,
                                      Unlock, Watch, QuerySessions, Disconnect, QueryOrderStatus, QueryTrades,
-                                     QueryMarketTrades)
+                                     QueryMarketTrades, QueryBlockOffers)
 QUERIES: tuple[type, ...] = (QueryOrders, QueryBalances, QueryBook, QueryInstruments, QueryOrderStatus, QueryTrades,
-                             QueryMarketTrades)
-TRADER_COMMANDS: tuple[type, ...] = (NewOrder, Cancel, Amend, MassCancel, HitOrder)
+                             QueryMarketTrades, QueryBlockOffers)
+TRADER_COMMANDS: tuple[type, ...] = (NewOrder, Cancel, Amend, MassCancel, HitOrder, BlockOffer, BlockAccept, BlockWithdraw)
 OPERATOR_COMMANDS: tuple[type, ...] = (Halt, Resume, MassCancel, EndOfDay)
-ENGINE_INBOUND: tuple[type, ...] = (NewOrder, Cancel, Amend, MassCancel, HitOrder, Halt, Resume, EndOfDay, SuspendMember,
+ENGINE_INBOUND: tuple[type, ...] = (NewOrder, Cancel, Amend, MassCancel, HitOrder, BlockOffer, BlockAccept, BlockWithdraw,
+                                    Halt, Resume, EndOfDay, SuspendMember,
                                     ReinstateMember)
 
 
@@ -651,7 +683,7 @@ INBOUND: tuple[type, ...] = ENGINE_INBOUND + CLERK_COMMANDS + AUTHORITY_COMMANDS
 OUTBOUND: tuple[type, ...] = (
     LogonAck, LogonReject, ServerHeartbeat, SessionReject, SessionClosed, Notice, ReplayDone, Report, Resent,
     OrdersReply, BalancesReply, BookReply, InstrumentsReply, QueryRejected, Unlocked, Disconnected,
-    OrderStatusReply, TradesReply, MarketTradesReply,
+    OrderStatusReply, TradesReply, MarketTradesReply, BlockOffersReply,
     InstrumentView, TradesView, ChartView, AlertView, HealthView, SessionsReply,
 )
 

@@ -27,6 +27,8 @@ from gateway.protocol import (
     TRADES_PER_REPLY,
     Balance,
     BalancesReply,
+    BlockOfferRow,
+    BlockOffersReply,
     BookLevel,
     BookReply,
     GatewayReason,
@@ -40,6 +42,7 @@ from gateway.protocol import (
     OrderStatus,
     OrderStatusReply,
     QueryBalances,
+    QueryBlockOffers,
     QueryBook,
     QueryInstruments,
     QueryMarketTrades,
@@ -67,6 +70,20 @@ class Queries:
     def answer(self, member: str, sees_all: bool, q: Any) -> Any:
         engine = self.core.engine
         t = type(q)
+        if t is QueryBlockOffers:
+            if q.instrument and q.instrument not in engine.markets:
+                return QueryRejected(q.req_id, GatewayReason.UNKNOWN_INSTRUMENT, f"unknown instrument {q.instrument!r}")
+            rows = []
+            for offer_id in sorted(engine.offers):
+                o = engine.offers[offer_id]
+                if q.instrument and o.instrument != q.instrument:
+                    continue
+                mine = o.member == member
+                if not sees_all and not mine and o.counterparty not in ("", member):
+                    continue  # named to another member: not this one's to see
+                rows.append(BlockOfferRow(o.offer_id, o.member if sees_all or mine else "", o.instrument, o.side, o.qty,
+                                          o.price, o.partial, bool(o.counterparty), o.ts))
+            return BlockOffersReply(q.req_id, rows)
         if t is QueryMarketTrades:
             if q.instrument not in engine.markets:
                 return QueryRejected(q.req_id, GatewayReason.UNKNOWN_INSTRUMENT, f"unknown instrument {q.instrument!r}")

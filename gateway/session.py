@@ -44,6 +44,9 @@ import msgspec
 from engine.messages import (
     COID_MAX,
     Amend,
+    BlockAccept,
+    BlockOffer,
+    BlockWithdraw,
     Cancel,
     CancelReason,
     EndOfDay,
@@ -138,7 +141,8 @@ K_ORDER, K_OWN, K_STAFF, K_QUERY, K_HEARTBEAT, K_LOGOUT, K_LOGON, K_OPS, K_WATCH
 _COMMON: dict[type, int] = {Heartbeat: K_HEARTBEAT, Logout: K_LOGOUT, Logon: K_LOGON, **{q: K_QUERY for q in QUERIES},
                             Watch: K_WATCH, QuerySessions: K_WATCH}
 PERMISSIONS: dict[Role, dict[type, int]] = {
-    Role.TRADER: {**_COMMON, NewOrder: K_ORDER, HitOrder: K_ORDER, Cancel: K_OWN, Amend: K_OWN, MassCancel: K_OWN},
+    Role.TRADER: {**_COMMON, NewOrder: K_ORDER, HitOrder: K_ORDER, Cancel: K_OWN, Amend: K_OWN, MassCancel: K_OWN,
+                  BlockOffer: K_ORDER, BlockAccept: K_ORDER, BlockWithdraw: K_OWN},
     Role.READ_ONLY: dict(_COMMON),
     Role.OPERATOR: {**_COMMON, Halt: K_STAFF, Resume: K_STAFF, MassCancel: K_STAFF, EndOfDay: K_STAFF,
                     Cancel: K_STAFF, SuspendMember: K_STAFF, ReinstateMember: K_STAFF, Unlock: K_OPS,

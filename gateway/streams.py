@@ -34,6 +34,9 @@ from engine.matching import Engine
 from engine.messages import (
     Accepted,
     Amended,
+    BlockOffered,
+    BlockTraded,
+    BlockWithdrawn,
     Cancelled,
     CancelReason,
     DayClosed,
@@ -303,6 +306,17 @@ class Router:
                         live.reason = _STP
                         del stream.open[ev.order_id]
                 report(stream, ev, touched)
+            elif t is BlockTraded:
+                # To both parties; the acceptor's client order id has its outcome.
+                acceptor = streams[ev.acceptor]
+                rep = report(acceptor, ev, touched)
+                acceptor.coids[ev.coid] = rep
+                report(streams[ev.offerer], ev, touched)
+            elif t is BlockOffered:
+                stream = streams[ev.member]
+                stream.coids[ev.coid] = report(stream, ev, touched)
+            elif t is BlockWithdrawn:
+                report(streams[ev.member], ev, touched)
             elif t is StatusChanged:
                 for stream in streams.values():
                     report(stream, ev, touched)
