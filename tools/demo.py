@@ -27,6 +27,7 @@ from typing import Any, TextIO
 import msgspec
 
 from engine import Accepted, Cancelled, Expired, Side
+from engine.messages import BlockOffered, BlockTraded, Rejected
 from gateway.auth import hash_secret
 from gateway.client import Client
 from gateway.config import Config, from_dict
@@ -200,6 +201,8 @@ async def run_demo(seconds: float = 6.0, members: int = 6, folder: str | None = 
         tasks = [asyncio.create_task(_member(c, random.Random(rng.random()), fair, tape, until)) for c in clients]
         tasks.append(asyncio.create_task(drift()))
         await asyncio.gather(_progress(tape, started, until, out, out.isatty()), *tasks)
+        if len(member_ids) >= 2:
+            await _block_trade(port, staff, creds, member_ids[0][0], member_ids[1][0], out)
         op = Client("127.0.0.1", port, STAFF, "op", staff["op"])
         await op.connect()
         await _show(op, service, tape, out)
@@ -216,6 +219,47 @@ async def run_demo(seconds: float = 6.0, members: int = 6, folder: str | None = 
               "and with the exchange's ledger; every trade moved its cash and allowances once.", file=out)
     print(_next_steps(folder, service.registry_url), file=out)
     return DemoResult(folder, tape.orders, len(tape.trades), tape.volume, problems, port)
+
+
+BLOCK_T = 100_000  # the smallest block agreement trade
+
+
+async def _block_trade(port: int, staff: dict[str, str], creds: dict[tuple[str, str], str], seller: str, buyer: str,
+                       out: TextIO) -> None:
+    """A block agreement trade in the afternoon: the registry tops up the two members
+    (a block is at least 100,000 t), the seller offers to the buyer by name, the buyer
+    accepts; settled like any trade, outside the listing book and its statistics."""
+    symbol, ref = INSTRUMENTS[0]
+    price = int(ref.replace(".", ""))
+    clerk = Client("127.0.0.1", port, STAFF, "clerk", staff["clerk"])
+    authority = Client("127.0.0.1", port, STAFF, "authority", staff["authority"])
+    sell = Client("127.0.0.1", port, seller, "trader", creds[(seller, "trader")], cod=CodMode.OFF)
+    buy = Client("127.0.0.1", port, buyer, "trader", creds[(buyer, "trader")], cod=CodMode.OFF)
+    for c in (clerk, authority, sell, buy):
+        await c.connect()
+    try:
+        for client, cmd in ((authority, Allocate("", "AUTHORITY", seller, symbol, BLOCK_T)),
+                            (clerk, Deposit("", buyer, BLOCK_T * price * 11 // 10))):
+            if await client.command(cmd) is not None:
+                raise RuntimeError(f"the block trade's funding was refused: {cmd}")
+        # The members' sessions replay their day first: the answers are found by client order id.
+        coid = sell.block_offer(symbol, Side.SELL, BLOCK_T, price, counterparty=buyer)
+        offered = await sell.wait_for(lambda m: isinstance(m, Report) and isinstance(m.body, (BlockOffered, Rejected))
+                                      and m.body.coid == coid)
+        if not isinstance(offered.body, BlockOffered):
+            raise RuntimeError(f"the block offer was rejected: {offered.body.text}")
+        coid = buy.block_accept(offered.body.offer_id, BLOCK_T)
+        done = await buy.wait_for(lambda m: isinstance(m, Report) and isinstance(m.body, (BlockTraded, Rejected))
+                                  and m.body.coid == coid)
+        if not isinstance(done.body, BlockTraded):
+            raise RuntimeError(f"the block acceptance was rejected: {done.body.text}")
+        t = done.body
+        print(f"\nBlock trade #{t.trade_id}: {t.seller} sold {t.qty:,} t of {t.instrument} to {t.buyer} at "
+              f"{format_yuan(t.price)} by agreement (offer {t.offer_id}, named to {buyer}); settled like any trade, "
+              f"outside the listing book and its statistics", file=out)
+    finally:
+        for c in (clerk, authority, sell, buy):
+            await c.close()
 
 
 async def _show(op: Client, service: Service, tape: Tape, out: TextIO) -> None:
