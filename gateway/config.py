@@ -106,6 +106,8 @@ class InstrumentSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     price_max: Decimal = Decimal("0")  # yuan, only without a band
     position_max: int = 0  # tonnes a member may hold and have open to buy; 0 = no limit
     large_holder: int = 0  # tonnes: a member's holding reaching it raises a surveillance alert; 0 = none
+    block_min: int = 100_000  # tonnes: the smallest block agreement offer
+    block_band_pct: Decimal = Decimal("30")  # a block offer's price within +- this percent of the previous close
 
 
 class SurveillanceSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -160,6 +162,11 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             if not 0 <= band_bps < 10_000:
                 raise ConfigError(f"{where}: band_pct {_written(i.band_pct)} must be at least 0 and below 100 "
                                   "(0 = no band)")
+            block_bps = _exact(i.block_band_pct, 2, f"{where}: block_band_pct", BASIS_POINT)
+            if not 0 < block_bps < 10_000:
+                raise ConfigError(f"{where}: block_band_pct {_written(i.block_band_pct)} must be above 0 and below 100")
+            if i.block_min <= 0:
+                raise ConfigError(f"{where}: block_min {i.block_min} must be a positive number of tonnes")
             rules = Instrument(
                 symbol=i.symbol,
                 ref_price=fen(i.ref_price, f"{where}: ref_price"),
@@ -168,6 +175,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 price_min=fen(i.price_min, f"{where}: price_min"),
                 price_max=fen(i.price_max, f"{where}: price_max"),
                 position_max=i.position_max,
+                block_min=i.block_min,
+                block_band_bps=block_bps,
             )
             # Said here in yuan as written; the engine's own check would say it in fen.
             for name, written in (("ref_price", i.ref_price), ("tick", i.tick)):

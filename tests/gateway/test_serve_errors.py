@@ -252,6 +252,10 @@ def refusal(text: str) -> str:
     ({"band_pct": "100"}, "instrument CEA24: band_pct 100 must be at least 0 and below 100 (0 = no band)"),
     ({"band_pct": "-5"}, "instrument CEA24: band_pct -5 must be at least 0 and below 100 (0 = no band)"),
     ({"lot": "0"}, "instrument CEA24: lot must be positive, got 0"),
+    ({"block_band_pct": "100"}, "instrument CEA24: block_band_pct 100 must be above 0 and below 100"),
+    ({"block_band_pct": "0"}, "instrument CEA24: block_band_pct 0 must be above 0 and below 100"),
+    ({"block_band_pct": "30.001"}, "instrument CEA24: block_band_pct 30.001 has more decimals than a basis point"),
+    ({"block_min": "0"}, "instrument CEA24: block_min 0 must be a positive number of tonnes"),
     ({"symbol": '""'}, "instrument: symbol is empty"),
 ])
 def test_instrument_values(values: dict[str, str], expected: str) -> None:
