@@ -143,6 +143,7 @@ class Market:
         "rules", "symbol", "holds", "book", "sides", "low", "high", "ref_price", "phase", "halted",
         "tick", "lot", "qty_min", "qty_max", "position_max", "open_buys",
         "open_price", "high_price", "low_price", "last_price", "volume", "value", "trades",
+        "block_volume", "block_value", "block_trades",
     )
 
     def __init__(self, rules: Instrument) -> None:
@@ -173,6 +174,8 @@ class Market:
         self.sides = self.book.sides
         self.open_price = self.high_price = self.low_price = self.last_price = 0
         self.volume = self.value = self.trades = 0
+        # Block agreement trades, counted apart: they move none of the figures above.
+        self.block_volume = self.block_value = self.block_trades = 0
 
     def record(self, price: int, qty: int, trades: int) -> None:
         """Add the fills at one price (one or more trades) to the day's statistics."""
@@ -202,6 +205,7 @@ class Market:
             "last": self.last_price, "volume": self.volume, "value": self.value,
             "trades": self.trades, "ref_price": self.ref_price,
             "band_low": self.low, "band_high": self.high, "phase": self.phase,
+            "block_volume": self.block_volume, "block_value": self.block_value, "block_trades": self.block_trades,
         }
 
 
@@ -1182,6 +1186,9 @@ class Engine:
             assert self.ledger is not None
             self.ledger.settle(trade, freed)
         offer.qty -= qty
+        market.block_volume += qty
+        market.block_value += price * qty
+        market.block_trades += 1
         buyer, seller = (member, offer.member) if side == BUY else (offer.member, member)
         self.out.append(BlockTraded(cmd.seq, cmd.ts, trade_id, offer.offer_id, market.symbol, price, qty, buyer, seller,
                                     offer.member, member, coid, offer.coid, offer.qty))
@@ -1285,6 +1292,7 @@ class Engine:
             self.last_seq, self.last_ts, self.next_order_id, self.next_trade_id, self.day,
             self._next_change, self._expire_at, [(m, list(used)) for m, used in self.coids.items() if used], markets,
             sorted(self.suspended), [self.offers[i].record() for i in sorted(self.offers)], self.next_offer_id,
+            self._block_stats(),
         )
 
     def restore(self, snap: EngineSnapshot) -> None:
@@ -1296,6 +1304,7 @@ class Engine:
         self.coids = {m: set(used) for m, used in snap.coids}
         self.suspended = set(snap.suspended)
         self.next_offer_id = snap.next_offer_id
+        block_stats = {symbol: figures for symbol, figures in snap.block_stats}
         for r in snap.offers:
             self.offers[r.offer_id] = Offer(r.offer_id, r.member, r.coid, r.instrument, r.side, r.qty, r.price,
                                             r.counterparty, r.partial, r.hold, r.ts)
@@ -1307,6 +1316,7 @@ class Engine:
             market.phase, market.halted = ms.phase, ms.halted
             (market.open_price, market.high_price, market.low_price, market.last_price,
              market.volume, market.value, market.trades) = ms.stats
+            market.block_volume, market.block_value, market.block_trades = block_stats.get(ms.symbol, (0, 0, 0))
             for record in ms.orders:
                 order = Order.from_record(record)
                 half = market.sides[order.side]
@@ -1334,8 +1344,14 @@ class Engine:
             state.append(sorted(self.suspended))
         if self.offers or self.next_offer_id > 1:
             # The same for block offers (issue 14).
-            state.append([self.next_offer_id, [self.offers[i].record() for i in sorted(self.offers)]])
+            state.append([self.next_offer_id, [self.offers[i].record() for i in sorted(self.offers)],
+                          self._block_stats()])
         return state
+
+    def _block_stats(self) -> list[tuple[str, list[int]]]:
+        """The day's block trade figures of the instruments that had any, by symbol."""
+        return [(symbol, [m.block_volume, m.block_value, m.block_trades]) for symbol, m in sorted(self.markets.items())
+                if m.block_trades]
 
     def _coid_digest(self) -> list[tuple[str, int, int]]:
         """The day's client order ids, canonically and cheaply: per member, how many and

@@ -70,3 +70,5 @@ class EngineSnapshot(msgspec.Struct, array_like=True):
     suspended: list[str] = msgspec.field(default_factory=list)  # members whose trading is suspended, sorted
     offers: list[OfferRecord] = msgspec.field(default_factory=list)  # open block offers, by offer id
     next_offer_id: int = 1
+    # per instrument with block trades today: [volume, value, trades]
+    block_stats: list[tuple[str, list[int]]] = msgspec.field(default_factory=list)

@@ -68,7 +68,7 @@ import msgspec
 from aiomqtt.exceptions import MqttConnectError
 
 from engine import DayClosed, Engine, Event, Phase, Side, Trade
-from engine.messages import Accepted, Amended, Cancelled, Decremented, Expired, StatusChanged
+from engine.messages import Accepted, Amended, BlockTraded, Cancelled, Decremented, Expired, StatusChanged
 from gateway.config import MD_DEPTH_MAX, Config, ConfigError, MarketDataSection, md_root, topic_problem
 from gateway.credentials import CredentialsError, read_private
 
@@ -76,7 +76,7 @@ log = logging.getLogger("etx.marketdata")
 
 # What an event changes, as a bit mask per instrument. TRADE and CLOSE only tell
 # on_events what else to record; the snapshots published are BOOK, STATS, STATUS, REF.
-BOOK, STATS, STATUS, TRADE, CLOSE, REF = 1, 2, 4, 8, 16, 32
+BOOK, STATS, STATUS, TRADE, CLOSE, REF, BLOCK = 1, 2, 4, 8, 16, 32, 64
 SNAPSHOTS = BOOK | STATS | STATUS | REF
 _CHANGES: dict[type, int] = {
     Accepted: BOOK,  # an order that rests changes the book; one that does not costs a spare snapshot
@@ -87,6 +87,7 @@ _CHANGES: dict[type, int] = {
     Trade: BOOK | STATS | TRADE,
     StatusChanged: BOOK | STATUS,  # the book snapshot carries the phase too
     DayClosed: STATS | CLOSE | REF,  # the day's close moves the reference price and the band
+    BlockTraded: STATS | BLOCK,  # a block agreement trade: published apart, counted apart in stats
 }
 CLOSED = "closed"
 _PHASE_NAMES = {int(Phase.CLOSED): CLOSED, int(Phase.CONTINUOUS): "continuous", int(Phase.HALTED): "halted"}
@@ -151,6 +152,17 @@ class TradeMsg(msgspec.Struct):
     seq: int
 
 
+class BlockMsg(msgspec.Struct):
+    """A block agreement trade as the market sees it: no members."""
+
+    trade_id: int
+    price: int
+    price_yuan: str
+    qty: int
+    ts: int
+    seq: int
+
+
 class ClosedDay(msgspec.Struct):
     """The figures of the last closed trading day (they survive the engine's day roll)."""
 
@@ -188,6 +200,11 @@ class StatsMsg(msgspec.Struct):
     close: int | None  # closing price of the last closed day; null until one closed
     close_yuan: str | None
     closed_day: ClosedDay | None
+    # Block agreement trades today, counted apart (they move none of the figures above).
+    block_volume: int = 0
+    block_value: int = 0
+    block_value_yuan: str = "0.00"
+    block_trades: int = 0
 
 
 class StatusMsg(msgspec.Struct):
@@ -421,6 +438,7 @@ class MarketDataPublisher:
         self._start_seq_ts = (engine.last_seq, engine.last_ts)  # what the exchange recovered
         self._closed: dict[str, DayClosed] = {}
         self._trades: deque[Trade] = deque()
+        self._blocks: deque[BlockTraded] = deque()  # block trades to publish (at most trades_max)
         self._alerts: deque[bytes] = deque()
         # Counters, reported in the health message.
         self.trades_dropped = self.alerts_dropped = self.oversize_dropped = 0
@@ -437,6 +455,7 @@ class MarketDataPublisher:
         self._topic_alerts = f"{root}/ops/alerts"
         self._topics = {s: (f"{root}/md/{s}/book", f"{root}/md/{s}/trades", f"{root}/md/{s}/stats",
                             f"{root}/md/{s}/status", f"{root}/md/{s}/ref") for s in engine.markets}
+        self._block_topics = {s: f"{root}/md/{s}/blocks" for s in engine.markets}
 
     @classmethod
     def from_config(cls, engine: Engine, cfg: Config, *, host: str | None = None, port: int | None = None,
@@ -486,6 +505,11 @@ class MarketDataPublisher:
                     trades.popleft()
                     self.trades_dropped += 1
                 trades.append(ev)  # type: ignore[arg-type]
+            elif mask & BLOCK:
+                if len(self._blocks) >= trades_max:
+                    self._blocks.popleft()
+                    self.trades_dropped += 1
+                self._blocks.append(ev)  # type: ignore[arg-type]
             elif mask & CLOSE:
                 self._closed[symbol] = ev  # type: ignore[assignment]
 
@@ -541,6 +565,7 @@ class MarketDataPublisher:
             s["volume"], s["value"], yuan(s["value"]), s["trades"],
             s["ref_price"], yuan(s["ref_price"]), s["band_low"], yuan(s["band_low"]),
             s["band_high"], yuan(s["band_high"]), close, close_yuan, day,
+            s["block_volume"], s["block_value"], yuan(s["block_value"]), s["block_trades"],
         )
 
     def status(self, symbol: str, phase: str | None = None) -> StatusMsg:
@@ -831,6 +856,12 @@ class MarketDataPublisher:
             groups.setdefault(t.instrument, []).append(t)
             if t.instrument not in dirty:
                 dirty[t.instrument] = 0  # its trades still go out (they normally come with a mask)
+        while self._blocks:  # few and QoS 1: each as a one-element array, in order
+            b = self._blocks[0]
+            await publish(self._block_topics[b.instrument],
+                          self._enc.encode([BlockMsg(b.trade_id, b.price, yuan(b.price), b.qty, b.ts, b.seq)]), qos=1)
+            self._blocks.popleft()  # only once sent
+            self.published += 1
         try:
             for symbol, mask in dirty.items():
                 book_t, trades_t, stats_t, status_t, ref_t = self._topics[symbol]
@@ -897,10 +928,11 @@ class MarketDataPublisher:
         """Assert the publisher's invariants (O(buffered trades + instruments))."""
         markets = self.engine.markets
         assert len(self._trades) <= self.trades_max, len(self._trades)
+        assert len(self._blocks) <= self.trades_max and all(type(b) is BlockTraded for b in self._blocks)
         assert len(self._alerts) <= self.alerts_max, len(self._alerts)
         assert set(self._last) == set(markets)
         for symbol, mask in self._dirty.items():
-            assert symbol in markets and 0 <= mask <= SNAPSHOTS | TRADE | CLOSE, (symbol, mask)
+            assert symbol in markets and 0 <= mask <= SNAPSHOTS | TRADE | CLOSE | BLOCK, (symbol, mask)
         last_id: dict[str, int] = {}
         for t in self._trades:
             assert type(t) is Trade and t.instrument in markets, t

@@ -118,6 +118,7 @@ def test_an_offer_taken_whole_settles_by_delivery_versus_payment() -> None:
     # The listing book's statistics are not moved: no last price, no volume.
     m = v.engine.markets["CEA24"]
     assert (m.last_price, m.volume, m.trades, m.open_price) == (0, 0, 0, 0)
+    assert (m.block_volume, m.block_value, m.block_trades) == (120_000, 120_000 * 10_500, 1)  # counted apart
     assert t.trade_id == v.engine.next_trade_id - 1  # trade ids shared with the listing trades
 
 

@@ -17,9 +17,10 @@ import msgspec
 import pytest
 
 from engine import ALWAYS_OPEN, EndOfDay, Engine, Halt, Instrument, NewOrder, Resume, Schedule, Sequencer, Side
-from engine.messages import Command
+from engine.messages import BlockAccept, BlockOffer, Command
 from gateway.marketdata import (
     AlertMsg,
+    BlockMsg,
     BookMsg,
     ExchangeStatusMsg,
     HealthMsg,
@@ -135,6 +136,7 @@ def test_book_trades_stats_status_and_anonymity(broker: Mosquitto) -> None:
                 "ref_price": 10000, "ref_price_yuan": "100.00",
                 "band_low": 9000, "band_low_yuan": "90.00", "band_high": 11000, "band_high_yuan": "110.00",
                 "close": None, "close_yuan": None, "closed_day": None,
+                "block_volume": 0, "block_value": 0, "block_value_yuan": "0.00", "block_trades": 0,
             }
 
             x.batch(Halt(instrument="CEA24"))
@@ -171,6 +173,35 @@ def test_book_trades_stats_status_and_anonymity(broker: Mosquitto) -> None:
                 assert not any(s in payload for s in SECRETS), (topic, payload)
                 assert_yuan_pairs(msgspec.json.decode(payload))
             md._check()
+
+    asyncio.run(scenario())
+
+
+def test_block_trades_are_published_apart_and_counted_apart(broker: Mosquitto) -> None:
+    """A block agreement trade goes to {root}/md/{instrument}/blocks without members, and
+    into the day's statistics as block figures; the listing's open, last, volume and
+    VWAP do not move."""
+    async def scenario() -> None:
+        x = Exchange()
+        md = x.publisher(broker.port)
+        async with Subscriber(broker.port) as live:
+            task = asyncio.create_task(md.run())
+            await live.wait(f"{ROOT}/status")
+            x.batch(BlockOffer("MEMBER-A", "COID-b1", "CEA24", int(Side.SELL), 150_000, 10_200, partial=True))
+            x.batch(BlockAccept("MEMBER-B", "COID-b2", 1, 100_000))
+            last = x.engine.last_seq
+            blocks = await live.wait(f"{ROOT}/blocks")
+            assert blocks == [{"trade_id": 1, "price": 10200, "price_yuan": "102.00", "qty": 100_000, "ts": 0,
+                               "seq": last}]
+            stats = await live.wait(f"{ROOT}/stats", lambda m: m["seq"] == last)
+            assert (stats["block_volume"], stats["block_value"], stats["block_value_yuan"], stats["block_trades"]) == (
+                100_000, 1_020_000_000, "10200000.00", 1)
+            assert (stats["volume"], stats["trades"], stats["last"], stats["open"]) == (0, 0, None, None)
+            assert live.on(f"{ROOT}/trades") == []
+            md.stop()
+            await asyncio.wait_for(task, WAIT_S)
+            for topic, payload, _ in live.messages:
+                assert not any(secret in payload for secret in SECRETS), (topic, payload)
 
     asyncio.run(scenario())
 
@@ -526,7 +557,8 @@ def test_a_lost_instance_is_taken_over_at_once(broker: Mosquitto) -> None:
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "marketdata.md"
 DOC_TYPES: dict[str, Any] = {
-    "book": BookMsg, "trades": list[TradeMsg], "stats": StatsMsg, "status": StatusMsg, "ref": RefMsg,
+    "book": BookMsg, "trades": list[TradeMsg], "blocks": list[BlockMsg], "stats": StatsMsg, "status": StatusMsg,
+    "ref": RefMsg,
     "exchange_status": ExchangeStatusMsg, "alert": AlertMsg, "health": HealthMsg,
 }
 
