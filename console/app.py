@@ -62,6 +62,7 @@ from gateway.client import Client, LogonError, QueryError
 from gateway.datadir import exchange_address
 from gateway.protocol import (
     AlertView,
+    BlocksView,
     ChartView,
     CodMode,
     GatewayReason,
@@ -119,6 +120,7 @@ class Market:
         self.alerts: collections.deque[dict[str, Any]] = collections.deque(maxlen=ALERTS_KEPT)
         self.health: dict[str, Any] | None = None
         self.sessions: dict[str, Any] | None = None
+        self.blocks: dict[str, Any] | None = None
 
     def state(self) -> list[dict[str, Any]]:
         """What a new tab gets first: everything as it is now."""
@@ -132,6 +134,8 @@ class Market:
             out.append(self.health)
         if self.sessions is not None:
             out.append(self.sessions)
+        if self.blocks is not None:
+            out.append(self.blocks)
         return out
 
     def absorb(self, msg: Any) -> dict[str, Any] | None:
@@ -161,6 +165,10 @@ class Market:
         if t is HealthView:
             self.health = {"type": "health", **msgspec.structs.asdict(msg)}
             return self.health
+        if t is BlocksView:
+            self.blocks = {"type": "blocks", "offers": [msgspec.structs.asdict(o) for o in msg.offers],
+                           "trades": [msgspec.structs.asdict(tr) for tr in msg.trades]}
+            return self.blocks
         if t is SessionsReply:
             self.sessions = {"type": "sessions", "sessions": [
                 {**msgspec.structs.asdict(s), "role": Role(s.role).name.lower()} for s in msg.sessions]}

@@ -619,6 +619,26 @@ class AlertView(Msg, tag=183):
     text: str
 
 
+class BlockTradeRow(msgspec.Struct, array_like=True, gc=False):
+    seq: int
+    ts: int
+    trade_id: int
+    offer_id: int
+    instrument: str
+    price: int
+    qty: int
+    buyer: str
+    seller: str
+
+
+class BlocksView(Msg, tag=188):
+    """Block agreement trading as it is: every open offer (with its member: staff see
+    them) and the newest block trades of the day (at most 100), when either changed."""
+
+    offers: list[BlockOfferRow]
+    trades: list[BlockTradeRow]
+
+
 class HealthView(Msg, tag=184):
     ts: int
     last_seq: int
@@ -684,7 +704,7 @@ OUTBOUND: tuple[type, ...] = (
     LogonAck, LogonReject, ServerHeartbeat, SessionReject, SessionClosed, Notice, ReplayDone, Report, Resent,
     OrdersReply, BalancesReply, BookReply, InstrumentsReply, QueryRejected, Unlocked, Disconnected,
     OrderStatusReply, TradesReply, MarketTradesReply, BlockOffersReply,
-    InstrumentView, TradesView, ChartView, AlertView, HealthView, SessionsReply,
+    InstrumentView, TradesView, ChartView, AlertView, HealthView, SessionsReply, BlocksView,
 )
 
 InboundMessage: Any = functools.reduce(operator.or_, INBOUND)

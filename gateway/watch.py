@@ -31,10 +31,24 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from engine.messages import Accepted, Cancelled, DayClosed, Halt, Phase, StatusChanged, Trade
+from engine.messages import (
+    Accepted,
+    BlockOffered,
+    BlockTraded,
+    BlockWithdrawn,
+    Cancelled,
+    DayClosed,
+    Halt,
+    Phase,
+    StatusChanged,
+    Trade,
+)
 from gateway.protocol import (
     MARKET_TRADES_MAX,
     AlertView,
+    BlockOfferRow,
+    BlocksView,
+    BlockTradeRow,
     BookLevel,
     ChartView,
     HealthView,
@@ -50,6 +64,7 @@ if TYPE_CHECKING:
 
 TRADES_MAX = 20_000  # trades buffered for watchers
 TRADES_PER_PUSH = 100  # the newest trades in one TradesView (the older ones of the interval are counted)
+BLOCK_TRADES_KEPT = 100  # the day's newest block trades in a BlocksView
 CHART_POINTS_MAX = 86_400  # a day of seconds
 ALERTS_KEPT = 200
 BACKLOG_MAX = 1 << 20  # unread bytes above which a watcher's pushes are skipped
@@ -60,7 +75,8 @@ HALTED = int(Phase.HALTED)
 
 
 class _Watcher:
-    __slots__ = ("session", "depth", "interval_s", "next_at", "first", "trade_cursor", "seen", "chart_from")
+    __slots__ = ("session", "depth", "interval_s", "next_at", "first", "trade_cursor", "seen", "chart_from",
+                 "blocks_seen")
 
     def __init__(self, session: Session, depth: int, interval_s: float, cursor: int) -> None:
         self.session = session
@@ -71,6 +87,7 @@ class _Watcher:
         self.trade_cursor = cursor  # the number of the next trade this watcher has not had
         self.seen: dict[str, int] = {}  # instrument -> the change count last sent
         self.chart_from: dict[str, int] = {}  # instrument -> the second from which its chart points are not sent
+        self.blocks_seen = -1  # the block trading change count last sent
 
 
 class Feed:
@@ -94,6 +111,9 @@ class Feed:
         self.trades_total = 0  # trades ever buffered: the number of the next one
         # The newest trades of each instrument, watched or not (QueryMarketTrades).
         self.recent: dict[str, collections.deque[Trade]] = {}
+        # Block agreement trading: a change count, and the day's newest block trades.
+        self.blocks_changes = 0
+        self.block_trades: collections.deque[BlockTradeRow] = collections.deque(maxlen=BLOCK_TRADES_KEPT)
         self.charts: dict[str, collections.deque[tuple[int, int, int]]] = {}
         self.alerts: collections.deque[AlertView] = collections.deque(maxlen=ALERTS_KEPT)
         self._second = 0.0
@@ -134,6 +154,12 @@ class Feed:
                     trades.append(ev)
                     self.trades_total += 1
                 continue
+            if t is BlockTraded or t is BlockOffered or t is BlockWithdrawn:
+                self.blocks_changes += 1
+                if t is BlockTraded:
+                    self.block_trades.append(BlockTradeRow(ev.seq, ev.ts, ev.trade_id, ev.offer_id, ev.instrument,
+                                                           ev.price, ev.qty, ev.buyer, ev.seller))
+                continue
             instrument = getattr(ev, "instrument", None)
             if not instrument:
                 continue
@@ -146,6 +172,9 @@ class Feed:
                 else:
                     self.halt_texts.pop(instrument, None)
             elif t is DayClosed:
+                if self.block_trades:
+                    self.block_trades.clear()  # the day's block trades
+                    self.blocks_changes += 1
                 if chart is not None:
                     self._chart(chart.instrument, chart.ts, chart.price, volume)
                     chart, volume = None, 0
@@ -210,6 +239,9 @@ class Feed:
                 w.next_at = now + w.interval_s
                 msgs += self._instruments(w, views)
                 msgs += self._trades(w)
+                if w.blocks_seen != self.blocks_changes:
+                    w.blocks_seen = self.blocks_changes
+                    msgs.append(self.blocks_view())
             if w.first:
                 msgs += list(self.alerts)  # those kept, before the figures (etx ops alerts reads up to them)
             if second or w.first:
@@ -219,6 +251,12 @@ class Feed:
             w.first = False
             if msgs:
                 s.send_many(msgs)
+
+    def blocks_view(self) -> BlocksView:
+        offers = self.engine.offers
+        rows = [BlockOfferRow(o.offer_id, o.member, o.instrument, o.side, o.qty, o.price, o.partial,
+                              bool(o.counterparty), o.ts) for o in (offers[i] for i in sorted(offers))]
+        return BlocksView(rows, list(self.block_trades))
 
     def _instruments(self, w: _Watcher, views: dict[tuple[str, int], InstrumentView]) -> list[Any]:
         out: list[Any] = []

@@ -99,13 +99,14 @@ function take(msg) {
     case "answer": addItem("answers", `${msg.action || ""} ${msg.ok ? "done" : "refused"}: ${msg.text}`, msg.ok ? "ok" : "error"); break;
     case "health": dirty.health = msg; break;
     case "sessions": dirty.sessions = msg.sessions; break;
+    case "blocks": dirty.blocks = msg; break;
     case "closed": $("link").textContent = "session ended"; break;
   }
 }
 
 // Rendering is coalesced: at most once every RENDER_MS, whatever the rate of messages.
 const RENDER_MS = 500;
-const dirty = {instruments: false, instrument: false, chart: false, trades: false, health: null, sessions: null};
+const dirty = {instruments: false, instrument: false, chart: false, trades: false, health: null, sessions: null, blocks: null};
 let renderAt = 0, renderTimer = null;
 function scheduleRender() {
   if (renderTimer !== null) return;
@@ -120,8 +121,9 @@ function renderDirty() {
   if (dirty.trades) renderTrades();
   if (dirty.health) renderHealth(dirty.health);
   if (dirty.sessions) renderSessions(dirty.sessions);
+  if (dirty.blocks) renderBlocks(dirty.blocks);
   dirty.instruments = dirty.instrument = dirty.chart = dirty.trades = false;
-  dirty.health = dirty.sessions = null;
+  dirty.health = dirty.sessions = dirty.blocks = null;
 }
 
 function addItem(list, text, cls) {
@@ -203,6 +205,14 @@ function renderTrades() {
   const mine = state.trades.filter((t) => t.instrument === state.selected).slice(-30).reverse();
   fill($("trades"), mine.map((t) => ({cells: [time(t.ts), yuan(t.price), tonnes(t.qty), t.buyer, t.seller, t.aggressor],
                                       cellCls: [null, "price"]})));
+}
+
+function renderBlocks(b) {
+  fill($("block-offers"), b.offers.map((o) => ({cells: [String(o.offer_id), o.member, o.instrument,
+    o.side === 1 ? "buy" : "sell", yuan(o.price), tonnes(o.qty),
+    `${o.partial ? "parts allowed" : "all or nothing"}${o.named ? ", named counterparty" : ""}`], cellCls: [null, null, null, null, "price"]})));
+  fill($("block-trades"), b.trades.slice().reverse().map((t) => ({cells: [time(t.ts), t.instrument, yuan(t.price),
+    tonnes(t.qty), t.buyer, t.seller, String(t.offer_id)], cellCls: [null, null, "price"]})));
 }
 
 function renderHealth(h) {

@@ -209,6 +209,37 @@ def test_an_operator_cancels_a_members_orders_from_the_page(setup: Setup) -> Non
     asyncio.run(run())
 
 
+def test_open_block_offers_and_block_trades_are_listed(setup: Setup) -> None:
+    """The console lists the open block agreement offers with their members and terms,
+    and the day's block trades with buyer and seller, as they change."""
+    async def run() -> None:
+        m1, m2 = setup.ex.client("M1"), setup.ex.client("M2")
+        await m1.connect()
+        await m2.connect()
+        try:
+            d = await asyncio.to_thread(browser)
+            try:
+                await asyncio.to_thread(log_on, d, setup.url, "EXCH", "ops", SECRET)
+                await asyncio.to_thread(wait_until, d, lambda d: "live" in text_of(d, "link"))
+                m1.block_offer(SYMBOL, Side.SELL, 100_000, 10_300, partial=True)
+                offer = await m1.wait_for(lambda m: isinstance(m, Report) and type(m.body).__name__ == "BlockOffered")
+                rows = await asyncio.to_thread(wait_until, d, lambda d: texts(d, "#block-offers tbody tr"))
+                assert rows[0].split() == [str(offer.body.offer_id), "M1", SYMBOL, "sell", "103.00", "100,000", "parts",
+                                           "allowed"], rows
+                m2.block_accept(offer.body.offer_id, 40_000)
+                await m2.wait_for(lambda m: isinstance(m, Report) and type(m.body).__name__ == "BlockTraded")
+                trades = await asyncio.to_thread(wait_until, d, lambda d: texts(d, "#block-trades tbody tr"))
+                assert trades[0].split()[1:] == [SYMBOL, "103.00", "40,000", "M2", "M1", str(offer.body.offer_id)], trades
+                await asyncio.to_thread(wait_until, d, lambda d: "60,000" in " ".join(texts(d, "#block-offers tbody tr")))
+            finally:
+                d.quit()
+        finally:
+            await m1.close()
+            await m2.close()
+
+    asyncio.run(run())
+
+
 def test_only_staff_log_on_and_the_staff_view_cannot_act(setup: Setup) -> None:
     d = browser()
     try:
