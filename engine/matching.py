@@ -33,6 +33,14 @@ from engine.messages import (
     Accepted,
     Amend,
     Amended,
+    AuctionAnnounce,
+    AuctionAnnounced,
+    AuctionBid,
+    AuctionBidAmend,
+    AuctionBidWithdraw,
+    AuctionFill,
+    AuctionResult,
+    BidPlaced,
     BlockAccept,
     BlockEnd,
     BlockOffer,
@@ -58,6 +66,7 @@ from engine.messages import (
     Noted,
     OrdType,
     Phase,
+    Pricing,
     Reason,
     ReinstateMember,
     Rejected,
@@ -70,6 +79,8 @@ from engine.messages import (
     TimeInForce,
     Trade,
 )
+from engine.structs import AuctionRecord as AuctionRecord
+from engine.structs import BidRecord as BidRecord
 from engine.structs import EngineSnapshot as EngineSnapshot
 from engine.structs import MarketSnapshot as MarketSnapshot
 from engine.structs import OfferRecord as OfferRecord
@@ -91,6 +102,7 @@ USER: Final = int(CancelReason.USER)
 IOC_REST: Final = int(CancelReason.IOC_REST)
 SUSPENDED: Final = int(CancelReason.SUSPENDED)
 HIT_LEVELS: Final = 5  # a hit-this-order target must be among the best five levels
+AUTHORITY: Final = "AUTHORITY"  # the issuing authority's registry account: sells in auctions of any size
 # Aliases of the interpreted modules' names that the hot paths use: compiled by mypyc,
 # Final names are C statics, where an imported name is a lookup in the module's dict
 # at every use.
@@ -134,6 +146,53 @@ class Offer:
     def record(self) -> OfferRecord:
         return OfferRecord(self.offer_id, self.member, self.coid, self.instrument, self.side, self.qty, self.price,
                            self.counterparty, self.partial, self.hold, self.ts)
+
+
+class Bid:
+    """A sealed bid in an auction. Acyclic."""
+
+    __slots__ = ("bid_id", "member", "coid", "qty", "price", "hold", "ts")
+
+    def __init__(self, bid_id: int, member: str, coid: str, qty: int, price: int, hold: int, ts: int) -> None:
+        self.bid_id = bid_id
+        self.member = member
+        self.coid = coid
+        self.qty = qty
+        self.price = price
+        self.hold = hold
+        self.ts = ts
+
+    def record(self) -> BidRecord:
+        return BidRecord(self.bid_id, self.member, self.coid, self.qty, self.price, self.hold, self.ts)
+
+
+class Auction:
+    """An announced one-way auction and its bids (bid id -> bid)."""
+
+    __slots__ = ("auction_id", "seller", "instrument", "qty", "floor", "ceiling", "start_ts", "end_ts", "pricing",
+                 "bid_min", "bid_max", "cancel_if_short", "hold", "bids")
+
+    def __init__(self, r: AuctionRecord) -> None:
+        self.auction_id = r.auction_id
+        self.seller = r.seller
+        self.instrument = r.instrument
+        self.qty = r.qty
+        self.floor = r.floor
+        self.ceiling = r.ceiling
+        self.start_ts = r.start_ts
+        self.end_ts = r.end_ts
+        self.pricing = r.pricing
+        self.bid_min = r.bid_min
+        self.bid_max = r.bid_max
+        self.cancel_if_short = r.cancel_if_short
+        self.hold = r.hold
+        self.bids: dict[int, Bid] = {b.bid_id: Bid(b.bid_id, b.member, b.coid, b.qty, b.price, b.hold, b.ts)
+                                     for b in r.bids}
+
+    def record(self) -> AuctionRecord:
+        return AuctionRecord(self.auction_id, self.seller, self.instrument, self.qty, self.floor, self.ceiling,
+                             self.start_ts, self.end_ts, self.pricing, self.bid_min, self.bid_max, self.cancel_if_short,
+                             self.hold, [self.bids[i].record() for i in sorted(self.bids)])
 
 
 class Market:
@@ -272,6 +331,9 @@ class Engine:
         self._trade_ids = itertools.count(1)
         self.offers: dict[int, Offer] = {}  # open block agreement offers
         self.next_offer_id = 1
+        self.auctions: dict[int, Auction] = {}  # announced one-way auctions, until they clear
+        self.next_auction_id = 1
+        self.next_bid_id = 1
         self.day = 1
         self._next_change = -1  # ts of the next schedule change; -1: not computed yet
         self._expire_at = 1 << 62  # ts of the current day's close
@@ -290,6 +352,10 @@ class Engine:
             BlockOffer: self._block_offer,
             BlockAccept: self._block_accept,
             BlockWithdraw: self._block_withdraw,
+            AuctionAnnounce: self._auction_announce,
+            AuctionBid: self._auction_bid,
+            AuctionBidAmend: self._auction_bid_amend,
+            AuctionBidWithdraw: self._auction_bid_withdraw,
         }
 
     @property
@@ -355,6 +421,7 @@ class Engine:
                 self._cancel(cast(Cancel, cmd), fields)
             else:
                 handlers[kind](cmd)
+                next_change = self._next_change  # an auction announced brings its close nearer
         self.last_seq, self.last_ts = seq, last_ts
 
     # --- orders ------------------------------------------------------------------------
@@ -1021,7 +1088,11 @@ class Engine:
         """The schedule may have changed phase since the last command."""
         if ts >= self._expire_at:
             self._expire_all(seq, ts)
+        if self.auctions:
+            self._clear_auctions(seq, ts)
         open_, self._next_change, _ = self.schedule.state_at(ts)
+        if self.auctions:
+            self._next_change = min(self._next_change, min(a.end_ts for a in self.auctions.values()))
         for market in self.markets.values():
             self._set_phase(market, open_, seq, ts)
         sched = self.schedule
@@ -1215,6 +1286,201 @@ class Engine:
         del self.offers[offer.offer_id]
         self.out.append(BlockWithdrawn(seq, ts, offer.member, offer.offer_id, offer.instrument, offer.qty, reason))
 
+    # --- one-way bidding (auctions) ----------------------------------------------------
+
+    def _auction_announce(self, cmd: AuctionAnnounce) -> None:
+        market = self.markets.get(cmd.instrument)
+        if market is None:
+            self._reject(cmd, Reason.UNKNOWN_INSTRUMENT, f"unknown instrument {cmd.instrument!r}")
+            return
+        rules = market.rules
+        limit_low, ceiling = rules.band(market.ref_price) if rules.band_bps else (market.low, market.high)
+        qty, floor = cmd.qty, cmd.floor
+        bid_max = cmd.bid_max or qty
+        problem = ""
+        if not cmd.seller:
+            problem = "name the seller (the authority's account or a member)"
+        elif cmd.seller != AUTHORITY and qty < rules.block_min:
+            problem = f"a member's auction sells at least {rules.block_min} t, got {qty}"
+        elif qty <= 0 or qty % market.lot:
+            problem = f"quantity {qty} must be a positive multiple of the lot {market.lot}"
+        elif floor % market.tick or not limit_low <= floor <= ceiling:
+            problem = f"floor {floor} must be on the tick within [{limit_low}, {ceiling}] (the previous close -10 %, +10 %)"
+        elif not cmd.ts <= cmd.end_ts or cmd.start_ts >= cmd.end_ts:
+            problem = f"the window [{cmd.start_ts}, {cmd.end_ts}) must end after it starts and after now"
+        elif cmd.pricing not in (int(Pricing.UNIFORM), int(Pricing.OWN_BID)):
+            problem = f"pricing must be 1 (uniform) or 2 (each at its own bid), got {cmd.pricing}"
+        elif not 0 < cmd.bid_min <= bid_max <= qty:
+            problem = f"bid sizes [{cmd.bid_min}, {bid_max}] must be within [1, {qty}]"
+        if problem:
+            self._reject(cmd, Reason.INVALID_FIELD, problem)
+            return
+        if market.holds:
+            ledger = self.ledger
+            assert ledger is not None
+            if not ledger.hold(cmd.seller, market.symbol, qty):
+                self._reject(cmd, Reason.INSUFFICIENT_HOLDINGS,
+                             f"the seller {cmd.seller} has not {qty} t of {market.symbol} available")
+                return
+        auction_id = self.next_auction_id
+        self.next_auction_id = auction_id + 1
+        self.auctions[auction_id] = Auction(AuctionRecord(
+            auction_id, cmd.seller, market.symbol, qty, floor, ceiling, cmd.start_ts, cmd.end_ts, cmd.pricing,
+            cmd.bid_min, bid_max, cmd.cancel_if_short, qty if market.holds else 0, []))
+        self._next_change = min(self._next_change, cmd.end_ts)
+        self.out.append(AuctionAnnounced(cmd.seq, cmd.ts, auction_id, cmd.seller, market.symbol, qty, floor, ceiling,
+                                         cmd.start_ts, cmd.end_ts, cmd.pricing, cmd.bid_min, bid_max,
+                                         cmd.cancel_if_short))
+
+    def _bid_checks(self, cmd: AuctionBid | AuctionBidAmend, auction: Auction | None, coid: str) -> Market | None:
+        """Checks shared by bids and amends; rejects and returns None on the first that fails."""
+        member = cmd.member
+        if member in self.suspended:
+            self._reject(cmd, Reason.MEMBER_SUSPENDED, f"member {member} is suspended from trading", coid)
+            return None
+        if auction is None:
+            self._reject(cmd, Reason.UNKNOWN_AUCTION, f"no auction {cmd.auction_id} is open", coid)
+            return None
+        if not auction.start_ts <= cmd.ts < auction.end_ts:
+            self._reject(cmd, Reason.AUCTION_NOT_OPEN, f"auction {auction.auction_id} takes bids from "
+                         f"{auction.start_ts} to {auction.end_ts} (ns), not at {cmd.ts}", coid)
+            return None
+        if member == auction.seller:
+            self._reject(cmd, Reason.SELLER_CANNOT_BID, f"{member} sells in auction {auction.auction_id}", coid)
+            return None
+        market = self.markets[auction.instrument]
+        if cmd.price % market.tick or not auction.floor <= cmd.price <= auction.ceiling:
+            self._reject(cmd, Reason.BID_PRICE_OUT_OF_RANGE,
+                         f"bid price {cmd.price} must be on the tick within [{auction.floor}, {auction.ceiling}]", coid)
+            return None
+        if not auction.bid_min <= cmd.qty <= auction.bid_max or cmd.qty % market.lot:
+            self._reject(cmd, Reason.BID_SIZE_OUT_OF_RANGE,
+                         f"bid quantity {cmd.qty} must be within [{auction.bid_min}, {auction.bid_max}] in lots of "
+                         f"{market.lot}", coid)
+            return None
+        return market
+
+    def _auction_bid(self, cmd: AuctionBid) -> None:
+        member, coid = cmd.member, cmd.coid
+        auction = self.auctions.get(cmd.auction_id)
+        market = self._bid_checks(cmd, auction, coid)
+        if market is None or auction is None:
+            return
+        if coid in self.coids.get(member, ()):
+            self._reject(cmd, Reason.DUPLICATE_CLIENT_ORDER_ID, f"client order id {coid!r} already used today", coid)
+            return
+        hold = 0
+        if market.holds:
+            ledger = self.ledger
+            assert ledger is not None
+            hold = ledger.cash_required(cmd.price * cmd.qty)
+            if not ledger.hold(member, CASH, hold):
+                self._reject(cmd, Reason.INSUFFICIENT_FUNDS, f"available cash does not cover {hold} fen", coid)
+                return
+        bid_id = self.next_bid_id
+        self.next_bid_id = bid_id + 1
+        self.coids.setdefault(member, set()).add(coid)
+        auction.bids[bid_id] = Bid(bid_id, member, coid, cmd.qty, cmd.price, hold, cmd.ts)
+        self.out.append(BidPlaced(cmd.seq, cmd.ts, member, coid, auction.auction_id, bid_id, cmd.qty, cmd.price, False))
+
+    def _own_bid(self, cmd: AuctionBidAmend | AuctionBidWithdraw, auction: Auction | None) -> Bid | None:
+        bid = auction.bids.get(cmd.bid_id) if auction is not None else None
+        if bid is None or bid.member != cmd.member:
+            self._reject(cmd, Reason.UNKNOWN_BID, f"no bid {cmd.bid_id} of yours in auction {cmd.auction_id}")
+            return None
+        return bid
+
+    def _auction_bid_amend(self, cmd: AuctionBidAmend) -> None:
+        auction = self.auctions.get(cmd.auction_id)
+        if auction is not None and self._own_bid(cmd, auction) is None:
+            return
+        market = self._bid_checks(cmd, auction, "")
+        if market is None or auction is None:
+            return
+        bid = auction.bids[cmd.bid_id]
+        hold = 0
+        if market.holds:
+            ledger = self.ledger
+            assert ledger is not None
+            hold = ledger.cash_required(cmd.price * cmd.qty)
+            more = hold - bid.hold
+            if more > 0 and not ledger.hold(bid.member, CASH, more):
+                self._reject(cmd, Reason.INSUFFICIENT_FUNDS, f"available cash does not cover {more} fen more")
+                return
+            if more < 0:
+                ledger.release(bid.member, CASH, -more)
+        bid.qty, bid.price, bid.hold, bid.ts = cmd.qty, cmd.price, hold, cmd.ts
+        self.out.append(BidPlaced(cmd.seq, cmd.ts, bid.member, bid.coid, auction.auction_id, bid.bid_id, bid.qty,
+                                  bid.price, True))
+
+    def _auction_bid_withdraw(self, cmd: AuctionBidWithdraw) -> None:
+        auction = self.auctions.get(cmd.auction_id)
+        bid = self._own_bid(cmd, auction)
+        if bid is None or auction is None:
+            return
+        if not auction.start_ts <= cmd.ts < auction.end_ts:
+            self._reject(cmd, Reason.AUCTION_NOT_OPEN, f"auction {auction.auction_id} is not taking bids now")
+            return
+        self._release_bid(auction, bid)
+        del auction.bids[bid.bid_id]
+        self.out.append(BidPlaced(cmd.seq, cmd.ts, bid.member, bid.coid, auction.auction_id, bid.bid_id, 0, bid.price,
+                                  True))
+
+    def _release_bid(self, auction: Auction, bid: Bid) -> None:
+        if bid.hold:
+            ledger = self.ledger
+            assert ledger is not None
+            ledger.release(bid.member, CASH, bid.hold)
+            bid.hold = 0
+
+    def _clear_auctions(self, seq: int, ts: int) -> None:
+        """Clear every auction whose window has closed, in the order of their closes."""
+        due = sorted((a for a in self.auctions.values() if a.end_ts <= ts), key=lambda a: (a.end_ts, a.auction_id))
+        for auction in due:
+            self._clear(auction, seq, ts)
+            del self.auctions[auction.auction_id]
+
+    def _clear(self, auction: Auction, seq: int, ts: int) -> None:
+        """Rank the bids by price, then time; allocate the quantity, the marginal bid in
+        part; settle each fill by delivery versus payment; release what is left."""
+        market = self.markets[auction.instrument]
+        ledger = self.ledger
+        ranked = sorted(auction.bids.values(), key=lambda b: (-b.price, b.ts, b.bid_id))
+        asked = sum(b.qty for b in ranked)
+        out = self.out
+        fills: list[tuple[Bid, int]] = []
+        left = auction.qty
+        if not (auction.cancel_if_short and asked < auction.qty):
+            for bid in ranked:
+                if not left:
+                    break
+                take = min(bid.qty, left)
+                fills.append((bid, take))
+                left -= take
+        clearing = fills[-1][0].price if fills else 0
+        for bid, take in fills:
+            price = clearing if auction.pricing == int(Pricing.UNIFORM) else bid.price
+            trade_id = next(self._trade_ids)
+            if market.holds:
+                assert ledger is not None
+                trade = Trade(seq, ts, trade_id, market.symbol, price, take, BUY, 0, auction.seller, 0, bid.member)
+                freed = bid.hold  # pays this fill at its price; the rest of the bid's hold returns
+                bid.hold = 0
+                ledger.settle(trade, freed)
+                auction.hold -= take
+            out.append(AuctionFill(seq, ts, bid.member, bid.coid, auction.auction_id, bid.bid_id, trade_id,
+                                   market.symbol, take, price))
+        for bid in ranked:
+            self._release_bid(auction, bid)  # the losing bids' holds (the winners' are spent)
+        if market.holds and auction.hold:
+            assert ledger is not None
+            ledger.release(auction.seller, market.symbol, auction.hold)
+            auction.hold = 0
+        sold = auction.qty - left if fills else 0
+        out.append(AuctionResult(seq, ts, auction.auction_id, market.symbol, auction.seller, clearing, sold,
+                                 auction.qty, len(ranked), len(fills), asked, not fills and auction.cancel_if_short
+                                 and asked < auction.qty))
+
     # --- members ----------------------------------------------------------------------
 
     def _suspend(self, cmd: SuspendMember) -> None:
@@ -1292,7 +1558,8 @@ class Engine:
             self.last_seq, self.last_ts, self.next_order_id, self.next_trade_id, self.day,
             self._next_change, self._expire_at, [(m, list(used)) for m, used in self.coids.items() if used], markets,
             sorted(self.suspended), [self.offers[i].record() for i in sorted(self.offers)], self.next_offer_id,
-            self._block_stats(),
+            self._block_stats(), [self.auctions[i].record() for i in sorted(self.auctions)], self.next_auction_id,
+            self.next_bid_id,
         )
 
     def restore(self, snap: EngineSnapshot) -> None:
@@ -1305,6 +1572,9 @@ class Engine:
         self.suspended = set(snap.suspended)
         self.next_offer_id = snap.next_offer_id
         block_stats = {symbol: figures for symbol, figures in snap.block_stats}
+        self.next_auction_id, self.next_bid_id = snap.next_auction_id, snap.next_bid_id
+        for ar in snap.auctions:
+            self.auctions[ar.auction_id] = Auction(ar)
         for r in snap.offers:
             self.offers[r.offer_id] = Offer(r.offer_id, r.member, r.coid, r.instrument, r.side, r.qty, r.price,
                                             r.counterparty, r.partial, r.hold, r.ts)
@@ -1338,14 +1608,18 @@ class Engine:
         ledger = self.ledger.state() if self.ledger is not None else []
         state: list[Any] = [self.last_seq, self.last_ts, self.next_order_id, self.next_trade_id, self.day,
                             markets, self._coid_digest(), ledger]
-        if self.suspended or self.offers or self.next_offer_id > 1:
+        if self.suspended or self.offers or self.next_offer_id > 1 or self.next_auction_id > 1:
             # Only when there are any: a state without suspensions keeps the hash it had
             # before suspensions existed, so snapshot files written then still verify.
             state.append(sorted(self.suspended))
-        if self.offers or self.next_offer_id > 1:
+        if self.offers or self.next_offer_id > 1 or self.next_auction_id > 1:
             # The same for block offers (issue 14).
             state.append([self.next_offer_id, [self.offers[i].record() for i in sorted(self.offers)],
                           self._block_stats()])
+        if self.next_auction_id > 1:
+            # And for auctions, once one was announced.
+            state.append([self.next_auction_id, self.next_bid_id,
+                          [self.auctions[i].record() for i in sorted(self.auctions)]])
         return state
 
     def _block_stats(self) -> list[tuple[str, list[int]]]:
@@ -1399,6 +1673,15 @@ class Engine:
             elif market.holds:
                 key = (offer.member, offer.instrument)
                 held_asset[key] = held_asset.get(key, 0) + offer.qty
+        for auction in self.auctions.values():
+            market = self.markets[auction.instrument]
+            if market.holds:
+                key = (auction.seller, auction.instrument)
+                held_asset[key] = held_asset.get(key, 0) + auction.hold
+                assert self.ledger is not None
+                for bid in auction.bids.values():
+                    assert bid.hold == self.ledger.cash_required(bid.price * bid.qty), bid.record()
+                    held_cash[bid.member] = held_cash.get(bid.member, 0) + bid.hold
         assert live.keys() == self.orders.keys(), "order index differs from the books"
         for oid, o in live.items():
             assert self.orders[oid] is o

@@ -103,6 +103,12 @@ class Reason(IntEnum):
     UNKNOWN_OFFER = 26  # no open block offer with that id for this member (one naming another member is none)
     OFFER_IS_YOURS = 27  # a member cannot accept its own offer
     PARTIAL_NOT_ALLOWED = 28  # the offer is all-or-nothing and the quantity is not all of it
+    UNKNOWN_AUCTION = 29  # no auction with that id is announced (or it has closed)
+    AUCTION_NOT_OPEN = 30  # outside the auction's bidding window
+    BID_PRICE_OUT_OF_RANGE = 31  # a bid below the auction's floor or above its ceiling
+    BID_SIZE_OUT_OF_RANGE = 32  # a bid outside the auction's minimum and maximum bid sizes
+    UNKNOWN_BID = 33  # no bid of this member with that id in the auction
+    SELLER_CANNOT_BID = 34  # the auction's seller may not bid in it
 
 
 class CancelReason(IntEnum):
@@ -306,9 +312,77 @@ class BlockWithdraw(Command, tag=15):
     ts: int = 0
 
 
+class Pricing(IntEnum):
+    """How an auction's winning bids pay."""
+
+    UNIFORM = 1  # every winner at the lowest accepted bid's price
+    OWN_BID = 2  # each winner at its own bid's price
+
+
+class AuctionAnnounce(Command, tag=16):
+    """The exchange (an operator) announces a one-way auction: ``seller`` (the
+    authority's account, or a member selling at least the block minimum) sells ``qty``
+    of ``instrument``; bids between ``floor`` (at least the previous close -10 %) and the
+    ceiling (the previous close +10 %), from ``start_ts`` to ``end_ts`` (nanoseconds);
+    bids of ``bid_min`` to ``bid_max`` t (0: up to ``qty``). With ``cancel_if_short`` an
+    auction whose bids do not cover ``qty`` is cancelled instead of clearing what it can.
+    The seller's allowances are held from the announcement."""
+
+    seller: Name
+    instrument: Symbol
+    qty: int
+    floor: int
+    start_ts: int
+    end_ts: int
+    pricing: int = int(Pricing.UNIFORM)
+    bid_min: int = 1
+    bid_max: int = 0
+    cancel_if_short: bool = False
+    actor: Actor = ""
+    text: Text = ""
+    seq: int = 0
+    ts: int = 0
+
+
+class AuctionBid(Command, tag=17):
+    """A sealed bid: ``qty`` at ``price`` at most; its cash is held until the auction
+    clears. No one sees another member's bids."""
+
+    member: Name
+    coid: Coid
+    auction_id: int
+    qty: int
+    price: int
+    seq: int = 0
+    ts: int = 0
+
+
+class AuctionBidAmend(Command, tag=18):
+    """A new quantity and price for one's bid, during the window; it takes the amend's
+    time (its priority among bids at its price starts again)."""
+
+    member: Name
+    auction_id: int
+    bid_id: int
+    qty: int
+    price: int
+    seq: int = 0
+    ts: int = 0
+
+
+class AuctionBidWithdraw(Command, tag=19):
+    """Take one's bid back during the window; its hold is released."""
+
+    member: Name
+    auction_id: int
+    bid_id: int
+    seq: int = 0
+    ts: int = 0
+
+
 ENGINE_COMMANDS = (
     NewOrder, Cancel, Amend, MassCancel, HitOrder, Halt, Resume, Tick, EndOfDay, SuspendMember, ReinstateMember, Note,
-    BlockOffer, BlockAccept, BlockWithdraw,
+    BlockOffer, BlockAccept, BlockWithdraw, AuctionAnnounce, AuctionBid, AuctionBidAmend, AuctionBidWithdraw,
 )
 
 # --- events -----------------------------------------------------------------------
@@ -506,6 +580,73 @@ class BlockWithdrawn(Event, tag=114):
     reason: int
 
 
+class AuctionAnnounced(Event, tag=115):
+    """An auction's terms, to every member."""
+
+    seq: int
+    ts: int
+    auction_id: int
+    seller: str
+    instrument: str
+    qty: int
+    floor: int
+    ceiling: int
+    start_ts: int
+    end_ts: int
+    pricing: int
+    bid_min: int
+    bid_max: int
+    cancel_if_short: bool
+
+
+class BidPlaced(Event, tag=116):
+    """A bid entered, amended (``amended``) or withdrawn (``qty`` 0), to its bidder."""
+
+    seq: int
+    ts: int
+    member: str
+    coid: str
+    auction_id: int
+    bid_id: int
+    qty: int
+    price: int
+    amended: bool
+
+
+class AuctionFill(Event, tag=117):
+    """What a winning bid bought: settled by delivery versus payment; to its bidder."""
+
+    seq: int
+    ts: int
+    member: str
+    coid: str
+    auction_id: int
+    bid_id: int
+    trade_id: int
+    instrument: str
+    qty: int
+    price: int
+
+
+class AuctionResult(Event, tag=118):
+    """An auction's result, to every member, naming no bidder: the clearing price (the
+    lowest accepted bid; 0 when nothing sold), the quantity sold of the quantity offered,
+    the bids, the winning bids, and whether it was cancelled for want of demand."""
+
+    seq: int
+    ts: int
+    auction_id: int
+    instrument: str
+    seller: str
+    clearing_price: int
+    qty_sold: int
+    qty: int
+    bids: int
+    winners: int
+    bid_qty: int  # the quantity all bids asked for
+    cancelled: bool
+
+
 class BlockEnd(IntEnum):
     """Why a block offer ended without being taken (``BlockWithdrawn.reason``)."""
 
@@ -528,9 +669,14 @@ ENGINE_EVENTS = (
     BlockOffered,
     BlockTraded,
     BlockWithdrawn,
+    AuctionAnnounced,
+    BidPlaced,
+    AuctionFill,
+    AuctionResult,
 )
 
 AnyCommand = (
     NewOrder | Cancel | Amend | MassCancel | HitOrder | Halt | Resume | Tick | EndOfDay | SuspendMember
-    | ReinstateMember | Note | BlockOffer | BlockAccept | BlockWithdraw
+    | ReinstateMember | Note | BlockOffer | BlockAccept | BlockWithdraw | AuctionAnnounce | AuctionBid | AuctionBidAmend
+    | AuctionBidWithdraw
 )

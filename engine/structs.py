@@ -47,6 +47,36 @@ class OfferRecord(msgspec.Struct, array_like=True, gc=False):
     ts: int
 
 
+class BidRecord(msgspec.Struct, array_like=True, gc=False):
+    bid_id: int
+    member: str
+    coid: str
+    qty: int
+    price: int
+    hold: int  # cash held (cash_required of price x qty)
+    ts: int  # entered or last amended: its time priority
+
+
+class AuctionRecord(msgspec.Struct, array_like=True, gc=False):
+    """An announced auction and its bids (in bid id order), as snapshots and the state
+    hash encode it."""
+
+    auction_id: int
+    seller: str
+    instrument: str
+    qty: int
+    floor: int
+    ceiling: int
+    start_ts: int
+    end_ts: int
+    pricing: int
+    bid_min: int
+    bid_max: int
+    cancel_if_short: bool
+    hold: int  # allowances held from the seller
+    bids: list[BidRecord]
+
+
 class MarketSnapshot(msgspec.Struct, array_like=True):
     symbol: str
     phase: int
@@ -72,3 +102,6 @@ class EngineSnapshot(msgspec.Struct, array_like=True):
     next_offer_id: int = 1
     # per instrument with block trades today: [volume, value, trades]
     block_stats: list[tuple[str, list[int]]] = msgspec.field(default_factory=list)
+    auctions: list[AuctionRecord] = msgspec.field(default_factory=list)  # announced, not yet cleared
+    next_auction_id: int = 1
+    next_bid_id: int = 1

@@ -40,7 +40,7 @@ from engine import (
     Tick,
     TimeInForce,
 )
-from engine.messages import BlockWithdrawn
+from engine.messages import AuctionFill, AuctionResult, BlockWithdrawn
 
 NS_PER_MINUTE = 60_000_000_000
 UTC8 = timezone(timedelta(hours=8))
@@ -119,8 +119,9 @@ class Venue:
             assert len(rejects) == 1 and out[-1] is rejects[0], out
             assert rejects[0].text, "a rejection must say why"
             # Events before a reject can only come from the clock (phases, expiry of
-            # orders and block offers).
-            assert all(isinstance(ev, StatusChanged | Expired | BlockWithdrawn) for ev in out[:-1]), out
+            # orders and block offers, auctions clearing at their close).
+            assert all(isinstance(ev, StatusChanged | Expired | BlockWithdrawn | AuctionFill | AuctionResult)
+                       for ev in out[:-1]), out
             if len(out) == 1:
                 assert core_state(engine) == before, "a rejected command changed the engine"
                 if self.ledger is not None:

@@ -75,5 +75,5 @@ def test_the_messages_encode_as_documented() -> None:
     for cmd in (Note("EXCH/op1", "unlock", "A/trader1"), Cancel("A", 5, "EXCH/op1", "why", 3, 4)):
         assert msgspec.msgpack.decode(msgspec.msgpack.encode(cmd), type=AnyCommand) == cmd
     tags = [t.__struct_config__.tag for t in ENGINE_COMMANDS]
-    assert tags == list(range(1, 16))  # 13-15: block agreement trading
-    assert [t.__struct_config__.tag for t in ENGINE_EVENTS] == list(range(101, 115))
+    assert tags == list(range(1, 20))  # 13-15: block agreement trading, 16-19: auctions
+    assert [t.__struct_config__.tag for t in ENGINE_EVENTS] == list(range(101, 119))

@@ -296,7 +296,10 @@ def test_every_engine_reason_has_a_case() -> None:
     # Block agreement trading's reasons have their cases in tests/engine/test_block.py.
     block = {R.BLOCK_TOO_SMALL, R.BLOCK_PRICE_OUT_OF_RANGE, R.BLOCK_SESSION_CLOSED, R.UNKNOWN_OFFER, R.OFFER_IS_YOURS,
              R.PARTIAL_NOT_ALLOWED}
-    assert covered | block == set(Reason)
+    # And auctions' in tests/engine/test_auction.py.
+    auction = {R.UNKNOWN_AUCTION, R.AUCTION_NOT_OPEN, R.BID_PRICE_OUT_OF_RANGE, R.BID_SIZE_OUT_OF_RANGE, R.UNKNOWN_BID,
+               R.SELLER_CANNOT_BID}
+    assert covered | block | auction == set(Reason)
 
 
 def test_rejected_event_fields() -> None:

