@@ -35,6 +35,9 @@ from typing import Any
 
 from engine.messages import (
     Amend,
+    AuctionBid,
+    AuctionBidAmend,
+    AuctionBidWithdraw,
     BlockAccept,
     BlockOffer,
     BlockWithdraw,
@@ -51,6 +54,7 @@ from engine.messages import (
 from gateway.framing import MAX_OUTBOUND_FRAME, FrameSplitter, FrameWriter
 from gateway.protocol import (
     PROTOCOL_VERSION,
+    AuctionsReply,
     BalancesReply,
     BlockOffersReply,
     BookReply,
@@ -67,6 +71,7 @@ from gateway.protocol import (
     OrdersReply,
     OrderStatus,
     OrderStatusReply,
+    QueryAuctions,
     QueryBalances,
     QueryBlockOffers,
     QueryBook,
@@ -92,7 +97,7 @@ from settlement.messages import RegistryRejected
 
 _REJECTIONS = (Rejected, RegistryRejected)
 _REPLIES = (OrdersReply, BalancesReply, BookReply, InstrumentsReply, QueryRejected, Unlocked, Disconnected, SessionsReply,
-            OrderStatusReply, TradesReply, MarketTradesReply, BlockOffersReply)
+            OrderStatusReply, TradesReply, MarketTradesReply, BlockOffersReply, AuctionsReply)
 READ_CHUNK = 256 * 1024
 INBOX_MAX = 1_000_000  # messages kept for next(); beyond it the client stops reading
 
@@ -304,6 +309,21 @@ class Client:
 
     async def query_block_offers(self, instrument: str = "", timeout: float = 10.0) -> BlockOffersReply:
         return await self._ask(lambda r: QueryBlockOffers(r, instrument), timeout)  # type: ignore[no-any-return]
+
+    def bid(self, auction_id: int, qty: int, price: int, *, coid: str | None = None) -> str:
+        """A sealed bid in an auction: answered by BidPlaced or Rejected."""
+        coid = coid or self.next_coid()
+        self.send(AuctionBid(self.member, coid, auction_id, qty, price))
+        return coid
+
+    def amend_bid(self, auction_id: int, bid_id: int, qty: int, price: int) -> None:
+        self.send(AuctionBidAmend(self.member, auction_id, bid_id, qty, price))
+
+    def withdraw_bid(self, auction_id: int, bid_id: int) -> None:
+        self.send(AuctionBidWithdraw(self.member, auction_id, bid_id))
+
+    async def query_auctions(self, timeout: float = 10.0) -> AuctionsReply:
+        return await self._ask(lambda r: QueryAuctions(r), timeout)  # type: ignore[no-any-return]
 
     def mass_cancel(self, instrument: str = "", member: str | None = None) -> None:
         self.send(MassCancel(self.member if member is None else member, instrument, int(CancelReason.MASS_CANCEL)))

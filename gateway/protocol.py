@@ -40,6 +40,14 @@ from engine.messages import (
     Accepted,
     Amend,
     Amended,
+    AuctionAnnounce,
+    AuctionAnnounced,
+    AuctionBid,
+    AuctionBidAmend,
+    AuctionBidWithdraw,
+    AuctionFill,
+    AuctionResult,
+    BidPlaced,
     BlockAccept,
     BlockOffer,
     BlockOffered,
@@ -276,6 +284,13 @@ class QueryBlockOffers(Msg, tag=64):
     instrument: Symbol = ""
 
 
+class QueryAuctions(Msg, tag=65):
+    """The auctions announced and not yet cleared, with their terms (no bids: they are
+    sealed)."""
+
+    req_id: int
+
+
 class Disconnect(Msg, tag=60):
     """An operator ends a session (``SessionClosed(DISCONNECTED)``); answered with a
     ``Disconnected``; recorded in the journal as a ``Note`` with ``text``."""
@@ -359,6 +374,7 @@ class Fill(Msg, tag=170):
 ReportBody = (
     Accepted | Rejected | Fill | Cancelled | Amended | Expired | Decremented | StatusChanged | DayClosed
     | MemberStatus | Noted | RegistryDone | RegistryRejected | BlockOffered | BlockTraded | BlockWithdrawn
+    | AuctionAnnounced | BidPlaced | AuctionFill | AuctionResult
 )
 
 
@@ -544,6 +560,26 @@ class BlockOffersReply(Msg, tag=187):
     offers: list[BlockOfferRow]  # in offer id order
 
 
+class AuctionRow(msgspec.Struct, array_like=True, gc=False):
+    auction_id: int
+    seller: str
+    instrument: str
+    qty: int
+    floor: int
+    ceiling: int
+    start_ts: int
+    end_ts: int
+    pricing: int
+    bid_min: int
+    bid_max: int
+    cancel_if_short: bool
+
+
+class AuctionsReply(Msg, tag=189):
+    req_id: int
+    auctions: list[AuctionRow]  # in auction id order
+
+
 class TradesReply(Msg, tag=179):
     req_id: int
     trades: list[TradeFill]
@@ -681,12 +717,14 @@ BOOK_LEVELS = 5
 
 SESSION_INBOUND: tuple[type, ...] = (Logon, Logout, Heartbeat, QueryOrders, QueryBalances, QueryBook, QueryInstruments,
                                      Unlock, Watch, QuerySessions, Disconnect, QueryOrderStatus, QueryTrades,
-                                     QueryMarketTrades, QueryBlockOffers)
+                                     QueryMarketTrades, QueryBlockOffers, QueryAuctions)
 QUERIES: tuple[type, ...] = (QueryOrders, QueryBalances, QueryBook, QueryInstruments, QueryOrderStatus, QueryTrades,
-                             QueryMarketTrades, QueryBlockOffers)
-TRADER_COMMANDS: tuple[type, ...] = (NewOrder, Cancel, Amend, MassCancel, HitOrder, BlockOffer, BlockAccept, BlockWithdraw)
-OPERATOR_COMMANDS: tuple[type, ...] = (Halt, Resume, MassCancel, EndOfDay)
+                             QueryMarketTrades, QueryBlockOffers, QueryAuctions)
+TRADER_COMMANDS: tuple[type, ...] = (NewOrder, Cancel, Amend, MassCancel, HitOrder, BlockOffer, BlockAccept, BlockWithdraw,
+                                     AuctionBid, AuctionBidAmend, AuctionBidWithdraw)
+OPERATOR_COMMANDS: tuple[type, ...] = (Halt, Resume, MassCancel, EndOfDay, AuctionAnnounce)
 ENGINE_INBOUND: tuple[type, ...] = (NewOrder, Cancel, Amend, MassCancel, HitOrder, BlockOffer, BlockAccept, BlockWithdraw,
+                                    AuctionBid, AuctionBidAmend, AuctionBidWithdraw, AuctionAnnounce,
                                     Halt, Resume, EndOfDay, SuspendMember,
                                     ReinstateMember)
 
@@ -703,7 +741,7 @@ INBOUND: tuple[type, ...] = ENGINE_INBOUND + CLERK_COMMANDS + AUTHORITY_COMMANDS
 OUTBOUND: tuple[type, ...] = (
     LogonAck, LogonReject, ServerHeartbeat, SessionReject, SessionClosed, Notice, ReplayDone, Report, Resent,
     OrdersReply, BalancesReply, BookReply, InstrumentsReply, QueryRejected, Unlocked, Disconnected,
-    OrderStatusReply, TradesReply, MarketTradesReply, BlockOffersReply,
+    OrderStatusReply, TradesReply, MarketTradesReply, BlockOffersReply, AuctionsReply,
     InstrumentView, TradesView, ChartView, AlertView, HealthView, SessionsReply, BlocksView,
 )
 

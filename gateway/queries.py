@@ -25,6 +25,8 @@ from gateway.protocol import (
     MARKET_TRADES_MAX,
     ORDERS_PER_REPLY,
     TRADES_PER_REPLY,
+    AuctionRow,
+    AuctionsReply,
     Balance,
     BalancesReply,
     BlockOfferRow,
@@ -41,6 +43,7 @@ from gateway.protocol import (
     OrderState,
     OrderStatus,
     OrderStatusReply,
+    QueryAuctions,
     QueryBalances,
     QueryBlockOffers,
     QueryBook,
@@ -70,6 +73,12 @@ class Queries:
     def answer(self, member: str, sees_all: bool, q: Any) -> Any:
         engine = self.core.engine
         t = type(q)
+        if t is QueryAuctions:
+            auctions = engine.auctions
+            return AuctionsReply(q.req_id, [AuctionRow(a.auction_id, a.seller, a.instrument, a.qty, a.floor, a.ceiling,
+                                                       a.start_ts, a.end_ts, a.pricing, a.bid_min, a.bid_max,
+                                                       a.cancel_if_short)
+                                            for a in (auctions[i] for i in sorted(auctions))])
         if t is QueryBlockOffers:
             if q.instrument and q.instrument not in engine.markets:
                 return QueryRejected(q.req_id, GatewayReason.UNKNOWN_INSTRUMENT, f"unknown instrument {q.instrument!r}")

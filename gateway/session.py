@@ -44,6 +44,10 @@ import msgspec
 from engine.messages import (
     COID_MAX,
     Amend,
+    AuctionAnnounce,
+    AuctionBid,
+    AuctionBidAmend,
+    AuctionBidWithdraw,
     BlockAccept,
     BlockOffer,
     BlockWithdraw,
@@ -142,11 +146,12 @@ _COMMON: dict[type, int] = {Heartbeat: K_HEARTBEAT, Logout: K_LOGOUT, Logon: K_L
                             Watch: K_WATCH, QuerySessions: K_WATCH}
 PERMISSIONS: dict[Role, dict[type, int]] = {
     Role.TRADER: {**_COMMON, NewOrder: K_ORDER, HitOrder: K_ORDER, Cancel: K_OWN, Amend: K_OWN, MassCancel: K_OWN,
-                  BlockOffer: K_ORDER, BlockAccept: K_ORDER, BlockWithdraw: K_OWN},
+                  BlockOffer: K_ORDER, BlockAccept: K_ORDER, BlockWithdraw: K_OWN,
+                  AuctionBid: K_ORDER, AuctionBidAmend: K_OWN, AuctionBidWithdraw: K_OWN},
     Role.READ_ONLY: dict(_COMMON),
     Role.OPERATOR: {**_COMMON, Halt: K_STAFF, Resume: K_STAFF, MassCancel: K_STAFF, EndOfDay: K_STAFF,
                     Cancel: K_STAFF, SuspendMember: K_STAFF, ReinstateMember: K_STAFF, Unlock: K_OPS,
-                    Disconnect: K_OPS},
+                    Disconnect: K_OPS, AuctionAnnounce: K_STAFF},
     Role.CLERK: {**_COMMON, **{c: K_STAFF for c in CLERK_COMMANDS}},
     Role.AUTHORITY: {**_COMMON, **{c: K_STAFF for c in AUTHORITY_COMMANDS}},
 }

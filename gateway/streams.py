@@ -34,6 +34,10 @@ from engine.matching import Engine
 from engine.messages import (
     Accepted,
     Amended,
+    AuctionAnnounced,
+    AuctionFill,
+    AuctionResult,
+    BidPlaced,
     BlockOffered,
     BlockTraded,
     BlockWithdrawn,
@@ -317,6 +321,16 @@ class Router:
                 stream.coids[ev.coid] = report(stream, ev, touched)
             elif t is BlockWithdrawn:
                 report(streams[ev.member], ev, touched)
+            elif t is BidPlaced:
+                stream = streams[ev.member]
+                rep = report(stream, ev, touched)
+                if not ev.amended:
+                    stream.coids[ev.coid] = rep  # a new bid's client order id has its outcome
+            elif t is AuctionFill:
+                report(streams[ev.member], ev, touched)
+            elif t is AuctionAnnounced or t is AuctionResult:
+                for stream in streams.values():  # public: to every member and staff user
+                    report(stream, ev, touched)
             elif t is StatusChanged:
                 for stream in streams.values():
                     report(stream, ev, touched)

@@ -30,7 +30,19 @@ from typing import Any
 import msgspec
 import pytest
 
-from engine.messages import Accepted, BlockEnd, Cancelled, CancelReason, OrdType, Phase, Reason, Side, Stp, TimeInForce
+from engine.messages import (
+    Accepted,
+    BlockEnd,
+    Cancelled,
+    CancelReason,
+    OrdType,
+    Phase,
+    Pricing,
+    Reason,
+    Side,
+    Stp,
+    TimeInForce,
+)
 from gateway.config import SessionSection
 from gateway.framing import encode_frame
 from gateway.protocol import (
@@ -62,7 +74,7 @@ TS = "\0ts"  # what ``ts`` in an example stands for: any timestamp
 # The enumerations whose every member the document's table lists, by the name it uses.
 ENUMS: dict[str, type[IntEnum]] = {
     e.__name__: e for e in (Phase, Side, OrdType, TimeInForce, Stp, CancelReason, Liquidity, Role, CodMode,
-                            OrderState, Reason, GatewayReason, RegistryReason, HolderType, BlockEnd)
+                            OrderState, Reason, GatewayReason, RegistryReason, HolderType, BlockEnd, Pricing)
 }
 
 

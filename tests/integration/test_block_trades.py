@@ -65,3 +65,47 @@ def test_block_trades_settle_survive_a_restart_and_replay_to_the_same_state(tmp_
             verify.stdout
 
     run(main())
+
+
+def test_an_auction_clears_by_the_exchanges_clock_and_replays_to_the_same_state(tmp_path: Path) -> None:
+    """A member's auction on a real ``etx serve``: announced by the operator, two bids, the
+    window closed by the exchange's own ticks; settled into SQLite, audit clean, and the
+    journal's replay gives the snapshot's state hash."""
+    import time
+
+    from engine.messages import AuctionAnnounce, AuctionFill, AuctionResult
+
+    async def main() -> None:
+        ex = Exchange(tmp_path)
+        await ex.start()
+        clerk, auth = ex.client("EXCH", "clerk"), ex.client("EXCH", "auth")
+        await clerk.connect()
+        await auth.connect()
+        for m in ("M1", "M2", "M3"):
+            for cmd, who in ((OpenAccount("", m, int(HolderType.COMPLIANCE), m), clerk),
+                             (Deposit("", m, 5_000_000_000), clerk), (Allocate("", "AUTHORITY", m, SYMBOL, 150_000), auth)):
+                assert type(await staff_command(who, cmd)) is RegistryDone
+        await clerk.close()
+        await auth.close()
+        ops = ex.client("EXCH", "ops")
+        m1, m2 = ex.client("M1"), ex.client("M2")
+        for c in (ops, m1, m2):
+            await c.connect()
+        now = time.time_ns()
+        ops.send(AuctionAnnounce("M3", SYMBOL, 120_000, 9_600, now, now + 2_000_000_000))
+        announced = await m1.wait_for(lambda m: type(getattr(m, "body", None)).__name__ == "AuctionAnnounced")
+        auction = announced.body.auction_id
+        m1.bid(auction, 100_000, 10_300)
+        m2.bid(auction, 50_000, 10_000)
+        fill = await body_of(m2, AuctionFill, timeout=15)  # the exchange's clock closes the window
+        result = await body_of(m1, AuctionResult)
+        assert (fill.qty, fill.price, result.qty_sold, result.clearing_price) == (20_000, 10_000, 120_000, 10_000)
+        for c in (ops, m1, m2):
+            await c.close()
+        assert ex.stop() == 0
+        audit = ex.etx("registry", "--data", str(ex.data), "audit")
+        assert audit.returncode == 0, audit.stdout + audit.stderr
+        verify = ex.etx("journal", "verify", str(ex.data), "--config", str(ex.config))
+        assert verify.returncode == 0 and "state hash matches the replay" in verify.stdout, verify.stdout + verify.stderr
+
+    run(main())
