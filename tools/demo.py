@@ -27,7 +27,7 @@ from typing import Any, TextIO
 import msgspec
 
 from engine import Accepted, Cancelled, Expired, Side
-from engine.messages import BlockOffered, BlockTraded, Rejected
+from engine.messages import AuctionAnnounce, AuctionAnnounced, AuctionResult, BlockOffered, BlockTraded, Rejected
 from gateway.auth import hash_secret
 from gateway.client import Client
 from gateway.config import Config, from_dict
@@ -203,6 +203,8 @@ async def run_demo(seconds: float = 6.0, members: int = 6, folder: str | None = 
         await asyncio.gather(_progress(tape, started, until, out, out.isatty()), *tasks)
         if len(member_ids) >= 2:
             await _block_trade(port, staff, creds, member_ids[0][0], member_ids[1][0], out)
+        if len(member_ids) >= 3:
+            await _auction(port, staff, creds, [m for m, _ in member_ids], out)
         op = Client("127.0.0.1", port, STAFF, "op", staff["op"])
         await op.connect()
         await _show(op, service, tape, out)
@@ -259,6 +261,46 @@ async def _block_trade(port: int, staff: dict[str, str], creds: dict[tuple[str, 
               f"outside the listing book and its statistics", file=out)
     finally:
         for c in (clerk, authority, sell, buy):
+            await c.close()
+
+
+async def _auction(port: int, staff: dict[str, str], creds: dict[tuple[str, str], str], members: list[str],
+                   out: TextIO) -> None:
+    """A one-way auction: the operator announces one for the last member, selling 100,000
+    t of the first vintage for two seconds; the others bid, sealed; the exchange's clock
+    closes it and everyone learns the result, which names no bidder."""
+    symbol, ref = INSTRUMENTS[0]
+    price = int(ref.replace(".", ""))
+    seller, bidders = members[-1], members[:-1]
+    authority = Client("127.0.0.1", port, STAFF, "authority", staff["authority"])
+    clerk = Client("127.0.0.1", port, STAFF, "clerk", staff["clerk"])
+    op = Client("127.0.0.1", port, STAFF, "op", staff["op"])
+    clients = [Client("127.0.0.1", port, m, "trader", creds[(m, "trader")], cod=CodMode.OFF) for m in bidders]
+    for c in (authority, clerk, op, *clients):
+        await c.connect()
+    try:
+        if await authority.command(Allocate("", "AUTHORITY", seller, symbol, BLOCK_T)) is not None:
+            raise RuntimeError("the auction's allowances were refused")
+        for m in bidders:
+            if await clerk.command(Deposit("", m, BLOCK_T * price * 13 // 10)) is not None:
+                raise RuntimeError("the bidders' cash was refused")
+        now = time.time_ns()
+        floor = price - price // 20  # 5 % under the previous close
+        if await op.command(AuctionAnnounce(seller, symbol, BLOCK_T, floor, now, now + 2_000_000_000)) is not None:
+            raise RuntimeError("the auction's announcement was refused")
+        announced = await clients[0].wait_for(lambda m: isinstance(m, Report) and isinstance(m.body, AuctionAnnounced)
+                                              and m.body.seller == seller)
+        auction = announced.body.auction_id
+        for i, c in enumerate(clients):
+            c.bid(auction, 60_000 + 10_000 * i, price + 10 * (len(clients) - i))
+        result = await clients[0].wait_for(lambda m: isinstance(m, Report) and isinstance(m.body, AuctionResult)
+                                           and m.body.auction_id == auction, 15)
+        r = result.body
+        print(f"\nAuction {r.auction_id}: {r.seller} sold {r.qty_sold:,} of {r.qty:,} t of {r.instrument} to "
+              f"{r.winners} of {r.bids} sealed bids at a uniform {format_yuan(r.clearing_price)} "
+              f"(bids for {r.bid_qty:,} t); settled like any trade, the bidders unnamed in the result", file=out)
+    finally:
+        for c in (authority, clerk, op, *clients):
             await c.close()
 
 

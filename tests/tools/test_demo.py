@@ -17,7 +17,7 @@ def test_demo_trades_settles_and_audits_clean(tmp_path: Path) -> None:
     assert result.orders > 50 and result.trades > 0 and result.volume > 0, text
     assert result.audit == [], text
     for section in ("registry: 3 accounts opened", "Book CEA24", "Book CEA23", "Last trades", "The day so far",
-                    "Members' balances", "Registry audit: OK", "What next", "Block trade #", "sold 100,000 t of CEA24"):
+                    "Members' balances", "Registry audit: OK", "What next", "Block trade #", "sold 100,000 t of CEA24", "Auction 1: M03 sold 100,000 of 100,000 t"):
         assert section in text, section
     assert (tmp_path / "day" / "etx-registry.sqlite").exists()
     assert any((tmp_path / "day" / "journal").iterdir())
