@@ -68,7 +68,17 @@ import msgspec
 from aiomqtt.exceptions import MqttConnectError
 
 from engine import DayClosed, Engine, Event, Phase, Side, Trade
-from engine.messages import Accepted, Amended, BlockTraded, Cancelled, Decremented, Expired, StatusChanged
+from engine.messages import (
+    Accepted,
+    Amended,
+    AuctionAnnounced,
+    AuctionResult,
+    BlockTraded,
+    Cancelled,
+    Decremented,
+    Expired,
+    StatusChanged,
+)
 from gateway.config import MD_DEPTH_MAX, Config, ConfigError, MarketDataSection, md_root, topic_problem
 from gateway.credentials import CredentialsError, read_private
 
@@ -76,7 +86,7 @@ log = logging.getLogger("etx.marketdata")
 
 # What an event changes, as a bit mask per instrument. TRADE and CLOSE only tell
 # on_events what else to record; the snapshots published are BOOK, STATS, STATUS, REF.
-BOOK, STATS, STATUS, TRADE, CLOSE, REF, BLOCK = 1, 2, 4, 8, 16, 32, 64
+BOOK, STATS, STATUS, TRADE, CLOSE, REF, BLOCK, AUCTION = 1, 2, 4, 8, 16, 32, 64, 128
 SNAPSHOTS = BOOK | STATS | STATUS | REF
 _CHANGES: dict[type, int] = {
     Accepted: BOOK,  # an order that rests changes the book; one that does not costs a spare snapshot
@@ -88,6 +98,8 @@ _CHANGES: dict[type, int] = {
     StatusChanged: BOOK | STATUS,  # the book snapshot carries the phase too
     DayClosed: STATS | CLOSE | REF,  # the day's close moves the reference price and the band
     BlockTraded: STATS | BLOCK,  # a block agreement trade: published apart, counted apart in stats
+    AuctionAnnounced: AUCTION,  # an auction's terms, then its result (no bidder named)
+    AuctionResult: AUCTION,
 }
 CLOSED = "closed"
 _PHASE_NAMES = {int(Phase.CLOSED): CLOSED, int(Phase.CONTINUOUS): "continuous", int(Phase.HALTED): "halted"}
@@ -105,6 +117,17 @@ def yuan(fen: int) -> str:
     sign = "-" if fen < 0 else ""
     units, cents = divmod(abs(fen), 100)
     return f"{sign}{units}.{cents:02d}"
+
+
+def auction_msg(a: AuctionAnnounced | AuctionResult) -> AuctionMsg:
+    if type(a) is AuctionAnnounced:
+        return AuctionMsg("announced", a.auction_id, a.seller, a.qty, a.ts, a.seq, a.floor, yuan(a.floor), a.ceiling,
+                          yuan(a.ceiling), a.start_ts, a.end_ts, "uniform" if a.pricing == 1 else "own_bid")
+    assert type(a) is AuctionResult
+    ratio = f"{a.qty_sold / a.bid_qty:.4f}" if a.bid_qty else "0.0000"
+    return AuctionMsg("result", a.auction_id, a.seller, a.qty, a.ts, a.seq, clearing_price=a.clearing_price,
+                      clearing_price_yuan=yuan(a.clearing_price), qty_sold=a.qty_sold, bids=a.bids, winners=a.winners,
+                      bid_qty=a.bid_qty, fill_ratio=ratio, cancelled=a.cancelled)
 
 
 def _price(fen: int) -> tuple[int | None, str | None]:
@@ -161,6 +184,34 @@ class BlockMsg(msgspec.Struct):
     qty: int
     ts: int
     seq: int
+
+
+class AuctionMsg(msgspec.Struct, omit_defaults=True):
+    """An auction's announcement (``kind`` "announced": its terms) or result ("result":
+    the clearing price, the quantity sold, the bids and winners, the fill ratio: sold over
+    bid for), naming no bidder."""
+
+    kind: str
+    auction_id: int
+    seller: str
+    qty: int
+    ts: int
+    seq: int
+    floor: int | None = None
+    floor_yuan: str | None = None
+    ceiling: int | None = None
+    ceiling_yuan: str | None = None
+    start_ts: int | None = None
+    end_ts: int | None = None
+    pricing: str | None = None
+    clearing_price: int | None = None
+    clearing_price_yuan: str | None = None
+    qty_sold: int | None = None
+    bids: int | None = None
+    winners: int | None = None
+    bid_qty: int | None = None
+    fill_ratio: str | None = None  # qty_sold / bid_qty, 4 decimals ("0.0000" when no bid)
+    cancelled: bool | None = None
 
 
 class ClosedDay(msgspec.Struct):
@@ -439,6 +490,7 @@ class MarketDataPublisher:
         self._closed: dict[str, DayClosed] = {}
         self._trades: deque[Trade] = deque()
         self._blocks: deque[BlockTraded] = deque()  # block trades to publish (at most trades_max)
+        self._auction_events: deque[AuctionAnnounced | AuctionResult] = deque()  # to publish (at most trades_max)
         self._alerts: deque[bytes] = deque()
         # Counters, reported in the health message.
         self.trades_dropped = self.alerts_dropped = self.oversize_dropped = 0
@@ -456,6 +508,7 @@ class MarketDataPublisher:
         self._topics = {s: (f"{root}/md/{s}/book", f"{root}/md/{s}/trades", f"{root}/md/{s}/stats",
                             f"{root}/md/{s}/status", f"{root}/md/{s}/ref") for s in engine.markets}
         self._block_topics = {s: f"{root}/md/{s}/blocks" for s in engine.markets}
+        self._auction_topics = {s: f"{root}/md/{s}/auctions" for s in engine.markets}
 
     @classmethod
     def from_config(cls, engine: Engine, cfg: Config, *, host: str | None = None, port: int | None = None,
@@ -505,6 +558,12 @@ class MarketDataPublisher:
                     trades.popleft()
                     self.trades_dropped += 1
                 trades.append(ev)  # type: ignore[arg-type]
+            elif mask & AUCTION:
+                if len(self._auction_events) >= trades_max:
+                    self._auction_events.popleft()
+                    self.trades_dropped += 1
+                self._auction_events.append(ev)  # type: ignore[arg-type]
+                continue  # no snapshot changes
             elif mask & BLOCK:
                 if len(self._blocks) >= trades_max:
                     self._blocks.popleft()
@@ -856,6 +915,11 @@ class MarketDataPublisher:
             groups.setdefault(t.instrument, []).append(t)
             if t.instrument not in dirty:
                 dirty[t.instrument] = 0  # its trades still go out (they normally come with a mask)
+        while self._auction_events:  # few and QoS 1, in order
+            a = self._auction_events[0]
+            await publish(self._auction_topics[a.instrument], self._enc.encode(auction_msg(a)), qos=1)
+            self._auction_events.popleft()  # only once sent
+            self.published += 1
         while self._blocks:  # few and QoS 1: each as a one-element array, in order
             b = self._blocks[0]
             await publish(self._block_topics[b.instrument],
@@ -929,10 +993,12 @@ class MarketDataPublisher:
         markets = self.engine.markets
         assert len(self._trades) <= self.trades_max, len(self._trades)
         assert len(self._blocks) <= self.trades_max and all(type(b) is BlockTraded for b in self._blocks)
+        assert len(self._auction_events) <= self.trades_max
+        assert all(type(a) in (AuctionAnnounced, AuctionResult) for a in self._auction_events)
         assert len(self._alerts) <= self.alerts_max, len(self._alerts)
         assert set(self._last) == set(markets)
         for symbol, mask in self._dirty.items():
-            assert symbol in markets and 0 <= mask <= SNAPSHOTS | TRADE | CLOSE | BLOCK, (symbol, mask)
+            assert symbol in markets and 0 <= mask <= SNAPSHOTS | TRADE | CLOSE | BLOCK | AUCTION, (symbol, mask)
         last_id: dict[str, int] = {}
         for t in self._trades:
             assert type(t) is Trade and t.instrument in markets, t

@@ -16,10 +16,11 @@ import aiomqtt
 import msgspec
 import pytest
 
-from engine import ALWAYS_OPEN, EndOfDay, Engine, Halt, Instrument, NewOrder, Resume, Schedule, Sequencer, Side
-from engine.messages import BlockAccept, BlockOffer, Command
+from engine import ALWAYS_OPEN, EndOfDay, Engine, Halt, Instrument, NewOrder, Resume, Schedule, Sequencer, Side, Tick
+from engine.messages import AuctionAnnounce, AuctionBid, BlockAccept, BlockOffer, Command
 from gateway.marketdata import (
     AlertMsg,
+    AuctionMsg,
     BlockMsg,
     BookMsg,
     ExchangeStatusMsg,
@@ -202,6 +203,33 @@ def test_block_trades_are_published_apart_and_counted_apart(broker: Mosquitto) -
             await asyncio.wait_for(task, WAIT_S)
             for topic, payload, _ in live.messages:
                 assert not any(secret in payload for secret in SECRETS), (topic, payload)
+
+    asyncio.run(scenario())
+
+
+def test_auction_announcements_and_results_are_published_without_bidders(broker: Mosquitto) -> None:
+    async def scenario() -> None:
+        now = [0]
+        x = Exchange(clock=lambda: now[0])
+        md = x.publisher(broker.port)
+        async with Subscriber(broker.port) as live:
+            task = asyncio.create_task(md.run())
+            await live.wait(f"{ROOT}/status")
+            x.batch(AuctionAnnounce("MEMBER-S", "CEA24", 100_000, 9_500, 0, 1_000))
+            x.batch(AuctionBid("MEMBER-A", "COID-1", 1, 80_000, 10_200), AuctionBid("MEMBER-B", "COID-2", 1, 60_000, 9_900))
+            now[0] = 1_000  # the window closes with the next command
+            x.batch(Tick())
+            announced = await live.wait(f"{ROOT}/auctions", lambda m: m["kind"] == "announced")
+            assert (announced["seller"], announced["qty"], announced["floor_yuan"], announced["ceiling_yuan"],
+                    announced["pricing"]) == ("MEMBER-S", 100_000, "95.00", "110.00", "uniform")
+            result = await live.wait(f"{ROOT}/auctions", lambda m: m["kind"] == "result")
+            assert (result["clearing_price_yuan"], result["qty_sold"], result["bids"], result["winners"],
+                    result["bid_qty"], result["fill_ratio"], result["cancelled"]) == (
+                "99.00", 100_000, 2, 2, 140_000, "0.7143", False)
+            md.stop()
+            await asyncio.wait_for(task, WAIT_S)
+            for topic, payload, _ in live.messages:
+                assert b"MEMBER-A" not in payload and b"MEMBER-B" not in payload and b"COID-" not in payload, topic
 
     asyncio.run(scenario())
 
@@ -558,7 +586,7 @@ def test_a_lost_instance_is_taken_over_at_once(broker: Mosquitto) -> None:
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "marketdata.md"
 DOC_TYPES: dict[str, Any] = {
     "book": BookMsg, "trades": list[TradeMsg], "blocks": list[BlockMsg], "stats": StatsMsg, "status": StatusMsg,
-    "ref": RefMsg,
+    "ref": RefMsg, "auction": AuctionMsg,
     "exchange_status": ExchangeStatusMsg, "alert": AlertMsg, "health": HealthMsg,
 }
 
