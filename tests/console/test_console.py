@@ -221,6 +221,8 @@ def test_open_block_offers_and_block_trades_are_listed(setup: Setup) -> None:
             try:
                 await asyncio.to_thread(log_on, d, setup.url, "EXCH", "ops", SECRET)
                 await asyncio.to_thread(wait_until, d, lambda d: "live" in text_of(d, "link"))
+                # The panel is below the sessions: scrolled to, as an operator would.
+                d.execute_script("document.getElementById('blocks-panel').scrollIntoView()")
                 m1.block_offer(SYMBOL, Side.SELL, 100_000, 10_300, partial=True)
                 offer = await m1.wait_for(lambda m: isinstance(m, Report) and type(m.body).__name__ == "BlockOffered")
                 rows = await asyncio.to_thread(wait_until, d, lambda d: texts(d, "#block-offers tbody tr"))
