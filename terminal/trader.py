@@ -12,6 +12,10 @@ seq_out, heartbeat). What it does, keyboard first, on the command line at the bo
     amend 17 100.10 30               new limit and open quantity
     cancel 17                        cancel one order;  cancel all: every open order
     show CEA23                       switch instrument
+    offer sell 100000 102.00 [to M002] [partial]   a block agreement offer (100,000 t or more)
+    accept 3 100000                  take block offer 3 (all of it, or a part if it allows)
+    withdraw 3                       withdraw one's block offer 3
+    bid 1 20000 101.50               a sealed bid in auction 1;  unbid 1 7: withdraw bid 7
 
 Keys: ``b``/``s`` start a buy/sell, ``h`` hits the order selected in the book's orders,
 ``a`` amends and ``x`` cancels the open order selected (each fills the command line:
@@ -41,6 +45,13 @@ from textual.widgets import DataTable, Footer, Header, Input, RichLog, Static
 from engine.messages import (
     Accepted,
     Amended,
+    AuctionAnnounced,
+    AuctionFill,
+    AuctionResult,
+    BidPlaced,
+    BlockOffered,
+    BlockTraded,
+    BlockWithdrawn,
     Cancelled,
     CancelReason,
     DayClosed,
@@ -108,6 +119,7 @@ class TraderApp(App[int]):
     #book { height: 13; }
     #top { height: 1fr; }
     #market { height: 1fr; }
+    #deals { height: 8; }
     #orders { height: 1fr; }
     #fills { height: 1fr; }
     #balances { height: 6; }
@@ -135,6 +147,8 @@ class TraderApp(App[int]):
         self.open_orders: list[Any] = []
         self.top: list[Any] = []
         self.market: list[Any] = []
+        self.offers: list[Any] = []
+        self.auctions: list[Any] = []
         self.fills: list[Any] = []
         self.balances: list[Any] = []
         self.phase = "?"
@@ -153,6 +167,7 @@ class TraderApp(App[int]):
                 yield DataTable(id="book", show_cursor=False)
                 yield DataTable(id="top", cursor_type="row")
                 yield DataTable(id="market", show_cursor=False)
+                yield DataTable(id="deals", show_cursor=False)
             with Vertical():
                 yield DataTable(id="orders", cursor_type="row")
                 yield DataTable(id="fills", show_cursor=False)
@@ -168,6 +183,7 @@ class TraderApp(App[int]):
         self.query_one("#book", DataTable).add_columns("Orders", "Bid qty", "Price", "Ask qty", "Orders")
         self.query_one("#top", DataTable).add_columns("Order", "Side", "Price", "Qty", "Member")
         self.query_one("#market", DataTable).add_columns("Last trades", "Price", "Qty", "Aggressor")
+        self.query_one("#deals", DataTable).add_columns("Block / auction", "Id", "Side", "Qty", "Price", "Terms")
         self.query_one("#orders", DataTable).add_columns("Order", "Coid", "Instr", "Side", "Price", "Open", "Filled")
         self.query_one("#fills", DataTable).add_columns("Time", "Instr", "Side", "Price", "Qty", "Liq", "Fee", "Order")
         self.query_one("#balances", DataTable).add_columns("Asset", "Balance", "Held", "Unsellable T+1", "Available")
@@ -255,6 +271,34 @@ class TraderApp(App[int]):
             self.say(f"{body.instrument}: day closed at {yuan(body.close_price)}{away}")
         elif t is MemberStatus:
             self.say(f"trading {'suspended' if body.suspended else 'reinstated'}{away}: {body.text}")
+        elif t is BlockOffered:
+            self.pending.pop(body.coid, None)
+            side = "buy" if body.side == Side.BUY else "sell"
+            self.say(f"block offer {body.offer_id} open{away}: {side} {body.qty:,} t {body.instrument} at "
+                     f"{yuan(body.price)}" + (f" to {body.counterparty}" if body.counterparty else ""))
+        elif t is BlockTraded:
+            self.pending.pop(body.coid, None)
+            mine = "bought" if body.buyer == self.client.member else "sold"
+            other = body.seller if mine == "bought" else body.buyer
+            self.say(f"block trade{away}: {mine} {body.qty:,} t {body.instrument} at {yuan(body.price)} with {other} "
+                     f"(offer {body.offer_id}, {body.left:,} t left)")
+        elif t is BlockWithdrawn:
+            self.say(f"block offer {body.offer_id} {'withdrawn' if body.reason == 1 else 'expired'}{away}: "
+                     f"{body.qty:,} t released")
+        elif t is AuctionAnnounced:
+            self.say(f"auction {body.auction_id} announced{away}: {body.seller} sells {body.qty:,} t {body.instrument}, "
+                     f"bids {yuan(body.floor)}-{yuan(body.ceiling)}")
+        elif t is BidPlaced:
+            self.pending.pop(body.coid, None)
+            what = "withdrawn" if not body.qty else ("amended" if body.amended else "placed")
+            self.say(f"bid {body.bid_id} {what}{away} in auction {body.auction_id}: {body.qty:,} t at {yuan(body.price)}")
+        elif t is AuctionFill:
+            self.say(f"auction {body.auction_id} fill{away}: bought {body.qty:,} t {body.instrument} at "
+                     f"{yuan(body.price)} (bid {body.bid_id})")
+        elif t is AuctionResult:
+            self.say(f"auction {body.auction_id} result{away}: {body.qty_sold:,} of {body.qty:,} t sold at "
+                     f"{yuan(body.clearing_price)} to {body.winners} of {body.bids} bids"
+                     + (" (cancelled: too little demand)" if body.cancelled else ""))
         self._dirty.set()
 
     def describe(self, acc: Accepted) -> str:
@@ -295,6 +339,8 @@ class TraderApp(App[int]):
         self.book = await c.query_book(self.instrument)
         self.top = (await c.query_top_orders(self.instrument, LEVELS)).orders
         self.market = (await c.query_market_trades(self.instrument, MARKET_TRADES)).trades
+        self.offers = (await c.query_block_offers(self.instrument)).offers
+        self.auctions = [a for a in (await c.query_auctions()).auctions if a.instrument == self.instrument]
         self.open_orders = await c.query_orders()
         self.fills = (await c.query_all_trades())[-FILLS_SHOWN:]
         self.balances = (await c.query_balances()).balances
@@ -331,6 +377,16 @@ class TraderApp(App[int]):
         for t in self.market:  # newest first
             when = datetime.fromtimestamp(t.ts / 1e9, UTC).strftime("%H:%M:%S")
             market.add_row(when, yuan(t.price), f"{t.qty:,}", "buy" if t.aggressor == Side.BUY else "sell")
+        deals = self.query_one("#deals", DataTable)
+        deals.clear()
+        for o in self.offers:
+            terms = ("all or nothing" if not o.partial else "parts") + (", named" if o.named else "")
+            deals.add_row("offer" + (" (yours)" if o.member else ""), str(o.offer_id), "buy" if o.side == Side.BUY else "sell",
+                          f"{o.qty:,}", yuan(o.price), terms)
+        for a in self.auctions:
+            ends = datetime.fromtimestamp(a.end_ts / 1e9, UTC).strftime("%H:%M:%S")
+            deals.add_row(f"auction of {a.seller}", str(a.auction_id), "sell", f"{a.qty:,}",
+                          f"{yuan(a.floor)}-{yuan(a.ceiling)}", f"bids {a.bid_min:,}-{a.bid_max:,} t, ends {ends}")
         self._fill_table("#orders", [
             (str(o.order_id), o.coid, o.instrument, "buy" if o.side == Side.BUY else "sell", yuan(o.price),
              f"{o.qty:,}", f"{o.filled:,}") for o in self.open_orders], [str(o.order_id) for o in self.open_orders])
@@ -470,13 +526,56 @@ class TraderApp(App[int]):
                 oid = parse_id(args[0])
                 c.cancel(oid)
                 self.say(f"sent: cancel order {oid}")
+        elif verb == "offer":
+            # offer buy|sell QTY PRICE [to MEMBER] [partial]
+            if len(args) < 3 or args[0].lower() not in ("buy", "sell"):
+                raise ValueError("offer buy|sell QTY PRICE [to MEMBER] [partial]")
+            side = Side.BUY if args[0].lower() == "buy" else Side.SELL
+            qty, price = parse_qty(args[1]), parse_price(args[2])
+            rest = [a for a in args[3:]]
+            partial = "partial" in [a.lower() for a in rest]
+            rest = [a for a in rest if a.lower() != "partial"]
+            counterparty = ""
+            if rest:
+                if len(rest) != 2 or rest[0].lower() != "to":
+                    raise ValueError("offer buy|sell QTY PRICE [to MEMBER] [partial]")
+                counterparty = rest[1]
+            coid = c.block_offer(self.instrument, side, qty, price, counterparty=counterparty, partial=partial)
+            what = f"block offer {args[0].lower()} {qty:,} {self.instrument} {yuan(price)}"
+            self.pending[coid] = what
+            self.say(f"sent: {what} (coid {coid})")
+        elif verb == "accept":
+            if len(args) != 2:
+                raise ValueError("accept OFFER_ID QTY")
+            offer_id, qty = parse_id(args[0]), parse_qty(args[1])
+            coid = c.block_accept(offer_id, qty)
+            self.pending[coid] = f"accept {qty:,} t of block offer {offer_id}"
+            self.say(f"sent: accept {qty:,} t of block offer {offer_id} (coid {coid})")
+        elif verb == "withdraw":
+            if len(args) != 1:
+                raise ValueError("withdraw OFFER_ID")
+            c.block_withdraw(parse_id(args[0]))
+            self.say(f"sent: withdraw block offer {args[0]}")
+        elif verb == "bid":
+            if len(args) != 3:
+                raise ValueError("bid AUCTION_ID QTY PRICE")
+            auction, qty, price = parse_id(args[0]), parse_qty(args[1]), parse_price(args[2])
+            coid = c.bid(auction, qty, price)
+            self.pending[coid] = f"bid {qty:,} t at {yuan(price)} in auction {auction}"
+            self.say(f"sent: bid {qty:,} t at {yuan(price)} in auction {auction} (coid {coid})")
+        elif verb == "unbid":
+            if len(args) != 2:
+                raise ValueError("unbid AUCTION_ID BID_ID")
+            c.withdraw_bid(parse_id(args[0]), parse_id(args[1]))
+            self.say(f"sent: withdraw bid {args[1]} of auction {args[0]}")
         elif verb == "show":
             if len(args) != 1 or args[0] not in self.instruments:
                 raise ValueError(f"show one of {', '.join(self.instruments)}")
             self.instrument = args[0]
             self._dirty.set()
         else:
-            raise ValueError(f"unknown command {verb!r}: buy, sell, hit, amend, cancel or show")
+            raise ValueError(f"unknown command {verb!r}: buy, sell, hit, amend, cancel, show, offer, accept, withdraw, "
+                             "bid or unbid")
 
     async def action_quit(self) -> None:
         self.quitting = True

@@ -232,3 +232,63 @@ def test_mistakes_at_start_end_in_one_line(tmp_path: Path) -> None:
     assert "no instrument 'NOPE' (the exchange lists CEA24)" in unknown_run.stderr, unknown_run.stderr
     for r in (loose_run, wrong_run, unknown_run):
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_dealer_takes_a_block_offer_and_bids_in_an_auction(tmp_path: Path) -> None:
+    """Block agreement trading and auctions from the dealer's terminal: the offers and
+    auctions it may take part in are listed, `accept` and `bid` are answered by the
+    exchange, and the trade, the fill and the result show in the log."""
+    import time
+
+    from engine.messages import AuctionAnnounce
+
+    async def scenario() -> None:
+        ex = Exchange(tmp_path)
+        await ex.start()
+        try:
+            clerk, auth = Client("127.0.0.1", ex.port, "EXCH", "clerk", SECRET), Client("127.0.0.1", ex.port, "EXCH",
+                                                                                         "auth", SECRET)
+            await clerk.connect()
+            await auth.connect()
+            for m in ("M1", "M2", "M3"):
+                for who, cmd in ((clerk, OpenAccount("", m, int(HolderType.COMPLIANCE), m)),
+                                 (clerk, Deposit("", m, 30_000_000_000)),
+                                 (auth, Allocate("", "AUTHORITY", m, SYMBOL, 300_000))):
+                    assert type(await staff_command(who, cmd)).__name__ == "RegistryDone"
+            await clerk.close()
+            await auth.close()
+            seller = Client("127.0.0.1", ex.port, "M2", "tM2", SECRET, cod=CodMode.OFF)
+            ops = Client("127.0.0.1", ex.port, "EXCH", "ops", SECRET, cod=CodMode.OFF)
+            dealer = Client("127.0.0.1", ex.port, "M1", "tM1", SECRET, cod=CodMode.OFF)
+            for c in (seller, ops, dealer):
+                await c.connect()
+            seller.block_offer(SYMBOL, Side.SELL, 150_000, 10_200, counterparty="M1", partial=True)
+            app = TraderApp(dealer, SYMBOL, [SYMBOL])
+            async with app.run_test(size=(180, 50)) as pilot:
+                row = await until(pilot, lambda: next((r for r in cells(app, "#deals") if r[0] == "offer"), None),
+                                  "the block offer named to M1")
+                assert row[2:] == ["sell", "150,000", "102.00", "parts, named"], row
+                await command(pilot, app, f"accept {row[1]} 100000")
+                line = await until(pilot, lambda: said(app, "block trade: bought 100,000 t"), "the block trade")
+                assert "with M2" in line and "50,000 t left" in line, line
+
+                now = time.time_ns()
+                ops.send(AuctionAnnounce("M3", SYMBOL, 120_000, 9_600, now, now + 3_000_000_000))
+                row = await until(pilot, lambda: next((r for r in cells(app, "#deals") if r[0].startswith("auction")),
+                                                      None), "the auction")
+                assert row[0] == "auction of M3" and row[4] == "96.00-110.00", row
+                await command(pilot, app, f"bid {row[1]} 120000 101.00")
+                await until(pilot, lambda: said(app, "bid 1 placed"), "the bid")
+                await command(pilot, app, "bid 99 10 100.00")
+                await until(pilot, lambda: said(app, "rejected: bid 10 t at 100.00 in auction 99"), "the rejection")
+                await until(pilot, lambda: said(app, "auction 1 fill: bought 120,000 t"), "the fill", timeout=20)
+                result = await until(pilot, lambda: said(app, "auction 1 result"), "the result")
+                assert "120,000 of 120,000 t sold at 101.00 to 1 of 1 bids" in result, result
+                await command(pilot, app, "offer sell 99 100.00")
+                await until(pilot, lambda: said(app, "rejected: block offer sell 99"), "the small block's rejection")
+                await pilot.press("q")
+            for c in (seller, ops, dealer):
+                await c.close()
+        finally:
+            assert ex.stop() == 0
+    run(scenario())
