@@ -266,16 +266,14 @@ async def _instruments(host: str, port: int, creds: list[tuple[str, str, str, in
                        spawned: Spawned | None) -> list[Instrument]:
     """The instruments to trade, with their reference prices and ticks, as the exchange
     says (a query of the first session's user)."""
-    from gateway.client import Client, LogonError
+    from gateway.client import CannotLogOn, Client, log_on
 
     m, u, s, _ = creds[0]
     client = Client(host, port, m, u, s, cod=2)
     try:
-        await client.connect()
-    except LogonError as e:
-        raise LoadError(f"the exchange at {host}:{port} refused the logon of {m}/{u}: {e.text}") from None
-    except OSError as e:
-        raise LoadError(f"cannot reach the exchange at {host}:{port}: {e.strerror or e}") from None
+        await log_on(client)
+    except CannotLogOn as e:
+        raise LoadError(str(e)) from None
     try:
         infos = (await client.query_instruments()).instruments
     finally:

@@ -58,7 +58,7 @@ from engine.messages import (
     Resume,
     Side,
 )
-from gateway.client import Client, LogonError, QueryError
+from gateway.client import Client, LogonError, QueryError, tls_context
 from gateway.datadir import exchange_address
 from gateway.protocol import (
     AlertView,
@@ -580,10 +580,7 @@ def run(args: argparse.Namespace) -> int:
         if args.tls_cert:
             https = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             https.load_cert_chain(args.tls_cert, args.tls_key)
-        gateway_ssl = None
-        if args.cafile:
-            gateway_ssl = ssl.create_default_context(cafile=args.cafile)
-            gateway_ssl.check_hostname = False
+        gateway_ssl = tls_context(args.cafile)
     except (ValueError, OSError, ssl.SSLError) as e:
         print(f"etx console: {e}")
         return 2

@@ -535,23 +535,35 @@ class Client:
                 self._sent_at = loop.time()
 
 
-class StaffLogonError(Exception):
-    """A staff tool could not log on; the message names the exchange and says why."""
+class CannotLogOn(Exception):
+    """A tool could not log on; the message names the exchange and says why, in one line."""
+
+
+async def log_on(client: Client) -> Client:
+    """Connect and log ``client`` on; CannotLogOn when the exchange refuses the logon or
+    cannot be reached (the tools print it as it is)."""
+    try:
+        await client.connect()
+    except LogonError as e:
+        raise CannotLogOn(f"the exchange at {client.host}:{client.port} refused the logon of "
+                          f"{client.member}/{client.user}: {e.text}") from None
+    except OSError as e:
+        raise CannotLogOn(f"cannot reach the exchange at {client.host}:{client.port}: {e.strerror or e}") from None
+    return client
 
 
 async def connect_staff(host: str, port: int, member: str, user: str, secret: str, cafile: str = "") -> Client:
     """Log a staff tool (etx ops, etx watch, etx registry) on to the exchange's gateway,
     cancel-on-disconnect off; with ``cafile`` over TLS, trusting that certificate at
     whatever name the exchange is reached by."""
-    context = None
-    if cafile:
-        context = ssl_module.create_default_context(cafile=cafile)
-        context.check_hostname = False
-    client = Client(host, port, member, user, secret, cod=CodMode.OFF, ssl=context)
-    try:
-        await client.connect()
-    except LogonError as e:
-        raise StaffLogonError(f"the exchange at {host}:{port} refused the logon of {member}/{user}: {e.text}") from None
-    except OSError as e:
-        raise StaffLogonError(f"cannot reach the exchange at {host}:{port}: {e.strerror or e}") from None
-    return client
+    return await log_on(Client(host, port, member, user, secret, cod=CodMode.OFF, ssl=tls_context(cafile)))
+
+
+def tls_context(cafile: str) -> ssl_module.SSLContext | None:
+    """A client TLS context trusting ``cafile`` (the CA, or the exchange's own certificate)
+    at whatever name the exchange is reached by; None (plain TCP) without one."""
+    if not cafile:
+        return None
+    context = ssl_module.create_default_context(cafile=cafile)
+    context.check_hostname = False
+    return context

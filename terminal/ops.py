@@ -31,7 +31,7 @@ from engine.messages import (
     Side,
     SuspendMember,
 )
-from gateway.client import Client, QueryError, StaffLogonError, connect_staff
+from gateway.client import CannotLogOn, Client, QueryError, connect_staff
 from gateway.credentials import CredentialsError, obtain
 from gateway.datadir import exchange_address
 from gateway.protocol import AlertView, HealthView, Role
@@ -102,7 +102,7 @@ async def _run(args: argparse.Namespace) -> int:
     creds = obtain(args.credentials, args.user, "EXCH")
     try:
         client = await connect_staff(host, port, creds.member, creds.user, creds.secret, args.cafile)
-    except StaffLogonError as e:
+    except CannotLogOn as e:
         print(f"etx ops: {e}", file=sys.stderr)
         return 2
     try:

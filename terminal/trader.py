@@ -65,7 +65,7 @@ from engine.messages import (
     StatusChanged,
     TimeInForce,
 )
-from gateway.client import Client, LogonError, QueryError
+from gateway.client import CannotLogOn, Client, LogonError, QueryError, log_on, tls_context
 from gateway.credentials import CredentialsError, obtain
 from gateway.datadir import exchange_address
 from gateway.protocol import CodMode, Fill, Notice, Report, Resent, SessionClosed
@@ -596,19 +596,13 @@ async def connect(args: argparse.Namespace) -> tuple[Client, str, list[str]]:
     creds = obtain(args.credentials, args.user, "")
     if not creds.member:
         raise ValueError("name the member too: --as MEMBER/USER")
-    context = None
-    if args.cafile:
-        import ssl
-        context = ssl.create_default_context(cafile=args.cafile)
-        context.check_hostname = False
     # Cancel on disconnect as the member chose for its traders (the exchange's default).
-    client = Client(host, port, creds.member, creds.user, creds.secret, cod=CodMode.DEFAULT, ssl=context)
+    client = Client(host, port, creds.member, creds.user, creds.secret, cod=CodMode.DEFAULT,
+                    ssl=tls_context(args.cafile))
     try:
-        await client.connect()
-    except LogonError as e:
-        raise ValueError(f"the exchange at {host}:{port} refused the logon of {creds.name}: {e.text}") from None
-    except OSError as e:
-        raise ValueError(f"cannot reach the exchange at {host}:{port}: {e.strerror or e}") from None
+        await log_on(client)
+    except CannotLogOn as e:
+        raise ValueError(str(e)) from None
     symbols = [i.symbol for i in (await client.query_instruments()).instruments]
     instrument = args.instrument or (symbols[0] if symbols else "")
     if instrument not in symbols:

@@ -22,7 +22,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Static
 
 from engine.messages import Phase, Side
-from gateway.client import Client, QueryError, StaffLogonError, connect_staff
+from gateway.client import CannotLogOn, Client, QueryError, connect_staff
 from gateway.credentials import CredentialsError, obtain
 from gateway.datadir import exchange_address
 from gateway.protocol import InstrumentView, TradesView
@@ -128,7 +128,7 @@ async def connect(args: argparse.Namespace) -> Client:
     creds = obtain(args.credentials, args.user, "EXCH")
     try:
         client = await connect_staff(host, port, creds.member, creds.user, creds.secret, args.cafile)
-    except StaffLogonError as e:
+    except CannotLogOn as e:
         raise ValueError(str(e)) from None
     try:
         instruments = await client.query_instruments(args.instrument)

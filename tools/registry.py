@@ -345,7 +345,7 @@ def _reason_name(code: int) -> str:
 
 async def _online(cfg: Config, creds: Credentials, cmd: Any, listen: str) -> Any:
     """Send the command through the running exchange's gateway as the staff user."""
-    from gateway.client import StaffLogonError, connect_staff
+    from gateway.client import CannotLogOn, connect_staff
     from gateway.protocol import Report
 
     host, _, port = listen.rpartition(":")
@@ -355,7 +355,7 @@ async def _online(cfg: Config, creds: Credentials, cmd: Any, listen: str) -> Any
         # Beside the exchange the tool trusts its own certificate, at whatever name.
         client = await connect_staff(host.strip("[]"), int(port), creds.member, creds.user, creds.secret,
                                      cfg.exchange.tls_cert)
-    except StaffLogonError as e:
+    except CannotLogOn as e:
         raise ToolError(str(e)) from None
     try:
         # The command's ref names it in its answer (RegistryDone or RegistryRejected, or
