@@ -31,7 +31,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from hdrh.histogram import HdrHistogram
@@ -137,16 +137,12 @@ class Instrument(msgspec.Struct):
     tick: int = 1
 
 
-class Session(asyncio.Protocol):
-    """One member session of the generator: what it sent and is waiting for, its live
-    orders (for cancels, amends and other sessions' hits), what it was answered."""
+class Wire(asyncio.Protocol):
+    """The connection of one load session (the generator's and the LOBSTER feed's):
+    frames in, commands queued in ``out`` and written together by ``flush``, the
+    logon's answer in ``logged_on``, the end in ``closed``, ``wake`` set on every read."""
 
-    def __init__(self, gen: Generator, index: int, member: str, user: str, secret: str, side: int) -> None:
-        self.gen = gen
-        self.index = index
-        self.member, self.user, self._secret = member, user, secret
-        self.side = side  # 0: both sides; else new orders of this side only
-        self.prefix = ""
+    def __init__(self) -> None:
         self.splitter = FrameSplitter(MAX_OUTBOUND_FRAME)
         self.transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
@@ -154,6 +150,85 @@ class Session(asyncio.Protocol):
         self.closed: asyncio.Future[Any] = loop.create_future()
         self.wake = asyncio.Event()
         self.out: list[bytes] = []
+        self.closed_by_exchange = ""  # the SessionClosed's text, when the exchange ended the session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.wake.set()
+        if not self.closed.done():
+            self.closed.set_result(exc)
+        if not self.logged_on.done():
+            self.logged_on.set_exception(ConnectionError("the exchange closed the connection before the logon answer"))
+
+    def flush(self) -> None:
+        if self.out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self.out))
+        self.out = []
+
+    def session_message(self, msg: list[Any]) -> None:
+        """A message outside the reports: the logon's answer, or the session's end."""
+        tag = msg[0]
+        if tag == _LOGON_ACK and not self.logged_on.done():
+            self.logged_on.set_result(msg)
+        elif tag in (_LOGON_REJECT, _SESSION_CLOSED):
+            text = msg[2] if len(msg) > 2 else str(msg)
+            if not self.logged_on.done():
+                self.logged_on.set_exception(LogonRefused(text, msg[1]))
+            else:
+                self.closed_by_exchange = text
+
+
+W = TypeVar("W", bound=Wire)
+
+
+async def open_wire(make: Callable[[], W], host: str, port: int, member: str, user: str, secret: str,
+                    cod: int, before_logon: Callable[[W], None] | None = None) -> W:
+    """Connect a session and log it on; ConnectionError in one line saying why not."""
+    loop = asyncio.get_running_loop()
+    try:
+        _, wire = await asyncio.wait_for(loop.create_connection(make, host, port), 10)
+    except (OSError, TimeoutError) as e:
+        raise ConnectionError(f"cannot reach the exchange at {host}:{port}: "
+                              f"{getattr(e, 'strerror', None) or e or 'no answer'}") from None
+    if before_logon is not None:
+        before_logon(wire)
+    assert wire.transport is not None
+    wire.transport.write(encode_frame(Logon(PROTOCOL_VERSION, member, user, secret, 0, cod)))
+    try:
+        await asyncio.wait_for(wire.logged_on, 10)
+    except LogonRefused as e:
+        raise ConnectionError(f"the exchange at {host}:{port} refused the logon of {member}/{user}: "
+                              f"{e.text} ({e.reason})") from None
+    except TimeoutError:
+        raise ConnectionError(f"the exchange at {host}:{port} did not answer the logon of {member}/{user} "
+                              "within 10 s") from None
+    return wire
+
+
+async def heartbeats(wires: list[Any]) -> None:
+    """A client heartbeat on every open session every 0.3 s, until cancelled."""
+    beat = encode_frame(Heartbeat())
+    while True:
+        await asyncio.sleep(0.3)
+        for w in wires:
+            if w.transport is not None and not w.transport.is_closing():
+                w.transport.write(beat)
+
+
+class Session(Wire):
+    """One member session of the generator: what it sent and is waiting for, its live
+    orders (for cancels, amends and other sessions' hits), what it was answered."""
+
+    def __init__(self, gen: Generator, index: int, member: str, user: str, secret: str, side: int) -> None:
+        super().__init__()
+        self.gen = gen
+        self.index = index
+        self.member, self.user = member, user
+        self.side = side  # 0: both sides; else new orders of this side only
+        self.prefix = ""
         # New orders, encoded before the clock starts: frame, kind.
         self.frames: list[bytes] = []
         self.frame_kinds: list[int] = []
@@ -170,29 +245,6 @@ class Session(asyncio.Protocol):
         self.at: dict[int, int] = {}
         self.sent = 0
         self.answers = 0
-
-    # --- the connection -----------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.wake.set()
-        if not self.closed.done():
-            self.closed.set_result(exc)
-        if not self.logged_on.done():
-            self.logged_on.set_exception(ConnectionError("the exchange closed the connection before the logon answer"))
-
-    def logon(self) -> None:
-        assert self.transport is not None
-        self.transport.write(encode_frame(Logon(PROTOCOL_VERSION, self.member, self.user, self._secret, 0,
-                                                int(CodMode.ON))))
-
-    def flush(self) -> None:
-        if self.out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(self.out))
-        self.out = []
 
     # --- live orders --------------------------------------------------------------------
 
@@ -265,13 +317,8 @@ class Session(asyncio.Protocol):
                         row[3] = body[7]
                         if not body[7]:
                             self._take(body[4])
-            elif tag == _LOGON_ACK and not self.logged_on.done():
-                self.logged_on.set_result(msg)
-            elif tag in (_LOGON_REJECT, _SESSION_CLOSED):
-                if not self.logged_on.done():
-                    self.logged_on.set_exception(LogonRefused(msg[2] if len(msg) > 2 else str(msg), msg[1]))
-                else:
-                    gen.closed_by_exchange = f"{self.member}/{self.user}: {msg[2] if len(msg) > 2 else msg}"
+            else:
+                self.session_message(msg)
         self.wake.set()
 
     def _accepted(self, body: list[Any], now: float) -> None:
@@ -320,7 +367,9 @@ class Session(asyncio.Protocol):
             return
         gen = self.gen
         gen.fills += 1
-        gen.trade_ids.add(body[5])
+        if body[5] not in gen.trade_ids:  # the other side's fill may come in a later run: counted once
+            gen.trade_ids.add(body[5])
+            gen.trades += 1
         if not body[11]:
             self._take(body[3])
         else:
@@ -396,10 +445,12 @@ class Generator:
         self.instrument_index = {ins.symbol: i for i, ins in enumerate(instruments)}
         self.mix = mix
         self.rng = random.Random(seed)
+        # Every trade id a session of this generator saw: a trade's two fills reach two
+        # sessions, and at the end of a run one may come before it and the other after.
+        self.trade_ids: set[int] = set()
         self.sessions: list[Session] = []
         self.run_id = f"{random.Random(seed * 7919 + time.time_ns()).getrandbits(24):06x}"
         self.runs = 0
-        self.closed_by_exchange = ""
         self._reset()
         self._beating: asyncio.Task[Any] | None = None
         self.on_tick: Callable[[Tick, dict[str, Any]], None] | None = None
@@ -412,35 +463,22 @@ class Generator:
         self.answered_n: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.fills = 0
-        self.trade_ids: set[int] = set()
+        self.trades = 0  # trades first seen in this run (trade_ids spans every run)
         self.hist = histogram()
         self.by_kind = {k: histogram() for k in KINDS}
         self.tick_hist = histogram()
         self.tick_sent = self.tick_answered = self.tick_rejected = 0
 
     async def connect(self) -> None:
-        loop = asyncio.get_running_loop()
         for k, (member, user, secret, side) in enumerate(self.creds):
-            try:
-                _, proto = await asyncio.wait_for(loop.create_connection(
-                    lambda m=member, u=user, s=secret, sd=side, i=k: Session(self, i, m, u, s, sd),
-                    self.host, self.port), 10)
-            except (OSError, TimeoutError) as e:
-                raise ConnectionError(f"cannot reach the exchange at {self.host}:{self.port}: "
-                                      f"{getattr(e, 'strerror', None) or e or 'no answer'}") from None
-            session: Session = proto
-            session.prefix = f"{self.run_id}{k}-"  # set before the logon: replayed reports of earlier runs do not count
-            session.logon()
-            try:
-                await asyncio.wait_for(session.logged_on, 10)
-            except LogonRefused as e:
-                raise ConnectionError(f"the exchange at {self.host}:{self.port} refused the logon of "
-                                      f"{member}/{user}: {e.text} ({e.reason})") from None
-            except TimeoutError:
-                raise ConnectionError(f"the exchange at {self.host}:{self.port} did not answer the logon of "
-                                      f"{member}/{user} within 10 s") from None
-            self.sessions.append(session)
-        self._beating = asyncio.create_task(self._heartbeats())
+
+            def prefix(s: Session, k: int = k) -> None:  # before the logon: earlier runs' replayed reports do not count
+                s.prefix = f"{self.run_id}{k}-"
+
+            self.sessions.append(await open_wire(
+                lambda m=member, u=user, s=secret, sd=side, i=k: Session(self, i, m, u, s, sd),
+                self.host, self.port, member, user, secret, int(CodMode.ON), prefix))
+        self._beating = asyncio.create_task(heartbeats(self.sessions))
 
     async def close(self) -> None:
         if self._beating is not None:
@@ -448,14 +486,6 @@ class Generator:
         for s in self.sessions:
             if s.transport is not None:
                 s.transport.close()
-
-    async def _heartbeats(self) -> None:
-        beat = encode_frame(Heartbeat())
-        while True:
-            await asyncio.sleep(0.3)
-            for s in self.sessions:
-                if s.transport is not None and not s.transport.is_closing():
-                    s.transport.write(beat)
 
     # --- commands -----------------------------------------------------------------------
 
@@ -587,14 +617,14 @@ class Generator:
         if self.tick_sent or self.tick_answered:  # the last part of a second
             self._tick(seconds_all)
         if any(s.closed.done() for s in self.sessions):
-            raise ConnectionError("the exchange closed a load session"
-                                  + (f" ({self.closed_by_exchange})" if self.closed_by_exchange else ""))
+            why = "; ".join(f"{s.member}/{s.user}: {s.closed_by_exchange}" for s in self.sessions if s.closed_by_exchange)
+            raise ConnectionError("the exchange closed a load session" + (f" ({why})" if why else ""))
         total_answered = sum(self.answered_n.values())
         self.runs += 1
         return RunResult(
             mode="open" if rate else "closed", target_rate=rate, seconds=seconds_all, send_seconds=send_seconds,
             sent=dict(self.sent), answered=dict(self.answered_n), rejected=dict(self.rejected),
-            unanswered=self._waiting(), fills=self.fills, trades=len(self.trade_ids),
+            unanswered=self._waiting(), fills=self.fills, trades=self.trades,
             rate=total_answered / seconds_all if seconds_all else 0.0,
             send_rate=sum(self.sent.values()) / send_seconds if send_seconds else 0.0,
             latency_us=percentiles(self.hist),

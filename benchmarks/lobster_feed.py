@@ -34,43 +34,21 @@ from typing import Any
 
 import msgspec
 
-from benchmarks.loadgen import LATENCY_MAX_US, Tick, distribution, histogram, percentiles
+from benchmarks.loadgen import LATENCY_MAX_US, Tick, Wire, distribution, heartbeats, histogram, open_wire, percentiles
 from benchmarks.lobster import PRICE_PER_CENT, LobsterReplay, parse_message
 from engine.messages import Amend, Cancel, NewOrder, OrdType, Side, TimeInForce
-from gateway.framing import MAX_OUTBOUND_FRAME, FrameSplitter, encode_frame
-from gateway.protocol import PROTOCOL_VERSION, CodMode, Heartbeat, Logon
+from gateway.framing import encode_frame
+from gateway.protocol import CodMode
 
 BUY, SELL = int(Side.BUY), int(Side.SELL)
 WINDOW = 2000  # --speed max: unanswered commands per session
 
 
-class _Session(asyncio.Protocol):
+class _Session(Wire):
     def __init__(self, feed: LobsterFeed) -> None:
+        super().__init__()
         self.feed = feed
-        self.splitter = FrameSplitter(MAX_OUTBOUND_FRAME)
-        self.transport: asyncio.Transport | None = None
-        loop = asyncio.get_running_loop()
-        self.logged_on: asyncio.Future[Any] = loop.create_future()
-        self.closed: asyncio.Future[Any] = loop.create_future()
-        self.out: list[bytes] = []
         self.waiting = 0
-        self.wake = asyncio.Event()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.wake.set()
-        if not self.closed.done():
-            self.closed.set_result(exc)
-        if not self.logged_on.done():
-            self.logged_on.set_exception(ConnectionError("the exchange closed the connection before the logon answer"))
-
-    def flush(self) -> None:
-        if self.out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(self.out))
-        self.out = []
 
     def data_received(self, data: bytes) -> None:
         now = time.perf_counter()
@@ -78,10 +56,8 @@ class _Session(asyncio.Protocol):
             msg = msgspec.msgpack.decode(frame)
             if msg[0] == 160:
                 self.feed.answer(self, msg[2], now, msg[1] == 0)
-            elif msg[0] == 150 and not self.logged_on.done():
-                self.logged_on.set_result(msg)
-            elif msg[0] in (151, 154) and not self.logged_on.done():
-                self.logged_on.set_exception(ConnectionError(f"refused ({msg[1]}): {msg[2]}"))
+            else:
+                self.session_message(msg)
         for s in self.feed.sessions:  # cancels that waited for an acceptance go out now
             s.flush()
         self.wake.set()
@@ -276,24 +252,8 @@ class LobsterFeed:
         self.sessions: list[_Session] = []
         self.members = [creds[0][0], creds[1][0]]
         for member, user, secret, _ in creds[:2]:
-            try:
-                _, proto = await loop.create_connection(lambda: _Session(self), host, port)
-            except OSError as e:
-                raise ConnectionError(f"cannot reach the exchange at {host}:{port}: {e.strerror or e}") from None
-            proto.transport.write(encode_frame(Logon(PROTOCOL_VERSION, member, user, secret, 0, int(CodMode.OFF))))
-            try:
-                await asyncio.wait_for(proto.logged_on, 10)
-            except ConnectionError as e:
-                raise ConnectionError(f"the exchange at {host}:{port} refused the logon of {member}/{user}: {e}") from None
-            self.sessions.append(proto)
-        beat = encode_frame(Heartbeat())
-
-        async def heartbeats() -> None:
-            while True:
-                await asyncio.sleep(0.3)
-                for s in self.sessions:
-                    if s.transport is not None and not s.transport.is_closing():
-                        s.transport.write(beat)
+            self.sessions.append(await open_wire(lambda: _Session(self), host, port, member, user, secret,
+                                                 int(CodMode.OFF)))
 
         timeline: list[Tick] = []
 
@@ -311,7 +271,7 @@ class LobsterFeed:
                 self.tick_hist = histogram()
                 self.tick_sent = self.tick_answered = self.tick_rejected = 0
 
-        beating = asyncio.create_task(heartbeats())
+        beating = asyncio.create_task(heartbeats(self.sessions))
         start = loop.time()
         ticking = asyncio.create_task(ticker(start))
         t0 = time.perf_counter()

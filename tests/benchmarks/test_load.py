@@ -230,3 +230,22 @@ def test_a_hundred_member_sessions(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "many" / "report.json").read_text())
     assert report["settings"]["sessions"] == 100 and report["reconciliation"]["equal"]
     assert report["runs"][0]["unanswered"] == 0 and sum(report["runs"][0]["sent"].values()) == 6000
+
+
+def test_a_trade_whose_two_fills_straddle_two_runs_is_counted_once() -> None:
+    """A trade's two fills reach two sessions; at the end of a run one may arrive before
+    the next run starts and the other after: the trade belongs to one run only (the
+    reconciliation with the registry's trades would otherwise count it twice)."""
+    from benchmarks.loadgen import Session
+
+    async def scenario() -> tuple[int, int, int]:
+        gen = Generator("127.0.0.1", 1, [("A", "a", "x", 0), ("B", "b", "x", 0)], [Instrument("CEA24", 10_000)], Mix())
+        maker, taker = Session(gen, 0, "A", "a", "x", 0), Session(gen, 1, "B", "b", "x", 0)
+        fill = [170, 1, 0, 11, f"{gen.run_id}r0s0-1", 77, "CEA24", 1, 10_000, 5, 1, 0]
+        maker._fill(fill)  # run 1 sees the maker's fill ...
+        first = gen.trades
+        gen._reset()
+        taker._fill([170, 1, 0, 12, f"{gen.run_id}r0s1-1", 77, "CEA24", 2, 10_000, 5, 2, 0])  # ... run 2 the taker's
+        return first, gen.trades, gen.fills
+
+    assert asyncio.run(scenario()) == (1, 0, 1)
