@@ -171,6 +171,17 @@ def markdown(report: dict[str, Any], charts: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save(fig: Any, caption: str, path: Path) -> Path:
+    """Write a chart with the machine's caption at its foot, and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.text(0.01, 0.01, caption, fontsize=7, color="gray")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def draw(report: dict[str, Any], folder: Path) -> list[Path]:
     import matplotlib
 
@@ -198,11 +209,7 @@ def draw(report: dict[str, Any], folder: Path) -> list[Path]:
         lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
         ax.legend(lines, [str(x.get_label()) for x in lines], loc="lower right")
         ax.set_title(f"Throughput and p99 over time: run {main['name']}")
-        fig.text(0.01, 0.01, caption, fontsize=7, color="gray")
-        fig.tight_layout(rect=(0, 0.03, 1, 1))
-        out.append(folder / "timeline.png")
-        fig.savefig(out[-1], dpi=110)
-        plt.close(fig)
+        out.append(save(fig, caption, folder / "timeline.png"))
 
         fig, ax = plt.subplots(figsize=(9, 4.5))
         for r in report["runs"]:
@@ -220,11 +227,7 @@ def draw(report: dict[str, Any], folder: Path) -> list[Path]:
         ax.set_title("Latency distribution")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-        fig.text(0.01, 0.01, caption, fontsize=7, color="gray")
-        fig.tight_layout(rect=(0, 0.03, 1, 1))
-        out.append(folder / "latency.png")
-        fig.savefig(out[-1], dpi=110)
-        plt.close(fig)
+        out.append(save(fig, caption, folder / "latency.png"))
     ramp = report.get("ramp")
     if ramp and ramp["steps"]:
         fig, ax = plt.subplots(figsize=(9, 4.5))
@@ -242,11 +245,7 @@ def draw(report: dict[str, Any], folder: Path) -> list[Path]:
         ax.set_title("Latency against the offered rate")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-        fig.text(0.01, 0.01, caption, fontsize=7, color="gray")
-        fig.tight_layout(rect=(0, 0.03, 1, 1))
-        out.append(folder / "ramp.png")
-        fig.savefig(out[-1], dpi=110)
-        plt.close(fig)
+        out.append(save(fig, caption, folder / "ramp.png"))
     return out
 
 
