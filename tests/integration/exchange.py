@@ -64,6 +64,24 @@ class Exchange:
         """``etx registry --data DATA --credentials USER.cred ARGV`` (a staff user)."""
         return self.etx("registry", "--data", str(self.data), "--credentials", str(self.creds[user]), *argv)
 
+    async def fund(self, members: tuple[str, ...], cash: int, allowances: int, symbol: str = "CEA24") -> None:
+        """Open each member's account, deposit ``cash`` fen and allocate ``allowances`` t of
+        ``symbol``, through the running exchange as its clerk and authority."""
+        from settlement import Allocate, Deposit, HolderType, OpenAccount
+
+        clerk, auth = self.client("EXCH", "clerk"), self.client("EXCH", "auth")
+        await clerk.connect()
+        await auth.connect()
+        try:
+            for m in members:
+                for who, cmd in ((clerk, OpenAccount("", m, int(HolderType.COMPLIANCE), m)), (clerk, Deposit("", m, cash)),
+                                 (auth, Allocate("", "AUTHORITY", m, symbol, allowances))):
+                    done = await staff_command(who, cmd)
+                    assert type(done) is RegistryDone, done
+        finally:
+            await clerk.close()
+            await auth.close()
+
     def client(self, member: str, user: str = "") -> Client:
         return Client("127.0.0.1", self.port, member, user or f"t{member}", SECRET, cod=CodMode.OFF)
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.messages import BlockOffered, BlockTraded, Side
-from settlement import Allocate, Deposit, HolderType, OpenAccount, RegistryDone
 from tests.gateway.harness import body_of
-from tests.integration.exchange import Exchange, run, staff_command
+from tests.integration.exchange import Exchange, run
 
 SYMBOL = "CEA24"
 
@@ -19,15 +18,7 @@ def test_block_trades_settle_survive_a_restart_and_replay_to_the_same_state(tmp_
     async def main() -> None:
         ex = Exchange(tmp_path)
         await ex.start()
-        clerk, auth = ex.client("EXCH", "clerk"), ex.client("EXCH", "auth")
-        await clerk.connect()
-        await auth.connect()
-        for m in ("M1", "M2"):
-            for cmd, who in ((OpenAccount("", m, int(HolderType.COMPLIANCE), m), clerk),
-                             (Deposit("", m, 5_000_000_000), clerk), (Allocate("", "AUTHORITY", m, SYMBOL, 400_000), auth)):
-                assert type(await staff_command(who, cmd)) is RegistryDone
-        await clerk.close()
-        await auth.close()
+        await ex.fund(("M1", "M2"), 5_000_000_000, 400_000)
         m1, m2 = ex.client("M1"), ex.client("M2")
         await m1.connect()
         await m2.connect()
@@ -78,15 +69,7 @@ def test_an_auction_clears_by_the_exchanges_clock_and_replays_to_the_same_state(
     async def main() -> None:
         ex = Exchange(tmp_path)
         await ex.start()
-        clerk, auth = ex.client("EXCH", "clerk"), ex.client("EXCH", "auth")
-        await clerk.connect()
-        await auth.connect()
-        for m in ("M1", "M2", "M3"):
-            for cmd, who in ((OpenAccount("", m, int(HolderType.COMPLIANCE), m), clerk),
-                             (Deposit("", m, 5_000_000_000), clerk), (Allocate("", "AUTHORITY", m, SYMBOL, 150_000), auth)):
-                assert type(await staff_command(who, cmd)) is RegistryDone
-        await clerk.close()
-        await auth.close()
+        await ex.fund(("M1", "M2", "M3"), 5_000_000_000, 150_000)
         ops = ex.client("EXCH", "ops")
         m1, m2 = ex.client("M1"), ex.client("M2")
         for c in (ops, m1, m2):

@@ -13,9 +13,8 @@ from typing import Any
 from engine.messages import Side
 from gateway.client import Client
 from gateway.protocol import CodMode
-from settlement import Allocate, Deposit, HolderType, OpenAccount
 from terminal.trader import TraderApp, parse_price
-from tests.integration.exchange import SECRET, Exchange, run, staff_command
+from tests.integration.exchange import SECRET, Exchange, run
 
 SYMBOL = "CEA24"
 CASH = 100_000_000  # fen
@@ -57,21 +56,6 @@ def said(app: TraderApp, start: str) -> str | None:
     return next((line for line in reversed(app.lines) if line.startswith(start)), None)
 
 
-async def fund(ex: Exchange) -> None:
-    clerk = Client("127.0.0.1", ex.port, "EXCH", "clerk", SECRET, cod=CodMode.OFF)
-    auth = Client("127.0.0.1", ex.port, "EXCH", "auth", SECRET, cod=CodMode.OFF)
-    await clerk.connect()
-    await auth.connect()
-    for m in ("M1", "M2"):
-        assert type(await staff_command(clerk, OpenAccount("", m, int(HolderType.COMPLIANCE), f"{m} Ltd"))).__name__ \
-            == "RegistryDone"
-        assert type(await staff_command(clerk, Deposit("", m, CASH))).__name__ == "RegistryDone"
-        assert type(await staff_command(auth, Allocate("", "AUTHORITY", m, SYMBOL, ALLOWANCES))).__name__ \
-            == "RegistryDone"
-    await clerk.close()
-    await auth.close()
-
-
 def test_prices_are_read_exactly() -> None:
     assert parse_price("100.25") == 10_025 and parse_price("99") == 9_900
     for bad in ("100.255", "-1", "0", "abc", "nan", "inf"):
@@ -87,7 +71,7 @@ def test_a_dealer_trades_amends_cancels_hits_and_survives_a_dropped_connection(t
         ex = Exchange(tmp_path)
         await ex.start()
         try:
-            await fund(ex)
+            await ex.fund(("M1", "M2"), CASH, ALLOWANCES)
             other = Client("127.0.0.1", ex.port, "M2", "tM2", SECRET, cod=CodMode.OFF)
             await other.connect()
             dealer = Client("127.0.0.1", ex.port, "M1", "tM1", SECRET, cod=CodMode.OFF)
@@ -246,17 +230,7 @@ def test_a_dealer_takes_a_block_offer_and_bids_in_an_auction(tmp_path: Path) -> 
         ex = Exchange(tmp_path)
         await ex.start()
         try:
-            clerk, auth = Client("127.0.0.1", ex.port, "EXCH", "clerk", SECRET), Client("127.0.0.1", ex.port, "EXCH",
-                                                                                         "auth", SECRET)
-            await clerk.connect()
-            await auth.connect()
-            for m in ("M1", "M2", "M3"):
-                for who, cmd in ((clerk, OpenAccount("", m, int(HolderType.COMPLIANCE), m)),
-                                 (clerk, Deposit("", m, 30_000_000_000)),
-                                 (auth, Allocate("", "AUTHORITY", m, SYMBOL, 300_000))):
-                    assert type(await staff_command(who, cmd)).__name__ == "RegistryDone"
-            await clerk.close()
-            await auth.close()
+            await ex.fund(("M1", "M2", "M3"), 30_000_000_000, 300_000)
             seller = Client("127.0.0.1", ex.port, "M2", "tM2", SECRET, cod=CodMode.OFF)
             ops = Client("127.0.0.1", ex.port, "EXCH", "ops", SECRET, cod=CodMode.OFF)
             dealer = Client("127.0.0.1", ex.port, "M1", "tM1", SECRET, cod=CodMode.OFF)
