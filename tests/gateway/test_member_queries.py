@@ -5,6 +5,8 @@ fills with their fees; the end-of-replay marker; a gateway refusal naming its fr
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import pytest
 
@@ -161,7 +163,7 @@ async def test_a_members_fills_of_the_day_with_their_fees_in_pages() -> None:
 async def test_the_replay_ends_with_a_marker_before_anything_live() -> None:
     async with Harness() as h:
         m1 = await h.client("M1", "t1", cod=2)
-        assert m1.replay_done.is_set() or await _wait(m1)
+        await asyncio.wait_for(m1.replay_done.wait(), 5)
         assert m1.replayed_to == 0
         for i in range(5):
             m1.new_order(SYMBOL, Side.BUY, 1, 9_900 + i)
@@ -179,12 +181,6 @@ async def test_the_replay_ends_with_a_marker_before_anything_live() -> None:
         await _settle(raw)
         assert raw.replay_done == [ReplayDone(5)]
         assert raw.buf == b""  # nothing followed it: nothing live has happened
-
-
-async def _wait(client: object) -> bool:
-    import asyncio
-    await asyncio.wait_for(client.replay_done.wait(), 5)  # type: ignore[attr-defined]
-    return True
 
 
 async def _settle(raw: Raw) -> None:
@@ -211,8 +207,6 @@ async def test_a_gateway_refusal_names_the_frame_it_answers() -> None:
 def test_a_snapshot_keeps_the_days_orders_and_fills() -> None:
     """The streams' part of a snapshot holds the day's orders and fills; restored, they
     answer the same queries (an open order's record is the one the fills update)."""
-    import asyncio
-
     async def scenario() -> tuple[Router, Harness]:
         h = Harness()
         async with h:
