@@ -88,15 +88,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(directory: Path, port: int) -> Path:
-    """A config with four trading members, a clerk, the authority and an operator;
-    secrets hashed with a small scrypt cost so that logons are quick (the format is the
-    real one)."""
+def write_config(directory: Path, port: int, *, registry: str = "registry.sqlite",
+                 users: tuple[tuple[str, str, str], ...] = (), extra: str = "") -> Path:
+    """A config with four trading members, a clerk, the authority and an operator (and
+    ``users`` more: (member, user, role)); secrets hashed with a small scrypt cost so
+    that logons are quick (the format is the real one). ``extra`` is appended."""
     digest = hash_secret(SECRET, n=1 << 10)
-    users = [(m, f"t{m}", "trader") for m in TRADERS] + [
-        ("EXCH", "clerk", "clerk"), ("EXCH", "auth", "authority"), ("EXCH", "ops", "operator")]
+    users = tuple((m, f"t{m}", "trader") for m in TRADERS) + (
+        ("EXCH", "clerk", "clerk"), ("EXCH", "auth", "authority"), ("EXCH", "ops", "operator")) + users
     lines = [
-        "[exchange]", f'listen = "127.0.0.1:{port}"', 'registry = "registry.sqlite"', 'schedule = "always"',
+        "[exchange]", f'listen = "127.0.0.1:{port}"', f'registry = "{registry}"', 'schedule = "always"',
         'operator_member = "EXCH"', "",
         "[fees]", "trading_rate = 0.0003", "registry_rate = 0.00005", "",
         "[[instrument]]", f'symbol = "{SYMBOL}"', "ref_price = 100.00", "",
@@ -107,7 +108,7 @@ def write_config(directory: Path, port: int) -> Path:
         lines += ["[[user]]", f'member = "{member}"', f'user = "{user}"', f'role = "{role}"',
                   f'secret_hash = "{digest}"', ""]
     path = directory / "etx.toml"
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines) + "\n" + extra)
     return path
 
 

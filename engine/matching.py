@@ -325,6 +325,10 @@ class Engine:
         # Members whose trading the operator suspended (SuspendMember): until reinstated
         # their new orders, hit orders and amends are rejected. Not day-bound.
         self.suspended: set[str] = set()
+        # Staff accounts (the registry's holder type STAFF, kept by settlement.Exchange
+        # from its ledger): staff of the regulator, the registry, the exchange and
+        # verifiers may hold allowances but never trade.
+        self.staff: set[str] = set()
         self.last_seq = 0
         self.last_ts = 0
         self._order_ids = itertools.count(1)  # next() is one C call in the hot path
@@ -435,8 +439,7 @@ class Engine:
         """Checks shared by new and hit orders; rejects and returns False on the first
         that fails."""
         coid = cmd.coid
-        if cmd.member in self.suspended:
-            self._reject(cmd, Reason.MEMBER_SUSPENDED, f"member {cmd.member} is suspended from trading", coid)
+        if self._barred(cmd, cmd.member, coid):
             return False
         if market is None:
             self._reject(cmd, Reason.UNKNOWN_INSTRUMENT, f"unknown instrument {cmd.instrument!r}", coid)
@@ -582,6 +585,7 @@ class Engine:
             or price % market.tick
             or coid in used
             or (self.suspended and member in self.suspended)
+            or (self.staff and member in self.staff)
         ):
             price = self._validate_new(cmd, market)
             if price < 0:
@@ -868,9 +872,7 @@ class Engine:
             self._emit(_Cancelled(seq, ts, member, order_id, order.instrument, qty, USER, order.side, order.price))
 
     def _amend(self, cmd: Amend) -> None:
-        if cmd.member in self.suspended:
-            self._reject(cmd, Reason.MEMBER_SUSPENDED, f"member {cmd.member} is suspended from trading",
-                         order_id=cmd.order_id)
+        if self._barred(cmd, cmd.member, "", cmd.order_id):
             return
         order = self._own_order(cmd)
         if order is None:
@@ -1143,8 +1145,7 @@ class Engine:
     def _block_market(self, cmd: BlockOffer | BlockAccept, member: str, instrument: str, coid: str) -> Market | None:
         """Checks shared by block offers and acceptances; rejects and returns None on the
         first that fails."""
-        if member in self.suspended:
-            self._reject(cmd, Reason.MEMBER_SUSPENDED, f"member {member} is suspended from trading", coid)
+        if self._barred(cmd, member, coid):
             return None
         market = self.markets.get(instrument)
         if market is None:
@@ -1335,8 +1336,7 @@ class Engine:
     def _bid_checks(self, cmd: AuctionBid | AuctionBidAmend, auction: Auction | None, coid: str) -> Market | None:
         """Checks shared by bids and amends; rejects and returns None on the first that fails."""
         member = cmd.member
-        if member in self.suspended:
-            self._reject(cmd, Reason.MEMBER_SUSPENDED, f"member {member} is suspended from trading", coid)
+        if self._barred(cmd, member, coid):
             return None
         if auction is None:
             self._reject(cmd, Reason.UNKNOWN_AUCTION, f"no auction {cmd.auction_id} is open", coid)
@@ -1482,6 +1482,18 @@ class Engine:
                                  and asked < auction.qty))
 
     # --- members ----------------------------------------------------------------------
+
+    def _barred(self, cmd: Any, member: str, coid: str, order_id: int = 0) -> bool:
+        """Reject (and say True) when the member may not trade: suspended, or staff."""
+        if member in self.suspended:
+            self._reject(cmd, Reason.MEMBER_SUSPENDED, f"member {member} is suspended from trading", coid,
+                         order_id=order_id)
+            return True
+        if member in self.staff:
+            self._reject(cmd, Reason.STAFF_MAY_NOT_TRADE, f"account {member} belongs to staff of the regulator, the "
+                         "registry, the exchange or a verifier, who may not trade", coid, order_id=order_id)
+            return True
+        return False
 
     def _suspend(self, cmd: SuspendMember) -> None:
         member = cmd.member

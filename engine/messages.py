@@ -109,6 +109,7 @@ class Reason(IntEnum):
     BID_SIZE_OUT_OF_RANGE = 32  # a bid outside the auction's minimum and maximum bid sizes
     UNKNOWN_BID = 33  # no bid of this member with that id in the auction
     SELLER_CANNOT_BID = 34  # the auction's seller may not bid in it
+    STAFF_MAY_NOT_TRADE = 35  # a staff account (regulator, registry, exchange, verifier) may not trade
 
 
 class CancelReason(IntEnum):

@@ -22,6 +22,7 @@ from engine.instrument import ALWAYS_OPEN, NATIONAL_WINDOWS, Instrument, Schedul
 from engine.messages import NAME_MAX, Stp
 from gateway.auth import User, parse_hash
 from gateway.protocol import ROLE_NAMES
+from settlement.structs import Benchmark, ComplianceRules
 
 FEN_PER_YUAN = 100
 FEN = "a fen (0.01 yuan)"  # the units values convert to, as the messages name them
@@ -119,6 +120,23 @@ class SurveillanceSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     repeat_s: int = 60  # the same alert again within this is counted, not raised
 
 
+class BenchmarkSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    industry: str
+    year: int
+    intensity: Decimal  # tonnes of allowances per unit of output, e.g. 0.8218 (t CO2/MWh)
+    factors: list[Decimal] = msgspec.field(default_factory=list)  # adjustment factors, each e.g. 0.985
+
+
+class ComplianceSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    industries: list[str] = msgspec.field(default_factory=lambda: ["power", "cement", "steel", "aluminium"])
+    pre_allocation_pct: int = 70
+    penalty_multiple: Decimal = Decimal("3")  # times the average price, per missing tonne
+    banking_base: int = 10_000  # tonnes
+    banking_sold_multiple: Decimal = Decimal("1.5")  # times the net allowances sold
+    deadline: str = "12-31"  # MM-DD of the year after the compliance year
+    benchmark: list[BenchmarkSection] = msgspec.field(default_factory=list)
+
+
 class MemberSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     id: str
     name: str = ""
@@ -144,6 +162,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     fees: FeesSection = msgspec.field(default_factory=FeesSection)
     market_data: MarketDataSection = msgspec.field(default_factory=MarketDataSection)
     surveillance: SurveillanceSection = msgspec.field(default_factory=SurveillanceSection)
+    compliance: ComplianceSection = msgspec.field(default_factory=ComplianceSection)
     instrument: list[InstrumentSection] = msgspec.field(default_factory=list)
     member: list[MemberSection] = msgspec.field(default_factory=list)
     user: list[UserSection] = msgspec.field(default_factory=list)
@@ -231,6 +250,29 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                               f"{_written(fees.registry_rate)} must be below 1 (the seller's fees must leave proceeds)")
         return rates[0], rates[1]
 
+    def compliance_rules(self) -> ComplianceRules:
+        c = self.compliance
+        month, _, day = c.deadline.partition("-")
+        if not (month.isdigit() and day.isdigit()):
+            raise ConfigError(f"compliance.deadline: expected MM-DD, got {c.deadline!r}")
+        benchmarks = []
+        for b in c.benchmark:
+            where = f"compliance.benchmark {b.industry} {b.year}"
+            benchmarks.append(Benchmark(
+                industry=b.industry, year=b.year, intensity_ppm=_exact(b.intensity, 6, f"{where}: intensity", PPM),
+                factors_ppm=tuple(_exact(f, 6, f"{where}: factors", PPM) for f in b.factors)))
+        rules = ComplianceRules(
+            industries=tuple(c.industries), benchmarks=tuple(benchmarks), pre_allocation_pct=c.pre_allocation_pct,
+            penalty_multiple_ppm=_exact(c.penalty_multiple, 6, "compliance.penalty_multiple", PPM),
+            banking_base=c.banking_base,
+            banking_sold_ppm=_exact(c.banking_sold_multiple, 6, "compliance.banking_sold_multiple", PPM),
+            deadline_month=int(month), deadline_day=int(day), utc_offset_minutes=self.exchange.utc_offset_minutes)
+        try:
+            rules.check()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        return rules
+
     def listen(self) -> tuple[str, int]:
         host, _, port = self.exchange.listen.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) < 65536:
@@ -282,6 +324,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         self.stp_default()
         self.member_stp()
         self.fee_rates_ppm()
+        self.compliance_rules()
         self.listen()
         self.check_market_data()
         v = self.surveillance
@@ -310,7 +353,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             where = f"user {u.member}/{u.user}"
             if u.role not in ROLE_NAMES:
                 raise ConfigError(f"{where}: role must be one of {sorted(ROLE_NAMES)}, got {u.role!r}")
-            staff = u.role in ("operator", "clerk", "authority")
+            staff = u.role in ("operator", "clerk", "authority", "verifier")
             if staff and u.member != self.exchange.operator_member:
                 raise ConfigError(f"{where}: role {u.role} belongs to exchange.operator_member {self.exchange.operator_member!r}")
             # A read_only user of the exchange's own member is the staff view (the console's).

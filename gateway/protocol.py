@@ -76,7 +76,17 @@ from engine.messages import (
     Symbol,
     Text,
 )
-from settlement.messages import REGISTRY_COMMANDS, Allocate, RegistryDone, RegistryRejected, SetObligation
+from settlement.messages import (
+    REGISTRY_COMMANDS,
+    Allocate,
+    ApproveVerification,
+    CloseCompliance,
+    PreAllocate,
+    RegistryDone,
+    RegistryRejected,
+    SetObligation,
+    SubmitVerification,
+)
 
 PROTOCOL_VERSION = 1
 SECRET_MAX = TEXT_MAX  # characters of a secret (a longer one is refused before hashing)
@@ -88,10 +98,11 @@ class Role(IntEnum):
     READ_ONLY = 2  # queries its member only
     OPERATOR = 3  # halts, resumes, mass cancels anyone, closes the day; queries all; never trades
     CLERK = 4  # registry operations (accounts, deposits, withdrawals, transfers ...)
-    AUTHORITY = 5  # allocation and issue of allowances
+    AUTHORITY = 5  # allocation and issue of allowances, obligations, approval of verifications, the year's close
+    VERIFIER = 6  # submits verified output and emissions (the authority approves them)
 
 
-STAFF_ROLES = (Role.OPERATOR, Role.CLERK, Role.AUTHORITY)
+STAFF_ROLES = (Role.OPERATOR, Role.CLERK, Role.AUTHORITY, Role.VERIFIER)
 
 
 def is_staff(role: int, member: str, operator_member: str) -> bool:
@@ -102,7 +113,7 @@ def is_staff(role: int, member: str, operator_member: str) -> bool:
 
 
 ROLE_NAMES = {"trader": Role.TRADER, "read_only": Role.READ_ONLY, "operator": Role.OPERATOR,
-              "clerk": Role.CLERK, "authority": Role.AUTHORITY}
+              "clerk": Role.CLERK, "authority": Role.AUTHORITY, "verifier": Role.VERIFIER}
 
 
 class GatewayReason(IntEnum):
@@ -729,15 +740,20 @@ ENGINE_INBOUND: tuple[type, ...] = (NewOrder, Cancel, Amend, MassCancel, HitOrde
                                     ReinstateMember)
 
 
-def _registry_commands() -> tuple[tuple[type, ...], tuple[type, ...]]:
-    """(clerk commands, authority commands): allocation and obligations belong to the
-    issuing authority, every other registry operation to registry clerks."""
-    authority = (Allocate, SetObligation)
-    return tuple(c for c in REGISTRY_COMMANDS if c not in authority), authority
+def _registry_commands() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(clerk commands, authority commands, verifier commands): allocation, obligations,
+    approval of verifications and the year's close belong to the issuing authority,
+    submitting verified figures to verifiers, every other registry operation to
+    registry clerks."""
+    authority = (Allocate, SetObligation, PreAllocate, ApproveVerification, CloseCompliance)
+    verifier = (SubmitVerification,)
+    clerk = tuple(c for c in REGISTRY_COMMANDS if c not in authority and c not in verifier)
+    return clerk, authority, verifier
 
 
-CLERK_COMMANDS, AUTHORITY_COMMANDS = _registry_commands()
-INBOUND: tuple[type, ...] = ENGINE_INBOUND + CLERK_COMMANDS + AUTHORITY_COMMANDS + SESSION_INBOUND
+CLERK_COMMANDS, AUTHORITY_COMMANDS, VERIFIER_COMMANDS = _registry_commands()
+REGISTRY_INBOUND: tuple[type, ...] = CLERK_COMMANDS + AUTHORITY_COMMANDS + VERIFIER_COMMANDS
+INBOUND: tuple[type, ...] = ENGINE_INBOUND + REGISTRY_INBOUND + SESSION_INBOUND
 OUTBOUND: tuple[type, ...] = (
     LogonAck, LogonReject, ServerHeartbeat, SessionReject, SessionClosed, Notice, ReplayDone, Report, Resent,
     OrdersReply, BalancesReply, BookReply, InstrumentsReply, QueryRejected, Unlocked, Disconnected,

@@ -137,11 +137,12 @@ def core_factory(cfg: Any) -> Callable[[], Any]:
 
     trading_ppm, registry_ppm = cfg.fee_rates_ppm()
     fees = Fees(trading_ppm=trading_ppm, settlement_ppm=registry_ppm)
+    rules = cfg.compliance_rules()
     instruments, schedule = cfg.instruments(), cfg.schedule()
     stp, member_stp = cfg.stp_default(), cfg.member_stp()
 
     def make_core() -> Exchange:
-        return Exchange(instruments, Ledger(fees), schedule=schedule, stp_default=stp, member_stp=member_stp)
+        return Exchange(instruments, Ledger(fees, rules), schedule=schedule, stp_default=stp, member_stp=member_stp)
 
     return make_core
 

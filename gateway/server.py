@@ -59,9 +59,8 @@ from gateway.auth import Authenticator
 from gateway.config import SessionSection
 from gateway.framing import FrameWriter
 from gateway.protocol import (
-    AUTHORITY_COMMANDS,
-    CLERK_COMMANDS,
     ENGINE_INBOUND,
+    REGISTRY_INBOUND,
     GatewayReason,
     Report,
     Resent,
@@ -185,7 +184,7 @@ class Server:
         self.prelogon_total = 0
         self.logged_on = 0
         self.alerts: list[Callable[[str, str], None]] = []  # operator alert sinks (market data's ops topic)
-        self.core_types = frozenset(ENGINE_INBOUND + CLERK_COMMANDS + AUTHORITY_COMMANDS) | {Tick, Note}
+        self.core_types = frozenset(ENGINE_INBOUND + REGISTRY_INBOUND) | {Tick, Note}
         # The core queue: commands with the stream they came from; other work (queries,
         # gateway rejects, retransmissions) with the session or stream it is for.
         self.p_cmds: list[Any] = []

@@ -72,6 +72,7 @@ from gateway.protocol import (
     EXCHANGE_ONLY_TAGS,
     PROTOCOL_VERSION,
     QUERIES,
+    VERIFIER_COMMANDS,
     CodMode,
     Disconnect,
     Disconnected,
@@ -154,6 +155,7 @@ PERMISSIONS: dict[Role, dict[type, int]] = {
                     Disconnect: K_OPS, AuctionAnnounce: K_STAFF},
     Role.CLERK: {**_COMMON, **{c: K_STAFF for c in CLERK_COMMANDS}},
     Role.AUTHORITY: {**_COMMON, **{c: K_STAFF for c in AUTHORITY_COMMANDS}},
+    Role.VERIFIER: {**_COMMON, **{c: K_STAFF for c in VERIFIER_COMMANDS}},
 }
 _ALL_COMMANDS = frozenset(t for perms in PERMISSIONS.values() for t, k in perms.items() if k in (K_ORDER, K_OWN, K_STAFF))
 _OPS = frozenset(t for perms in PERMISSIONS.values() for t, k in perms.items() if k == K_OPS)

@@ -4,17 +4,21 @@ PostgreSQL) and its settler, audit and the ``etx registry`` tools. It may import
 engine; the engine never imports it."""
 
 from settlement.exchange import Exchange
-from settlement.ledger import Ledger, LedgerError, vintage
+from settlement.ledger import Ledger, LedgerError, allowance, vintage
 from settlement.messages import (
     AccountState,
     AccountStatus,
     Allocate,
     AnyPosting,
+    ApproveVerification,
+    CloseCompliance,
+    ComplianceState,
     Deposit,
     HolderType,
     ObligationState,
     OpenAccount,
     Posting,
+    PreAllocate,
     RegistryDone,
     RegistryReason,
     RegistryRejected,
@@ -22,17 +26,19 @@ from settlement.messages import (
     Retire,
     SetObligation,
     SettleDay,
+    SubmitVerification,
     Surrender,
     SuspendAccount,
     TradePosting,
     Transfer,
     Withdraw,
 )
-from settlement.structs import ExchangeSnapshot, Fees, LedgerSnapshot
+from settlement.structs import Benchmark, ComplianceRules, ExchangeSnapshot, Fees, LedgerSnapshot
 
 __all__ = [
-    "AccountState", "AccountStatus", "Allocate", "AnyPosting", "Deposit", "Exchange", "ExchangeSnapshot", "Fees",
+    "AccountState", "AccountStatus", "Allocate", "AnyPosting", "ApproveVerification", "Benchmark", "CloseCompliance",
+    "ComplianceRules", "ComplianceState", "Deposit", "Exchange", "ExchangeSnapshot", "Fees",
     "HolderType", "Ledger", "LedgerError", "LedgerSnapshot", "ObligationState", "OpenAccount", "Posting",
-    "RegistryDone", "RegistryReason", "RegistryRejected", "ReinstateAccount", "Retire", "SetObligation",
-    "SettleDay", "Surrender", "SuspendAccount", "TradePosting", "Transfer", "Withdraw", "vintage",
+    "PreAllocate", "RegistryDone", "RegistryReason", "RegistryRejected", "ReinstateAccount", "Retire", "SetObligation",
+    "SettleDay", "SubmitVerification", "Surrender", "SuspendAccount", "TradePosting", "Transfer", "Withdraw", "allowance", "vintage",
 ]

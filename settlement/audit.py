@@ -173,6 +173,11 @@ def _compare_store(store: RegistryStore, ledger: Ledger, what: str, report: Any)
         if obligations.get(ob_key) != ledger.obligations.get(ob_key):
             report(f"obligation {ob_key[0]} {ob_key[1]}: store has {obligations.get(ob_key)}, "
                    f"{what} say {ledger.obligations.get(ob_key)}")
+    years = {(c.account, c.year): c for c in store.compliance()}
+    for c_key in sorted(set(years) | set(ledger.compliance)):
+        if years.get(c_key) != ledger.compliance.get(c_key):
+            report(f"compliance {c_key[0]} {c_key[1]}: store has {years.get(c_key)}, "
+                   f"{what} say {ledger.compliance.get(c_key)}")
 
 
 def _conservation(store: RegistryStore, rebuilt: Ledger, report: Any) -> None:
@@ -184,4 +189,4 @@ def _conservation(store: RegistryStore, rebuilt: Ledger, report: Any) -> None:
             if asset == CASH:
                 report(f"CNY: deposited - withdrawn = {want} fen, cash balances sum to {have}")
             else:
-                report(f"{asset}: allocated - surrendered - retired = {want} t, balances sum to {have}")
+                report(f"{asset}: allocated - surrendered - retired - expired = {want} t, balances sum to {have}")

@@ -30,13 +30,22 @@ from engine.instrument import ALWAYS_OPEN, Instrument, Schedule
 from engine.matching import Engine
 from engine.messages import Command, EndOfDay, Event, Stp, Tick
 from settlement.ledger import Ledger
-from settlement.messages import REGISTRY_COMMANDS, RegistryReason, RegistryRejected, SettleDay
+from settlement.messages import (
+    REGISTRY_COMMANDS,
+    HolderType,
+    OpenAccount,
+    RegistryDone,
+    RegistryReason,
+    RegistryRejected,
+    SettleDay,
+)
 from settlement.structs import ExchangeSnapshot
 
 # Final: compiled by mypyc, these are C statics, not a lookup in the module's dict per
 # command (as a name imported from an interpreted module would be).
 _REGISTRY: Final = frozenset(REGISTRY_COMMANDS)
 _END_OF_DAY: Final = EndOfDay
+_STAFF: Final = int(HolderType.STAFF)
 
 
 class Exchange:
@@ -95,7 +104,10 @@ class Exchange:
             self.out.append(RegistryRejected(cmd.seq, cmd.ts, cmd.actor, "eod", int(RegistryReason.USE_END_OF_DAY),
                                              "the exchange settles the day with the engine's EndOfDay", cmd.ref))
             return
-        self.out.append(self.ledger.execute(cmd))
+        answer = self.ledger.execute(cmd)
+        self.out.append(answer)
+        if type(cmd) is OpenAccount and cmd.holder_type == _STAFF and type(answer) is RegistryDone:
+            self.engine.staff.add(cmd.account)
 
     # --- state ------------------------------------------------------------------------
 
@@ -112,7 +124,8 @@ class Exchange:
         """Load a snapshot into an exchange freshly built with the same configuration."""
         self.engine.restore(snap.engine)
         self.ledger.restore(snap.ledger)
-        self.ledger.take_postings()  # the genesis postings of the fresh ledger are recorded already
+        self.ledger.take_postings()
+        self.engine.staff = {a for a, s in self.ledger.accounts.items() if s.holder_type == _STAFF}  # the genesis postings of the fresh ledger are recorded already
 
     def _check(self) -> None:
         self.engine._check()

@@ -65,12 +65,16 @@ from settlement.messages import (
     AccountStatus,
     Allocate,
     AnyPosting,
+    ApproveVerification,
+    CloseCompliance,
+    ComplianceState,
     Deposit,
     HolderType,
     Leg,
     ObligationState,
     OpenAccount,
     Posting,
+    PreAllocate,
     RegistryDone,
     RegistryReason,
     RegistryRejected,
@@ -78,13 +82,14 @@ from settlement.messages import (
     Retire,
     SetObligation,
     SettleDay,
+    SubmitVerification,
     Surrender,
     SuspendAccount,
     TradePosting,
     Transfer,
     Withdraw,
 )
-from settlement.structs import _ACCOUNT_ID, PPM, Fees, LedgerSnapshot
+from settlement.structs import _ACCOUNT_ID, PPM, Benchmark, ComplianceRules, Fees, LedgerSnapshot
 from settlement.units import format_yuan
 
 BUY: Final = int(Side.BUY)
@@ -140,13 +145,24 @@ class Ledger:
         "fees", "entries", "_by_account", "_live", "accounts", "obligations", "postings", "applied", "day",
         "issued", "surrendered", "retired", "deposited", "withdrawn", "cause_seq", "cause_ts",
         "_trading_ppm", "_settlement_ppm", "_buyer_ppm", "_share_ppm", "_fee_entries", "_handlers",
-        "trade_mark", "_last_trade", "_fee_accounts",
+        "trade_mark", "_last_trade", "_fee_accounts", "rules", "compliance", "cycle_value", "cycle_qty", "sold",
+        "expired",
     )
 
-    def __init__(self, fees: Fees | None = None) -> None:
+    def __init__(self, fees: Fees | None = None, rules: ComplianceRules | None = None) -> None:
         fees = fees or Fees()
         fees.check()
         self.fees = fees
+        rules = rules or ComplianceRules()
+        rules.check()
+        self.rules = rules
+        # The compliance years: (account, year) -> its record; and, since the last
+        # close, the value and tonnes of allowance trades (the penalty's average price)
+        # and each account's allowances sold less bought (the banking cap).
+        self.compliance: dict[tuple[str, int], ComplianceState] = {}
+        self.cycle_value = 0
+        self.cycle_qty = 0
+        self.sold: dict[str, int] = {}
         self.entries: dict[tuple[str, str], Entry] = {}
         # The same entries by account, then asset: the hot paths find an entry with two
         # string keys (hashes cached in the strings, mostly identical objects) instead of
@@ -166,6 +182,7 @@ class Ledger:
         self.issued: dict[str, int] = {}
         self.surrendered: dict[str, int] = {}
         self.retired: dict[str, int] = {}
+        self.expired: dict[str, int] = {}  # cancelled by the banking cap at a close
         self.deposited = 0
         self.withdrawn = 0
         # The command that causes an end of day (set by the exchange before EndOfDay).
@@ -181,7 +198,8 @@ class Ledger:
             OpenAccount: self._open, SuspendAccount: self._suspend, ReinstateAccount: self._reinstate,
             Deposit: self._deposit, Withdraw: self._withdraw, Allocate: self._allocate,
             Transfer: self._transfer, Surrender: self._surrender, Retire: self._retire,
-            SettleDay: self._settle_day, SetObligation: self._set_obligation,
+            SettleDay: self._settle_day, SetObligation: self._set_obligation, PreAllocate: self._pre_allocate,
+            SubmitVerification: self._submit, ApproveVerification: self._approve, CloseCompliance: self._close,
         }
         system = (
             (fees.exchange_account, HolderType.EXCHANGE_FEE, "exchange trading fees"),
@@ -272,6 +290,12 @@ class Ledger:
         sa[0] -= qty
         ba[0] += qty
         ba[2] += qty
+        if instrument != CCER:  # the compliance cycle's figures: average price, net allowances sold
+            self.cycle_value += notional
+            self.cycle_qty += qty
+            sold = self.sold
+            sold[seller] = sold.get(seller, 0) + qty
+            sold[buyer] = sold.get(buyer, 0) - qty
         reserve = 2 * tf * self._share_ppm // PPM
         ex, rr, rg = self._fee_entries
         ex[0] += 2 * tf - reserve
@@ -351,11 +375,11 @@ class Ledger:
         if handler is None:
             return RegistryRejected(getattr(cmd, "seq", 0), getattr(cmd, "ts", 0), getattr(cmd, "actor", ""), kind,
                                     int(RegistryReason.INVALID_FIELD), f"not a registry command: {type(cmd).__name__}")
-        for name in ("account", "source", "target", "asset", "name", "actor"):
+        for name in ("account", "source", "target", "asset", "name", "actor", "industry"):
             value = getattr(cmd, name, "")
             if not isinstance(value, str):
                 return self._reject(cmd, kind, RegistryReason.INVALID_FIELD, f"{name} must be text")
-        for name in ("amount", "qty", "year", "holder_type"):
+        for name in ("amount", "qty", "year", "holder_type", "output", "emissions"):
             value = getattr(cmd, name, 0)
             if type(value) is not int:
                 return self._reject(cmd, kind, RegistryReason.INVALID_FIELD, f"{name} must be an integer")
@@ -370,10 +394,11 @@ class Ledger:
         return RegistryRejected(cmd.seq, cmd.ts, cmd.actor, kind, int(reason), text, cmd.ref)
 
     def _done(self, cmd: Any, kind: str, legs: tuple[Leg, ...], subject: str, text: str,
-              account: AccountState | None = None, obligation: ObligationState | None = None) -> RegistryDone:
+              account: AccountState | None = None, obligation: ObligationState | None = None,
+              compliance: tuple[ComplianceState, ...] = ()) -> RegistryDone:
         posting_id = f"C{cmd.seq}"
         posting = Posting(posting_id, cmd.seq, cmd.ts, kind, str(cmd.seq), cmd.actor, legs, subject, text,
-                          account, obligation)
+                          account, obligation, compliance)
         self._post(posting, hash(msgspec.msgpack.encode(cmd)))
         return RegistryDone(cmd.seq, cmd.ts, cmd.actor, kind, posting_id, text, cmd.ref)
 
@@ -478,7 +503,7 @@ class Ledger:
         return self._done(cmd, kind, ((cmd.account, CASH, -cmd.amount, 0),), cmd.account,
                           f"withdraw {format_yuan(cmd.amount)} CNY")
 
-    def _not_authority(self, cmd: Allocate | SetObligation, kind: str, what: str) -> RegistryRejected | None:
+    def _not_authority(self, cmd: Any, kind: str, what: str) -> RegistryRejected | None:
         """A rejection unless the command's source is the issuing authority's account."""
         source = self.accounts.get(cmd.source)
         if source is None or source.holder_type != HolderType.AUTHORITY:
@@ -493,9 +518,13 @@ class Ledger:
         bad = self._unit(cmd, kind, cmd.asset) or self._amount(cmd, kind, cmd.qty, "t")
         if bad:
             return bad
-        state = self._account(cmd, kind, cmd.account)
+        # The authority may issue into its own account: the allowances it sells in its auctions.
+        state = self._account(cmd, kind, cmd.account, MEMBER_TYPES | {HolderType.AUTHORITY})
         if isinstance(state, RegistryRejected):
             return state
+        if state.holder_type == HolderType.AUTHORITY and cmd.account != cmd.source:
+            return self._reject(cmd, kind, RegistryReason.WRONG_ACCOUNT_TYPE,
+                                f"an authority issues only into its own account, not {cmd.account}")
         bad = self._supply_room(cmd, kind, cmd.asset, cmd.qty)
         if bad:
             return bad
@@ -538,6 +567,9 @@ class Ledger:
         if ob is None:
             return self._reject(cmd, kind, RegistryReason.NO_OBLIGATION,
                                 f"{cmd.account} has no obligation for {cmd.year}")
+        closed = self._closed(cmd, kind, cmd.year)
+        if closed:
+            return closed
         year = vintage(cmd.asset)
         if year > cmd.year:
             return self._reject(cmd, kind, RegistryReason.VINTAGE_TOO_LATE,
@@ -587,12 +619,219 @@ class Ledger:
         state = self._account(cmd, kind, cmd.account, frozenset({HolderType.COMPLIANCE}))
         if isinstance(state, RegistryRejected):
             return state
+        closed = self._closed(cmd, kind, cmd.year)
+        if closed:
+            return closed
         ob = self.obligations.get((cmd.account, cmd.year)) or ObligationState(cmd.account, cmd.year, 0, 0, 0)
         if cmd.qty < ob.surrendered or cmd.qty * CCER_SHARE_PERCENT // 100 < ob.ccer:
             return self._reject(cmd, kind, RegistryReason.OBLIGATION_BELOW_SURRENDERED,
                                 f"{ob.surrendered} t ({ob.ccer} t CCER) already surrendered for {cmd.year}")
         new = ObligationState(cmd.account, cmd.year, cmd.qty, ob.surrendered, ob.ccer)
         return self._done(cmd, kind, (), cmd.account, f"obligation {cmd.qty} t for {cmd.year}", obligation=new)
+
+    # --- the compliance year ----------------------------------------------------------
+
+    def _closed(self, cmd: Any, kind: str, year: int) -> RegistryRejected | None:
+        if year in self.closed_years():
+            return self._reject(cmd, kind, RegistryReason.YEAR_CLOSED, f"the compliance year {year} is closed")
+        return None
+
+    def closed_years(self) -> set[int]:
+        return {year for (_, year), c in self.compliance.items() if c.closed}
+
+    def _year_ok(self, cmd: Any, kind: str) -> RegistryRejected | None:
+        if not YEAR_MIN <= cmd.year <= YEAR_MAX:
+            return self._reject(cmd, kind, RegistryReason.INVALID_FIELD,
+                                f"year must be in [{YEAR_MIN}, {YEAR_MAX}], got {cmd.year}")
+        return None
+
+    def _benchmark(self, cmd: Any, kind: str, industry: str, year: int) -> Benchmark | RegistryRejected:
+        rules = self.rules
+        if industry not in rules.industries:
+            return self._reject(cmd, kind, RegistryReason.UNKNOWN_INDUSTRY,
+                                f"industry {industry!r} is not covered (industries: {', '.join(rules.industries)})")
+        bench = rules.benchmark(industry, year)
+        if bench is None:
+            return self._reject(cmd, kind, RegistryReason.UNKNOWN_INDUSTRY,
+                                f"no benchmark for {industry} in {year}: configure one under [[compliance.benchmark]]")
+        return bench
+
+    def _pre_allocate(self, cmd: PreAllocate, kind: str) -> RegistryDone | RegistryRejected:
+        bad = self._not_authority(cmd, kind, "allocates") or self._year_ok(cmd, kind)
+        if bad:
+            return bad
+        if not 0 < cmd.output <= AMOUNT_MAX:
+            return self._reject(cmd, kind, RegistryReason.INVALID_AMOUNT,
+                                f"output must be in [1, {AMOUNT_MAX}], got {cmd.output}")
+        state = self._account(cmd, kind, cmd.account, frozenset({HolderType.COMPLIANCE}))
+        if isinstance(state, RegistryRejected):
+            return state
+        bench = self._benchmark(cmd, kind, cmd.industry, cmd.year)
+        if isinstance(bench, RegistryRejected):
+            return bench
+        closed = self._closed(cmd, kind, cmd.year)
+        if closed:
+            return closed
+        c = self.compliance.get((cmd.account, cmd.year)) or ComplianceState(cmd.account, cmd.year)
+        if c.industry:
+            return self._reject(cmd, kind, RegistryReason.ALREADY_ALLOCATED,
+                                f"{cmd.account} was pre-allocated for {cmd.year} already ({c.pre_allocated} t)")
+        computed = self.rules.entitlement(bench, cmd.output) * self.rules.pre_allocation_pct // 100
+        qty = max(0, computed - c.deducted)
+        asset = allowance(cmd.year)
+        bad = self._supply_room(cmd, kind, asset, qty)
+        if bad:
+            return bad
+        new = msgspec.structs.replace(c, industry=cmd.industry, base_output=cmd.output, pre_allocated=qty)
+        legs: tuple[Leg, ...] = ((cmd.account, asset, qty, 0),) if qty else ()
+        less = f" less {c.deducted} t for a shortfall" if c.deducted else ""
+        return self._done(cmd, kind, legs, cmd.account,
+                          f"pre-allocate {qty} t {asset} ({cmd.industry}, output {cmd.output}, "
+                          f"{self.rules.pre_allocation_pct} % of {computed * 100 // max(1, self.rules.pre_allocation_pct)} t"
+                          f"{less})", compliance=(new,))
+
+    def _submit(self, cmd: SubmitVerification, kind: str) -> RegistryDone | RegistryRejected:
+        bad = self._year_ok(cmd, kind)
+        if bad:
+            return bad
+        for name, value in (("output", cmd.output), ("emissions", cmd.emissions)):
+            if not 0 <= value <= AMOUNT_MAX:
+                return self._reject(cmd, kind, RegistryReason.INVALID_AMOUNT,
+                                    f"{name} must be in [0, {AMOUNT_MAX}], got {value}")
+        state = self._account(cmd, kind, cmd.account, frozenset({HolderType.COMPLIANCE}))
+        if isinstance(state, RegistryRejected):
+            return state
+        c = self.compliance.get((cmd.account, cmd.year))
+        if c is None or not c.industry:
+            return self._reject(cmd, kind, RegistryReason.NOT_PRE_ALLOCATED,
+                                f"{cmd.account} has no allocation for {cmd.year} (pre-allocate it first)")
+        closed = self._closed(cmd, kind, cmd.year)
+        if closed:
+            return closed
+        new = msgspec.structs.replace(c, submitted_output=cmd.output, submitted_emissions=cmd.emissions,
+                                      submitted_by=cmd.actor)
+        return self._done(cmd, kind, (), cmd.account,
+                          f"verification submitted for {cmd.year}: output {cmd.output}, emissions {cmd.emissions} t",
+                          compliance=(new,))
+
+    def _approve(self, cmd: ApproveVerification, kind: str) -> RegistryDone | RegistryRejected:
+        bad = self._not_authority(cmd, kind, "approves verifications") or self._year_ok(cmd, kind)
+        if bad:
+            return bad
+        state = self._account(cmd, kind, cmd.account, frozenset({HolderType.COMPLIANCE}))
+        if isinstance(state, RegistryRejected):
+            return state
+        c = self.compliance.get((cmd.account, cmd.year))
+        if c is None or not c.submitted_by:
+            return self._reject(cmd, kind, RegistryReason.NOT_SUBMITTED,
+                                f"no verification of {cmd.account} for {cmd.year} waits for approval")
+        closed = self._closed(cmd, kind, cmd.year)
+        if closed:
+            return closed
+        earlier = cmd.year - 1
+        if earlier not in self.closed_years() and any(y == earlier for _, y in self.obligations):
+            # Its shortfalls are deducted from this year's allocation at this true-up.
+            return self._reject(cmd, kind, RegistryReason.YEAR_CLOSED,
+                                f"the compliance year {earlier} must be closed before {cmd.year} is trued up")
+        bench = self._benchmark(cmd, kind, c.industry, cmd.year)
+        if isinstance(bench, RegistryRejected):
+            return bench
+        asset = allowance(cmd.year)
+        final = max(0, self.rules.entitlement(bench, c.submitted_output) - c.deducted)
+        owed, trued_up = c.owed, c.trued_up
+        delta = final - (c.pre_allocated + trued_up - owed)
+        legs: tuple[Leg, ...] = ()
+        if delta > 0:
+            repaid = min(owed, delta)
+            owed -= repaid
+            give = delta - repaid
+            if give:
+                bad = self._supply_room(cmd, kind, asset, give)
+                if bad:
+                    return bad
+                trued_up += give
+                legs = ((cmd.account, asset, give, 0),)
+        elif delta < 0:
+            take = min(-delta, self.available(cmd.account, asset))
+            trued_up -= take
+            owed += -delta - take
+            if take:
+                legs = ((cmd.account, asset, -take, 0),)
+        ob = self.obligations.get((cmd.account, cmd.year)) or ObligationState(cmd.account, cmd.year, 0, 0, 0)
+        required = c.submitted_emissions + owed
+        if required > AMOUNT_MAX:
+            return self._reject(cmd, kind, RegistryReason.INVALID_AMOUNT, f"obligation {required} t is too large")
+        if required < ob.surrendered or required * CCER_SHARE_PERCENT // 100 < ob.ccer:
+            return self._reject(cmd, kind, RegistryReason.OBLIGATION_BELOW_SURRENDERED,
+                                f"{ob.surrendered} t ({ob.ccer} t CCER) already surrendered for {cmd.year}; "
+                                f"the verified obligation would be {required} t")
+        verified = f"{c.submitted_by}/{cmd.actor}"
+        new = msgspec.structs.replace(c, trued_up=trued_up, owed=owed, submitted_output=0, submitted_emissions=0,
+                                      submitted_by="", verified_output=c.submitted_output,
+                                      verified_emissions=c.submitted_emissions, verified_by=verified)
+        obligation = ObligationState(cmd.account, cmd.year, required, ob.surrendered, ob.ccer)
+        move = f"true-up {'+' if delta >= 0 else ''}{delta} t {asset}"
+        if owed:
+            move += f" ({owed} t not returned, added to the obligation)"
+        return self._done(cmd, kind, legs, cmd.account,
+                          f"verified {cmd.year}: output {c.submitted_output}, emissions {c.submitted_emissions} t; "
+                          f"allocation {final} t, {move}; obligation {required} t",
+                          obligation=obligation, compliance=(new,))
+
+    def average_price(self) -> int:
+        """Fen per tonne of the allowance trades since the last close (0: none)."""
+        return self.cycle_value // self.cycle_qty if self.cycle_qty else 0
+
+    def _close(self, cmd: CloseCompliance, kind: str) -> RegistryDone | RegistryRejected:
+        bad = self._not_authority(cmd, kind, "closes a compliance year") or self._year_ok(cmd, kind)
+        if bad:
+            return bad
+        closed = self._closed(cmd, kind, cmd.year)
+        if closed:
+            return closed
+        entities = sorted(a for a, y in self.obligations if y == cmd.year)
+        if not entities:
+            return self._reject(cmd, kind, RegistryReason.NO_OBLIGATION, f"no obligation is set for {cmd.year}")
+        after = self.rules.deadline_passed_at(cmd.year)
+        if cmd.ts < after:
+            return self._reject(cmd, kind, RegistryReason.BEFORE_DEADLINE,
+                                f"the {cmd.year} surrender deadline is {cmd.year + self.rules.deadline_years_after}-"
+                                f"{self.rules.deadline_month:02d}-{self.rules.deadline_day:02d}: the year closes after it")
+        price = self.average_price()
+        rules = self.rules
+        states: list[ComplianceState] = []
+        legs: list[Leg] = []
+        short_total = 0
+        for account in entities:
+            ob = self.obligations[account, cmd.year]
+            c = self.compliance.get((account, cmd.year)) or ComplianceState(account, cmd.year)
+            shortfall = ob.required - ob.surrendered
+            penalty = shortfall * price * rules.penalty_multiple_ppm // PPM
+            # The banking cap: older vintages (this year's and before) carried past the
+            # close are capped at a base plus a multiple of the net allowances sold.
+            cap = rules.banking_base + max(0, self.sold.get(account, 0)) * rules.banking_sold_ppm // PPM
+            old = sorted((vintage(asset), asset) for asset in self._by_account.get(account, {})
+                         if 0 < vintage(asset) <= cmd.year)
+            excess = sum(self.entries[account, asset][0] for _, asset in old) - cap
+            expired = 0
+            for _, asset in old:
+                if excess <= 0:
+                    break
+                take = min(excess, self.available(account, asset))
+                if take:
+                    legs.append((account, asset, -take, 0))
+                    excess -= take
+                    expired += take
+            states.append(msgspec.structs.replace(c, closed=True, shortfall=shortfall, penalty=penalty,
+                                                  expired=expired))
+            if shortfall:
+                short_total += shortfall
+                n = self.compliance.get((account, cmd.year + 1)) or ComplianceState(account, cmd.year + 1)
+                states.append(msgspec.structs.replace(n, deducted=n.deducted + shortfall))
+        return self._done(cmd, kind, tuple(legs), "",
+                          f"closed {cmd.year}: {len(entities)} entities, {short_total} t short, average price "
+                          f"{format_yuan(price)} CNY/t, {-sum(leg[2] for leg in legs)} t expired by the banking cap",
+                          compliance=tuple(states))
 
     def _settle_day(self, cmd: SettleDay, kind: str) -> RegistryDone | RegistryRejected:
         posting_id = self._end_of_day(cmd.seq, cmd.ts, cmd.actor)
@@ -671,6 +910,10 @@ class Ledger:
                     self.surrendered[asset] = self.surrendered.get(asset, 0) - delta
                 elif kind == "retire":
                     self.retired[asset] = self.retired.get(asset, 0) - delta
+                elif kind == "preallocate" or kind == "approve":
+                    self.issued[asset] = self.issued.get(asset, 0) + delta
+                elif kind == "close":
+                    self.expired[asset] = self.expired.get(asset, 0) - delta
             elif delta:
                 if posting.kind == "deposit":
                     self.deposited += delta
@@ -683,6 +926,11 @@ class Ledger:
         if posting.obligation is not None:
             ob = posting.obligation
             self.obligations[ob.account, ob.year] = ob
+        for c in posting.compliance:
+            self.compliance[c.account, c.year] = c
+        if posting.kind == "close":
+            self.cycle_value = self.cycle_qty = 0
+            self.sold = {}
         if posting.kind == "eod":
             self.day += 1
         if posting.kind == "trade":
@@ -691,6 +939,12 @@ class Ledger:
                 # A recorded trade raises the watermark: settle never applies it again.
                 self.trade_mark = number
                 self._last_trade = posting if type(posting) is TradePosting else None
+            if type(posting) is TradePosting and posting.instrument != CCER:  # as settle counts it
+                self.cycle_value += posting.price * posting.qty
+                self.cycle_qty += posting.qty
+                sold = self.sold
+                sold[posting.seller] = sold.get(posting.seller, 0) + posting.qty
+                sold[posting.buyer] = sold.get(posting.buyer, 0) - posting.qty
         self.applied[pid] = fingerprint
         return True
 
@@ -710,6 +964,7 @@ class Ledger:
         totals = [("issued", a, n) for a, n in sorted(self.issued.items())]
         totals += [("surrendered", a, n) for a, n in sorted(self.surrendered.items())]
         totals += [("retired", a, n) for a, n in sorted(self.retired.items())]
+        totals += [("expired", a, n) for a, n in sorted(self.expired.items())]
         totals += [("deposited", CASH, self.deposited), ("withdrawn", CASH, self.withdrawn)]
         return LedgerSnapshot(
             self.day,
@@ -717,6 +972,9 @@ class Ledger:
             [(a, s, e[0], e[1], e[2], e[3]) for (a, s), e in sorted(self.entries.items())],
             [self.obligations[k] for k in sorted(self.obligations)],
             totals,
+            [self.compliance[k] for k in sorted(self.compliance)],
+            (self.cycle_value, self.cycle_qty),
+            sorted((a, n) for a, n in self.sold.items() if n),
         )
 
     def restore(self, snap: LedgerSnapshot, *, keep_holds: bool = True) -> None:
@@ -737,11 +995,14 @@ class Ledger:
                 raise ValueError(f"restore: system account {account} missing")
             self._entry(account, CASH)
         self.obligations = {(ob.account, ob.year): ob for ob in snap.obligations}
+        self.compliance = {(c.account, c.year): c for c in snap.compliance}
+        self.cycle_value, self.cycle_qty = snap.cycle
+        self.sold = dict(snap.sold)
         # The snapshot keeps no applied ids and no trade watermark (the store has the
         # postings): the trades after it start a new watermark.
         self.trade_mark = 0
         self._last_trade = None
-        self.issued, self.surrendered, self.retired = {}, {}, {}
+        self.issued, self.surrendered, self.retired, self.expired = {}, {}, {}, {}
         self.deposited = self.withdrawn = 0
         for counter, asset, amount in snap.totals:
             if counter == "deposited":
@@ -765,8 +1026,9 @@ class Ledger:
     def supply(self) -> dict[str, int]:
         """What the sum of balances of each asset must be, from the counters."""
         out: dict[str, int] = {CASH: self.deposited - self.withdrawn}
-        for asset in set(self.issued) | set(self.surrendered) | set(self.retired):
-            out[asset] = self.issued.get(asset, 0) - self.surrendered.get(asset, 0) - self.retired.get(asset, 0)
+        for asset in set(self.issued) | set(self.surrendered) | set(self.retired) | set(self.expired):
+            out[asset] = (self.issued.get(asset, 0) - self.surrendered.get(asset, 0) - self.retired.get(asset, 0)
+                          - self.expired.get(asset, 0))
         return out
 
     def _check(self) -> None:
@@ -791,11 +1053,21 @@ class Ledger:
             assert 0 <= ob.ccer <= ob.surrendered <= ob.required, ob
             assert ob.ccer <= ob.required * CCER_SHARE_PERCENT // 100, ob
             assert self.accounts[account].holder_type == HolderType.COMPLIANCE, ob
+        for (account, year), c in self.compliance.items():
+            assert c.account == account and c.year == year, c
+            assert self.accounts[account].holder_type == HolderType.COMPLIANCE, c
+            assert min(c.pre_allocated, c.owed, c.deducted, c.shortfall, c.penalty, c.expired) >= 0, c
+            assert c.pre_allocated + c.trued_up >= 0, c
         for account in self.fees.system_accounts():
             assert self.accounts[account].status == ACTIVE, account
         assert self.day >= 1
         last = self._last_trade
         assert self.trade_mark >= 0 and (last is None or last.trade_id == self.trade_mark), (last, self.trade_mark)
+
+
+def allowance(year: int) -> str:
+    """The allowance symbol of a vintage year (2024 -> CEA24)."""
+    return f"CEA{year % 100:02d}"
 
 
 def _entry_ok(e: Entry, cash: bool) -> bool:

@@ -42,9 +42,10 @@ class HolderType(IntEnum):
     REGISTRY_FEE = 5  # the registry's settlement-fee account
     RISK_RESERVE = 6  # funded from a share of the trading fee
     AUTHORITY = 7  # the issuing authority: allocates allowances, sets obligations
+    STAFF = 8  # staff of the regulator, the registry, the exchange or a verifier: may hold, never trade
 
 
-MEMBER_TYPES = frozenset({HolderType.COMPLIANCE, HolderType.INSTITUTION, HolderType.INDIVIDUAL})
+MEMBER_TYPES = frozenset({HolderType.COMPLIANCE, HolderType.INSTITUTION, HolderType.INDIVIDUAL, HolderType.STAFF})
 FEE_TYPES = frozenset({HolderType.EXCHANGE_FEE, HolderType.REGISTRY_FEE, HolderType.RISK_RESERVE})
 
 
@@ -76,6 +77,12 @@ class RegistryReason(IntEnum):
     USE_END_OF_DAY = 218
     NOT_PERMITTED = 219  # the user's role does not allow the command (tools, gateway)
     LIMIT_EXCEEDED = 220  # the asset's total in the registry would pass its maximum (BALANCE_MAX)
+    UNKNOWN_INDUSTRY = 221  # not an industry of the compliance rules, or no benchmark for it that year
+    ALREADY_ALLOCATED = 222  # the year's pre-allocation of the account is done already
+    NOT_SUBMITTED = 223  # no verification submitted to approve
+    YEAR_CLOSED = 224  # the compliance year is closed: no more surrender, verification or obligation for it
+    BEFORE_DEADLINE = 225  # the year cannot close before its surrender deadline
+    NOT_PRE_ALLOCATED = 226  # verification of an account the year's allocation has not started for
 
 
 # --- commands ---------------------------------------------------------------------
@@ -211,20 +218,80 @@ class SetObligation(Command, tag=30):
     ts: int = 0
 
 
+class PreAllocate(Command, tag=31):
+    """The authority's pre-allocation of a covered entity's year: ``output`` (the base
+    output, usually the last verified year's) times the industry's benchmark and
+    factors for ``year``, times the pre-allocated share, in allowances of that vintage
+    (less any deduction for an earlier shortfall). Sets the entity's industry for the year."""
+
+    actor: Actor
+    source: Name  # the authority's account
+    account: Name
+    year: int
+    industry: Name
+    output: int  # units of the industry's output (MWh, tonnes of clinker, ...)
+    ref: Coid = ""  # the client's reference, echoed in the answer
+    seq: int = 0
+    ts: int = 0
+
+
+class SubmitVerification(Command, tag=32):
+    """A verifier's figures for an entity's year: output and emissions. A later
+    submission replaces an earlier one until the authority approves; every one is kept
+    in the postings (who, when)."""
+
+    actor: Actor
+    account: Name
+    year: int
+    output: int
+    emissions: int  # tonnes of CO2
+    ref: Coid = ""  # the client's reference, echoed in the answer
+    seq: int = 0
+    ts: int = 0
+
+
+class ApproveVerification(Command, tag=33):
+    """The authority approves the submitted figures: the year's obligation becomes the
+    verified emissions and the allocation is trued up to output times benchmark
+    (up or down). Approving again after a new submission is a correction."""
+
+    actor: Actor
+    source: Name  # the authority's account
+    account: Name
+    year: int
+    ref: Coid = ""  # the client's reference, echoed in the answer
+    seq: int = 0
+    ts: int = 0
+
+
+class CloseCompliance(Command, tag=34):
+    """The year's deadline: each entity's shortfall is recorded with its penalty and
+    deducted from the next year's allocation, and allowances above the banking cap
+    expire. Refused before the deadline (by the exchange's clock)."""
+
+    actor: Actor
+    source: Name  # the authority's account
+    year: int
+    ref: Coid = ""  # the client's reference, echoed in the answer
+    seq: int = 0
+    ts: int = 0
+
+
 REGISTRY_COMMANDS = (
     OpenAccount, SuspendAccount, ReinstateAccount, Deposit, Withdraw, Allocate, Transfer, Surrender,
-    Retire, SettleDay, SetObligation,
+    Retire, SettleDay, SetObligation, PreAllocate, SubmitVerification, ApproveVerification, CloseCompliance,
 )
 
 AnyRegistryCommand = (
     OpenAccount | SuspendAccount | ReinstateAccount | Deposit | Withdraw | Allocate | Transfer | Surrender
-    | Retire | SettleDay | SetObligation
+    | Retire | SettleDay | SetObligation | PreAllocate | SubmitVerification | ApproveVerification | CloseCompliance
 )
 
 COMMAND_KINDS: dict[type, str] = {
     OpenAccount: "open", SuspendAccount: "suspend", ReinstateAccount: "reinstate", Deposit: "deposit",
     Withdraw: "withdraw", Allocate: "allocate", Transfer: "transfer", Surrender: "surrender",
-    Retire: "retire", SettleDay: "eod", SetObligation: "obligation",
+    Retire: "retire", SettleDay: "eod", SetObligation: "obligation", PreAllocate: "preallocate",
+    SubmitVerification: "submit", ApproveVerification: "approve", CloseCompliance: "close",
 }
 
 # --- events -----------------------------------------------------------------------
@@ -274,6 +341,34 @@ class ObligationState(msgspec.Struct, array_like=True, gc=False):
     ccer: int  # the CCER part of ``surrendered``
 
 
+class ComplianceState(msgspec.Struct, array_like=True, gc=False):
+    """A covered entity's compliance year, as the registry records it. Tonnes unless
+    named; the obligation itself (required, surrendered) is its ObligationState."""
+
+    account: str
+    year: int
+    industry: str = ""
+    base_output: int = 0  # the output the pre-allocation was computed from
+    pre_allocated: int = 0  # tonnes allocated before verification (net of the deduction)
+    trued_up: int = 0  # tonnes allocated (+) or taken back (-) at the true-up(s)
+    owed: int = 0  # a downward true-up the account could not give back: added to the obligation
+    deducted: int = 0  # tonnes deducted from this year's allocation for the last year's shortfall
+    submitted_output: int = 0  # the verifier's last submission, waiting for approval
+    submitted_emissions: int = 0
+    submitted_by: str = ""  # "" when nothing waits
+    verified_output: int = 0
+    verified_emissions: int = 0
+    verified_by: str = ""  # the submitting verifier and the approving authority user, "verifier/authority"
+    closed: bool = False
+    shortfall: int = 0  # tonnes missing at the deadline
+    penalty: int = 0  # fen: shortfall * penalty multiple * the year's average price
+    expired: int = 0  # tonnes above the banking cap cancelled at the close
+
+    @property
+    def allocated(self) -> int:
+        return self.pre_allocated + self.trued_up
+
+
 class Posting(msgspec.Struct, array_like=True, gc=False, tag=90):
     posting_id: str
     seq: int  # the engine sequence number of the command that caused it (0: genesis)
@@ -286,6 +381,7 @@ class Posting(msgspec.Struct, array_like=True, gc=False, tag=90):
     text: str = ""  # human-readable detail
     account: AccountState | None = None
     obligation: ObligationState | None = None
+    compliance: tuple[ComplianceState, ...] = ()  # compliance-year records the command changed
 
 
 class TradePosting(msgspec.Struct, array_like=True, gc=False, tag=91):
@@ -323,6 +419,7 @@ class TradePosting(msgspec.Struct, array_like=True, gc=False, tag=91):
     text: ClassVar[str] = ""
     account: ClassVar[AccountState | None] = None
     obligation: ClassVar[ObligationState | None] = None
+    compliance: ClassVar[tuple[ComplianceState, ...]] = ()
 
     @property
     def posting_id(self) -> str:

@@ -42,16 +42,17 @@ import msgspec
 
 from engine.ledger import CASH
 from settlement.ledger import BALANCE_MAX, Ledger
-from settlement.messages import MEMBER_TYPES, AccountState, AnyPosting, ObligationState, TradePosting
+from settlement.messages import MEMBER_TYPES, AccountState, AnyPosting, ComplianceState, ObligationState, TradePosting
 from settlement.structs import Fees, LedgerSnapshot
 from settlement.units import format_yuan
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 READ_CHUNK = 10_000  # postings read per query when streaming the whole record
 SQLITE_CACHE_KIB = 65_536
 SQLITE_CHECKPOINT_PAGES = 10_000
 
 _encode = msgspec.msgpack.Encoder().encode
+_COMPLIANCE = msgspec.msgpack.Decoder(ComplianceState)
 _decode_posting = msgspec.msgpack.Decoder(AnyPosting).decode
 
 
@@ -112,6 +113,27 @@ def _migrations(dialect: str) -> list[list[str]]:
                 f"ALTER TABLE balances ADD CONSTRAINT balance_max CHECK (balance <= {BALANCE_MAX})",
             ]
         ),
+        # 3: staff accounts (holder type 8) and the compliance years (one record per
+        # entity and year, msgpack-encoded as the ledger made it).
+        [
+            *(
+                [
+                    "CREATE TABLE accounts_3 (account TEXT PRIMARY KEY, holder_type INTEGER NOT NULL "
+                    "CHECK (holder_type BETWEEN 1 AND 8), name TEXT NOT NULL, status INTEGER NOT NULL "
+                    "CHECK (status IN (1, 2)))",
+                    "INSERT INTO accounts_3 (account, holder_type, name, status) "
+                    "SELECT account, holder_type, name, status FROM accounts",
+                    "DROP TABLE accounts",
+                    "ALTER TABLE accounts_3 RENAME TO accounts",
+                ]
+                if dialect == "sqlite" else [
+                    "ALTER TABLE accounts DROP CONSTRAINT accounts_holder_type_check",
+                    "ALTER TABLE accounts ADD CONSTRAINT accounts_holder_type_check CHECK (holder_type BETWEEN 1 AND 8)",
+                ]
+            ),
+            f"CREATE TABLE compliance (account TEXT NOT NULL, year INTEGER NOT NULL, body {blob} NOT NULL, "
+            "PRIMARY KEY (account, year))",
+        ],
     ]
 
 
@@ -125,6 +147,7 @@ class RegistryStore(Protocol):
     def balances(self) -> list[tuple[str, str, int, int]]: ...
     def accounts(self) -> list[AccountState]: ...
     def obligations(self) -> list[ObligationState]: ...
+    def compliance(self) -> list[ComplianceState]: ...
     def history(self, account: str, limit: int = 100) -> list[AnyPosting]: ...
     def postings(self, kinds: str = "all") -> Iterator[AnyPosting]: ...
     def kind_totals(self) -> list[tuple[str, str, int]]: ...
@@ -184,7 +207,7 @@ def describe(p: AnyPosting) -> str:
 class _Prepared:
     """The rows one batch writes, built once for either database."""
 
-    __slots__ = ("postings", "balances", "accounts", "obligations", "spans", "next_no")
+    __slots__ = ("postings", "balances", "accounts", "obligations", "compliance", "spans", "next_no")
 
     def __init__(self, postings: Sequence[AnyPosting], next_no: int) -> None:
         prows: list[tuple[Any, ...]] = []
@@ -192,6 +215,7 @@ class _Prepared:
         fee_sums: dict[str, int] = {}  # fee account -> cash received (trades' fee legs, summed per batch)
         accounts: dict[str, AccountState] = {}
         obligations: dict[tuple[str, int], ObligationState] = {}
+        compliance: dict[tuple[str, int], ComplianceState] = {}
         touched: set[str] = set()
         no = next_no
         encode = _encode
@@ -242,6 +266,9 @@ class _Prepared:
                 accounts[p.account.account] = p.account
             if p.obligation is not None:
                 obligations[p.obligation.account, p.obligation.year] = p.obligation
+            for c in p.compliance:
+                compliance[c.account, c.year] = c
+                touched.add(c.account)
             no += 1
         for account, amount in fee_sums.items():
             s = get((account, CASH))
@@ -255,6 +282,7 @@ class _Prepared:
         self.spans = [(a, next_no, no - 1) for a in touched] if no > next_no else []
         self.accounts = [(a.account, a.holder_type, a.name, a.status) for a in accounts.values()]
         self.obligations = [(o.account, o.year, o.required, o.surrendered, o.ccer) for o in obligations.values()]
+        self.compliance = [(c.account, c.year, encode(c)) for c in compliance.values()]
         self.next_no = no
 
 
@@ -388,6 +416,10 @@ class _SqlStore:
                     f"VALUES ({ph}, {ph}, {ph}, {ph}, {ph}) ON CONFLICT (account, year) DO UPDATE SET "
                     "required = excluded.required, surrendered = excluded.surrendered, ccer = excluded.ccer",
                     prep.obligations)
+            if prep.compliance:
+                self._executemany(
+                    f"INSERT INTO compliance (account, year, body) VALUES ({ph}, {ph}, {ph}) "
+                    "ON CONFLICT (account, year) DO UPDATE SET body = excluded.body", prep.compliance)
             self._executemany(f"UPDATE meta SET value = {ph} WHERE key = {ph}",
                               [(max(stored_last, last_seq), "last_seq"), (prep.next_no, "next_no")])
             self._commit()
@@ -466,6 +498,10 @@ class _SqlStore:
         rows = sorted(self._query("SELECT account, year, required, surrendered, ccer FROM obligations"))
         return [ObligationState(a, int(y), int(r), int(s), int(c)) for a, y, r, s, c in rows]
 
+    def compliance(self) -> list[ComplianceState]:
+        rows = sorted(self._query("SELECT account, year, body FROM compliance"))
+        return [_COMPLIANCE.decode(bytes(b)) for _, _, b in rows]
+
     def history(self, account: str, limit: int = 100) -> list[AnyPosting]:
         """The account's latest postings (commands about it, trades and transfers it
         is a party to, days that freed its quantities, fees it received), oldest first."""
@@ -526,8 +562,9 @@ class _SqlStore:
         accounts = [*stored.values(), *(a for name, a in ledger.accounts.items() if name not in stored)]
         totals: dict[tuple[str, str], int] = {}
         for kind, asset, amount in self.kind_totals():
-            counter = {"allocate": "issued", "surrender": "surrendered", "retire": "retired",
-                       "deposit": "deposited", "withdraw": "withdrawn"}.get(kind)
+            counter = {"allocate": "issued", "preallocate": "issued", "approve": "issued", "surrender": "surrendered",
+                       "retire": "retired", "close": "expired", "deposit": "deposited",
+                       "withdraw": "withdrawn"}.get(kind)
             if counter is not None:
                 key = (counter, asset)
                 totals[key] = totals.get(key, 0) + (amount if counter in ("issued", "deposited") else -amount)
@@ -537,7 +574,7 @@ class _SqlStore:
             entries.append((account, asset, balance, 0, 0 if cash else pending, pending if cash else 0))
         snap = LedgerSnapshot(
             self.eod_count() + 1, sorted(accounts, key=lambda a: a.account), entries, self.obligations(),
-            [(c, a, n) for (c, a), n in sorted(totals.items())],
+            [(c, a, n) for (c, a), n in sorted(totals.items())], self.compliance(),
         )
         ledger.restore(snap, keep_holds=False)
         return ledger

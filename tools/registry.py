@@ -41,15 +41,19 @@ from settlement.ledger import Ledger, LedgerError
 from settlement.messages import (
     Allocate,
     AnyPosting,
+    ApproveVerification,
+    CloseCompliance,
     Deposit,
     HolderType,
     OpenAccount,
+    PreAllocate,
     RegistryDone,
     RegistryReason,
     RegistryRejected,
     ReinstateAccount,
     Retire,
     SetObligation,
+    SubmitVerification,
     Surrender,
     SuspendAccount,
     Transfer,
@@ -62,9 +66,9 @@ DEFAULT_DATA = "etx-data"
 HISTORY_DEFAULT = 50
 HISTORY_MAX = 10_000
 ANSWER_TIMEOUT_S = 30.0
-READS = ("accounts", "balances", "history", "audit")
+READS = ("accounts", "balances", "history", "audit", "compliance")
 HOLDER_NAMES = {t.name.lower(): t for t in HolderType if t in (HolderType.COMPLIANCE, HolderType.INSTITUTION,
-                                                               HolderType.INDIVIDUAL)}
+                                                               HolderType.INDIVIDUAL, HolderType.STAFF)}
 
 
 class ToolError(Exception):
@@ -130,6 +134,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("asset")
     p.add_argument("tonnes")
     p.add_argument("year", type=int)
+    p = add("preallocate", "pre-allocate a covered entity's year from its output and industry (the authority)")
+    p.add_argument("account")
+    p.add_argument("year", type=int)
+    p.add_argument("industry")
+    p.add_argument("output", help="units of output (MWh, tonnes of product) the benchmark applies to")
+    p.add_argument("--authority", default="AUTHORITY")
+    p = add("verify", "submit an entity's verified output and emissions for a year (a verifier)")
+    p.add_argument("account")
+    p.add_argument("year", type=int)
+    p.add_argument("output")
+    p.add_argument("emissions", help="tonnes of CO2")
+    p = add("approve", "approve the submitted verification: obligation and true-up (the authority)")
+    p.add_argument("account")
+    p.add_argument("year", type=int)
+    p.add_argument("--authority", default="AUTHORITY")
+    p = add("close", "close a compliance year after its deadline: shortfalls, penalties, banking (the authority)")
+    p.add_argument("year", type=int)
+    p.add_argument("--authority", default="AUTHORITY")
+    p = add("compliance", "the year per entity and per industry: allocation, emissions, surrender, shortfall, penalty")
+    p.add_argument("year", type=int)
+    p.add_argument("--account", default="", help="one entity only")
+    p.add_argument("--csv", action="store_true", help="comma-separated values instead of a table")
     p = add("retire", "voluntary cancellation")
     p.add_argument("account")
     p.add_argument("asset")
@@ -186,6 +212,8 @@ def _read(args: argparse.Namespace) -> int:
                 raise ToolError(f"the store's records do not add up ({e or 'an invariant fails'}); "
                                 "run etx registry audit") from None
             return _balances(ledger, args.account)
+        if args.action == "compliance":
+            return print_compliance(compliance_rows(store, args.year, args.account), args.csv)
         if args.action == "history":
             if not 0 < args.limit <= HISTORY_MAX:
                 raise ToolError(f"--limit must be in [1, {HISTORY_MAX}], got {args.limit}")
@@ -240,6 +268,66 @@ def _balances(ledger: Ledger, account: str) -> int:
             cells = [format_tonnes(balance), format_tonnes(held), format_tonnes(unsellable),
                      format_tonnes(ledger.available(name, asset))]
         print(f"{name:<20} {asset:<9} {cells[0]:>18} {cells[1]:>16} {cells[2]:>16} {cells[3]:>18}")
+    return 0
+
+
+COMPLIANCE_COLUMNS = ("entity", "industry", "allocated", "deducted", "emissions", "obligation", "allowances",
+                      "offsets", "shortfall", "penalty_cny", "expired", "status")
+
+
+def compliance_rows(store: RegistryStore, year: int, account: str = "") -> list[dict[str, Any]]:
+    """One row per covered entity with an obligation or an allocation for ``year``, then
+    one per industry and one for all: tonnes, the penalty in yuan."""
+    states = {c.account: c for c in store.compliance() if c.year == year}
+    obligations = {o.account: o for o in store.obligations() if o.year == year}
+    rows: list[dict[str, Any]] = []
+    for name in sorted(set(states) | set(obligations)):
+        if account and name != account:
+            continue
+        c, ob = states.get(name), obligations.get(name)
+        required = ob.required if ob else 0
+        surrendered, ccer = (ob.surrendered, ob.ccer) if ob else (0, 0)
+        closed = bool(c and c.closed)
+        status = "closed" if closed else "verified" if c and c.verified_by else "allocated" if c and c.industry else "open"
+        rows.append({
+            "entity": name, "industry": (c.industry if c else "") or "-",
+            "allocated": c.allocated if c else 0, "deducted": c.deducted if c else 0,
+            "emissions": c.verified_emissions if c else 0, "obligation": required,
+            "allowances": surrendered - ccer, "offsets": ccer,
+            "shortfall": c.shortfall if closed and c else required - surrendered,
+            "penalty_cny": format_yuan(c.penalty if c else 0), "expired": c.expired if c else 0, "status": status,
+        })
+    totals: dict[str, dict[str, Any]] = {}
+    for row in list(rows):
+        for key in (f"industry {row['industry']}", "all"):
+            t = totals.setdefault(key, {"entity": key, "industry": row["industry"] if key != "all" else "-",
+                                        "penalty_fen": 0, "status": ""})
+            for column in ("allocated", "deducted", "emissions", "obligation", "allowances", "offsets", "shortfall",
+                           "expired"):
+                t[column] = t.get(column, 0) + row[column]
+            t["penalty_fen"] += parse_yuan(row["penalty_cny"])
+    for key in sorted(totals, key=lambda k: (k == "all", k)):
+        t = totals[key]
+        t["penalty_cny"] = format_yuan(t.pop("penalty_fen"))
+        rows.append(t)
+    return rows
+
+
+def print_compliance(rows: list[dict[str, Any]], as_csv: bool) -> int:
+    if as_csv:
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=COMPLIANCE_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return 0
+    widths = (22, 10, 12, 10, 12, 12, 12, 10, 10, 16, 10, 9)
+    print(" ".join(f"{c.upper():<{w}}" if i < 2 else f"{c.upper():>{w}}"
+                   for i, (c, w) in enumerate(zip(COMPLIANCE_COLUMNS, widths, strict=True))).rstrip())
+    for row in rows:
+        cells = [row[c] if isinstance(row[c], str) else format_tonnes(row[c]) for c in COMPLIANCE_COLUMNS]
+        print(" ".join(f"{v:<{w}}" if i < 2 else f"{v:>{w}}"
+                       for i, (v, w) in enumerate(zip(cells, widths, strict=True))).rstrip())
     return 0
 
 
@@ -300,6 +388,14 @@ def command(args: argparse.Namespace) -> Any:
         return Surrender("", args.account, args.asset, parse_tonnes(args.tonnes), args.year)
     if action == "retire":
         return Retire("", args.account, args.asset, parse_tonnes(args.tonnes))
+    if action == "preallocate":
+        return PreAllocate("", args.authority, args.account, args.year, args.industry, parse_tonnes(args.output))
+    if action == "verify":
+        return SubmitVerification("", args.account, args.year, parse_tonnes(args.output), parse_tonnes(args.emissions))
+    if action == "approve":
+        return ApproveVerification("", args.authority, args.account, args.year)
+    if action == "close":
+        return CloseCompliance("", args.authority, args.year)
     raise ToolError(f"unknown action {action!r}")
 
 

@@ -224,6 +224,16 @@ def _compare_prefix(prefix: Ledger, base: LedgerSnapshot, base_seq: int, report:
             report(f"{where}: obligation {o.account} {o.year}: the store's postings do not give {o}")
     for account, year in sorted(got_obligations):
         report(f"{where}: obligation {account} {year} is in the store's postings, the exchange had none")
+    snap = prefix.snapshot()
+    got_years = {(c.account, c.year): c for c in snap.compliance}
+    for c in base.compliance:
+        if got_years.pop((c.account, c.year), None) != c:
+            report(f"{where}: compliance {c.account} {c.year}: the store's postings do not give {c}")
+    for account, year in sorted(got_years):
+        report(f"{where}: compliance {account} {year} is in the store's postings, the exchange had none")
+    if (snap.cycle, snap.sold) != (base.cycle, base.sold):
+        report(f"{where}: the store's trades since the last close give value and tonnes {snap.cycle}, "
+               f"the exchange had {base.cycle} (or the net sold per account differ)")
     mine, theirs = dict(((c, a), n) for c, a, n in prefix.snapshot().totals), dict(((c, a), n) for c, a, n in base.totals)
     for key in sorted(set(mine) | set(theirs)):
         if mine.get(key, 0) != theirs.get(key, 0):

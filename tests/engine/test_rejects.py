@@ -178,6 +178,10 @@ CASES: list[tuple[str, int, Scenario]] = [
      lambda v: (oid := resting(v), v.send(SuspendMember("A")), Amend("A", oid, 10_000, 10))[2]),
     ("hit-suspended", R.MEMBER_SUSPENDED,
      lambda v: (oid := resting(v), v.send(SuspendMember("B")), HitOrder("B", "h", "CEA24", oid, 10))[2]),
+    # STAFF_MAY_NOT_TRADE (the exchange core fills engine.staff from the registry's staff accounts)
+    ("new-staff", R.STAFF_MAY_NOT_TRADE, lambda v: (v.engine.staff.add("A"), new())[1]),
+    ("hit-staff", R.STAFF_MAY_NOT_TRADE,
+     lambda v: (oid := resting(v), v.engine.staff.add("B"), HitOrder("B", "h", "CEA24", oid, 10))[2]),
     # ALREADY_SUSPENDED and NOT_SUSPENDED
     ("suspend-suspended", R.ALREADY_SUSPENDED,
      lambda v: (v.send(SuspendMember("A")), SuspendMember("A", cancel_orders=True))[1]),

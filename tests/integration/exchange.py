@@ -37,13 +37,18 @@ def _kill_leftovers() -> None:
 
 
 class Exchange:
-    def __init__(self, tmp_path: Path, *serve_args: str) -> None:
+    def __init__(self, tmp_path: Path, *serve_args: str, registry: str = "registry.sqlite", extra: str = "",
+                 staff: dict[str, str] | None = None) -> None:
+        """``staff``: more staff users of the exchange's member, user -> role."""
         self.dir = tmp_path
         self.port = free_port()
         self.data = tmp_path / "data"
         self.data.mkdir(exist_ok=True)
-        self.config = write_config(tmp_path, self.port)
-        self.creds = {user: write_file(tmp_path / f"{user}.cred", Credentials("EXCH", user, SECRET)) for user in STAFF}
+        more = staff or {}
+        self.config = write_config(tmp_path, self.port, registry=registry, extra=extra,
+                                   users=tuple(("EXCH", user, role) for user, role in more.items()))
+        self.creds = {user: write_file(tmp_path / f"{user}.cred", Credentials("EXCH", user, SECRET))
+                      for user in {**STAFF, **more}}
         self.serve = Serve(self.config, self.data, self.port, ROOT, ("--log-level", "INFO", *serve_args))
         _STARTED.append(self.serve)
 

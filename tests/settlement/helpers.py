@@ -7,6 +7,7 @@ from typing import Any
 from engine import Instrument, ManualClock, Sequencer
 from settlement import (
     Allocate,
+    ComplianceRules,
     Deposit,
     Exchange,
     Fees,
@@ -53,8 +54,9 @@ def member(drive: Driver, account: str, cash: int = 0, holdings: dict[str, int] 
 class Market:
     """An exchange on a manual clock with a sequencer: ``send`` stamps and applies."""
 
-    def __init__(self, fees: Fees = FEES, instruments: list[Instrument] = INSTRUMENTS) -> None:
-        self.ledger = Ledger(fees)
+    def __init__(self, fees: Fees = FEES, instruments: list[Instrument] = INSTRUMENTS,
+                 rules: ComplianceRules | None = None) -> None:
+        self.ledger = Ledger(fees, rules)
         self.exchange = Exchange(instruments, self.ledger)
         self.clock = ManualClock(1_700_000_000_000_000_000)
         self.seq = Sequencer(self.clock)

@@ -157,7 +157,7 @@ def test_a_balance_past_the_maximum_is_refused_by_the_store(store: Any) -> None:
     assert ("A", "CNY", BALANCE_MAX, 0) in store.balances() and store.last_seq() == 2
 
 
-def test_migration_2_keeps_the_balances_and_drops_the_users_table(store_url: str) -> None:
+def test_migrations_keep_the_balances_and_accounts_drop_users_and_admit_staff(store_url: str) -> None:
     s = open_store(store_url)
     try:
         statements = _migrations(s._dialect())[0]
@@ -168,9 +168,18 @@ def test_migration_2_keeps_the_balances_and_drops_the_users_table(store_url: str
         s._exec("INSERT INTO schema_version (version) VALUES (1)")
         s._exec("INSERT INTO users (name, role) VALUES ('li', 'clerk')")
         s._exec("INSERT INTO balances (account, asset, balance, pending) VALUES ('A', 'CNY', 700, 300)")
+        s._exec("INSERT INTO accounts (account, holder_type, name, status) VALUES ('A', 1, 'A Ltd', 1)")
         s._commit()
-        assert s.migrate() == 2
+        assert s.migrate() == 3
         assert s.balances() == [("A", "CNY", 700, 300)]
+        assert [(a.account, a.holder_type) for a in s.accounts()] == [("A", 1)]
+        assert s.compliance() == []
+        s._begin()  # 3: a staff account (holder type 8) is admitted, 9 is not
+        s._exec("INSERT INTO accounts (account, holder_type, name, status) VALUES ('S', 8, 'staff', 1)")
+        s._commit()
+        with pytest.raises(Exception):  # noqa: B017 - a CHECK violation, whichever driver says so
+            s._begin()
+            s._exec("INSERT INTO accounts (account, holder_type, name, status) VALUES ('X', 9, 'x', 1)")
         with pytest.raises(Exception):  # noqa: B017 - the table is gone, whichever driver says so
             s._query("SELECT * FROM users")
     finally:
