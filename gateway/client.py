@@ -59,6 +59,7 @@ from gateway.protocol import (
     BlockOffersReply,
     BookReply,
     CodMode,
+    ComplianceReply,
     Disconnect,
     Disconnected,
     Heartbeat,
@@ -75,6 +76,7 @@ from gateway.protocol import (
     QueryBalances,
     QueryBlockOffers,
     QueryBook,
+    QueryCompliance,
     QueryInstruments,
     QueryMarketTrades,
     QueryOrders,
@@ -97,7 +99,7 @@ from settlement.messages import RegistryRejected
 
 _REJECTIONS = (Rejected, RegistryRejected)
 _REPLIES = (OrdersReply, BalancesReply, BookReply, InstrumentsReply, QueryRejected, Unlocked, Disconnected, SessionsReply,
-            OrderStatusReply, TradesReply, MarketTradesReply, BlockOffersReply, AuctionsReply)
+            OrderStatusReply, TradesReply, MarketTradesReply, BlockOffersReply, AuctionsReply, ComplianceReply)
 READ_CHUNK = 256 * 1024
 INBOX_MAX = 1_000_000  # messages kept for next(); beyond it the client stops reading
 
@@ -324,6 +326,10 @@ class Client:
 
     async def query_auctions(self, timeout: float = 10.0) -> AuctionsReply:
         return await self._ask(lambda r: QueryAuctions(r), timeout)  # type: ignore[no-any-return]
+
+    async def query_compliance(self, year: int, member: str = "", timeout: float = 10.0) -> ComplianceReply:
+        """A compliance year's records: the member's own; staff any member's or all."""
+        return await self._ask(lambda r: QueryCompliance(r, year, member), timeout)  # type: ignore[no-any-return]
 
     def mass_cancel(self, instrument: str = "", member: str | None = None) -> None:
         self.send(MassCancel(self.member if member is None else member, instrument, int(CancelReason.MASS_CANCEL)))

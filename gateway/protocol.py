@@ -302,6 +302,15 @@ class QueryAuctions(Msg, tag=65):
     req_id: int
 
 
+class QueryCompliance(Msg, tag=66):
+    """A compliance year's records: a member its own, staff any member's (``member``) or
+    every covered entity's ("")."""
+
+    req_id: int
+    year: int
+    member: Name = ""
+
+
 class Disconnect(Msg, tag=60):
     """An operator ends a session (``SessionClosed(DISCONNECTED)``); answered with a
     ``Disconnected``; recorded in the journal as a ``Note`` with ``text``."""
@@ -591,6 +600,27 @@ class AuctionsReply(Msg, tag=189):
     auctions: list[AuctionRow]  # in auction id order
 
 
+class ComplianceRow(msgspec.Struct, array_like=True, gc=False):
+    account: str
+    industry: str
+    allocated: int  # t: pre-allocated and trued up
+    deducted: int  # t taken off the year's allocation for the year before's shortfall
+    emissions: int  # t verified
+    obligation: int  # t to surrender (the verified emissions and what a true-up could not take back)
+    surrendered: int  # t, offsets included
+    offsets: int  # t of CCER among them
+    shortfall: int  # t: at the close, or still missing while open
+    penalty: int  # fen, recorded at the close
+    expired: int  # t cancelled by the banking cap at the close
+    closed: bool
+
+
+class ComplianceReply(Msg, tag=190):
+    req_id: int
+    year: int
+    rows: list[ComplianceRow]  # in account order
+
+
 class TradesReply(Msg, tag=179):
     req_id: int
     trades: list[TradeFill]
@@ -728,9 +758,9 @@ BOOK_LEVELS = 5
 
 SESSION_INBOUND: tuple[type, ...] = (Logon, Logout, Heartbeat, QueryOrders, QueryBalances, QueryBook, QueryInstruments,
                                      Unlock, Watch, QuerySessions, Disconnect, QueryOrderStatus, QueryTrades,
-                                     QueryMarketTrades, QueryBlockOffers, QueryAuctions)
+                                     QueryMarketTrades, QueryBlockOffers, QueryAuctions, QueryCompliance)
 QUERIES: tuple[type, ...] = (QueryOrders, QueryBalances, QueryBook, QueryInstruments, QueryOrderStatus, QueryTrades,
-                             QueryMarketTrades, QueryBlockOffers, QueryAuctions)
+                             QueryMarketTrades, QueryBlockOffers, QueryAuctions, QueryCompliance)
 TRADER_COMMANDS: tuple[type, ...] = (NewOrder, Cancel, Amend, MassCancel, HitOrder, BlockOffer, BlockAccept, BlockWithdraw,
                                      AuctionBid, AuctionBidAmend, AuctionBidWithdraw)
 OPERATOR_COMMANDS: tuple[type, ...] = (Halt, Resume, MassCancel, EndOfDay, AuctionAnnounce)
@@ -757,7 +787,7 @@ INBOUND: tuple[type, ...] = ENGINE_INBOUND + REGISTRY_INBOUND + SESSION_INBOUND
 OUTBOUND: tuple[type, ...] = (
     LogonAck, LogonReject, ServerHeartbeat, SessionReject, SessionClosed, Notice, ReplayDone, Report, Resent,
     OrdersReply, BalancesReply, BookReply, InstrumentsReply, QueryRejected, Unlocked, Disconnected,
-    OrderStatusReply, TradesReply, MarketTradesReply, BlockOffersReply, AuctionsReply,
+    OrderStatusReply, TradesReply, MarketTradesReply, BlockOffersReply, AuctionsReply, ComplianceReply,
     InstrumentView, TradesView, ChartView, AlertView, HealthView, SessionsReply, BlocksView,
 )
 

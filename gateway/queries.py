@@ -33,6 +33,8 @@ from gateway.protocol import (
     BlockOffersReply,
     BookLevel,
     BookReply,
+    ComplianceReply,
+    ComplianceRow,
     GatewayReason,
     InstrumentInfo,
     InstrumentsReply,
@@ -47,6 +49,7 @@ from gateway.protocol import (
     QueryBalances,
     QueryBlockOffers,
     QueryBook,
+    QueryCompliance,
     QueryInstruments,
     QueryMarketTrades,
     QueryOrders,
@@ -73,6 +76,11 @@ class Queries:
     def answer(self, member: str, sees_all: bool, q: Any) -> Any:
         engine = self.core.engine
         t = type(q)
+        if t is QueryCompliance:
+            named = q.member
+            if not sees_all and named and named != member:
+                return QueryRejected(q.req_id, GatewayReason.NOT_PERMITTED, "you may query your own member only")
+            return self._compliance(q, named if sees_all else member)
         if t is QueryAuctions:
             auctions = engine.auctions
             return AuctionsReply(q.req_id, [AuctionRow(a.auction_id, a.seller, a.instrument, a.qty, a.floor, a.ceiling,
@@ -192,6 +200,24 @@ class Queries:
                         rows.append(OpenOrder(o.order_id, o.member, o.coid, o.instrument, o.side, o.price, o.qty,
                                               o.filled, o.ts))
         return OrdersReply(q.req_id, rows, more)
+
+    def _compliance(self, q: QueryCompliance, member: str) -> ComplianceReply:
+        ledger = self.core.ledger
+        states = getattr(ledger, "compliance", {})
+        obligations = getattr(ledger, "obligations", {})
+        rows = []
+        for account in sorted({a for a, y in states if y == q.year} | {a for a, y in obligations if y == q.year}):
+            if member and account != member:
+                continue
+            c, ob = states.get((account, q.year)), obligations.get((account, q.year))
+            required, surrendered, ccer = (ob.required, ob.surrendered, ob.ccer) if ob else (0, 0, 0)
+            closed = bool(c and c.closed)
+            rows.append(ComplianceRow(
+                account, c.industry if c else "", c.allocated if c else 0, c.deducted if c else 0,
+                c.verified_emissions if c else 0, required, surrendered, ccer,
+                c.shortfall if c and closed else required - surrendered, c.penalty if c else 0,
+                c.expired if c else 0, closed))
+        return ComplianceReply(q.req_id, q.year, rows[:BALANCES_PER_REPLY])
 
     def _balances(self, q: QueryBalances, member: str) -> BalancesReply:
         ledger = self.core.ledger

@@ -15,7 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from engine.messages import AuctionAnnounce, AuctionBid, AuctionResult, BlockOffered, BlockTraded, EndOfDay, Side
+from gateway.client import QueryError
 from gateway.protocol import Fill, Report
 from settlement import (
     ApproveVerification,
@@ -131,6 +134,12 @@ def test_a_compliance_year_over_tcp(tmp_path: Path, store_url: str) -> None:
         await ok(auth, PreAllocate("", "AUTHORITY", "M2", 2025, "cement", 400_000))
         balances = {b.asset: b for b in (await m2.query_balances()).balances}
         assert balances["CEA25"].balance == 80_000
+        # A member sees its own compliance year through the gateway; staff see all.
+        mine = (await m2.query_compliance(2024)).rows
+        assert [(r.account, r.shortfall, r.closed) for r in mine] == [("M2", 60_000, True)]
+        with pytest.raises(QueryError, match="your own member only"):
+            await m2.query_compliance(2024, "M1")
+        assert [r.account for r in (await auth.query_compliance(2024)).rows] == list(ENTITIES)
         for c in (clerk, auth, ver, ops, *members.values()):
             await c.close()
         assert ex.stop() == 0
