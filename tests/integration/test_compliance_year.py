@@ -130,8 +130,12 @@ def test_a_compliance_year_over_tcp(tmp_path: Path, store_url: str) -> None:
         # The deadline of 2024 (2025-12-31) has passed on the exchange's clock.
         closed = await ok(auth, CloseCompliance("", "AUTHORITY", 2024))
         assert "60000 t short" in closed.text, closed.text
-        # 2025: M2's pre-allocation is 70 % of 200,000 t less its 60,000 t shortfall.
-        await ok(auth, PreAllocate("", "AUTHORITY", "M2", 2025, "cement", 400_000))
+        # 2025: M2's pre-allocation is 70 % of 200,000 t less its 60,000 t shortfall
+        # (through the command line, as the authority's staff would).
+        done = ex.registry("auth", "preallocate", "M2", "2025", "cement", "400000")
+        assert done.returncode == 0 and "pre-allocate 80000 t CEA25" in done.stdout, done.stdout + done.stderr
+        refused = ex.registry("ver", "approve", "M2", "2025")  # a verifier may not approve
+        assert refused.returncode == 1 and "may not" in refused.stderr, refused.stdout + refused.stderr
         balances = {b.asset: b for b in (await m2.query_balances()).balances}
         assert balances["CEA25"].balance == 80_000
         # A member sees its own compliance year through the gateway; staff see all.
