@@ -123,9 +123,13 @@ class Client:
 
     def __init__(self, host: str, port: int, member: str, user: str, secret: str, *, last_seq: int = 0,
                  cod: int = CodMode.DEFAULT, heartbeat_ms: int = 0, ssl: ssl_module.SSLContext | None = None,
-                 coid_prefix: str | None = None, source: str = "") -> None:
-        """``source``: the local address to connect from (a machine with several)."""
+                 coid_prefix: str | None = None, source: str = "",
+                 alternates: list[tuple[str, int]] | None = None) -> None:
+        """``source``: the local address to connect from (a machine with several);
+        ``alternates``: the other addresses of the exchange (a standby's), tried in turn
+        when a connection cannot be made; the one that answers is kept."""
         self.host, self.port = host, port
+        self.alternates = list(alternates or [])
         self.source = source
         self.member, self.user, self._secret = member, user, secret
         self.cod = cod
@@ -158,9 +162,7 @@ class Client:
 
     async def connect(self, timeout: float = 10.0) -> LogonAck:
         """Open the connection and log on; raises LogonError when refused."""
-        reader, self._writer = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port, ssl=self.ssl, limit=READ_CHUNK,
-                                    local_addr=(self.source, 0) if self.source else None), timeout)
+        reader, self._writer = await self._open(timeout)
         self._reader = reader
         self.closed_by_server = None
         self.replay_done.clear()
@@ -191,6 +193,25 @@ class Client:
         self._sent_at = self.last_rx = loop.time()
         self._tasks = [asyncio.create_task(self._read_loop(splitter)), asyncio.create_task(self._heartbeat_loop())]
         return first
+
+    async def _open(self, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to the exchange's address, else to each alternate in turn."""
+        candidates = [(self.host, self.port), *((h, p) for h, p in self.alternates if (h, p) != (self.host, self.port))]
+        error: BaseException | None = None
+        for host, port in candidates:
+            try:
+                opened = await asyncio.wait_for(
+                    asyncio.open_connection(host, port, ssl=self.ssl, limit=READ_CHUNK,
+                                            local_addr=(self.source, 0) if self.source else None), timeout)
+            except (OSError, TimeoutError) as e:
+                error = e
+                continue
+            if (host, port) != (self.host, self.port):
+                self.alternates = [a for a in candidates if a != (host, port)]
+                self.host, self.port = host, port
+            return opened
+        assert error is not None
+        raise error
 
     def _forget_end_marks(self) -> None:
         """Drop the end-of-stream marks of earlier connections; keep their messages."""

@@ -137,6 +137,19 @@ class ComplianceSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     benchmark: list[BenchmarkSection] = msgspec.field(default_factory=list)
 
 
+class ReplicationSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The replicated journal on NATS JetStream (gateway/replication.py); off by default."""
+
+    enabled: bool = False
+    servers: list[str] = msgspec.field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    stream: str = ""  # "" = ETX-<exchange id>
+    replicas: int = 1  # 3 in production: the stream and the lease survive one server lost
+    node: str = ""  # this machine's name in the lease; "" = the host name
+    lease_s: float = 3.0  # a standby takes over this long after the primary's last renewal
+    confirm_s: float = 10.0  # a batch the stream has not confirmed by then stops the primary
+    check_s: float = 1.0  # how often the primary marks a batch for a state-hash check
+
+
 class MemberSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     id: str
     name: str = ""
@@ -163,6 +176,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     market_data: MarketDataSection = msgspec.field(default_factory=MarketDataSection)
     surveillance: SurveillanceSection = msgspec.field(default_factory=SurveillanceSection)
     compliance: ComplianceSection = msgspec.field(default_factory=ComplianceSection)
+    replication: ReplicationSection = msgspec.field(default_factory=ReplicationSection)
     instrument: list[InstrumentSection] = msgspec.field(default_factory=list)
     member: list[MemberSection] = msgspec.field(default_factory=list)
     user: list[UserSection] = msgspec.field(default_factory=list)
@@ -273,6 +287,12 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError(str(e)) from None
         return rules
 
+    def stream_name(self) -> str:
+        name = self.replication.stream or f"ETX-{self.exchange.id}".upper().replace(".", "-")
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"replication.stream: letters, digits, '-' and '_' only, got {name!r}")
+        return name
+
     def listen(self) -> tuple[str, int]:
         host, _, port = self.exchange.listen.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) < 65536:
@@ -325,6 +345,12 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         self.member_stp()
         self.fee_rates_ppm()
         self.compliance_rules()
+        r = self.replication
+        if r.enabled:
+            self.stream_name()
+            if not r.servers or r.replicas not in (1, 3, 5) or min(r.lease_s, r.confirm_s, r.check_s) <= 0:
+                raise ConfigError("replication: servers needed, replicas 1, 3 or 5, lease_s, confirm_s and check_s "
+                                  "positive")
         self.listen()
         self.check_market_data()
         v = self.surveillance

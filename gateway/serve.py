@@ -247,6 +247,102 @@ class Service:
                 edge=lambda: self.server.capture_streams(snapshot_history))
             self.server.on_events.append(self.snapshotter.after_batch)
         self.address: tuple[str, int] = ("", 0)
+        self.link: Any = None  # gateway.replication.Link, with replication on
+        self.primary: Any = None
+        self.follower: Any = None
+        self.role = "single" if not cfg.replication.enabled else "starting"
+
+    # --- replication (gateway/replication.py) ----------------------------------------------
+
+    @property
+    def node(self) -> str:
+        return self.cfg.replication.node or socket.gethostname()
+
+    async def _connect_stream(self) -> Any:
+        from gateway.replication import Link
+
+        r = self.cfg.replication
+        try:
+            self.link = await asyncio.to_thread(Link, r.servers, self.cfg.stream_name(), r.replicas)
+        except Exception as e:
+            raise ServeError(f"replication: no JetStream at {', '.join(r.servers)} ({e!r}); start nats-server with "
+                             "JetStream (Debian: apt-get install nats-server; nats-server -js)") from None
+        return self.link
+
+    def _follower(self) -> Any:
+        from gateway.replication import Follower, decode_batch
+
+        r = self.cfg.replication
+        journal = self.recovery.journal
+
+        async def apply(cmds: list[Any]) -> None:
+            await self.committer.commit(cmds)  # this node's own journal first, as the primary did
+            self.server.follow(cmds)
+
+        def mismatch(text: str) -> None:
+            log.error("replication: %s", text)
+            self.server.alert("replica-diverged", text)
+
+        self.follower = Follower(self.link, self.node, r.lease_s, apply, self.exchange.state_hash,
+                                 lambda: self.exchange.last_seq, lambda body: decode_batch(journal, body), mismatch)
+        return self.follower
+
+    async def replicate_as_primary(self) -> None:
+        """Take the lease (refused while another node holds it), apply whatever the
+        stream holds beyond this journal, and put the stream in front of the journal."""
+        link = await self._connect_stream()
+        r = self.cfg.replication
+        lease, revision = await link.run(link.read_lease())
+        if lease is not None and lease.node != self.node and lease.until_ns > time.time_ns():
+            raise ServeError(f"replication: {lease.node} holds the primary's lease on stream {link.stream}; start "
+                             "this node with --standby")
+        taken = await link.run(link.take_lease(self.node, r.lease_s, revision))
+        if taken is None:
+            raise ServeError(f"replication: another node took the lease on stream {link.stream} first; start this "
+                             "node with --standby")
+        try:
+            last_batch = await self._follower().catch_up()
+        except RuntimeError as e:
+            raise ServeError(f"replication: {e}") from None
+        self._become_primary(taken, last_batch)
+
+    async def follow_as_standby(self) -> None:
+        """Follow the stream until this node takes the lease; then it is the primary
+        (the caller starts its gateway)."""
+        link = await self._connect_stream()
+        self.role = "standby"
+        print(f"etx standby {self.node}: following stream {link.stream} from seq {self.exchange.last_seq + 1}",
+              flush=True)
+        revision, last_batch = await self._follower().run()
+        stream_last, last_cmd = await link.run(link.last_batch())
+        if last_cmd != self.exchange.last_seq:
+            raise ServeError(f"replication: took the lease at seq {self.exchange.last_seq} but the stream ends at "
+                             f"{last_cmd}")
+        self._become_primary(revision, stream_last)
+
+    def _become_primary(self, revision: int, last_batch: int) -> None:
+        from gateway.replication import Primary, ReplicatedJournal
+
+        r = self.cfg.replication
+        journal = ReplicatedJournal(self.recovery.journal, self.link, self.node, revision, last_batch, r.confirm_s,
+                                    r.check_s)
+        self.committer.journal = journal  # type: ignore[assignment]  # the same interface
+        self.primary = Primary(self.link, self.node, r.lease_s, revision, journal)
+        self.primary.start()
+        exchange = self.exchange
+        self.server.on_batches.append(lambda cmds, out: self.primary.after_batch(exchange.last_seq,
+                                                                               exchange.state_hash))
+        self.role = "primary"
+
+        async def watch() -> None:
+            await self.primary.lost.wait()
+            self.failure = f"no longer the primary ({self.primary.why}): this node stops taking orders"
+            self.server.alert("primary-lost", self.failure)
+            self.ended.set()
+
+        self._lost_task = asyncio.ensure_future(watch())
+        log.info("replication: %s is the primary on stream %s (lease revision %d, after stream seq %d)",
+                 self.node, self.link.stream, revision, last_batch)
 
     def _check_store(self, settled: int) -> None:
         """Refuse a registry store that is not a projection of this journal: one that
@@ -377,6 +473,8 @@ class Service:
         """Stop gracefully (see the module docstring); ``snapshot``: take a last snapshot
         once everything is settled, so that the next start replays nothing."""
         await self.server.stop()
+        if self.primary is not None:
+            self.primary.stop()
         if self.md is not None:
             self.md.stop()
             if self.md_task is not None:
@@ -399,6 +497,8 @@ class Service:
                 snapper.take()
             await loop.run_in_executor(None, snapper.close)
         self.store.close()
+        if self.link is not None:
+            self.link.close()
         self.folder.release()
 
     def audit(self) -> list[str]:
@@ -491,6 +591,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "older ones are answered with REPLAY_TRIMMED after a restart")
     parser.add_argument("--no-snapshots", action="store_true",
                         help="take no snapshots (every start replays the whole journal)")
+    parser.add_argument("--standby", action="store_true",
+                        help="with [replication]: follow the primary's stream as a hot standby and take over when "
+                             "its lease runs out")
     parser.add_argument("--demo", action="store_true",
                         help="run even with the public example secrets of etx.example.toml (anyone can log on "
                              "with them): for a throwaway demonstration only, never with real members or money")
@@ -541,6 +644,32 @@ async def serve(args: argparse.Namespace, cfg: Config, config_text: str | None =
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if cfg.replication.enabled:
+        try:
+            if args.standby:
+                following = asyncio.ensure_future(service.follow_as_standby())
+                waiting = asyncio.ensure_future(stop.wait())
+                await asyncio.wait([following, waiting], return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    following.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await following
+                    print("etx standby: shutting down", flush=True)
+                    await service.stop()
+                    return 0
+                waiting.cancel()
+                following.result()
+                print(f"etx standby {service.node}: the primary's lease ran out; taking over", flush=True)
+            else:
+                await service.replicate_as_primary()
+        except ServeError as e:
+            print(f"etx serve: {e}", flush=True)
+            await service.stop(snapshot=False)
+            return 2
+    elif args.standby:
+        print("etx serve: --standby needs [replication] enabled in the configuration", flush=True)
+        await service.stop(snapshot=False)
+        return 2
     addr = await service.start(host, port)
     print(f"etx serving on {addr[0]}:{addr[1]}; registry {service.registry_url}; journal {service.data_dir / 'journal'}",
           flush=True)

@@ -479,6 +479,25 @@ class Server:
             self.on_events.remove(collect)
         return events
 
+    def follow(self, cmds: list[Any]) -> None:
+        """Apply a batch journaled by another node (a standby following the primary's
+        stream), exactly as a replay at start applies it: the events are routed into
+        the members' streams and handed to the listeners. Only before ``start``."""
+        assert self._server is None, "follow is for an exchange that is not listening"
+        core = self.core
+        core.apply_batch(cmds)
+        out = core.out
+        self.router.rebuild(cmds, out)
+        for listener in self.on_events:
+            listener(out)
+        for batch_listener in self.on_batches:
+            batch_listener(cmds, out)
+        out.clear()
+        self.batches += 1
+        self.commands += len(cmds)
+        self.sequencer.seq = core.engine.last_seq
+        self.sequencer.ts = max(self.sequencer.ts, core.engine.last_ts)
+
     async def _drain(self, timeout_s: float = 30.0) -> None:
         """Wait until everything queued is applied (or the timeout passes)."""
         loop = asyncio.get_running_loop()
