@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -44,6 +45,7 @@ from engine.journal import JournalUnavailable
 log = logging.getLogger("etx.replication")
 T = TypeVar("T")
 
+POSITION_EVERY_S = 0.5  # how often a standby writes its position for the operators
 WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-last-sequence condition
 
 
@@ -54,6 +56,14 @@ class Fenced(JournalUnavailable):
 class Lease(msgspec.Struct):
     node: str
     until_ns: int  # the holder's promise: renewed before this instant
+
+
+class Position(msgspec.Struct):
+    """A standby's position, written to the lease bucket (key ``standby.<node>``)."""
+
+    seq: int  # the last command applied
+    ts_ns: int  # that command's timestamp (the primary's clock)
+    at_ns: int  # when this was written
 
 
 class Link:
@@ -154,6 +164,38 @@ class Link:
 
     async def publish(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
         await self.js.publish(subject, body, stream=self.stream, headers=headers)
+
+    async def cluster(self) -> dict[str, Any]:
+        """The cluster as the operators see it (``etx ops cluster``)."""
+        from nats.js.errors import NoKeysError
+
+        info = await self.js.stream_info(self.stream)
+        batch_seq, last_cmd = await self.last_batch()
+        last_ts = 0
+        if batch_seq:
+            msg = await self.js.get_msg(self.stream, batch_seq)
+            cmds = msgspec.msgpack.decode(msg.data)
+            last_ts = int(cmds[-1][-1]) if cmds and isinstance(cmds[-1], list) else 0
+        lease, revision = await self.read_lease()
+        standbys: dict[str, Position] = {}
+        try:
+            keys = await self.kv.keys()
+        except NoKeysError:
+            keys = []
+        for key in keys:
+            if key.startswith("standby."):
+                entry = await self.kv.get(key)
+                standbys[key.removeprefix("standby.")] = msgspec.json.decode(entry.value, type=Position)
+        c = info.cluster
+        return {"stream": self.stream, "replicas": info.config.num_replicas, "messages": info.state.messages,
+                "leader": getattr(c, "leader", None) or "-",
+                "peers": [(p.name, bool(p.current), float(p.active or 0) / 1e9, int(p.lag or 0))
+                          for p in (getattr(c, "replicas", None) or [])],
+                "last_batch": batch_seq, "last_seq": last_cmd, "last_ts": last_ts, "lease": lease,
+                "revision": revision, "standbys": standbys}
+
+    async def put_position(self, node: str, position: Position) -> None:
+        await self.kv.put(f"standby.{node}", msgspec.json.encode(position))
 
     # --- the lease ----------------------------------------------------------------------
 
@@ -267,6 +309,8 @@ class Follower:
         self.mine: dict[int, str] = {}  # seq -> this node's state hash at a mark
         self.checked = 0
         self.mismatches = 0
+        self.applied_ts = 0  # timestamp of the last command applied
+        self._reported = 0.0
 
     async def run(self) -> tuple[int, int]:
         link = self.link
@@ -277,6 +321,11 @@ class Follower:
                 msgs = await link.run(self._fetch(sub, poll))
                 for msg in msgs:
                     await self._handle(msg)
+                if time.monotonic() - self._reported > POSITION_EVERY_S:
+                    self._reported = time.monotonic()
+                    with contextlib.suppress(Exception):  # the position is for the operators only
+                        await link.run(link.put_position(self.node, Position(self.last_seq(), self.applied_ts,
+                                                                             time.time_ns())))
                 if not msgs:
                     revision = await self._lease_expired()
                     if revision is not None:
@@ -366,7 +415,9 @@ class Follower:
                 return  # in this node's journal already
             if first != last + 1:
                 raise RuntimeError(f"the stream's batch starts at seq {first}, this journal ends at {last}")
-            await self.apply(self.decode(msg.data))
+            cmds = self.decode(msg.data)
+            await self.apply(cmds)
+            self.applied_ts = cmds[-1].ts
             self.applied_batch = msg.metadata.sequence.stream
             if "Etx-Check" in headers:
                 self.mine[first + count - 1] = self.state_hash()

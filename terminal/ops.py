@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -87,6 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("reinstate", "reinstate a member's trading").add_argument("member")
     add("unlock", "lift a user's logon lockouts").add_argument("who", metavar="MEMBER/USER")
     add("disconnect", "end a session").add_argument("session_id", type=int)
+    p = add("cluster", "the replicated journal: primary, standbys and their lag, the lease, the JetStream stream",
+            reason=False)
+    p.add_argument("--config", default="", help="the exchange's configuration (default: the copy in --data)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    if args.action == "cluster":
+        return await _cluster(args)
     host, port = exchange_address(args.data, args.exchange)
     creds = obtain(args.credentials, args.user, "EXCH")
     try:
@@ -117,6 +123,52 @@ async def _run(args: argparse.Namespace) -> int:
         return 2
     finally:
         await client.close()
+
+
+async def _cluster(args: argparse.Namespace) -> int:
+    """Read from JetStream itself: it answers while a primary is down, when the operator
+    needs it most."""
+    from gateway.config import ConfigError, load
+    from gateway.datadir import config_copy
+    from gateway.replication import Link
+
+    path = args.config or str(config_copy(args.data))
+    try:
+        cfg = load(path)
+    except (OSError, ConfigError) as e:
+        print(f"etx ops: {path}: {e}", file=sys.stderr)
+        return 2
+    r = cfg.replication
+    if not r.enabled:
+        print("etx ops: replication is not enabled in the configuration ([replication] enabled = true)",
+              file=sys.stderr)
+        return 2
+    try:
+        link = await asyncio.to_thread(Link, r.servers, cfg.stream_name(), r.replicas)
+    except Exception as e:
+        print(f"etx ops: no JetStream at {', '.join(r.servers)}: {e!r}", file=sys.stderr)
+        return 2
+    try:
+        c = await link.run(link.cluster())
+    finally:
+        await asyncio.to_thread(link.close)
+    print(f"stream {c['stream']}: {c['replicas']} replicas, {c['messages']} messages, leader {c['leader']}")
+    for name, current, active, lag in c["peers"]:
+        print(f"  replica {name}: {'current' if current else 'catching up'}, seen {active:.2f} s ago, lag {lag}")
+    print(f"last batch: stream seq {c['last_batch']}, command seq {c['last_seq']}")
+    lease = c["lease"]
+    if lease is None:
+        print("primary: none (no lease taken)")
+    else:
+        left = (lease.until_ns - time.time_ns()) / 1e9
+        state = f"renewed, {left:.1f} s left" if left > 0 else f"EXPIRED {-left:.1f} s ago"
+        print(f"primary: {lease.node} (lease revision {c['revision']}, {state})")
+    for node, pos in sorted(c["standbys"].items()):
+        behind = max(0, c["last_seq"] - pos.seq)
+        lag_ms = max(0.0, (c["last_ts"] - pos.ts_ns) / 1e6) if behind else 0.0
+        print(f"standby {node}: at seq {pos.seq}, {behind} commands and {lag_ms:.0f} ms behind "
+              f"(reported {(time.time_ns() - pos.at_ns) / 1e9:.1f} s ago)")
+    return 0
 
 
 async def _act(client: Client, args: argparse.Namespace) -> int:

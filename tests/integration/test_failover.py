@@ -98,6 +98,10 @@ def test_the_standby_takes_over_a_killed_primary_and_loses_nothing_acknowledged(
             t.drain()
         acknowledged = {(t.member, coid) for t in traders for coid in t.accepted}
         assert len(acknowledged) > 50
+        view = etx("ops", "cluster", "--config", str(a.config))
+        assert view.returncode == 0, view.stdout + view.stderr
+        assert "primary: a (" in view.stdout and "standby b: at seq" in view.stdout, view.stdout
+        assert "stream ETX-ETX: 3 replicas" in view.stdout, view.stdout
         killed_at = time.monotonic()
         a.serve.kill()  # SIGKILL under load
         await asyncio.gather(*tasks, return_exceptions=True)
