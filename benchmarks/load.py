@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import sqlite3
 import sys
@@ -65,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                        help="an extra argument for the spawned etx serve, e.g. --serve-arg=--no-snapshots")
     where.add_argument("--serve-log", metavar="FILE", help="append the spawned etx serve's output to FILE")
+    where.add_argument("--replicate", default="", metavar="URL[,URL...]",
+                       help="the spawned exchange replicates its journal to these NATS JetStream servers "
+                            "(a stream of its own), as a primary with [replication] enabled")
+    where.add_argument("--replicas", type=int, default=1, help="with --replicate: the stream's replicas (1 or 3)")
     flow = parser.add_argument_group("the flow")
     flow.add_argument("--rate", type=int, default=0, help="open loop: commands per second (0: closed loop)")
     flow.add_argument("--seconds", type=float, default=10.0, help="length of a run (default 10)")
@@ -198,8 +203,14 @@ async def _run(args: argparse.Namespace, report: dict[str, Any]) -> None:
         if args.spawn:
             instruments = ([lobster_feed.instrument_toml()] if lobster_feed is not None
                            else [f'symbol = "{_symbol(i)}"\nref_price = {100 - i}.00' for i in range(args.instruments)])
+            extra = ""
+            if args.replicate:
+                servers = ", ".join(f'"{u.strip()}"' for u in args.replicate.split(","))
+                extra = (f'[replication]\nenabled = true\nservers = [{servers}]\nreplicas = {args.replicas}\n'
+                         f'stream = "LOAD-{os.getpid()}-{int(time.time())}"\nnode = "load"\n')
             spawned = Spawned(0, serve_args=args.serve_arg, log_path=args.serve_log,
-                              members=2 if lobster_feed is not None else args.members, instruments=instruments)
+                              members=2 if lobster_feed is not None else args.members, instruments=instruments,
+                              extra_config=extra)
             try:
                 port = await spawned.start()
             except RuntimeError as e:

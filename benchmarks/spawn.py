@@ -28,7 +28,7 @@ class Spawned:
 
     def __init__(self, pairs: int, folder: str | None = None, serve_args: list[str] | None = None,
                  log_path: str | None = None, market_data: bool = False, members: int = 0,
-                 instruments: list[str] | None = None) -> None:
+                 instruments: list[str] | None = None, extra_config: str = "") -> None:
         """``pairs`` buyer/seller member pairs, or ``members`` members; ``instruments``
         as ``[[instrument]]`` TOML bodies (default: CEA24 at CNY 100.00, band +-10 %)."""
         self.folder = Path(folder or tempfile.mkdtemp(prefix="etx-load-"))
@@ -42,6 +42,7 @@ class Spawned:
         self.instruments = instruments or [f'symbol = "{SYMBOL}"\nref_price = 100.00']
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
+        self.extra_config = extra_config  # appended to the configuration (e.g. a [replication] section)
 
     def config(self) -> str:
         h = hash_secret(self.secret, n=1 << 12)
@@ -57,7 +58,7 @@ class Spawned:
                       f'secret_hash = "{h}"']
         for u, role in (("clerk", "clerk"), ("authority", "authority"), ("ops", "operator")):
             lines += ['[[user]]', 'member = "EXCH"', f'user = "{u}"', f'role = "{role}"', f'secret_hash = "{h}"']
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + self.extra_config
 
     async def start(self) -> int:
         cfg = self.folder / "etx.toml"
