@@ -425,17 +425,20 @@ class Service:
                 f"the journal refuses writes, so every order is refused: {reason}"
             loop.call_soon_threadsafe(self.server.alert, "journal", text)
 
-    async def start(self, host: str | None = None, port: int | None = None) -> tuple[str, int]:
-        self.loop = asyncio.get_running_loop()
+    async def start(self, host: str | None = None, port: int | None = None, standby: bool = False) -> tuple[str, int]:
         """Listen at exchange.listen (or at ``host``/``port`` where given); returns the
         address. If it cannot, everything is closed again as by ``stop`` (no snapshot)
-        and the error is raised: ServeError naming the address when it cannot listen."""
+        and the error is raised: ServeError naming the address when it cannot listen.
+        ``standby``: a hot standby's gateway, for the staff's queries only, and no
+        market data, until ``take_over``."""
+        self.loop = asyncio.get_running_loop()
+        self.server.standby = standby
         cfg_host, cfg_port = self.cfg.listen()
         where = "exchange.listen" if host is None and port is None else "listen address"
         host = cfg_host if host is None else host
         port = cfg_port if port is None else port
         try:
-            if self.md_wanted:
+            if self.md_wanted and not standby:
                 await self._start_market_data()
             try:
                 self.address = await self.server.start(host, port, self.ssl_context)
@@ -447,6 +450,13 @@ class Service:
             raise
         self.folder.note(listen=f"{self.address[0]}:{self.address[1]}")  # where etx registry finds the exchange
         return self.address
+
+    async def take_over(self) -> None:
+        """The standby's gateway becomes the primary's: members may log on, commands
+        are taken, market data is published."""
+        self.server.take_over()
+        if self.md_wanted:
+            await self._start_market_data()
 
     async def _start_market_data(self) -> None:
         try:
@@ -644,6 +654,14 @@ async def serve(args: argparse.Namespace, cfg: Config, config_text: str | None =
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    addr: tuple[str, int] | None = None
+    if cfg.replication.enabled and args.standby:
+        try:
+            addr = await service.start(host, port, standby=True)  # closes everything again if it cannot
+        except ServeError as e:
+            print(f"etx serve: {e}", flush=True)
+            return 2
+        print(f"etx standby listening on {addr[0]}:{addr[1]} (exchange staff, queries only)", flush=True)
     if cfg.replication.enabled:
         try:
             if args.standby:
@@ -660,6 +678,7 @@ async def serve(args: argparse.Namespace, cfg: Config, config_text: str | None =
                 waiting.cancel()
                 following.result()
                 print(f"etx standby {service.node}: the primary's lease ran out; taking over", flush=True)
+                await service.take_over()
             else:
                 await service.replicate_as_primary()
         except ServeError as e:
@@ -670,7 +689,8 @@ async def serve(args: argparse.Namespace, cfg: Config, config_text: str | None =
         print("etx serve: --standby needs [replication] enabled in the configuration", flush=True)
         await service.stop(snapshot=False)
         return 2
-    addr = await service.start(host, port)
+    if addr is None:
+        addr = await service.start(host, port)
     print(f"etx serving on {addr[0]}:{addr[1]}; registry {service.registry_url}; journal {service.data_dir / 'journal'}",
           flush=True)
     waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(service.ended.wait())]

@@ -206,6 +206,9 @@ class Server:
             collections.deque())
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
+        # A hot standby's gateway (gateway/replication.py): exchange staff log on and
+        # query, nothing is entered and no clock tick is journaled until it takes over.
+        self.standby = False
         self.ssl_context: ssl.SSLContext | None = None
         self._session_ids = 0
         self._stopping = False
@@ -479,11 +482,24 @@ class Server:
             self.on_events.remove(collect)
         return events
 
+    @property
+    def started(self) -> bool:
+        return self._server is not None
+
+    def take_over(self) -> None:
+        """A standby becomes the primary: its sessions get their roles' full permissions."""
+        from gateway.session import PERMISSIONS
+
+        self.standby = False
+        for s in self.sessions:
+            if s.acked and s.role is not None:
+                s.perms = PERMISSIONS[s.role]
+
     def follow(self, cmds: list[Any]) -> None:
         """Apply a batch journaled by another node (a standby following the primary's
         stream), exactly as a replay at start applies it: the events are routed into
         the members' streams and handed to the listeners. Only before ``start``."""
-        assert self._server is None, "follow is for an exchange that is not listening"
+        assert self._server is None or self.standby, "follow is for a standby or an exchange that is not listening"
         core = self.core
         core.apply_batch(cmds)
         out = core.out
@@ -672,7 +688,7 @@ class Server:
                     # From the connection, not the last byte: a logon trickled a byte at a
                     # time (or a TLS handshake left hanging) must not hold a connection.
                     s.close(GatewayReason.NOT_LOGGED_ON, f"no logon within {self.logon_deadline_s:g}s")
-            if self.tick_s and now >= next_tick:
+            if self.tick_s and now >= next_tick and not self.standby:
                 next_tick = now + self.tick_s
                 self.p_cmds.append(Tick())
                 self.p_origins.append(self.system)

@@ -119,6 +119,7 @@ class Host(Protocol):
     p_extra_from: list[Any]
     operator_member: str
     feed: Any  # gateway.watch.Feed
+    standby: bool  # a hot standby's gateway: staff queries only (gateway.replication)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
     def wake(self, s: Session | None = None) -> None: ...
@@ -157,6 +158,8 @@ PERMISSIONS: dict[Role, dict[type, int]] = {
     Role.AUTHORITY: {**_COMMON, **{c: K_STAFF for c in AUTHORITY_COMMANDS}},
     Role.VERIFIER: {**_COMMON, **{c: K_STAFF for c in VERIFIER_COMMANDS}},
 }
+# On a standby's gateway: queries and the staff's watch only (see Server.standby).
+STANDBY_PERMISSIONS: dict[type, int] = dict(_COMMON)
 _ALL_COMMANDS = frozenset(t for perms in PERMISSIONS.values() for t, k in perms.items() if k in (K_ORDER, K_OWN, K_STAFF))
 _OPS = frozenset(t for perms in PERMISSIONS.values() for t, k in perms.items() if k == K_OPS)
 
@@ -486,7 +489,9 @@ class Session(asyncio.Protocol):
                     self._reject(msg, index, GatewayReason.THROTTLED, "over the session's order rate")
                     continue
                 tokens -= 1.0
-                self._reject(msg, index, GatewayReason.NOT_PERMITTED, f"role {self.role.name.lower()} may not send {type(msg).__name__}")
+                self._reject(msg, index, GatewayReason.NOT_PERMITTED,
+                             f"this node is the standby (read only): send {type(msg).__name__} to the primary"
+                             if server.standby else f"role {self.role.name.lower()} may not send {type(msg).__name__}")
             elif type(msg) in _OPS:
                 self._session_reject(index, GatewayReason.NOT_PERMITTED,
                                      f"role {self.role.name.lower()} may not send {type(msg).__name__}")
@@ -601,6 +606,9 @@ class Session(asyncio.Protocol):
             self._logon_reject(reason, text)
             return
         staff = is_staff(user.role, user.member, server.operator_member)
+        if server.standby and not staff:
+            self._logon_reject(GatewayReason.NOT_PERMITTED, "this node is the standby: members connect to the primary")
+            return
         stream = server.streams.get(f"{user.member}/{user.user}" if staff else user.member)
         if stream is None:
             self._logon_reject(GatewayReason.BAD_CREDENTIALS, BAD_TEXT)
@@ -617,7 +625,7 @@ class Session(asyncio.Protocol):
         self.since = time.time_ns()
         self.actor = f"{user.member}/{user.user}"
         self.stream = stream
-        self.perms = PERMISSIONS[user.role]
+        self.perms = STANDBY_PERMISSIONS if server.standby else PERMISSIONS[user.role]
         self.cod = msg.cod == CodMode.ON or (msg.cod == CodMode.DEFAULT and user.role == Role.TRADER)
         hb = msg.heartbeat_ms or server.cfg.heartbeat_ms
         hb = min(max(hb, HEARTBEAT_MIN_MS), HEARTBEAT_MAX_MS)

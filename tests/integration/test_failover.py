@@ -21,9 +21,9 @@ import pytest
 from benchmarks.crash_soak import SECRET, SYMBOL, TRADERS, Replay, Serve, Trader, free_port, write_config
 from benchmarks.natscluster import NatsCluster
 from engine.messages import Accepted, Side
-from gateway.client import Client
+from gateway.client import Client, LogonError
 from gateway.config import load
-from gateway.protocol import CodMode, Report
+from gateway.protocol import CodMode, GatewayReason, Report
 from gateway.recovery import JOURNAL_DIR
 from settlement import Allocate, Deposit, HolderType, OpenAccount, RegistryDone
 from tests.integration.exchange import ROOT, etx, run, staff_command
@@ -98,6 +98,19 @@ def test_the_standby_takes_over_a_killed_primary_and_loses_nothing_acknowledged(
             t.drain()
         acknowledged = {(t.member, coid) for t in traders for coid in t.accepted}
         assert len(acknowledged) > 50
+        # The standby answers the staff's queries from its own core, and takes no command
+        # and no member.
+        clerk_b = Client("127.0.0.1", b.port, "EXCH", "clerk", SECRET, cod=CodMode.OFF)
+        await clerk_b.connect()
+        on_b = {(x.account, x.asset) for x in (await clerk_b.query_balances("M1")).balances}
+        assert ("M1", "CEA24") in on_b and ("M1", "CNY") in on_b, on_b
+        await clerk_b.replay_done.wait()  # the clerk's own reports, rebuilt from the stream
+        clerk_b.send(Deposit("", "M1", 1))
+        refused = (await clerk_b.wait_for(lambda m: isinstance(m, Report) and m.seq_out == 0)).body
+        assert refused.reason == GatewayReason.NOT_PERMITTED and "standby" in refused.text, refused
+        await clerk_b.close()
+        with pytest.raises(LogonError, match="standby"):
+            await Client("127.0.0.1", b.port, "M1", "tM1", SECRET, cod=CodMode.OFF).connect()
         view = etx("ops", "cluster", "--config", str(a.config))
         assert view.returncode == 0, view.stdout + view.stderr
         assert "primary: a (" in view.stdout and "standby b: at seq" in view.stdout, view.stdout
