@@ -473,6 +473,11 @@ async def _online(cfg: Config, creds: Credentials, cmd: Any, listen: str) -> Any
 
 async def _offline(args: argparse.Namespace, cfg: Config, creds: Credentials, cmd: Any) -> Any:
     """Run the command through the stopped exchange's core (see the module docstring)."""
+    if cfg.replication.enabled:
+        # The stream is the history: a command journaled here alone would be one the
+        # stream and the standby never had (docs/operations.md).
+        raise ToolError("replication is enabled and no exchange runs on this data folder: start the primary and "
+                        "run the operation through it")
     from gateway.auth import verify_secret
     from gateway.protocol import Role
     from gateway.serve import ServeError, Service

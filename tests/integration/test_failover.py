@@ -23,6 +23,7 @@ from benchmarks.natscluster import NatsCluster
 from engine.messages import Accepted, Side
 from gateway.client import Client, LogonError
 from gateway.config import load
+from gateway.credentials import Credentials, write_file
 from gateway.protocol import CodMode, GatewayReason, Report
 from gateway.recovery import JOURNAL_DIR
 from settlement import Allocate, Deposit, HolderType, OpenAccount, RegistryDone
@@ -222,5 +223,10 @@ def test_a_killed_jetstream_node_leaves_the_exchange_running(tmp_path: Path, clu
             assert isinstance(rep.body, Accepted), rep
         await trader.close()
         assert a.serve.stop() == 0
+        # With the exchange stopped, a registry operation would be journaled here alone,
+        # outside the stream: refused.
+        creds = write_file(a.dir / "clerk.cred", Credentials("EXCH", "clerk", SECRET))
+        offline = etx("registry", "--data", str(a.data), "--credentials", str(creds), "deposit", "M1", "1")
+        assert offline.returncode == 2 and "replication is enabled" in offline.stderr, offline.stdout + offline.stderr
 
     run(main())
