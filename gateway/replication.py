@@ -208,6 +208,17 @@ class Link:
             return None, 0
         return msgspec.json.decode(entry.value, type=Lease), int(entry.revision)
 
+    async def release_lease(self, node: str, revision: int) -> bool:
+        """A primary stopping on purpose hands over at once: its lease, still at
+        ``revision``, is marked expired (compare-and-set)."""
+        from nats.js.errors import APIError, KeyWrongLastSequenceError
+
+        try:
+            await self.kv.update("primary", msgspec.json.encode(Lease(node, 0)), last=revision)
+            return True
+        except (KeyWrongLastSequenceError, APIError):
+            return False
+
     async def take_lease(self, node: str, lease_s: float, revision: int) -> int | None:
         """Compare-and-set the lease to ``node`` (``revision`` 0: create it); the new
         revision, or None when someone else changed it first."""
@@ -464,6 +475,13 @@ class Primary:
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+
+    async def release(self) -> None:
+        """Hand the lease over (a stop on purpose: everything is journaled and published)."""
+        if not self.lost.is_set():
+            with contextlib.suppress(Exception):
+                if await self.link.run(self.link.release_lease(self.node, self.revision)):
+                    log.info("replication: %s released the lease", self.node)
 
     async def _renew(self) -> None:
         while True:

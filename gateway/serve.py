@@ -490,7 +490,9 @@ class Service:
             if self.md_task is not None:
                 with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
                     await asyncio.wait_for(self.md_task, 5)
-        self.committer.close()
+        self.committer.close()  # what is queued is journaled (and published) first
+        if self.primary is not None:
+            await self.primary.release()  # a standby takes over at once, not after the lease
         self.recovery.journal.close()
         self.settle([])  # what the last batches left in the outbox
         loop = asyncio.get_running_loop()

@@ -230,3 +230,35 @@ def test_a_killed_jetstream_node_leaves_the_exchange_running(tmp_path: Path, clu
         assert offline.returncode == 2 and "replication is enabled" in offline.stderr, offline.stdout + offline.stderr
 
     run(main())
+
+
+def test_a_primary_stopped_on_purpose_hands_over_to_the_standby(tmp_path: Path, cluster: NatsCluster) -> None:
+    """A planned switchover: the primary journals and publishes what it took, releases its
+    lease and exits 0; the standby takes over with every command, without waiting for the
+    lease to run out."""
+    async def main() -> None:
+        a = Node(tmp_path, "a", cluster.urls)
+        b = Node(tmp_path, "b", cluster.urls, "--standby")
+        a.serve.start()
+        await a.serve.ready()
+        b.serve.start()
+        await b.wait_for("following stream")
+        await fund(a.port)
+        trader = Client("127.0.0.1", a.port, "M1", "tM1", SECRET, cod=CodMode.OFF, alternates=[("127.0.0.1", b.port)])
+        await trader.connect()
+        coids = [trader.new_order(SYMBOL, Side.SELL, 1, 10_000 + i) for i in range(10)]
+        await trader.wait_for(lambda m: isinstance(m, Report) and getattr(m.body, "coid", "") == coids[-1], 10)
+        seen = trader.last_seq
+        await trader.close()
+        assert a.serve.stop() == 0
+        assert "released the lease" in a.serve.output()
+        await b.wait_for("etx serving on")
+        await trader.connect()
+        assert trader.port == b.port and trader.ack is not None and trader.ack.next_seq == seen
+        coid = trader.new_order(SYMBOL, Side.SELL, 1, 10_100)
+        rep = await trader.wait_for(lambda m: isinstance(m, Report) and getattr(m.body, "coid", "") == coid, 10)
+        assert isinstance(rep.body, Accepted) and rep.seq_out == seen + 1
+        await trader.close()
+        assert b.serve.stop() == 0
+
+    run(main())
