@@ -26,7 +26,10 @@ Ways of feeding the engine (the plain book is always called once per order):
   its events taken, acknowledgements on (as the gateway runs);
 - ``call-noacks``: the same with the engine's acknowledgements off;
 - ``batch``: commands built by the caller and applied in batches of 128;
-- ``engine``: commands built in advance, applied in one batch (the engine alone).
+- ``engine``: commands built in advance, applied in one batch (the engine alone);
+- ``holds``: as ``engine``, on the settlement ledger with the exchange's fees: every
+  order holds its cash or allowances pre-trade and every fill settles by delivery
+  versus payment (the plain book does neither).
 
 Run ``python -m benchmarks.vs_plain`` for the table (``--n``, ``--runs``, ``--regimes``,
 ``--widths``, ``--ways``); ``benchmarks/test_vs_plain.py`` runs the same under
@@ -62,7 +65,7 @@ QTYS = (1, 10, 50, 100, 200, 300, 500, 1_000, 2_000, 5_000)
 QTY_WEIGHTS = (2, 5, 8, 20, 15, 10, 15, 12, 7, 4)
 REGIMES = ("carbon", "wide", "swing", "crash")
 WIDTHS = (2_000, 60_000, 2_000_000)
-WAYS = ("call", "call-noacks", "batch", "engine")
+WAYS = ("call", "call-noacks", "batch", "engine", "holds")
 BATCH = 128
 
 
@@ -273,15 +276,36 @@ def generate(regime: str, n: int, width: int, seed: int = 1) -> Flow:
 # --- etx ------------------------------------------------------------------------------
 
 
-def etx_engine(flow: Flow, acks: bool) -> Engine:
-    """An engine for the flow: one instrument whose band is the flow's, no holds, and
-    the warm-up applied."""
+def etx_engine(flow: Flow, acks: bool, holds: bool = False) -> Engine:
+    """An engine for the flow: one instrument whose band is the flow's, the warm-up
+    applied; with ``holds``, on a funded settlement ledger with fees."""
     rules = Instrument(symbol=SYMBOL, ref_price=flow.low, band_bps=0, price_min=flow.low,
-                       price_max=flow.low + flow.width - 1, holds=False, qty_max=99_999)
-    engine = Engine([rules], None, acks=acks)
+                       price_max=flow.low + flow.width - 1, holds=holds, qty_max=99_999)
+    engine = Engine([rules], funded_ledger() if holds else None, acks=acks)
     engine.apply_batch(etx_commands(flow.warmup, 1))
     engine.out.clear()
     return engine
+
+
+def funded_ledger() -> Any:
+    """The settlement ledger with the exchange's default fees (0.03 % trading, 0.005 %
+    settlement, each side): the buyer with cash, the seller with allowances of the
+    flow's instrument, both far more than any flow needs."""
+    from settlement import Fees, HolderType, Ledger, OpenAccount, Posting
+    from settlement.messages import Deposit
+
+    ledger = Ledger(Fees(trading_ppm=300, settlement_ppm=50, reserve_share_ppm=100_000))
+    buyer, seller = MEMBERS
+    for seq, cmd in enumerate((OpenAccount("clerk", buyer, int(HolderType.INSTITUTION)),
+                               OpenAccount("clerk", seller, int(HolderType.INSTITUTION)),
+                               Deposit("clerk", buyer, 10**15)), start=1):
+        cmd.seq = seq
+        ledger.execute(cmd)
+    # Issued as a recorded posting: the flow's instrument is not a vintage the registry's
+    # commands would take.
+    ledger.apply_posting(Posting("C4", 4, 0, "allocate", "4", "mee", ((seller, SYMBOL, 10**13, 0),), seller))
+    ledger.take_postings()
+    return ledger
 
 
 def etx_command(op: tuple[int, int, int, int, int], seq: int) -> Any:
@@ -300,13 +324,13 @@ def etx_commands(ops: list[tuple[int, int, int, int, int]], first_seq: int) -> l
 def run_etx(flow: Flow, way: str, engines: list[Engine] | None = None) -> float:
     """Seconds etx takes for the measured orders, fed one way (the engine is appended
     to ``engines`` when given, for a test to look at)."""
-    engine = etx_engine(flow, acks=way != "call-noacks")
+    engine = etx_engine(flow, acks=way != "call-noacks", holds=way == "holds")
     if engines is not None:
         engines.append(engine)
     seq = len(flow.warmup) + 1
     ops = flow.ops
     out = engine.out
-    if way == "engine":
+    if way == "engine" or way == "holds":
         cmds = etx_commands(ops, seq)
         t0 = time.perf_counter_ns()
         engine.apply_batch(cmds)
