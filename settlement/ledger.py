@@ -145,7 +145,7 @@ class Ledger:
         "fees", "entries", "_by_account", "_live", "accounts", "obligations", "postings", "applied", "day",
         "issued", "surrendered", "retired", "deposited", "withdrawn", "cause_seq", "cause_ts",
         "_trading_ppm", "_settlement_ppm", "_buyer_ppm", "_share_ppm", "_fee_entries", "_handlers",
-        "trade_mark", "_last_trade", "_fee_accounts", "rules", "compliance", "cycle_value", "cycle_qty", "sold",
+        "trade_mark", "_last_trade", "_fee_accounts", "rules", "compliance", "cycle_value", "cycle_qty", "_sold",
         "expired",
     )
 
@@ -158,11 +158,12 @@ class Ledger:
         self.rules = rules
         # The compliance years: (account, year) -> its record; and, since the last
         # close, the value and tonnes of allowance trades (the penalty's average price)
-        # and each account's allowances sold less bought (the banking cap).
+        # and each covered entity's allowances sold less bought (the banking cap): one
+        # cell per compliance account, so that a fill costs two lookups and no insert.
         self.compliance: dict[tuple[str, int], ComplianceState] = {}
         self.cycle_value = 0
         self.cycle_qty = 0
-        self.sold: dict[str, int] = {}
+        self._sold: dict[str, list[int]] = {}
         self.entries: dict[tuple[str, str], Entry] = {}
         # The same entries by account, then asset: the hot paths find an entry with two
         # string keys (hashes cached in the strings, mostly identical objects) instead of
@@ -293,9 +294,13 @@ class Ledger:
         if instrument != CCER:  # the compliance cycle's figures: average price, net allowances sold
             self.cycle_value += notional
             self.cycle_qty += qty
-            sold = self.sold
-            sold[seller] = sold.get(seller, 0) + qty
-            sold[buyer] = sold.get(buyer, 0) - qty
+            cells = self._sold
+            cell = cells.get(seller)
+            if cell is not None:
+                cell[0] += qty
+            cell = cells.get(buyer)
+            if cell is not None:
+                cell[0] -= qty
         reserve = 2 * tf * self._share_ppm // PPM
         ex, rr, rg = self._fee_entries
         ex[0] += 2 * tf - reserve
@@ -809,7 +814,8 @@ class Ledger:
             penalty = shortfall * price * rules.penalty_multiple_ppm // PPM
             # The banking cap: older vintages (this year's and before) carried past the
             # close are capped at a base plus a multiple of the net allowances sold.
-            cap = rules.banking_base + max(0, self.sold.get(account, 0)) * rules.banking_sold_ppm // PPM
+            cell = self._sold.get(account)
+            cap = rules.banking_base + max(0, cell[0] if cell is not None else 0) * rules.banking_sold_ppm // PPM
             old = sorted((vintage(asset), asset) for asset in self._by_account.get(account, {})
                          if 0 < vintage(asset) <= cmd.year)
             excess = sum(self.entries[account, asset][0] for _, asset in old) - cap
@@ -930,7 +936,8 @@ class Ledger:
             self.compliance[c.account, c.year] = c
         if posting.kind == "close":
             self.cycle_value = self.cycle_qty = 0
-            self.sold = {}
+            for cell in self._sold.values():
+                cell[0] = 0
         if posting.kind == "eod":
             self.day += 1
         if posting.kind == "trade":
@@ -942,15 +949,24 @@ class Ledger:
             if type(posting) is TradePosting and posting.instrument != CCER:  # as settle counts it
                 self.cycle_value += posting.price * posting.qty
                 self.cycle_qty += posting.qty
-                sold = self.sold
-                sold[posting.seller] = sold.get(posting.seller, 0) + posting.qty
-                sold[posting.buyer] = sold.get(posting.buyer, 0) - posting.qty
+                cells = self._sold
+                if posting.seller in cells:
+                    cells[posting.seller][0] += posting.qty
+                if posting.buyer in cells:
+                    cells[posting.buyer][0] -= posting.qty
         self.applied[pid] = fingerprint
         return True
+
+    @property
+    def sold(self) -> dict[str, int]:
+        """Each covered entity's allowances sold less bought since the last close (not 0)."""
+        return {a: cell[0] for a, cell in self._sold.items() if cell[0]}
 
     def _set_account(self, state: AccountState) -> None:
         account = state.account
         self.accounts[account] = state
+        if state.holder_type == HolderType.COMPLIANCE and account not in self._sold:
+            self._sold[account] = [0]
         by_asset = self._by_account.get(account)
         if state.status == ACTIVE and by_asset is not None:
             self._live[account] = by_asset
@@ -974,7 +990,7 @@ class Ledger:
             totals,
             [self.compliance[k] for k in sorted(self.compliance)],
             (self.cycle_value, self.cycle_qty),
-            sorted((a, n) for a, n in self.sold.items() if n),
+            sorted((a, cell[0]) for a, cell in self._sold.items() if cell[0]),
         )
 
     def restore(self, snap: LedgerSnapshot, *, keep_holds: bool = True) -> None:
@@ -997,7 +1013,9 @@ class Ledger:
         self.obligations = {(ob.account, ob.year): ob for ob in snap.obligations}
         self.compliance = {(c.account, c.year): c for c in snap.compliance}
         self.cycle_value, self.cycle_qty = snap.cycle
-        self.sold = dict(snap.sold)
+        self._sold = {a: [0] for a, s in self.accounts.items() if s.holder_type == HolderType.COMPLIANCE}
+        for account, net in snap.sold:
+            self._sold[account] = [net]
         # The snapshot keeps no applied ids and no trade watermark (the store has the
         # postings): the trades after it start a new watermark.
         self.trade_mark = 0
