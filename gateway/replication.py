@@ -324,12 +324,25 @@ class Follower:
         self._reported = 0.0
 
     async def run(self) -> tuple[int, int]:
+        """Follow until this node takes the lease. A NATS server lost or a reconnect
+        only delays it: the subscription starts again after the last batch applied."""
         link = self.link
-        sub = await link.run(self._subscribe())
         poll = max(0.05, self.lease_s / 4)
+        sub: Any = None
         try:
             while True:
-                msgs = await link.run(self._fetch(sub, poll))
+                try:
+                    if sub is None:
+                        sub = await link.run(self._subscribe())
+                    msgs = await link.run(self._fetch(sub, poll))
+                except Exception as e:  # the connection, a server, a timeout: follow again
+                    log.warning("replication: following the stream failed (%r); following again", e)
+                    if sub is not None:
+                        with contextlib.suppress(Exception):
+                            await link.run(sub.unsubscribe())
+                        sub = None
+                    await asyncio.sleep(0.2)
+                    continue
                 for msg in msgs:
                     await self._handle(msg)
                 if time.monotonic() - self._reported > POSITION_EVERY_S:
@@ -338,13 +351,19 @@ class Follower:
                         await link.run(link.put_position(self.node, Position(self.last_seq(), self.applied_ts,
                                                                              time.time_ns())))
                 if not msgs:
-                    revision = await self._lease_expired()
+                    try:
+                        revision = await self._lease_expired()
+                    except Exception as e:
+                        log.warning("replication: the lease could not be read (%r)", e)
+                        continue
                     if revision is not None:
-                        # Everything the stream holds is applied (the fetch came back
-                        # empty after the lease ran out): take over.
+                        # The fetch came back empty after the lease ran out: take over
+                        # (the caller applies what the stream got meanwhile).
                         return revision, self.applied_batch
         finally:
-            await link.run(sub.unsubscribe())
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await link.run(sub.unsubscribe())
 
     async def catch_up(self) -> int:
         """Apply every batch the stream holds now; the stream sequence of its newest

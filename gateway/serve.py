@@ -313,11 +313,14 @@ class Service:
         self.role = "standby"
         print(f"etx standby {self.node}: following stream {link.stream} from seq {self.exchange.last_seq + 1}",
               flush=True)
-        revision, last_batch = await self._follower().run()
-        stream_last, last_cmd = await link.run(link.last_batch())
-        if last_cmd != self.exchange.last_seq:
-            raise ServeError(f"replication: took the lease at seq {self.exchange.last_seq} but the stream ends at "
-                             f"{last_cmd}")
+        follower = self._follower()
+        revision, _ = await follower.run()
+        # A batch the primary published just before it died, after the last fetch:
+        # applied before this node appends (its first publish expects the stream's last).
+        try:
+            stream_last = await follower.catch_up()
+        except RuntimeError as e:
+            raise ServeError(f"replication: {e}") from None
         self._become_primary(revision, stream_last)
 
     def _become_primary(self, revision: int, last_batch: int) -> None:

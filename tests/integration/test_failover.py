@@ -262,3 +262,31 @@ def test_a_primary_stopped_on_purpose_hands_over_to_the_standby(tmp_path: Path, 
         assert b.serve.stop() == 0
 
     run(main())
+
+
+def test_the_standby_follows_through_a_lost_jetstream_server_and_still_takes_over(tmp_path: Path,
+                                                                                   cluster: NatsCluster) -> None:
+    async def main() -> None:
+        a = Node(tmp_path, "a", cluster.urls)
+        b = Node(tmp_path, "b", cluster.urls, "--standby")
+        a.serve.start()
+        await a.serve.ready()
+        b.serve.start()
+        await b.wait_for("following stream")
+        await fund(a.port)
+        cluster.kill(0)  # whichever server each node is connected to, both carry on
+        trader = Client("127.0.0.1", a.port, "M1", "tM1", SECRET, cod=CodMode.OFF, alternates=[("127.0.0.1", b.port)])
+        await trader.connect()
+        coids = [trader.new_order(SYMBOL, Side.SELL, 1, 10_000 + i) for i in range(20)]
+        last = await trader.wait_for(lambda m: isinstance(m, Report) and getattr(m.body, "coid", "") == coids[-1], 20)
+        assert isinstance(last.body, Accepted)
+        seen = trader.last_seq
+        await trader.close()
+        a.serve.kill()
+        await b.wait_for("etx serving on")
+        await trader.connect()
+        assert trader.port == b.port and trader.ack is not None and trader.ack.next_seq == seen
+        await trader.close()
+        assert b.serve.stop() == 0
+
+    run(main())
