@@ -65,13 +65,18 @@ class NatsCluster:
         """Until JetStream answers on every running node (the cluster has a meta leader)."""
         import nats
 
-        async def ready(url: str) -> bool:
+        async def ready(url: str, i: int) -> bool:
             try:
                 nc = await nats.connect(url, connect_timeout=1, max_reconnect_attempts=0)
             except Exception:
                 return False
             try:
-                await nc.jetstream(timeout=1).account_info()
+                js = nc.jetstream(timeout=2)
+                await js.account_info()
+                if len(self.ports) > 1:  # the cluster places a replicated stream: it is formed
+                    name = f"READY{i}"
+                    await js.add_stream(name=name, subjects=[f"ready{i}.x"], num_replicas=len(self.ports))
+                    await js.delete_stream(name)
                 return True
             except Exception:
                 return False
@@ -82,7 +87,7 @@ class NatsCluster:
         for i, url in enumerate(self.urls):
             if self.procs[i] is None:
                 continue
-            while not asyncio.run(ready(url)):
+            while not asyncio.run(ready(url, i)):
                 if time.monotonic() > deadline:
                     raise AssertionError(f"nats-server {url} did not get JetStream ready in {timeout_s} s; see "
                                          f"{self.directory}/n{i}.log")

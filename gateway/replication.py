@@ -104,12 +104,22 @@ class Link:
         self.js = self.nc.jetstream(timeout=connect_s)
         config = StreamConfig(name=self.stream, subjects=[f"{self.stream}.>"], num_replicas=self.replicas,
                               storage=StorageType.FILE, duplicate_window=120.0)
-        try:
-            await self.js.stream_info(self.stream)
-        except Exception:
-            await self.js.add_stream(config)
-        self.kv = await self.js.create_key_value(bucket=f"{self.stream}-lease", history=1,
-                                                 replicas=self.replicas)
+        # A cluster just started (or electing its meta leader) refuses to place a
+        # replicated stream for a moment: try again until connect_s has passed.
+        deadline = time.monotonic() + connect_s
+        while True:
+            try:
+                try:
+                    await self.js.stream_info(self.stream)
+                except Exception:
+                    await self.js.add_stream(config)
+                self.kv = await self.js.create_key_value(bucket=f"{self.stream}-lease", history=1,
+                                                         replicas=self.replicas)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
 
     def close(self) -> None:
         if self.nc is not None:
