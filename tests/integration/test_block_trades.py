@@ -75,7 +75,7 @@ def test_an_auction_clears_by_the_exchanges_clock_and_replays_to_the_same_state(
         for c in (ops, m1, m2):
             await c.connect()
         now = time.time_ns()
-        ops.send(AuctionAnnounce("M3", SYMBOL, 120_000, 9_600, now, now + 2_000_000_000))
+        ops.send(AuctionAnnounce("M3", SYMBOL, 120_000, 9_600, now, now + 4_000_000_000))
         announced = await m1.wait_for(lambda m: type(getattr(m, "body", None)).__name__ == "AuctionAnnounced")
         auction = announced.body.auction_id
         m1.bid(auction, 100_000, 10_300)

@@ -106,7 +106,7 @@ def test_a_compliance_year_over_tcp(tmp_path: Path, store_url: str) -> None:
 
         await ok(auth, Allocate("", "AUTHORITY", "AUTHORITY", "CEA24", 200_000))
         now = time.time_ns()
-        ops.send(AuctionAnnounce("AUTHORITY", "CEA24", 200_000, 9_500, now, now + 1_500_000_000))
+        ops.send(AuctionAnnounce("AUTHORITY", "CEA24", 200_000, 9_500, now, now + 4_000_000_000))
         announced = await m2.wait_for(lambda r: type(getattr(r, "body", None)).__name__ == "AuctionAnnounced")
         auction = announced.body.auction_id
         m2.send(AuctionBid("M2", "bid-m2", auction, 120_000, 10_200))
