@@ -63,16 +63,28 @@ class Node:
         self.serve.start()
 
     async def wait_for(self, text: str, timeout_s: float = 60) -> None:
+        """Until this start's log says ``text``; RuntimeError if it exits first."""
         assert self.serve is not None and self.serve.proc is not None
         started = time.monotonic()
-        offset = self.serve.start_at
         while text not in self.serve.output():
             if self.serve.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited:\n{self.serve.output()[-3000:]}")
             if time.monotonic() - started > timeout_s:
-                raise RuntimeError(f"{self.name} did not log {text!r} (log from {offset}):\n"
-                                   f"{self.serve.output()[-3000:]}")
+                raise RuntimeError(f"{self.name} did not log {text!r}:\n{self.serve.output()[-3000:]}")
             await asyncio.sleep(0.01)
+
+
+async def start_pair(workdir: Path, urls: list[str], lease_s: float = 1.5, standby: bool = True) -> list[Node]:
+    """A primary ``a`` listening (and, with ``standby``, ``b`` following it), members funded."""
+    nodes = [Node(workdir, "a", urls, lease_s)]
+    nodes[0].start(standby=False)
+    await nodes[0].wait_for("etx serving on")
+    if standby:
+        nodes.append(Node(workdir, "b", urls, lease_s))
+        nodes[1].start(standby=True)
+        await nodes[1].wait_for("following stream")
+    await fund(nodes[0].port)
+    return nodes
 
 
 def etx(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -140,13 +152,8 @@ def check_streams(traders: list[Trader], problems: list[str], where: str) -> Non
 
 async def soak(failovers: int, load_s: float, lease_s: float, workdir: Path, seed: int,
                cluster: NatsCluster) -> dict[str, Any]:
-    nodes = [Node(workdir, "a", cluster.urls, lease_s), Node(workdir, "b", cluster.urls, lease_s)]
+    nodes = await start_pair(workdir, cluster.urls, lease_s)
     primary, standby = nodes
-    primary.start(standby=False)
-    await primary.wait_for("etx serving on")
-    standby.start(standby=True)
-    await standby.wait_for("following stream")
-    await fund(primary.port)
     rng = random.Random(seed)
     traders = [Trader(m, primary.port, random.Random(rng.random())) for m in TRADERS]
     for t in traders:

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from benchmarks.crash_soak import SECRET, SYMBOL, TRADERS, Replay, Serve, Trader, free_port, write_config
+from benchmarks.crash_soak import SECRET, SYMBOL, TRADERS, Replay, Trader
+from benchmarks.failover_soak import journal_end, start_pair
 from benchmarks.natscluster import NatsCluster
 from engine.messages import Accepted, Side
 from gateway.client import Client, LogonError
@@ -26,14 +27,8 @@ from gateway.config import load
 from gateway.credentials import Credentials, write_file
 from gateway.protocol import CodMode, GatewayReason, Report
 from gateway.recovery import JOURNAL_DIR
-from settlement import Allocate, Deposit, HolderType, OpenAccount, RegistryDone
-from tests.integration.exchange import ROOT, etx, run, staff_command
-
-
-def replication(node: str, urls: list[str]) -> str:
-    servers = ", ".join(f'"{u}"' for u in urls)
-    return (f"[replication]\nenabled = true\nservers = [{servers}]\nreplicas = 3\nnode = \"{node}\"\n"
-            "lease_s = 1.5\nconfirm_s = 10\ncheck_s = 0.2\n")
+from settlement import Deposit
+from tests.integration.exchange import etx, run
 
 
 @pytest.fixture
@@ -43,51 +38,10 @@ def cluster(tmp_path: Path) -> Any:
     c.stop()
 
 
-class Node:
-    def __init__(self, tmp_path: Path, name: str, urls: list[str], *args: str) -> None:
-        self.dir = tmp_path / name
-        self.dir.mkdir()
-        self.port = free_port()
-        self.data = self.dir / "data"
-        self.data.mkdir()
-        self.config = write_config(self.dir, self.port, extra=replication(name, urls))
-        self.serve = Serve(self.config, self.data, self.port, ROOT, args)
-
-    async def wait_for(self, text: str, timeout_s: float = 60) -> float:
-        started = time.monotonic()
-        while text not in self.serve.output():
-            assert self.serve.proc is not None
-            if self.serve.proc.poll() is not None:
-                raise AssertionError(f"{self.dir.name} exited:\n{self.serve.output()[-3000:]}")
-            if time.monotonic() - started > timeout_s:
-                raise AssertionError(f"{self.dir.name} did not log {text!r}:\n{self.serve.output()[-3000:]}")
-            await asyncio.sleep(0.02)
-        return time.monotonic() - started
-
-
-async def fund(port: int) -> None:
-    clerk = Client("127.0.0.1", port, "EXCH", "clerk", SECRET, cod=CodMode.OFF)
-    auth = Client("127.0.0.1", port, "EXCH", "auth", SECRET, cod=CodMode.OFF)
-    await clerk.connect()
-    await auth.connect()
-    for m in TRADERS:
-        for who, cmd in ((clerk, OpenAccount("", m, int(HolderType.COMPLIANCE), m)),
-                         (clerk, Deposit("", m, 10_000_000_000)), (auth, Allocate("", "AUTHORITY", m, SYMBOL, 1_000_000))):
-            assert type(await staff_command(who, cmd)) is RegistryDone
-    await clerk.close()
-    await auth.close()
-
-
 def test_the_standby_takes_over_a_killed_primary_and_loses_nothing_acknowledged(tmp_path: Path,
                                                                                  cluster: NatsCluster) -> None:
     async def main() -> None:
-        a = Node(tmp_path, "a", cluster.urls)
-        b = Node(tmp_path, "b", cluster.urls, "--standby")
-        a.serve.start()
-        await a.serve.ready()
-        b.serve.start()
-        await b.wait_for("following stream")
-        await fund(a.port)
+        a, b = await start_pair(tmp_path, cluster.urls)
         rng = random.Random(15)
         traders = [Trader(m, a.port, random.Random(rng.random())) for m in TRADERS]
         for t in traders:
@@ -149,7 +103,7 @@ def test_the_standby_takes_over_a_killed_primary_and_loses_nothing_acknowledged(
 
         cfg = load(b.config)
         replay = Replay(cfg, b.data / JOURNAL_DIR)
-        replay.advance(_journal_end(b.data))
+        replay.advance(journal_end(b.data))
         for t in traders:
             assert not t.duplicates, t.duplicates
             seqs = sorted(t.reports)
@@ -169,25 +123,9 @@ def test_the_standby_takes_over_a_killed_primary_and_loses_nothing_acknowledged(
     run(main())
 
 
-def _journal_end(data: Path) -> int:
-    from engine.journal import command_decoder, read_journal
-    from gateway.recovery import journal_command_types
-
-    last = 0
-    for batch in read_journal(data / JOURNAL_DIR, command_decoder(journal_command_types()), 0):
-        last = batch[-1].seq
-    return last
-
-
 def test_a_partitioned_old_primary_cannot_append_and_steps_down(tmp_path: Path, cluster: NatsCluster) -> None:
     async def main() -> None:
-        a = Node(tmp_path, "a", cluster.urls)
-        b = Node(tmp_path, "b", cluster.urls, "--standby")
-        a.serve.start()
-        await a.serve.ready()
-        b.serve.start()
-        await b.wait_for("following stream")
-        await fund(a.port)
+        a, b = await start_pair(tmp_path, cluster.urls)
         assert a.serve.proc is not None
         a.serve.proc.send_signal(signal.SIGSTOP)  # cut off: no renewal, no append
         await b.wait_for("etx serving on")
@@ -209,10 +147,7 @@ def test_a_partitioned_old_primary_cannot_append_and_steps_down(tmp_path: Path, 
 
 def test_a_killed_jetstream_node_leaves_the_exchange_running(tmp_path: Path, cluster: NatsCluster) -> None:
     async def main() -> None:
-        a = Node(tmp_path, "a", cluster.urls)
-        a.serve.start()
-        await a.serve.ready()
-        await fund(a.port)
+        [a] = await start_pair(tmp_path, cluster.urls, standby=False)
         cluster.kill(0)
         trader = Client("127.0.0.1", a.port, "M1", "tM1", SECRET, cod=CodMode.OFF)
         await trader.connect()
@@ -237,13 +172,7 @@ def test_a_primary_stopped_on_purpose_hands_over_to_the_standby(tmp_path: Path, 
     lease and exits 0; the standby takes over with every command, without waiting for the
     lease to run out."""
     async def main() -> None:
-        a = Node(tmp_path, "a", cluster.urls)
-        b = Node(tmp_path, "b", cluster.urls, "--standby")
-        a.serve.start()
-        await a.serve.ready()
-        b.serve.start()
-        await b.wait_for("following stream")
-        await fund(a.port)
+        a, b = await start_pair(tmp_path, cluster.urls)
         trader = Client("127.0.0.1", a.port, "M1", "tM1", SECRET, cod=CodMode.OFF, alternates=[("127.0.0.1", b.port)])
         await trader.connect()
         coids = [trader.new_order(SYMBOL, Side.SELL, 1, 10_000 + i) for i in range(10)]
@@ -267,13 +196,7 @@ def test_a_primary_stopped_on_purpose_hands_over_to_the_standby(tmp_path: Path, 
 def test_the_standby_follows_through_a_lost_jetstream_server_and_still_takes_over(tmp_path: Path,
                                                                                    cluster: NatsCluster) -> None:
     async def main() -> None:
-        a = Node(tmp_path, "a", cluster.urls)
-        b = Node(tmp_path, "b", cluster.urls, "--standby")
-        a.serve.start()
-        await a.serve.ready()
-        b.serve.start()
-        await b.wait_for("following stream")
-        await fund(a.port)
+        a, b = await start_pair(tmp_path, cluster.urls)
         cluster.kill(0)  # whichever server each node is connected to, both carry on
         trader = Client("127.0.0.1", a.port, "M1", "tM1", SECRET, cod=CodMode.OFF, alternates=[("127.0.0.1", b.port)])
         await trader.connect()
