@@ -332,8 +332,10 @@ class Journal:
 
     # --- writing ----------------------------------------------------------------------
 
-    def append_batch(self, cmds: Sequence[Any]) -> None:
+    def append_batch(self, cmds: Sequence[Any], body: bytes | None = None) -> None:
         """Write the commands as one record and fdatasync once; return when durable.
+        ``body``: the commands already encoded by this journal's encoder (the
+        replicated journal publishes the same bytes first).
         All or nothing: on JournalUnavailable (the disk refused) none of ``cmds`` is in
         the journal. Raises RecordTooLarge past RECORD_COMMANDS_MAX commands or
         RECORD_BYTES_MAX bytes, ValueError for commands out of sequence (a programmer
@@ -346,7 +348,8 @@ class Journal:
         first = self.last_seq + 1
         if cmds[0].seq != first or cmds[-1].seq != first + n - 1:
             raise ValueError(f"journal expects seq {first}..{first + n - 1}, got {cmds[0].seq}..{cmds[-1].seq}")
-        body = self.encoder.encode(cmds)
+        if body is None:
+            body = self.encoder.encode(cmds)
         if len(body) > RECORD_BYTES_MAX:
             raise RecordTooLarge(f"{n} commands encode to {len(body)} bytes, at most {RECORD_BYTES_MAX}")
         if self.failure is not None and not self.probe():

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from engine.journal import JournalUnavailable
+from engine.journal import RECORD_BYTES_MAX, RECORD_COMMANDS_MAX, JournalUnavailable, RecordTooLarge
 
 log = logging.getLogger("etx.replication")
 T = TypeVar("T")
@@ -274,6 +274,10 @@ class ReplicatedJournal:
             return
         first, count = cmds[0].seq, len(cmds)
         body = self.local.encoder.encode(list(cmds))
+        # The record limits before the stream has it: the group committer splits a
+        # group on RecordTooLarge, which must not come after the publish.
+        if count > RECORD_COMMANDS_MAX or len(body) > RECORD_BYTES_MAX:
+            raise RecordTooLarge(f"{count} commands, {len(body)} bytes: over one record's limits")
         check = time.monotonic() >= self._next_check
         if check:
             self._next_check = time.monotonic() + self.check_s
@@ -293,7 +297,7 @@ class ReplicatedJournal:
             self.fenced = JournalUnavailable("the replicated journal did not answer")
             raise self.fenced from None
         try:
-            self.local.append_batch(cmds)
+            self.local.append_batch(cmds, body)  # the bytes the stream has, not encoded again
         except JournalUnavailable as e:
             # The stream has the batch and this journal does not: stop; a restart
             # catches up from the stream.
