@@ -102,6 +102,7 @@ TRADE_FIELDS = ("seq", "ts", "trade_id", "instrument", "price", "qty", "aggresso
                 "taker_order_id", "taker_member")
 assert Trade.__struct_fields__ == TRADE_FIELDS, Trade.__struct_fields__
 ACTIVE, SUSPENDED = int(AccountStatus.ACTIVE), int(AccountStatus.SUSPENDED)
+_COVERED: Final = frozenset({HolderType.COMPLIANCE})  # entities with obligations and compliance years
 CCER = "CCER"
 CCER_SHARE_PERCENT = 5  # CCER may cover at most 5 % of a year's obligation
 AMOUNT_MAX = 10**15  # any single amount (fen or tonnes) above this is a typing error
@@ -621,7 +622,7 @@ class Ledger:
         if not 0 <= cmd.qty <= AMOUNT_MAX:
             return self._reject(cmd, kind, RegistryReason.INVALID_AMOUNT,
                                 f"obligation must be in [0, {AMOUNT_MAX}] t, got {cmd.qty}")
-        state = self._account(cmd, kind, cmd.account, frozenset({HolderType.COMPLIANCE}))
+        state = self._account(cmd, kind, cmd.account, _COVERED)
         if isinstance(state, RegistryRejected):
             return state
         closed = self._closed(cmd, kind, cmd.year)
@@ -668,7 +669,7 @@ class Ledger:
         if not 0 < cmd.output <= AMOUNT_MAX:
             return self._reject(cmd, kind, RegistryReason.INVALID_AMOUNT,
                                 f"output must be in [1, {AMOUNT_MAX}], got {cmd.output}")
-        state = self._account(cmd, kind, cmd.account, frozenset({HolderType.COMPLIANCE}))
+        state = self._account(cmd, kind, cmd.account, _COVERED)
         if isinstance(state, RegistryRejected):
             return state
         bench = self._benchmark(cmd, kind, cmd.industry, cmd.year)
@@ -703,7 +704,7 @@ class Ledger:
             if not 0 <= value <= AMOUNT_MAX:
                 return self._reject(cmd, kind, RegistryReason.INVALID_AMOUNT,
                                     f"{name} must be in [0, {AMOUNT_MAX}], got {value}")
-        state = self._account(cmd, kind, cmd.account, frozenset({HolderType.COMPLIANCE}))
+        state = self._account(cmd, kind, cmd.account, _COVERED)
         if isinstance(state, RegistryRejected):
             return state
         c = self.compliance.get((cmd.account, cmd.year))
@@ -723,7 +724,7 @@ class Ledger:
         bad = self._not_authority(cmd, kind, "approves verifications") or self._year_ok(cmd, kind)
         if bad:
             return bad
-        state = self._account(cmd, kind, cmd.account, frozenset({HolderType.COMPLIANCE}))
+        state = self._account(cmd, kind, cmd.account, _COVERED)
         if isinstance(state, RegistryRejected):
             return state
         c = self.compliance.get((cmd.account, cmd.year))
