@@ -3,6 +3,7 @@ driven through its ``chromedriver`` (Selenium). Missing, the tests fail with how
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,9 @@ CHROMIUM = "/usr/bin/chromium"
 DRIVER = "/usr/bin/chromedriver"
 
 
-def browser(width: int = 1500, height: int = 1000) -> webdriver.Chrome:
+def browser(width: int = 1500, height: int = 1000, nice: int = 0) -> webdriver.Chrome:
+    """A headless Chromium; with ``nice``, it and its chromedriver run at that niceness
+    (a benchmark's browsers given way to the exchange on the same machine)."""
     chromium, driver = shutil.which("chromium") or CHROMIUM, shutil.which("chromedriver") or DRIVER
     assert shutil.which(chromium) and shutil.which(driver), (
         "the console's tests need Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; "
@@ -27,7 +30,8 @@ def browser(width: int = 1500, height: int = 1000) -> webdriver.Chrome:
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 f"--window-size={width},{height}"):
         options.add_argument(arg)
-    return webdriver.Chrome(options=options, service=Service(driver))
+    popen = {"preexec_fn": lambda: os.nice(nice)} if nice else {}
+    return webdriver.Chrome(options=options, service=Service(driver, popen_kw=popen))
 
 
 def wait_until(driver: webdriver.Chrome, condition: Callable[[webdriver.Chrome], Any], timeout: float = 20) -> Any:

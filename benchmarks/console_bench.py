@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +83,18 @@ async def start_console(port: int) -> tuple[subprocess.Popen[bytes], int]:
     return proc, web
 
 
-def open_browsers(n: int, web: int, secret: str) -> list[Any]:
+def open_browsers(n: int, web: int, secret: str, nice: int = 0) -> list[Any]:
+    """``n`` headless Chromiums logged on to the console at ``web`` (``web`` 0: left on a
+    blank page, the browsers' own cost on this machine)."""
     drivers = []
     for _ in range(n):
-        d = browser()
-        log_on(d, f"http://127.0.0.1:{web}", "EXCH", "ops", secret)
-        wait_until(d, lambda d: "live" in text_of(d, "link"), 30)
+        d = browser(nice=nice)
         drivers.append(d)
+        if web:
+            log_on(d, f"http://127.0.0.1:{web}", "EXCH", "ops", secret)
+            wait_until(d, lambda d: "live" in text_of(d, "link"), 30)
+        else:
+            d.get("about:blank")
     return drivers
 
 
@@ -186,31 +192,61 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def throughput(seconds: float, browsers: int = 0, readers: int = 0) -> tuple[float, float]:
-    """Orders a second acknowledged, and the exchange's CPU time per order (µs)."""
+def tree_cpu_seconds(roots: list[int]) -> float:
+    """CPU time so far of the processes under ``roots`` (them included): a browser's
+    chromedriver, its chromium and the chromium's renderers and helpers."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    total, wanted = 0.0, set(roots)
+    for pid in parent:
+        p = pid
+        while p and p not in wanted:
+            p = parent.get(p, 0)
+        if p:
+            with contextlib.suppress(OSError):
+                total += cpu_seconds(pid)
+    return total
+
+
+class Arm(typing.NamedTuple):
+    rate: float  # orders a second acknowledged
+    cost: float  # the exchange's CPU time an order, µs
+    watching: float  # CPU seconds a second of the console and the browsers (cores busy)
+
+
+async def throughput(seconds: float, browsers: int = 0, readers: int = 0, nice: int = 0, blank: bool = False) -> Arm:
+    """What ``etx load`` gets with nothing, plain readers or browsers watching (with
+    ``blank``, browsers open on a blank page and no console)."""
     spawned = Spawned(1)
     port = await spawned.start()
     console = None
     drivers: list[Any] = []
     plain = None
     try:
-        if browsers or readers:
+        web = 0
+        if (browsers and not blank) or readers:
             console, web = await start_console(port)
         if browsers:
             drivers = await asyncio.get_running_loop().run_in_executor(None, open_browsers, browsers, web,
-                                                                       spawned.secret)
+                                                                       spawned.secret, nice)
         if readers:
             plain = Readers(readers, web, spawned.secret)
             await plain.start()
         await asyncio.sleep(2)  # the pages drawn and live
-        before = cpu_seconds(spawned.proc.pid)
+        watchers = [console.pid] if console is not None else []
+        watchers += [d.service.process.pid for d in drivers if d.service.process is not None]
+        before, watched_before, t0 = cpu_seconds(spawned.proc.pid), tree_cpu_seconds(watchers), time.monotonic()
         result = await drive("127.0.0.1", port, spawned.creds(), seconds=seconds, rate=0, seed=3)
         used = cpu_seconds(spawned.proc.pid) - before
-        if drivers:  # the pages were alive to the end
+        watching = (tree_cpu_seconds(watchers) - watched_before) / (time.monotonic() - t0)
+        if drivers and web:  # the pages were alive to the end
             assert all("live" in text_of(d, "link") for d in drivers)
         if plain is not None:
             assert plain.messages > 0
-        return result.rate, used / max(1, result.orders) * 1e6
+        return Arm(result.rate, used / max(1, result.orders) * 1e6, watching)
     finally:
         if plain is not None:
             await plain.stop()
@@ -223,33 +259,39 @@ async def throughput(seconds: float, browsers: int = 0, readers: int = 0) -> tup
 
 
 async def main(args: argparse.Namespace) -> None:
-    print(f"lag at {args.rate:,} orders/s for {args.seconds:g} s, market data to {args.mqtt}:")
-    figures = await lag(args.rate, args.seconds, args.mqtt)
-    print(f"  {figures['orders_per_s']:,} orders/s, {figures['fills']:,} fills")
-    print(f"  trade -> MQTT subscriber: median {figures['mqtt_p50_ms']:.1f} ms, p99 {figures['mqtt_p99_ms']:.1f} ms "
-          f"({figures['mqtt_trades']:,} trades)")
-    print(f"  trade -> console page:    median {figures['page_p50_ms']:.1f} ms, p99 {figures['page_p99_ms']:.1f} ms "
-          f"({figures['page_trades']:,} trades)")
-    arms = {"without the console": {}, "console, 3 sessions read without a browser": {"readers": 3},
-            "console open in 3 headless Chromiums": {"browsers": 3}}
-    rates: dict[str, list[float]] = {name: [] for name in arms}
-    costs: dict[str, list[float]] = {name: [] for name in arms}
+    if not args.no_lag:
+        print(f"lag at {args.rate:,} orders/s for {args.seconds:g} s, market data to {args.mqtt}:")
+        figures = await lag(args.rate, args.seconds, args.mqtt)
+        print(f"  {figures['orders_per_s']:,} orders/s, {figures['fills']:,} fills")
+        print(f"  trade -> MQTT subscriber: median {figures['mqtt_p50_ms']:.1f} ms, "
+              f"p99 {figures['mqtt_p99_ms']:.1f} ms ({figures['mqtt_trades']:,} trades)")
+        print(f"  trade -> console page:    median {figures['page_p50_ms']:.1f} ms, "
+              f"p99 {figures['page_p99_ms']:.1f} ms ({figures['page_trades']:,} trades)")
+    arms: dict[str, dict[str, Any]] = {
+        "without the console": {},
+        "console, 3 sessions read without a browser": {"readers": 3},
+        "console open in 3 headless Chromiums": {"browsers": 3},
+        "the same, the browsers at nice 19": {"browsers": 3, "nice": 19},
+        "3 Chromiums on a blank page, no console": {"browsers": 3, "blank": True},
+    }
+    names = list(arms)
+    got: dict[str, list[Arm]] = {name: [] for name in arms}
+    print(f"etx load throughput for {args.seconds:g} s, {args.runs} runs, the arms' order rotated each run:")
     for run in range(args.runs):
-        for name, kw in arms.items():
-            rate, cost = await throughput(args.seconds, **kw)
-            rates[name].append(rate)
-            costs[name].append(cost)
-        print(f"  run {run + 1}: " + "; ".join(f"{name} {rates[name][-1]:,.0f} orders/s ({costs[name][-1]:.2f} µs)"
-                                               for name in arms))
-    base = "without the console"
-    b, cb = statistics.median(rates[base]), statistics.median(costs[base])
-    print("medians over the runs (orders/s; the exchange's CPU time an order), and the median of each run's "
-          "ratio to the run without:")
-    for name in arms:
-        paired = [r / rb for r, rb in zip(rates[name], rates[base], strict=True)]
-        r, c = statistics.median(rates[name]), statistics.median(costs[name])
-        print(f"  {name:<44} {r:>10,.0f} orders/s  ratio {r / b:.3f} (paired {statistics.median(paired):.3f})"
-              f"   {c:5.2f} µs an order  ratio {c / cb:.3f}")
+        for name in names[run % len(names):] + names[:run % len(names)]:
+            got[name].append(await throughput(args.seconds, **arms[name]))
+        print(f"  run {run + 1}: " + "; ".join(f"{name} {got[name][-1].rate:,.0f}/s" for name in names), flush=True)
+    base = got[names[0]]
+    b, cb = statistics.median(a.rate for a in base), statistics.median(a.cost for a in base)
+    print("medians over the runs: orders/s and its ratio to the arm without (the median of each run's ratio in "
+          "brackets); the exchange's CPU time an order; the cores the console and browsers kept busy")
+    for name in names:
+        paired = [a.rate / a0.rate for a, a0 in zip(got[name], base, strict=True)]
+        r = statistics.median(a.rate for a in got[name])
+        c = statistics.median(a.cost for a in got[name])
+        w = statistics.median(a.watching for a in got[name])
+        print(f"  {name:<44} {r:>10,.0f}/s  ratio {r / b:.3f} (paired {statistics.median(paired):.3f})"
+              f"  {c:5.2f} µs an order (ratio {c / cb:.3f})  watching {w:.2f} cores")
 
 
 def cli() -> None:
@@ -258,6 +300,7 @@ def cli() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--mqtt", default="127.0.0.1:1883")
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--no-lag", action="store_true", help="only the throughput arms")
     asyncio.run(main(parser.parse_args()))
 
 
