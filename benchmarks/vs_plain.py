@@ -22,8 +22,8 @@ Each regime runs at band widths of 2,000, 60,000 and 2,000,000 ticks. ``carbon``
 Ways of feeding the engine (the plain book is always called once per order):
 
 - ``call``: one command per call, built by the caller from the order in hand as a
-  member's order arrives (``NewOrder``/``Cancel``), applied with ``Engine.apply`` and
-  its events taken, acknowledgements on (as the gateway runs);
+  member's order arrives (``NewOrder``/``Cancel``), applied and its events taken with
+  ``Engine.process``, acknowledgements on (as the gateway runs);
 - ``call-noacks``: the same with the engine's acknowledgements off;
 - ``batch``: commands built by the caller and applied in batches of 128;
 - ``engine``: commands built in advance, applied in one batch (the engine alone);
@@ -339,7 +339,6 @@ def run_etx(flow: Flow, way: str, engines: list[Engine] | None = None) -> float:
     members = MEMBERS
     new_order, cancel = NewOrder, Cancel
     market = int(OrdType.MARKET)
-    apply = engine.apply
     if way == "batch":
         t0 = time.perf_counter_ns()
         batch: list[Any] = []
@@ -361,17 +360,17 @@ def run_etx(flow: Flow, way: str, engines: list[Engine] | None = None) -> float:
         out.clear()
         del events
         return (time.perf_counter_ns() - t0) / 1e9
+    process = engine.process  # applies one command and returns its events
     t0 = time.perf_counter_ns()
     for kind, oid, side, price, qty in ops:
         if kind == CANCEL:
-            apply(cancel(members[side - 1], oid, seq=seq, ts=seq))
+            events = process(cancel(members[side - 1], oid, seq=seq, ts=seq))
         elif kind == LIMIT:
-            apply(new_order(members[side - 1], str(oid), SYMBOL, side, qty, price, seq=seq, ts=seq))
+            events = process(new_order(members[side - 1], str(oid), SYMBOL, side, qty, price, seq=seq, ts=seq))
         else:
-            apply(new_order(members[side - 1], str(oid), SYMBOL, side, qty, 0, market, seq=seq, ts=seq))
+            events = process(new_order(members[side - 1], str(oid), SYMBOL, side, qty, 0, market, seq=seq, ts=seq))
         seq += 1
-        events = out.copy()  # the caller takes the order's events
-        out.clear()
+    del events
     return (time.perf_counter_ns() - t0) / 1e9
 
 

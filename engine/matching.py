@@ -383,50 +383,56 @@ class Engine:
     # --- entry points -----------------------------------------------------------------
 
     def apply(self, cmd: Command) -> None:
-        self.apply_batch((cmd,))
+        self._apply(cmd)
 
     def apply_batch(self, cmds: Sequence[Command]) -> None:
         """Apply stamped commands in order. Each must carry the next sequence number and
         a timestamp no earlier than the one before (a violation is a programmer error)."""
-        # Bound to locals: this loop runs per command.
-        handlers = self._handlers
-        next_change = self._next_change
-        seq, last_ts = self.last_seq, self.last_ts
+        apply = self._apply  # compiled: a native call per command
+        for cmd in cmds:
+            apply(cmd)
+
+    def process(self, cmd: Command) -> list[Event]:
+        """Apply one stamped command and take its events: the cheap path for a caller
+        with one order in hand (an adapter, a replay, a test). Returns what the outbox
+        held, the command's events last; the outbox is left empty."""
+        self._apply(cmd)
+        out = self.out
+        events = out.copy()
+        out.clear()
+        return events
+
+    def _apply(self, cmd: Command) -> None:
+        """One command: the sequence and clock checks, then its handler."""
         ts: int  # typed locals: compiled by mypyc, the checks below are machine compares
         cmd_seq: int
         fields: tuple[Any, ...]
-        for cmd in cmds:
-            kind = type(cmd)
-            # New orders and cancels (most of the flow) are read with one astuple call,
-            # seq and ts its last two fields (NEW_ORDER_FIELDS, CANCEL_FIELDS), and
-            # handed over read: compiled, each attribute read of a Struct is a generic
-            # getattr, and a direct call is a native call (the handler table's bound
-            # methods are not).
-            if kind is _NewOrder or kind is _Cancel:
-                fields = _astuple(cmd)
-                cmd_seq, ts = fields[-2], fields[-1]
-            else:
-                fields = ()
-                cmd_seq, ts = cmd.seq, cmd.ts  # type: ignore[attr-defined]
-            seq += 1
-            if cmd_seq != seq or ts < last_ts:
-                self.last_seq, self.last_ts = seq - 1, last_ts
-                raise AssertionError(
-                    f"commands out of order (a sequence gap or time going back): got seq {cmd_seq} ts {ts} "
-                    f"after seq {seq - 1} ts {last_ts}"
-                )
-            last_ts = ts
-            if ts >= next_change:
-                self._advance_clock(seq, ts)
-                next_change = self._next_change
-            if kind is _NewOrder:
-                self._new_order(cast(NewOrder, cmd), fields)
-            elif kind is _Cancel:
-                self._cancel(cast(Cancel, cmd), fields)
-            else:
-                handlers[kind](cmd)
-                next_change = self._next_change  # an auction announced brings its close nearer
-        self.last_seq, self.last_ts = seq, last_ts
+        kind = type(cmd)
+        # New orders and cancels (most of the flow) are read with one astuple call, seq
+        # and ts its last two fields (NEW_ORDER_FIELDS, CANCEL_FIELDS), and handed over
+        # read: compiled, each attribute read of a Struct is a generic getattr, and a
+        # direct call is a native call (the handler table's bound methods are not).
+        if kind is _NewOrder or kind is _Cancel:
+            fields = _astuple(cmd)
+            cmd_seq, ts = fields[-2], fields[-1]
+        else:
+            fields = ()
+            cmd_seq, ts = cmd.seq, cmd.ts  # type: ignore[attr-defined]
+        seq = self.last_seq + 1
+        if cmd_seq != seq or ts < self.last_ts:
+            raise AssertionError(
+                f"commands out of order (a sequence gap or time going back): got seq {cmd_seq} ts {ts} "
+                f"after seq {seq - 1} ts {self.last_ts}"
+            )
+        self.last_seq, self.last_ts = seq, ts
+        if ts >= self._next_change:
+            self._advance_clock(seq, ts)
+        if kind is _NewOrder:
+            self._new_order(cast(NewOrder, cmd), fields)
+        elif kind is _Cancel:
+            self._cancel(cast(Cancel, cmd), fields)
+        else:
+            self._handlers[kind](cmd)
 
     # --- orders ------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from engine import (
+    Cancel,
     Engine,
     Instrument,
     ManualClock,
@@ -122,3 +123,31 @@ def test_the_hash_covers_the_days_client_order_ids_in_any_order() -> None:
     c.coids = {"M1": {"x", "w"}, "M2": {"z"}}
     assert a.state_hash() == b.state_hash()
     assert a.state_hash() != c.state_hash()
+
+
+def test_process_applies_one_command_and_hands_over_its_events() -> None:
+    """The cheap path for a caller with one order in hand: the same events as apply
+    followed by taking the outbox, and the outbox left empty."""
+    by_process, by_apply = engine(), engine()
+    cmds = [NewOrder("A", "1", "X", 1, 10, 1_000, seq=1, ts=5), NewOrder("B", "1", "X", 2, 4, 990, seq=2, ts=6),
+            Cancel("A", 1, seq=3, ts=7), Tick(seq=4, ts=8)]
+    for cmd in cmds:
+        got = by_process.process(cmd)
+        by_apply.apply(cmd)
+        assert got == by_apply.out and not by_process.out
+        by_apply.out.clear()
+    assert by_process.state_hash() == by_apply.state_hash()
+    kinds = [type(e).__name__ for e in by_process.process(NewOrder("B", "2", "X", 2, 1, 1_000, seq=5, ts=9))]
+    assert kinds == ["Accepted"]
+
+
+def test_process_keeps_the_contract_and_changes_nothing_on_a_gap() -> None:
+    eng = engine()
+    eng.process(NewOrder("A", "1", "X", 1, 10, 1_000, seq=1, ts=5))
+    before = eng.state_hash()
+    with pytest.raises(AssertionError, match="gap|order"):
+        eng.process(NewOrder("A", "2", "X", 1, 10, 1_000, seq=3, ts=5))
+    with pytest.raises(AssertionError, match="back|order"):
+        eng.process(Tick(seq=2, ts=4))
+    assert (eng.last_seq, eng.last_ts, eng.state_hash()) == (1, 5, before)
+    assert [type(e).__name__ for e in eng.process(Cancel("A", 1, seq=2, ts=5))] == ["Cancelled"]
