@@ -208,6 +208,9 @@ async def open_wire(make: Callable[[], W], host: str, port: int, member: str, us
     return wire
 
 
+PREPARE_CHUNK = 5_000  # orders encoded between two turns of the event loop
+
+
 async def heartbeats(wires: list[Any]) -> None:
     """A client heartbeat on every open session every 0.3 s, until cancelled."""
     beat = encode_frame(Heartbeat())
@@ -489,8 +492,11 @@ class Generator:
 
     # --- commands -----------------------------------------------------------------------
 
-    def prepare(self, count: int) -> None:
-        """Encode ``count`` new orders for the sessions (before the clock starts)."""
+    async def prepare(self, count: int) -> None:
+        """Encode ``count`` new orders for the sessions (before the clock starts),
+        giving the event loop a turn every ``PREPARE_CHUNK`` orders: a run of ten
+        seconds prepares over a million, and the sessions' heartbeats must go on
+        meanwhile (the exchange drops a session silent for 3 s)."""
         rng, mix = self.rng, self.mix
         new_weights = [mix.limit, mix.market, mix.ioc, mix.fok]
         if sum(new_weights) <= 0:
@@ -503,6 +509,8 @@ class Generator:
             s.frames, s.frame_kinds, s.next_frame = [], [], 0
             s.due_new = [0.0] * per
             for i in range(per):
+                if i % PREPARE_CHUNK == PREPARE_CHUNK - 1:
+                    await asyncio.sleep(0)
                 kind = bisect.bisect_right(cum, rng.random() * cum[-1])
                 kind = min(kind, 3)
                 ins = self.instruments[rng.randrange(len(self.instruments))]
@@ -597,7 +605,7 @@ class Generator:
         self._cum = list(itertools.accumulate(self.mix.weights()))
         expected = commands or int((rate or 200_000) * seconds * 1.1) + 1000
         new_share = sum(self.mix.weights()[:4]) / sum(self.mix.weights())
-        self.prepare(int(expected * max(new_share, 0.05)) + 2000 if not commands else commands + 100)
+        await self.prepare(int(expected * max(new_share, 0.05)) + 2000 if not commands else commands + 100)
         loop = asyncio.get_running_loop()
         ticker = asyncio.create_task(self._ticker(loop.time()))
         start = loop.time()

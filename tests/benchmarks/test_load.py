@@ -249,3 +249,32 @@ def test_a_trade_whose_two_fills_straddle_two_runs_is_counted_once() -> None:
         return first, gen.trades, gen.fills
 
     assert asyncio.run(scenario()) == (1, 0, 1)
+
+
+def test_preparing_a_run_lets_the_sessions_heartbeat() -> None:
+    """Found when a slow machine made ``etx load --seconds 10`` fail with "nothing received
+    for 3.0s": a closed-loop run first encodes its new orders (over a million for ten
+    seconds), and done in one go that starved the heartbeat task, so the exchange dropped
+    the idle sessions. Preparing yields to the event loop between chunks; here a task
+    standing in for the heartbeats counts the turns it gets while 120,000 orders are
+    prepared."""
+    from benchmarks.loadgen import PREPARE_CHUNK, Session
+
+    async def scenario() -> int:
+        gen = Generator("127.0.0.1", 1, [("A", "a", "x", 0), ("B", "b", "x", 0)], [Instrument("CEA24", 10_000)], Mix())
+        gen.sessions = [Session(gen, 0, "A", "a", "x", 0), Session(gen, 1, "B", "b", "x", 0)]
+        turns = 0
+
+        async def beat() -> None:
+            nonlocal turns
+            while True:
+                await asyncio.sleep(0)
+                turns += 1
+
+        task = asyncio.create_task(beat())
+        await gen.prepare(120_000)
+        task.cancel()
+        assert sum(len(s.frames) for s in gen.sessions) >= 120_000
+        return turns
+
+    assert asyncio.run(scenario()) >= 120_000 // PREPARE_CHUNK - 1
