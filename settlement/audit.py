@@ -37,9 +37,9 @@ def _picture(ledger: Ledger) -> dict[tuple[str, str], tuple[int, int]]:
     """(account, asset) -> (balance, pending) for every non-zero entry."""
     out = {}
     for (account, asset), e in ledger.entries.items():
-        pending = e[3] if asset == CASH else e[2]
-        if e[0] or pending:
-            out[account, asset] = (e[0], pending)
+        pending = e.unwithdrawable if asset == CASH else e.unsellable
+        if e.balance or pending:
+            out[account, asset] = (e.balance, pending)
     return out
 
 

@@ -54,6 +54,7 @@ from typing import Any, Final
 
 import msgspec
 from msgspec.structs import astuple
+from mypy_extensions import mypyc_attr
 
 from engine.ledger import CASH
 from engine.messages import Side, Trade
@@ -134,7 +135,47 @@ def vintage(asset: str) -> int:
     return 2000 + int(match.group(2) or match.group(1))
 
 
-Entry = list[int]  # [balance, held, unsellable, unwithdrawable]
+@mypyc_attr(acyclic=True)
+class Entry:
+    """One account's amounts of one asset: ``balance`` (held and not yet free amounts
+    included), ``held`` by open orders, ``unsellable`` (allowances bought today, T+1)
+    and ``unwithdrawable`` (cash from today's sales, free at the end of the day).
+
+    A plain class, not a list of four integers: compiled by mypyc it is a native
+    class whose fields are machine integers, so the hot paths (a hold, a release, the
+    dozen updates that settle one fill) change them without allocating; in a list each
+    update made a new int object and freed the old one."""
+
+    __slots__ = ("balance", "held", "unsellable", "unwithdrawable")
+
+    def __init__(self, balance: int = 0, held: int = 0, unsellable: int = 0, unwithdrawable: int = 0) -> None:
+        self.balance = balance
+        self.held = held
+        self.unsellable = unsellable
+        self.unwithdrawable = unwithdrawable
+
+    def values(self) -> tuple[int, int, int, int]:
+        return (self.balance, self.held, self.unsellable, self.unwithdrawable)
+
+    def set(self, other: Entry) -> None:
+        self.balance, self.held = other.balance, other.held
+        self.unsellable, self.unwithdrawable = other.unsellable, other.unwithdrawable
+
+    def __repr__(self) -> str:
+        return f"Entry{self.values()}"
+
+
+@mypyc_attr(acyclic=True)
+class Net:
+    """A covered entity's allowances sold less bought since the last close (the banking
+    cap's figure): a native cell, updated twice a fill without allocating."""
+
+    __slots__ = ("qty",)
+
+    def __init__(self, qty: int = 0) -> None:
+        self.qty = qty
+
+
 _Handler = Callable[[Any, str], "RegistryDone | RegistryRejected"]
 
 
@@ -164,7 +205,7 @@ class Ledger:
         self.compliance: dict[tuple[str, int], ComplianceState] = {}
         self.cycle_value = 0
         self.cycle_qty = 0
-        self._sold: dict[str, list[int]] = {}
+        self._sold: dict[str, Net] = {}
         self.entries: dict[tuple[str, str], Entry] = {}
         # The same entries by account, then asset: the hot paths find an entry with two
         # string keys (hashes cached in the strings, mostly identical objects) instead of
@@ -229,16 +270,16 @@ class Ledger:
             e = self._live[account][asset]
         except KeyError:  # no entry, or a suspended account: nothing to hold
             return amount == 0 and account in self.accounts and self.accounts[account].status == ACTIVE
-        if 0 <= amount <= e[0] - e[1] - e[2]:
-            e[1] += amount
+        if 0 <= amount <= e.balance - e.held - e.unsellable:
+            e.held += amount
             return True
         return False
 
     def release(self, account: str, asset: str, amount: int) -> None:
         e = self._by_account[account][asset]
-        if not 0 <= amount <= e[1]:
-            raise LedgerError(f"release of {amount} {asset} from {account}: only {e[1]} held")
-        e[1] -= amount
+        if not 0 <= amount <= e.held:
+            raise LedgerError(f"release of {amount} {asset} from {account}: only {e.held} held")
+        e.held -= amount
 
     def settle(self, trade: Trade, buyer_hold: int) -> None:
         # The engine's hot path, once per fill: no text, no container, no fingerprint;
@@ -272,41 +313,41 @@ class Ledger:
             bc, sa = buyer_entries[CASH], seller_entries[instrument]
         except KeyError:
             raise LedgerError(self._uncovered(trade, buyer_hold, cost)) from None
-        buyer_held, seller_held = bc[1], sa[1]
+        buyer_held, seller_held = bc.held, sa.held
         if buyer_hold < cost or buyer_held < buyer_hold or seller_held < qty or qty <= 0 or price <= 0:
             raise LedgerError(self._uncovered(trade, buyer_hold, cost))
         sc = seller_entries.get(CASH) or self._entry(seller, CASH)
         ba = buyer_entries.get(instrument) or self._entry(buyer, instrument)
         net = notional - tf - sf
-        bc[1] = buyer_held - buyer_hold
-        bc[0] -= cost
+        bc.held = buyer_held - buyer_hold
+        bc.balance -= cost
         # A purchase spends today's sale proceeds first (the market lets proceeds buy at
         # once but not leave before the end-of-day settlement), so as much settled cash
         # as possible stays withdrawable.
-        proceeds = bc[3]
+        proceeds = bc.unwithdrawable
         dp = -(cost if cost < proceeds else proceeds)
-        bc[3] = proceeds + dp
-        sc[0] += net
-        sc[3] += net
-        sa[1] = seller_held - qty
-        sa[0] -= qty
-        ba[0] += qty
-        ba[2] += qty
+        bc.unwithdrawable = proceeds + dp
+        sc.balance += net
+        sc.unwithdrawable += net
+        sa.held = seller_held - qty
+        sa.balance -= qty
+        ba.balance += qty
+        ba.unsellable += qty
         if instrument != CCER:  # the compliance cycle's figures: average price, net allowances sold
             self.cycle_value += notional
             self.cycle_qty += qty
             cells = self._sold
             cell = cells.get(seller)
             if cell is not None:
-                cell[0] += qty
+                cell.qty += qty
             cell = cells.get(buyer)
             if cell is not None:
-                cell[0] -= qty
+                cell.qty -= qty
         reserve = 2 * tf * self._share_ppm // PPM
         ex, rr, rg = self._fee_entries
-        ex[0] += 2 * tf - reserve
-        rr[0] += reserve
-        rg[0] += 2 * sf
+        ex.balance += 2 * tf - reserve
+        rr.balance += reserve
+        rg.balance += 2 * sf
         exchange_account, reserve_account, registry_account = self._fee_accounts
         posting = self._last_trade = _TradePosting(
             trade_id, seq, ts, instrument, price, qty, buyer, seller, dp, tf, sf, reserve,
@@ -340,31 +381,31 @@ class Ledger:
         if by_asset is None:
             return 0
         e = by_asset.get(asset)
-        return e[0] if e is not None else 0
+        return e.balance if e is not None else 0
 
     def state(self) -> list[tuple[str, str, int, int]]:
-        return [(a, s, e[0], e[1]) for (a, s), e in sorted(self.entries.items()) if e[0] or e[1]]
+        return [(a, s, e.balance, e.held) for (a, s), e in sorted(self.entries.items()) if e.balance or e.held]
 
     # --- queries ----------------------------------------------------------------------
 
     @property
     def held(self) -> dict[tuple[str, str], int]:
         """Held amount per (account, asset), non-zero only (the engine's _check reads it)."""
-        return {key: e[1] for key, e in self.entries.items() if e[1]}
+        return {key: e.held for key, e in self.entries.items() if e.held}
 
     def entry(self, account: str, asset: str) -> tuple[int, int, int, int]:
         """(balance, held, unsellable, unwithdrawable); zeros when there is none."""
         e = self.entries.get((account, asset))
-        return (e[0], e[1], e[2], e[3]) if e else (0, 0, 0, 0)
+        return e.values() if e is not None else (0, 0, 0, 0)
 
     def available(self, account: str, asset: str) -> int:
         """What an order could hold, or a registry operation could move, now."""
         e = self.entries.get((account, asset))
-        return e[0] - e[1] - e[2] if e else 0
+        return e.balance - e.held - e.unsellable if e is not None else 0
 
     def withdrawable(self, account: str) -> int:
         e = self.entries.get((account, CASH))
-        return max(0, e[0] - e[1] - e[3]) if e else 0
+        return max(0, e.balance - e.held - e.unwithdrawable) if e is not None else 0
 
     def take_postings(self) -> list[AnyPosting]:
         """Hand the outbox over (the core's thread only) and start a new one."""
@@ -816,10 +857,10 @@ class Ledger:
             # The banking cap: older vintages (this year's and before) carried past the
             # close are capped at a base plus a multiple of the net allowances sold.
             cell = self._sold.get(account)
-            cap = rules.banking_base + max(0, cell[0] if cell is not None else 0) * rules.banking_sold_ppm // PPM
+            cap = rules.banking_base + max(0, cell.qty if cell is not None else 0) * rules.banking_sold_ppm // PPM
             old = sorted((vintage(asset), asset) for asset in self._by_account.get(account, {})
                          if 0 < vintage(asset) <= cmd.year)
-            excess = sum(self.entries[account, asset][0] for _, asset in old) - cap
+            excess = sum(self.entries[account, asset].balance for _, asset in old) - cap
             expired = 0
             for _, asset in old:
                 if excess <= 0:
@@ -851,7 +892,7 @@ class Ledger:
         key = (account, asset)
         e = self.entries.get(key)
         if e is None:
-            e = self.entries[key] = [0, 0, 0, 0]
+            e = self.entries[key] = Entry()
             by_asset = self._by_account.get(account)
             if by_asset is None:
                 by_asset = self._by_account[account] = {}
@@ -864,10 +905,10 @@ class Ledger:
     def _end_of_day(self, seq: int, ts: int, actor: str) -> str:
         legs: list[Leg] = []
         for (account, asset), e in sorted(self.entries.items()):
-            if e[2]:
-                legs.append((account, asset, 0, -e[2]))
-            if e[3]:
-                legs.append((account, asset, 0, -e[3]))
+            if e.unsellable:
+                legs.append((account, asset, 0, -e.unsellable))
+            if e.unwithdrawable:
+                legs.append((account, asset, 0, -e.unwithdrawable))
         posting_id = f"D{self.day}"
         self._post(Posting(posting_id, seq, ts, "eod", str(seq), actor, tuple(legs), "", f"end of day {self.day}"))
         return posting_id
@@ -895,11 +936,17 @@ class Ledger:
         new: dict[tuple[str, str], Entry] = {}
         for account, asset, delta, pending in posting.legs:
             key = (account, asset)
-            if key not in new:
-                new[key] = list(self.entries.get(key) or (0, 0, 0, 0))
-            e = new[key]
-            e[0] += delta
-            e[3 if asset == CASH else 2] += pending
+            e = new.get(key)
+            if e is None:
+                e = new[key] = Entry()
+                old = self.entries.get(key)
+                if old is not None:
+                    e.set(old)
+            e.balance += delta
+            if asset == CASH:
+                e.unwithdrawable += pending
+            else:
+                e.unsellable += pending
         for (account, asset), e in new.items():
             if account not in self.accounts and not (posting.account and posting.account.account == account):
                 raise LedgerError(f"posting {pid}: no account {account!r}")
@@ -929,7 +976,7 @@ class Ledger:
         if posting.account is not None:
             self._set_account(posting.account)
         for (account, asset), values in new.items():
-            self._entry(account, asset)[:] = values
+            self._entry(account, asset).set(values)
         if posting.obligation is not None:
             ob = posting.obligation
             self.obligations[ob.account, ob.year] = ob
@@ -938,7 +985,7 @@ class Ledger:
         if posting.kind == "close":
             self.cycle_value = self.cycle_qty = 0
             for cell in self._sold.values():
-                cell[0] = 0
+                cell.qty = 0
         if posting.kind == "eod":
             self.day += 1
         if posting.kind == "trade":
@@ -952,22 +999,22 @@ class Ledger:
                 self.cycle_qty += posting.qty
                 cells = self._sold
                 if posting.seller in cells:
-                    cells[posting.seller][0] += posting.qty
+                    cells[posting.seller].qty += posting.qty
                 if posting.buyer in cells:
-                    cells[posting.buyer][0] -= posting.qty
+                    cells[posting.buyer].qty -= posting.qty
         self.applied[pid] = fingerprint
         return True
 
     @property
     def sold(self) -> dict[str, int]:
         """Each covered entity's allowances sold less bought since the last close (not 0)."""
-        return {a: cell[0] for a, cell in self._sold.items() if cell[0]}
+        return {a: cell.qty for a, cell in self._sold.items() if cell.qty}
 
     def _set_account(self, state: AccountState) -> None:
         account = state.account
         self.accounts[account] = state
         if state.holder_type == HolderType.COMPLIANCE and account not in self._sold:
-            self._sold[account] = [0]
+            self._sold[account] = Net()
         by_asset = self._by_account.get(account)
         if state.status == ACTIVE and by_asset is not None:
             self._live[account] = by_asset
@@ -986,12 +1033,12 @@ class Ledger:
         return LedgerSnapshot(
             self.day,
             [self.accounts[a] for a in sorted(self.accounts)],
-            [(a, s, e[0], e[1], e[2], e[3]) for (a, s), e in sorted(self.entries.items())],
+            [(a, s, e.balance, e.held, e.unsellable, e.unwithdrawable) for (a, s), e in sorted(self.entries.items())],
             [self.obligations[k] for k in sorted(self.obligations)],
             totals,
             [self.compliance[k] for k in sorted(self.compliance)],
             (self.cycle_value, self.cycle_qty),
-            sorted((a, cell[0]) for a, cell in self._sold.items() if cell[0]),
+            sorted((a, cell.qty) for a, cell in self._sold.items() if cell.qty),
         )
 
     def restore(self, snap: LedgerSnapshot, *, keep_holds: bool = True) -> None:
@@ -1005,8 +1052,7 @@ class Ledger:
         for state in snap.accounts:
             self.accounts[state.account] = state
         for account, asset, balance, held, unsellable, unwithdrawable in snap.entries:
-            e = self._entry(account, asset)
-            e[:] = [balance, held if keep_holds else 0, unsellable, unwithdrawable]
+            self._entry(account, asset).set(Entry(balance, held if keep_holds else 0, unsellable, unwithdrawable))
         for account in self.fees.system_accounts():
             if account not in self.accounts:
                 raise ValueError(f"restore: system account {account} missing")
@@ -1014,9 +1060,9 @@ class Ledger:
         self.obligations = {(ob.account, ob.year): ob for ob in snap.obligations}
         self.compliance = {(c.account, c.year): c for c in snap.compliance}
         self.cycle_value, self.cycle_qty = snap.cycle
-        self._sold = {a: [0] for a, s in self.accounts.items() if s.holder_type == HolderType.COMPLIANCE}
+        self._sold = {a: Net() for a, s in self.accounts.items() if s.holder_type == HolderType.COMPLIANCE}
         for account, net in snap.sold:
-            self._sold[account] = [net]
+            self._sold[account] = Net(net)
         # The snapshot keeps no applied ids and no trade watermark (the store has the
         # postings): the trades after it start a new watermark.
         self.trade_mark = 0
@@ -1056,9 +1102,9 @@ class Ledger:
         for (account, asset), e in self.entries.items():
             assert account in self.accounts, (account, asset)
             assert _entry_ok(e, asset == CASH), (account, asset, e)
-            assert asset == CASH or e[3] == 0, (account, asset, e)
+            assert asset == CASH or e.unwithdrawable == 0, (account, asset, e)
             assert self._by_account[account][asset] is e, (account, asset)
-            totals[asset] = totals.get(asset, 0) + e[0]
+            totals[asset] = totals.get(asset, 0) + e.balance
         assert sum(len(by_asset) for by_asset in self._by_account.values()) == len(self.entries)
         for account, by_asset in self._by_account.items():
             live = self.accounts[account].status == ACTIVE
@@ -1090,7 +1136,7 @@ def allowance(year: int) -> str:
 
 
 def _entry_ok(e: Entry, cash: bool) -> bool:
-    balance, held, unsellable, unwithdrawable = e
+    balance, held, unsellable, unwithdrawable = e.values()
     if balance < 0 or held < 0 or unsellable < 0 or unwithdrawable < 0 or balance > BALANCE_MAX:
         return False
     if cash:

@@ -258,9 +258,9 @@ def _balances(ledger: Ledger, account: str) -> int:
         return 1
     print(f"{'ACCOUNT':<20} {'ASSET':<9} {'BALANCE':>18} {'HELD':>16} {'NOT YET FREE':>16} {'AVAILABLE':>18}")
     for (name, asset), e in sorted(ledger.entries.items()):
-        if (account and name != account) or not any(e):
+        if (account and name != account) or not any(e.values()):
             continue
-        balance, held, unsellable, unwithdrawable = e
+        balance, held, unsellable, unwithdrawable = e.values()
         if asset == CASH:
             cells = [format_yuan(balance), format_yuan(held), format_yuan(unwithdrawable),
                      format_yuan(ledger.withdrawable(name))]

@@ -91,7 +91,7 @@ def test_audit_finds_every_kind_of_difference(store: Any) -> None:
     store.write_batch(ex.ledger.take_postings(), ex.last_seq)
     assert audit(store, ex.ledger) == []
     # The live ledger disagrees with the store.
-    ex.ledger.entries["M001", CASH][0] += 5
+    ex.ledger.entries["M001", CASH].balance += 5
     ex.ledger.deposited += 5
     diffs = audit(store, ex.ledger)
     assert any("M001 CNY" in d and "live ledger" in d for d in diffs), diffs

@@ -44,8 +44,8 @@ def busy_market() -> Market:
 def store_picture(ledger: Any) -> list[tuple[str, str, int, int]]:
     out = []
     for (account, asset), e in sorted(ledger.entries.items()):
-        if e[0]:
-            out.append((account, asset, e[0], e[3] if asset == CASH else e[2]))
+        if e.balance:
+            out.append((account, asset, e.balance, e.unwithdrawable if asset == CASH else e.unsellable))
     return out
 
 
