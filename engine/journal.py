@@ -332,10 +332,25 @@ class Journal:
 
     # --- writing ----------------------------------------------------------------------
 
+    def encode_batch(self, cmds: Sequence[Any]) -> bytes:
+        """The body of the record ``append_batch`` would write for ``cmds`` (one or
+        more), after its checks: RecordTooLarge past RECORD_COMMANDS_MAX commands or
+        RECORD_BYTES_MAX bytes, ValueError for commands out of sequence."""
+        n = len(cmds)
+        if n > RECORD_COMMANDS_MAX:
+            raise RecordTooLarge(f"{n} commands in one record, at most {RECORD_COMMANDS_MAX}")
+        first = self.last_seq + 1
+        if cmds[0].seq != first or cmds[-1].seq != first + n - 1:
+            raise ValueError(f"journal expects seq {first}..{first + n - 1}, got {cmds[0].seq}..{cmds[-1].seq}")
+        body = self.encoder.encode(cmds)
+        if len(body) > RECORD_BYTES_MAX:
+            raise RecordTooLarge(f"{n} commands encode to {len(body)} bytes, at most {RECORD_BYTES_MAX}")
+        return body
+
     def append_batch(self, cmds: Sequence[Any], body: bytes | None = None) -> None:
         """Write the commands as one record and fdatasync once; return when durable.
-        ``body``: the commands already encoded by this journal's encoder (the
-        replicated journal publishes the same bytes first).
+        ``body``: the commands as ``encode_batch`` gave them, checked (the replicated
+        journal publishes the same bytes first).
         All or nothing: on JournalUnavailable (the disk refused) none of ``cmds`` is in
         the journal. Raises RecordTooLarge past RECORD_COMMANDS_MAX commands or
         RECORD_BYTES_MAX bytes, ValueError for commands out of sequence (a programmer
@@ -343,15 +358,9 @@ class Journal:
         n = len(cmds)
         if not n:
             return
-        if n > RECORD_COMMANDS_MAX:
-            raise RecordTooLarge(f"{n} commands in one record, at most {RECORD_COMMANDS_MAX}")
-        first = self.last_seq + 1
-        if cmds[0].seq != first or cmds[-1].seq != first + n - 1:
-            raise ValueError(f"journal expects seq {first}..{first + n - 1}, got {cmds[0].seq}..{cmds[-1].seq}")
         if body is None:
-            body = self.encoder.encode(cmds)
-        if len(body) > RECORD_BYTES_MAX:
-            raise RecordTooLarge(f"{n} commands encode to {len(body)} bytes, at most {RECORD_BYTES_MAX}")
+            body = self.encode_batch(cmds)
+        first = self.last_seq + 1
         if self.failure is not None and not self.probe():
             raise self.failure
         record = encode_record(first, n, body)

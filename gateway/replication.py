@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from engine.journal import RECORD_BYTES_MAX, RECORD_COMMANDS_MAX, JournalUnavailable, RecordTooLarge
+from engine.journal import JournalUnavailable
 
 log = logging.getLogger("etx.replication")
 T = TypeVar("T")
@@ -273,11 +273,9 @@ class ReplicatedJournal:
         if not cmds:
             return
         first, count = cmds[0].seq, len(cmds)
-        body = self.local.encoder.encode(list(cmds))
-        # The record limits before the stream has it: the group committer splits a
+        # The record's checks before the stream has it: the group committer splits a
         # group on RecordTooLarge, which must not come after the publish.
-        if count > RECORD_COMMANDS_MAX or len(body) > RECORD_BYTES_MAX:
-            raise RecordTooLarge(f"{count} commands, {len(body)} bytes: over one record's limits")
+        body = self.local.encode_batch(cmds)
         check = time.monotonic() >= self._next_check
         if check:
             self._next_check = time.monotonic() + self.check_s
@@ -307,10 +305,6 @@ class ReplicatedJournal:
 
     def probe(self) -> bool:
         return self.fenced is None and bool(self.local.probe())
-
-
-def decode_batch(journal: Any, body: bytes) -> list[Any]:
-    return list(journal.decoder.decode(body))
 
 
 class Follower:

@@ -270,7 +270,7 @@ class Service:
         return self.link
 
     def _follower(self) -> Any:
-        from gateway.replication import Follower, decode_batch
+        from gateway.replication import Follower
 
         r = self.cfg.replication
         journal = self.recovery.journal
@@ -284,7 +284,7 @@ class Service:
             self.server.alert("replica-diverged", text)
 
         self.follower = Follower(self.link, self.node, r.lease_s, apply, self.exchange.state_hash,
-                                 lambda: self.exchange.last_seq, lambda body: decode_batch(journal, body), mismatch)
+                                 lambda: self.exchange.last_seq, lambda body: list(journal.decoder.decode(body)), mismatch)
         return self.follower
 
     async def replicate_as_primary(self) -> None:

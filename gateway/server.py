@@ -503,7 +503,7 @@ class Server:
         core = self.core
         core.apply_batch(cmds)
         out = core.out
-        self.router.rebuild(cmds, out)
+        self.rebuild(cmds, out)
         for listener in self.on_events:
             listener(out)
         for batch_listener in self.on_batches:
@@ -511,8 +511,6 @@ class Server:
         out.clear()
         self.batches += 1
         self.commands += len(cmds)
-        self.sequencer.seq = core.engine.last_seq
-        self.sequencer.ts = max(self.sequencer.ts, core.engine.last_ts)
 
     async def _drain(self, timeout_s: float = 30.0) -> None:
         """Wait until everything queued is applied (or the timeout passes)."""
