@@ -38,12 +38,14 @@ from hdrh.histogram import HdrHistogram
 
 from engine.messages import Amend, Cancel, HitOrder, NewOrder, OrdType, Side, TimeInForce
 from gateway.framing import MAX_OUTBOUND_FRAME, FrameSplitter, encode_frame
-from gateway.protocol import PROTOCOL_VERSION, CodMode, Heartbeat, Logon
+from gateway.protocol import PROTOCOL_VERSION, CodMode, Heartbeat, Logon, QueryInstruments
 
 NEW_KINDS = ("limit", "market", "ioc", "fok")
 KINDS = (*NEW_KINDS, "hit", "cancel", "amend")
 _ACCEPTED, _REJECTED, _CANCELLED, _AMENDED, _EXPIRED, _DECREMENTED, _FILL = 101, 102, 104, 105, 106, 109, 170
 _REPORT, _LOGON_ACK, _LOGON_REJECT, _SESSION_CLOSED = 160, 150, 151, 154
+_INSTRUMENTS_REPLY, _QUERY_REJECTED = 174, 175
+FENCE_REQ_ID = 0x10AD  # the query that closes a run (see Generator._fence)
 LATENCY_MAX_US = 3_600_000_000  # an hour: longer answers are recorded at the maximum
 BUY, SELL = int(Side.BUY), int(Side.SELL)
 
@@ -151,6 +153,7 @@ class Wire(asyncio.Protocol):
         self.wake = asyncio.Event()
         self.out: list[bytes] = []
         self.closed_by_exchange = ""  # the SessionClosed's text, when the exchange ended the session
+        self.fence: asyncio.Future[None] | None = None  # answered by a run's closing query (see ``fence``)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -169,9 +172,13 @@ class Wire(asyncio.Protocol):
         self.out = []
 
     def session_message(self, msg: list[Any]) -> None:
-        """A message outside the reports: the logon's answer, or the session's end."""
+        """A message outside the reports: the logon's answer, the session's end, the
+        answer to a fence."""
         tag = msg[0]
-        if tag == _LOGON_ACK and not self.logged_on.done():
+        if tag in (_INSTRUMENTS_REPLY, _QUERY_REJECTED) and msg[1] == FENCE_REQ_ID:
+            if self.fence is not None and not self.fence.done():
+                self.fence.set_result(None)
+        elif tag == _LOGON_ACK and not self.logged_on.done():
             self.logged_on.set_result(msg)
         elif tag in (_LOGON_REJECT, _SESSION_CLOSED):
             text = msg[2] if len(msg) > 2 else str(msg)
@@ -182,6 +189,29 @@ class Wire(asyncio.Protocol):
 
 
 W = TypeVar("W", bound=Wire)
+
+
+async def fence(wires: list[Wire], instrument: str, deadline: float) -> None:
+    """Wait until each session has read every report the exchange sent it so far.
+
+    Every command answered is not yet every report read: a trade's resting side hears
+    of it on another session, which may still have the fill on its way. Each session
+    asks one query, which the exchange answers after the batch it came with, and so
+    behind every report it sent that session before. Returns with each answer in, or
+    at ``deadline`` (the event loop's clock)."""
+    loop = asyncio.get_running_loop()
+    query = encode_frame(QueryInstruments(FENCE_REQ_ID, instrument))
+    waits = []
+    for w in wires:
+        if w.transport is None or w.transport.is_closing() or w.closed.done():
+            continue
+        w.fence = loop.create_future()
+        waits.append(w.fence)
+        w.transport.write(query)
+    if waits:
+        await asyncio.wait(waits, timeout=max(0.1, deadline - loop.time()))
+    for w in wires:
+        w.fence = None
 
 
 async def open_wire(make: Callable[[], W], host: str, port: int, member: str, user: str, secret: str,
@@ -619,6 +649,7 @@ class Generator:
             deadline = loop.time() + drain_s
             while self._waiting() and loop.time() < deadline and not any(s.closed.done() for s in self.sessions):
                 await asyncio.sleep(0.005)
+            await fence(list(self.sessions), self.instruments[0].symbol, deadline)
         finally:
             ticker.cancel()
         seconds_all = loop.time() - start

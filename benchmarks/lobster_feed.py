@@ -34,7 +34,17 @@ from typing import Any
 
 import msgspec
 
-from benchmarks.loadgen import LATENCY_MAX_US, Tick, Wire, distribution, heartbeats, histogram, open_wire, percentiles
+from benchmarks.loadgen import (
+    LATENCY_MAX_US,
+    Tick,
+    Wire,
+    distribution,
+    fence,
+    heartbeats,
+    histogram,
+    open_wire,
+    percentiles,
+)
 from benchmarks.lobster import PRICE_PER_CENT, LobsterReplay, parse_message
 from engine.messages import Amend, Cancel, NewOrder, OrdType, Side, TimeInForce
 from gateway.framing import encode_frame
@@ -318,6 +328,7 @@ class LobsterFeed:
             deadline = loop.time() + 30
             while self._unanswered() and loop.time() < deadline:
                 await asyncio.sleep(0.01)
+            await fence(list(self.sessions), self.symbol, deadline)
         finally:
             beating.cancel()
             ticking.cancel()

@@ -278,3 +278,56 @@ def test_preparing_a_run_lets_the_sessions_heartbeat() -> None:
         return turns
 
     assert asyncio.run(scenario()) >= 120_000 // PREPARE_CHUNK - 1
+
+
+def test_a_run_ends_only_once_every_session_has_its_fills() -> None:
+    """Found by CI: a spawned run reconciled "fills (two per trade): load 1,737,
+    exchange 1,738". A run ended as soon as every command was answered, but a trade's
+    resting side hears of it on another session, whose fill can still be on its way.
+    Here a first run leaves both sessions with resting orders; in the second, session 1
+    sends nothing and reads everything 150 ms late, while session 0's orders trade
+    against it to the end. The run must still count both fills of every trade it saw
+    (each trade here is between two of the load's sessions)."""
+    from benchmarks.loadgen import Session
+
+    late_by = 0.15
+    original = Session.data_received
+
+    def late_reader(self: Session, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes]] | None = getattr(self, "late", None)
+        if queue is None:
+            queue = self.late = asyncio.Queue()  # type: ignore[attr-defined]
+
+            async def read_late(q: asyncio.Queue[tuple[float, bytes]]) -> None:
+                while True:  # in order, each read late_by after it came
+                    came, chunk = await q.get()
+                    await asyncio.sleep(max(0.0, came + late_by - loop.time()))
+                    original(self, chunk)
+
+            self.reader = loop.create_task(read_late(queue))  # type: ignore[attr-defined]
+        queue.put_nowait((loop.time(), data))
+
+    async def scenario() -> tuple[int, int]:
+        spawned = Spawned(2)
+        port = await spawned.start()
+        try:
+            creds = [(m, u, s, 0) for m, u, s, _ in spawned.creds()]
+            gen = Generator("127.0.0.1", port, creds, [Instrument("CEA24", 10_000)], Mix(), seed=3)
+            await gen.connect()
+            await gen.run(rate=1000, seconds=1)
+            quiet, late = gen.sessions[1], type(gen.sessions[1])
+            assert late is Session
+            send_one = gen._send_one
+            gen._send_one = lambda s, due: True if s is quiet else send_one(s, due)  # type: ignore[method-assign]
+            quiet.data_received = late_reader.__get__(quiet)  # type: ignore[method-assign]
+            r = await gen.run(rate=1000, seconds=1)
+            await gen.close()
+            assert r.unanswered == 0 and r.trades > 0 and r.total_sent > 400
+            return r.fills, r.trades
+        finally:
+            spawned.stop()
+            spawned.remove()
+
+    fills, trades = asyncio.run(scenario())
+    assert fills == 2 * trades, (fills, trades)
