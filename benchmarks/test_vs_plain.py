@@ -1,6 +1,8 @@
 """pytest-benchmark suite: etx beside the plain book (``benchmarks.vs_plain``), each
 regime at each band width, the plain book and etx fed one order per call with
-acknowledgements on, as the gateway runs the engine.
+acknowledgements on, as the gateway runs the engine: ``etx`` builds a command per order
+(``Engine.process``), ``etx-direct`` hands over the order's fields (``Engine.new_order``,
+``Engine.cancel``).
 
 Run: ``.venv/bin/pytest benchmarks/test_vs_plain.py --benchmark-only -p no:cacheprovider``
 (``ETX_BENCH_N`` sets the orders per flow, default 50,000). Each group holds the plain
@@ -34,7 +36,7 @@ def flow(regime: str, width: int) -> Flow:
     return _flows[key]
 
 
-@pytest.mark.parametrize("who", ["plain", "etx"])
+@pytest.mark.parametrize("who", ["plain", "etx", "etx-direct"])
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("regime", REGIMES)
 def test_vs_plain(benchmark: Any, regime: str, width: int, who: str) -> None:
@@ -43,7 +45,7 @@ def test_vs_plain(benchmark: Any, regime: str, width: int, who: str) -> None:
     seconds: list[float] = []
 
     def measured() -> None:
-        seconds.append(run_plain(f) if who == "plain" else run_etx(f, "call"))
+        seconds.append(run_plain(f) if who == "plain" else run_etx(f, "call" if who == "etx" else "direct"))
 
     benchmark.pedantic(measured, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     seconds.sort()

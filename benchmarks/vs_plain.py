@@ -24,7 +24,9 @@ Ways of feeding the engine (the plain book is always called once per order):
 - ``call``: one command per call, built by the caller from the order in hand as a
   member's order arrives (``NewOrder``/``Cancel``), applied and its events taken with
   ``Engine.process``, acknowledgements on (as the gateway runs);
-- ``call-noacks``: the same with the engine's acknowledgements off;
+- ``direct``: one order per call handed to the engine as its fields
+  (``Engine.new_order``/``Engine.cancel``, no command object), acknowledgements on;
+- ``call-noacks``: the same as ``call`` with the engine's acknowledgements off;
 - ``batch``: commands built by the caller and applied in batches of 128;
 - ``engine``: commands built in advance, applied in one batch (the engine alone);
 - ``holds``: as ``engine``, on the settlement ledger with the exchange's fees: every
@@ -65,7 +67,7 @@ QTYS = (1, 10, 50, 100, 200, 300, 500, 1_000, 2_000, 5_000)
 QTY_WEIGHTS = (2, 5, 8, 20, 15, 10, 15, 12, 7, 4)
 REGIMES = ("carbon", "wide", "swing", "crash")
 WIDTHS = (2_000, 60_000, 2_000_000)
-WAYS = ("call", "call-noacks", "batch", "engine", "holds")
+WAYS = ("call", "direct", "call-noacks", "batch", "engine", "holds")
 BATCH = 128
 
 
@@ -358,6 +360,20 @@ def run_etx(flow: Flow, way: str, engines: list[Engine] | None = None) -> float:
         engine.apply_batch(batch)
         events = out.copy()
         out.clear()
+        del events
+        return (time.perf_counter_ns() - t0) / 1e9
+    if way == "direct":
+        new, cancel_order = engine.new_order, engine.cancel  # one order's fields in, its events out
+        limit, day = int(OrdType.LIMIT), 1
+        t0 = time.perf_counter_ns()
+        for kind, oid, side, price, qty in ops:
+            if kind == CANCEL:
+                events = cancel_order(members[side - 1], oid, seq, seq)
+            elif kind == LIMIT:
+                events = new(members[side - 1], str(oid), SYMBOL, side, qty, price, limit, day, 0, seq, seq)
+            else:
+                events = new(members[side - 1], str(oid), SYMBOL, side, qty, 0, market, day, 0, seq, seq)
+            seq += 1
         del events
         return (time.perf_counter_ns() - t0) / 1e9
     process = engine.process  # applies one command and returns its events

@@ -402,10 +402,35 @@ class Engine:
         out.clear()
         return events
 
+    def new_order(self, member: Any, coid: Any, instrument: Any, side: Any, qty: Any, price: Any = 0,
+                  ord_type: Any = LIMIT, tif: Any = DAY, stp: Any = 0, seq: Any = 0, ts: Any = 0) -> list[Event]:
+        """``process(NewOrder(member, coid, instrument, side, qty, price, ord_type, tif,
+        stp, seq, ts))`` without the command object: NewOrder's fields in its order, the
+        same checks, state and events. For a caller with one order's fields in hand (an
+        adapter, a replay of foreign flow), which would otherwise build a Struct only for
+        the engine to read it back; the command is built only where a rejection needs it.
+        (Positional: compiled, keyword arguments cost a parse per call.) Nothing is
+        journaled here: a caller that must replay keeps its own record, as the gateway
+        keeps the commands."""
+        self._sequence(seq, ts)
+        self._new_order(None, (member, coid, instrument, side, qty, price, ord_type, tif, stp, seq, ts))
+        out = self.out
+        events = out.copy()
+        out.clear()
+        return events
+
+    def cancel(self, member: Any, order_id: Any, seq: Any = 0, ts: Any = 0) -> list[Event]:
+        """``process(Cancel(member, order_id, seq=seq, ts=ts))`` without the command
+        object (see ``new_order``)."""
+        self._sequence(seq, ts)
+        self._cancel(None, (member, order_id, "", "", seq, ts))
+        out = self.out
+        events = out.copy()
+        out.clear()
+        return events
+
     def _apply(self, cmd: Command) -> None:
         """One command: the sequence and clock checks, then its handler."""
-        ts: int  # typed locals: compiled by mypyc, the checks below are machine compares
-        cmd_seq: int
         fields: tuple[Any, ...]
         kind = type(cmd)
         # New orders and cancels (most of the flow) are read with one astuple call, seq
@@ -414,10 +439,18 @@ class Engine:
         # direct call is a native call (the handler table's bound methods are not).
         if kind is _NewOrder or kind is _Cancel:
             fields = _astuple(cmd)
-            cmd_seq, ts = fields[-2], fields[-1]
-        else:
-            fields = ()
-            cmd_seq, ts = cmd.seq, cmd.ts  # type: ignore[attr-defined]
+            self._sequence(fields[-2], fields[-1])
+            if kind is _NewOrder:
+                self._new_order(cast(NewOrder, cmd), fields)
+            else:
+                self._cancel(cast(Cancel, cmd), fields)
+            return
+        self._sequence(cmd.seq, cmd.ts)  # type: ignore[attr-defined]
+        self._handlers[kind](cmd)
+
+    def _sequence(self, cmd_seq: int, ts: int) -> None:
+        """A command's sequence number and time: the next number, time not going back
+        (a violation is a programmer error: nothing changes); the clock's changes due."""
         seq = self.last_seq + 1
         if cmd_seq != seq or ts < self.last_ts:
             raise AssertionError(
@@ -427,12 +460,6 @@ class Engine:
         self.last_seq, self.last_ts = seq, ts
         if ts >= self._next_change:
             self._advance_clock(seq, ts)
-        if kind is _NewOrder:
-            self._new_order(cast(NewOrder, cmd), fields)
-        elif kind is _Cancel:
-            self._cancel(cast(Cancel, cmd), fields)
-        else:
-            self._handlers[kind](cmd)
 
     # --- orders ------------------------------------------------------------------------
 
@@ -472,20 +499,26 @@ class Engine:
             return False
         return True
 
-    def _hold_new(self, cmd: NewOrder | HitOrder | BlockOffer | BlockAccept, member: str, market: Market, side: int, price: int, qty: int) -> int:
+    def _hold_new(self, cmd: NewOrder | HitOrder | BlockOffer | BlockAccept | None, member: str, market: Market,
+                  side: int, price: int, qty: int, fields: tuple[Any, ...] = ()) -> int:
         """Hold what a new order of ``member`` needs; returns the cash held (buys), 0
         (sells), or -1 after rejecting. (``member`` is passed, not read from ``cmd``:
-        compiled, a Struct's attribute read is a generic getattr.)"""
+        compiled, a Struct's attribute read is a generic getattr; a new order given by
+        its ``fields`` alone has ``cmd`` None.)"""
         ledger = self.ledger
         assert ledger is not None
         if side == BUY:
             need = ledger.cash_required(price * qty)
             if ledger.hold(member, CASH, need):
                 return need
+            if cmd is None:
+                cmd = _NewOrder(*fields)
             self._reject(cmd, Reason.INSUFFICIENT_FUNDS, f"available cash does not cover {need} fen", cmd.coid)
             return -1
         if ledger.hold(member, market.symbol, qty):
             return 0
+        if cmd is None:
+            cmd = _NewOrder(*fields)
         self._reject(
             cmd, Reason.INSUFFICIENT_HOLDINGS, f"available {market.symbol} does not cover {qty} t", cmd.coid
         )
@@ -553,13 +586,14 @@ class Engine:
             return -1
         return price
 
-    def _new_order(self, cmd: NewOrder, fields: tuple[Any, ...]) -> None:
+    def _new_order(self, cmd: NewOrder | None, fields: tuple[Any, ...]) -> None:
         # The hot path of the engine. One guard passes the common valid limit order
         # without a call; anything else (market orders, every reject) takes the
         # thorough path in _validate_new, which alone decides the reason.
-        # ``fields`` is astuple(cmd), read by apply_batch with one C call (in NewOrder's
+        # ``fields`` is astuple(cmd), read by _apply with one C call (in NewOrder's
         # field order): compiled by mypyc, each attribute read of a Struct is a generic
-        # getattr.
+        # getattr. ``cmd`` is None when the caller had only the fields (new_order): it is
+        # built where a rejection needs it.
         member: str
         coid: str
         instrument: str
@@ -593,15 +627,18 @@ class Engine:
             or (self.suspended and member in self.suspended)
             or (self.staff and member in self.staff)
         ):
+            if cmd is None:
+                cmd = _NewOrder(*fields)
             price = self._validate_new(cmd, market)
             if price < 0:
                 return
             assert market is not None
-        if market.position_max and side == BUY and not self._position_ok(cmd, member, market, qty, coid, 0):
+        if market.position_max and side == BUY and not self._position_ok(
+                cmd if cmd is not None else _NewOrder(*fields), member, market, qty, coid, 0):
             return
         hold = 0
         if market.holds:
-            hold = self._hold_new(cmd, member, market, side, price, qty)
+            hold = self._hold_new(cmd, member, market, side, price, qty, fields)
             if hold < 0:
                 return
         # Accepted: from here on the command changes state.
@@ -843,16 +880,17 @@ class Engine:
             return None
         return order
 
-    def _cancel(self, cmd: Cancel, fields: tuple[Any, ...]) -> None:
+    def _cancel(self, cmd: Cancel | None, fields: tuple[Any, ...]) -> None:
         member: str
         order_id: int
         seq: Any  # passed on into the event only: kept boxed
         ts: Any
-        # astuple(cmd), read by apply_batch; actor and text are for the record only.
+        # astuple(cmd), read by _apply (cmd None: given by its fields, see cancel);
+        # actor and text are for the record only.
         member, order_id, _, _, seq, ts = fields
         order = self.orders.get(order_id)
         if order is None or order.member != member:
-            self._own_order(cmd)  # rejects with the specific reason
+            self._own_order(cmd if cmd is not None else _Cancel(*fields))  # rejects with the specific reason
             return
         market = self.markets[order.instrument]
         qty = order.qty

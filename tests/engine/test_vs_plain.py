@@ -34,7 +34,7 @@ def test_every_way_of_feeding_leaves_the_same_book() -> None:
     plain = plainbook().Book()
     plain_apply(plain, flow.warmup + flow.ops)
     engines: list[Engine] = []
-    for way in ("call", "call-noacks", "batch", "engine"):
+    for way in ("call", "direct", "call-noacks", "batch", "engine"):
         run_etx(flow, way, engines)
     first = engines[0]
     assert first.next_order_id == 1 + sum(op[0] != CANCEL for op in flow.warmup + flow.ops)
