@@ -240,11 +240,14 @@ class HalfBook:
         self.keys = KeySet(self.size)
         self.best = self.size
 
+    # Not (price - base) * sign: compiled by mypyc, a product with a negative factor
+    # (every bid's) fails its conservative overflow check and becomes a generic
+    # multiply of boxed integers, some 200 instructions and an allocation (callgrind).
     def key(self, price: int) -> int:
-        return (price - self.base) * self.sign
+        return price - self.base if self.sign > 0 else self.base - price
 
     def price(self, key: int) -> int:
-        return self.base + self.sign * key
+        return self.base + key if self.sign > 0 else self.base - key
 
     def level(self, key: int) -> Level | None:
         """The level at key, None if no order rests there."""
@@ -398,8 +401,10 @@ class Book:
         self.low, self.high = low, high
         self.bids = HalfBook(Side.BUY, low, high)
         self.asks = HalfBook(Side.SELL, low, high)
-        # Indexed by side: sides[Side.BUY] is the bid side.
-        self.sides = (self.bids, self.bids, self.asks)
+        # Indexed by side: sides[Side.BUY] is the bid side. A list, not a tuple:
+        # compiled, a tuple of fixed length is kept unboxed, and indexing it with a
+        # variable built a new tuple object each time (callgrind).
+        self.sides: list[HalfBook] = [self.bids, self.bids, self.asks]
 
     def best_bid(self) -> int | None:
         """Best bid price, None when there is none."""

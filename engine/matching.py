@@ -18,7 +18,6 @@ instruments that have one.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Final, cast
@@ -316,8 +315,10 @@ class Engine:
         # never for the carbon market, where wash trades are banned. Not in snapshots:
         # it is how the engine is built, like acks.
         self.stp_on = self_trade_prevention
-        self.out: list[Event] = []  # drained by the caller with out.clear(), never replaced
-        self._emit = self.out.append
+        # Drained by the caller with out.clear(), never replaced. Appended to as
+        # ``self.out.append``: compiled, a list's append is one C call, where a bound
+        # method kept aside is a generic call.
+        self.out: list[Event] = []
         self.orders: dict[int, Order] = {}
         # Client order ids used today, per member: a set of strings per member is
         # cheaper than one set of (member, coid) tuples (no tuple per order).
@@ -331,8 +332,11 @@ class Engine:
         self.staff: set[str] = set()
         self.last_seq = 0
         self.last_ts = 0
-        self._order_ids = itertools.count(1)  # next() is one C call in the hot path
-        self._trade_ids = itertools.count(1)
+        # The ids the next accepted order and the next trade get. Machine integers:
+        # compiled, next() of an itertools.count was a lookup of the builtin and a
+        # generic call (about 500 instructions an order, callgrind).
+        self.next_order_id = 1
+        self.next_trade_id = 1
         self.offers: dict[int, Offer] = {}  # open block agreement offers
         self.next_offer_id = 1
         self.auctions: dict[int, Auction] = {}  # announced one-way auctions, until they clear
@@ -362,23 +366,15 @@ class Engine:
             AuctionBidWithdraw: self._auction_bid_withdraw,
         }
 
-    @property
-    def next_trade_id(self) -> int:
-        """The id the next trade will get."""
-        return int(self._trade_ids.__reduce__()[1][0])
+    def _take_order_id(self) -> int:
+        n = self.next_order_id
+        self.next_order_id = n + 1
+        return n
 
-    @next_trade_id.setter
-    def next_trade_id(self, value: int) -> None:
-        self._trade_ids = itertools.count(value)
-
-    @property
-    def next_order_id(self) -> int:
-        """The id the next accepted order will get."""
-        return int(self._order_ids.__reduce__()[1][0])
-
-    @next_order_id.setter
-    def next_order_id(self, value: int) -> None:
-        self._order_ids = itertools.count(value)
+    def _take_trade_id(self) -> int:
+        n = self.next_trade_id
+        self.next_trade_id = n + 1
+        return n
 
     # --- entry points -----------------------------------------------------------------
 
@@ -605,7 +601,15 @@ class Engine:
         stp: int
         seq: Any  # passed on into events only: kept boxed (see _match)
         ts: Any
-        member, coid, instrument, side, qty, price, ord_type, tif, stp, seq, ts = fields
+        # The numbers are read twice: as the objects they are, for the Accepted event
+        # (boxing a machine integer again allocates), and as machine integers.
+        side_o: Any
+        qty_o: Any
+        price_o: Any
+        ord_type_o: Any
+        tif_o: Any
+        member, coid, instrument, side_o, qty_o, price_o, ord_type_o, tif_o, stp, seq, ts = fields
+        side, qty, price, ord_type, tif = side_o, qty_o, price_o, ord_type_o, tif_o
         market = self.markets.get(instrument)
         used = self.coids.get(member)
         if used is None:
@@ -632,6 +636,7 @@ class Engine:
             price = self._validate_new(cmd, market)
             if price < 0:
                 return
+            price_o = price  # a market order's: the band's limit
             assert market is not None
         if market.position_max and side == BUY and not self._position_ok(
                 cmd if cmd is not None else _NewOrder(*fields), member, market, qty, coid, 0):
@@ -642,14 +647,18 @@ class Engine:
             if hold < 0:
                 return
         # Accepted: from here on the command changes state.
-        # Kept as the object next() made (Any): it goes into the event and the order
-        # index as is, where an int would be unboxed and boxed again for each.
-        order_id: Any = next(self._order_ids)
+        # Boxed once (Any): it goes into the event and the order index as is, where an
+        # int would be boxed again for each.
+        n = self.next_order_id
+        self.next_order_id = n + 1
+        order_id: Any = n
         used.add(coid)
         order = Order(order_id, member, coid, market.symbol, side, price, qty, 0, tif,
-                      stp or self.member_stp.get(member, self.stp_default), hold, ts)
+                      stp or (self.member_stp.get(member, self.stp_default) if self.member_stp else self.stp_default),
+                      hold, ts)
         if self.acks:
-            self._emit(_Accepted(seq, ts, member, coid, order_id, market.symbol, side, price, qty, ord_type, tif))
+            self.out.append(_Accepted(seq, ts, member, coid, order_id, market.symbol, side_o, price_o, qty_o, ord_type_o,
+                                      tif_o))
         if tif != DAY or ord_type != LIMIT:
             # IOC, FOK and market orders: trade what they can now, cancel the rest.
             if tif != FOK or self._fok_fillable(market, order):
@@ -658,13 +667,13 @@ class Engine:
                 self._drop_incoming(market, order, IOC_REST, seq, ts)
             return
         opp = market.sides[3 - side]
-        if opp.best <= (price - opp.base) * opp.sign:
+        if opp.best <= opp.key(price):
             self._match(market, order, seq, ts)
             if not order.qty:
                 return
         # Rest the order: HalfBook.add inlined, it runs for most commands.
         half = market.sides[side]
-        k = (price - half.base) * half.sign
+        k = half.key(price)
         level = half.level_for(k)
         if not level.qty:
             half.keys.add(k)
@@ -681,7 +690,7 @@ class Engine:
         cancel-incoming, cancel-both or decrement they stop the count, as they stop
         the match."""
         opp = market.sides[3 - order.side]
-        limit = (order.price - opp.base) * opp.sign
+        limit = opp.key(order.price)
         need, member = order.qty, order.member
         stops = order.stp != CANCEL_RESTING
         if not self.stp_on:
@@ -706,19 +715,18 @@ class Engine:
     def _match(self, market: Market, order: Order, seq: Any, ts: Any) -> None:
         """Trade the incoming order against the opposite side while it crosses."""
         opp = market.sides[3 - order.side]
-        limit = (order.price - opp.base) * opp.sign
+        limit = opp.key(order.price)
         if opp.best > limit:
             return
         # The hottest loop of the engine. Attributes are bound to locals, and the
         # price, the statistics and the level's total are kept per level, not per fill.
-        emit = self._emit
+        out = self.out
         member, side = order.member, order.side
         taker_id: Any = order.order_id  # boxed once here, not once per fill
         holds = market.holds
         ledger = self.ledger
         symbol = market.symbol
         qty = order.qty
-        trade_ids = self._trade_ids
         orders = self.orders
         limited = side == SELL and market.position_max != 0  # the makers are buys under a position limit
         stp_on = self.stp_on
@@ -726,7 +734,7 @@ class Engine:
             key = opp.best
             level = opp.level(key)
             assert level is not None
-            price = opp.base + opp.sign * key
+            price = opp.price(key)
             lqty = level.qty
             filled = fills = 0  # at this level
             while qty and lqty:
@@ -760,8 +768,10 @@ class Engine:
                 lqty -= fill
                 filled += fill
                 fills += 1
-                trade = _Trade(seq, ts, next(trade_ids), symbol, price, fill, side, maker.order_id, maker.member, taker_id, member)
-                emit(trade)
+                trade_id = self.next_trade_id
+                self.next_trade_id = trade_id + 1
+                trade = _Trade(seq, ts, trade_id, symbol, price, fill, side, maker.order_id, maker.member, taker_id, member)
+                out.append(trade)
                 if holds:
                     assert ledger is not None
                     if side == BUY:
@@ -866,7 +876,7 @@ class Engine:
         if market.position_max and order.side == BUY:
             self._open_buy(market, order.member, -qty)
         half = market.sides[order.side]
-        half.kill(order, (order.price - half.base) * half.sign)
+        half.kill(order, half.key(order.price))
         del self.orders[order.order_id]
         return qty
 
@@ -901,7 +911,7 @@ class Engine:
         # HalfBook.kill inlined for the common case (the level stays non-empty, no
         # compaction due): cancels are a third of the flow.
         half = market.sides[order.side]
-        key = (order.price - half.base) * half.sign
+        key = half.key(order.price)
         level = half.level(key)
         assert level is not None
         level.qty -= qty
@@ -913,7 +923,7 @@ class Engine:
             half.kill(order, key)
         del self.orders[order_id]
         if self.acks:
-            self._emit(_Cancelled(seq, ts, member, order_id, order.instrument, qty, USER, order.side, order.price))
+            self.out.append(_Cancelled(seq, ts, member, order_id, order.instrument, qty, USER, order.side, order.price))
 
     def _amend(self, cmd: Amend) -> None:
         if self._barred(cmd, cmd.member, "", cmd.order_id):
@@ -971,7 +981,7 @@ class Engine:
         seq, ts = cmd.seq, cmd.ts
         half = market.sides[order.side]
         if price == order.price and qty < order.qty:
-            level = half.level((price - half.base) * half.sign)
+            level = half.level(half.key(price))
             assert level is not None
             level.qty -= order.qty - qty
             if limited:
@@ -984,14 +994,14 @@ class Engine:
         # an incoming order that may trade.
         if limited:
             self._open_buy(market, order.member, -order.qty)
-        half.kill(order, (order.price - half.base) * half.sign)  # marks the old entry dead
+        half.kill(order, half.key(order.price))  # marks the old entry dead
         del self.orders[oid]
         moved = Order(oid, order.member, order.coid, order.instrument, order.side, price, qty,
                       order.filled, order.tif, order.stp, new_hold, ts)
         self.out.append(Amended(seq, ts, order.member, oid, market.symbol, price, qty, False))
         self._match(market, moved, seq, ts)
         if moved.qty:
-            half.add(moved, (price - half.base) * half.sign)
+            half.add(moved, half.key(price))
             self.orders[oid] = moved
             if limited:
                 self._open_buy(market, moved.member, moved.qty)
@@ -1010,7 +1020,7 @@ class Engine:
             self._reject(cmd, Reason.TARGET_IS_OWN_ORDER, f"order {target.order_id} is your own", cmd.coid)
             return
         half = market.sides[target.side]
-        key = (target.price - half.base) * half.sign
+        key = half.key(target.price)
         if key > half.nth_key(HIT_LEVELS):
             self._reject(cmd, Reason.TARGET_NOT_IN_BEST_LEVELS, f"order {target.order_id} is not among the best {HIT_LEVELS} levels", cmd.coid)
             return
@@ -1023,13 +1033,13 @@ class Engine:
             if hold < 0:
                 return
         member, seq, ts = cmd.member, cmd.seq, cmd.ts
-        order_id = next(self._order_ids)
+        order_id = self._take_order_id()
         self.coids.setdefault(member, set()).add(cmd.coid)
         order = Order(order_id, member, cmd.coid, market.symbol, side, price, qty, 0, IOC, CANCEL_INCOMING, hold, ts)
         if self.acks:
-            self._emit(_Accepted(seq, ts, member, cmd.coid, order_id, market.symbol, side, price, qty, LIMIT, IOC))
+            self.out.append(_Accepted(seq, ts, member, cmd.coid, order_id, market.symbol, side, price, qty, LIMIT, IOC))
         fill = qty if qty < target.qty else target.qty
-        trade = Trade(seq, ts, next(self._trade_ids), market.symbol, price, fill, side, target.order_id, target.member, order_id, member)
+        trade = Trade(seq, ts, self._take_trade_id(), market.symbol, price, fill, side, target.order_id, target.member, order_id, member)
         self.out.append(trade)
         if market.holds:
             ledger = self.ledger
@@ -1294,7 +1304,7 @@ class Engine:
                 freed = offer.hold - new
                 offer.hold = new
         self.coids.setdefault(member, set()).add(coid)
-        trade_id = next(self._trade_ids)
+        trade_id = self._take_trade_id()
         # Settled as any trade (delivery versus payment), the offerer as maker; not
         # recorded in the listing statistics (open, close, VWAP).
         trade = Trade(cmd.seq, cmd.ts, trade_id, market.symbol, price, qty, side, 0, offer.member, 0, member)
@@ -1504,7 +1514,7 @@ class Engine:
         clearing = fills[-1][0].price if fills else 0
         for bid, take in fills:
             price = clearing if auction.pricing == int(Pricing.UNIFORM) else bid.price
-            trade_id = next(self._trade_ids)
+            trade_id = self._take_trade_id()
             if market.holds:
                 assert ledger is not None
                 trade = Trade(seq, ts, trade_id, market.symbol, price, take, BUY, 0, auction.seller, 0, bid.member)
@@ -1646,7 +1656,7 @@ class Engine:
             for record in ms.orders:
                 order = Order.from_record(record)
                 half = market.sides[order.side]
-                half.add(order, (order.price - half.base) * half.sign)
+                half.add(order, half.key(order.price))
                 self.orders[order.order_id] = order
                 if market.position_max and order.side == BUY:  # derived from the book, not snapshotted
                     self._open_buy(market, order.member, order.qty)
