@@ -8,11 +8,20 @@ member's ``holding`` of an instrument.
 
 ``settlement.Ledger`` is the real implementation (fees, T+1, registry). ``SimpleLedger``
 here is just enough for the engine's own tests and replays: balances and holds, no fees.
+
+``HoldLedger`` is a class to derive from, not a Protocol: compiled by mypyc, the engine
+calls a native class's methods directly (through its vtable), where a Protocol's are
+looked up and called by name, several hundred instructions each, on every order and
+fill. A ledger written in interpreted Python derives from it too (and, to be copied or
+pickled, writes ``__getstate__`` and ``__setstate__``: those of a compiled base class
+carry its native attributes only).
 """
 
 from __future__ import annotations
 
-from typing import Final, Protocol
+from typing import Final
+
+from mypy_extensions import mypyc_attr
 
 from engine.messages import Side, Trade
 
@@ -20,44 +29,49 @@ CASH: Final = "CNY"
 BUY: Final = int(Side.BUY)
 
 
-class HoldLedger(Protocol):
+@mypyc_attr(allow_interpreted_subclasses=True)
+class HoldLedger:
+    """What the engine asks of a ledger; each method is for a subclass to write."""
+
+    __slots__ = ()
+
     def cash_required(self, notional: int) -> int:
         """Cash to hold for a buy of this notional (fen): notional plus a fee allowance.
         Must be monotonic and satisfy ``cash_required(a) - cash_required(b)`` >= the
         cost of a fill of notional ``a - b`` (fees included) for ``a >= b``."""
-        ...
+        raise NotImplementedError
 
     def hold(self, account: str, asset: str, amount: int) -> bool:
         """Hold ``amount`` of the account's available ``asset``; False (and no change)
         when the available amount is smaller."""
-        ...
+        raise NotImplementedError
 
     def release(self, account: str, asset: str, amount: int) -> None:
         """Return ``amount`` of held ``asset`` to available. Never more than is held."""
-        ...
+        raise NotImplementedError
 
     def settle(self, trade: Trade, buyer_hold: int) -> None:
         """Settle one fill: ``buyer_hold`` is the part of the buyer's held cash that this
         fill frees; it pays the trade's cost and fees and the rest returns to available.
         The seller's held allowances (``trade.qty``) move to the buyer."""
-        ...
+        raise NotImplementedError
 
     def end_of_day(self) -> None:
         """The trading day closed (T+1 quantities become sellable, and so on)."""
-        ...
+        raise NotImplementedError
 
     def holding(self, account: str, asset: str) -> int:
         """What the account owns of ``asset`` (its balance, held and not yet sellable
         included; 0 when it has none): the position that position limits count."""
-        ...
+        raise NotImplementedError
 
     def state(self) -> list[tuple[str, str, int, int]]:
         """(account, asset, balance, held) for every non-zero entry, sorted: the part
         of the ledger that the engine's state hash covers."""
-        ...
+        raise NotImplementedError
 
 
-class SimpleLedger:
+class SimpleLedger(HoldLedger):
     """Balances and holds per (account, asset), as one small list ``[balance, held]``
     per entry (one dict lookup per operation); fees are zero."""
 

@@ -302,6 +302,8 @@ class Engine:
             if mode not in modes:
                 raise ValueError(f"member {member}: self-trade prevention mode must be 1-4, got {mode}")
         schedule.check()
+        if ledger is not None and not isinstance(ledger, HoldLedger):
+            raise TypeError(f"the engine's ledger derives from engine.ledger.HoldLedger, got {type(ledger).__name__}")
         self.ledger = ledger
         self.schedule = schedule
         self.stp_default = stp_default
@@ -735,6 +737,7 @@ class Engine:
             level = opp.level(key)
             assert level is not None
             price = opp.price(key)
+            price_o: Any = price  # boxed once a level, for its trades' events
             lqty = level.qty
             filled = fills = 0  # at this level
             while qty and lqty:
@@ -752,6 +755,7 @@ class Engine:
                         qty = 0
                         break
                     continue
+                maker_id: Any = maker.order_id  # boxed once, for the index and the event
                 if qty < mqty:
                     fill = qty
                     maker.qty = mqty = mqty - qty
@@ -761,7 +765,7 @@ class Engine:
                     qty -= mqty
                     mqty = maker.qty = 0
                     level.queue.popleft()
-                    del orders[maker.order_id]
+                    del orders[maker_id]
                 maker.filled += fill
                 if limited:
                     self._open_buy(market, maker.member, -fill)
@@ -770,7 +774,7 @@ class Engine:
                 fills += 1
                 trade_id = self.next_trade_id
                 self.next_trade_id = trade_id + 1
-                trade = _Trade(seq, ts, trade_id, symbol, price, fill, side, maker.order_id, maker.member, taker_id, member)
+                trade = _Trade(seq, ts, trade_id, symbol, price_o, fill, side, maker_id, maker.member, taker_id, member)
                 out.append(trade)
                 if holds:
                     assert ledger is not None
@@ -892,7 +896,7 @@ class Engine:
 
     def _cancel(self, cmd: Cancel | None, fields: tuple[Any, ...]) -> None:
         member: str
-        order_id: int
+        order_id: Any  # a key and an event's field only: kept as the object it is
         seq: Any  # passed on into the event only: kept boxed
         ts: Any
         # astuple(cmd), read by _apply (cmd None: given by its fields, see cancel);

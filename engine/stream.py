@@ -112,8 +112,8 @@ class StreamError(Exception):
         self.fatal = fatal
 
 
-class FundableLedger(HoldLedger, Protocol):
-    """A hold ledger that can be funded before a replay (SimpleLedger, settlement's)."""
+class FundableLedger(Protocol):
+    """A hold ledger (a ``HoldLedger``) that can be funded before a replay (SimpleLedger)."""
 
     def deposit(self, account: str, asset: str, amount: int) -> None: ...
 
@@ -125,6 +125,8 @@ def build_engine(header: StreamHeader, ledger: FundableLedger | None = None) -> 
     book = SimpleLedger() if ledger is None else ledger
     for account, asset, amount in header.holds:
         book.deposit(account, asset, amount)
+    if not isinstance(book, HoldLedger):
+        raise TypeError(f"a replay's ledger derives from engine.ledger.HoldLedger, got {type(book).__name__}")
     return Engine(
         header.instruments, book,
         schedule=header.schedule if header.schedule is not None else ALWAYS_OPEN,

@@ -56,7 +56,7 @@ import msgspec
 from msgspec.structs import astuple
 from mypy_extensions import mypyc_attr
 
-from engine.ledger import CASH
+from engine.ledger import CASH, HoldLedger
 from engine.messages import Side, Trade
 from settlement.messages import (
     COMMAND_KINDS,
@@ -179,7 +179,7 @@ class Net:
 _Handler = Callable[[Any, str], "RegistryDone | RegistryRejected"]
 
 
-class Ledger:
+class Ledger(HoldLedger):
     """Balances, holds and T+1 quantities per account and asset; see the module
     docstring for the contract."""
 

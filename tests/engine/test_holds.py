@@ -14,6 +14,7 @@ from engine import (
     OrdType,
     Sequencer,
     Side,
+    Tick,
     TimeInForce,
     Trade,
 )
@@ -153,3 +154,31 @@ def test_holds_follow_each_fill_of_a_sweep() -> None:
     assert v.held("A") == 9_000 + 3 * 10_000
     assert v.ledger is not None and v.ledger.balance[("A", CASH)] == 1_000_000 - 18_600
     assert v.engine.order(oid) is not None
+
+
+def test_a_ledger_derives_from_hold_ledger() -> None:
+    """The engine calls its ledger natively (compiled, through the class's vtable): an
+    object that only looks like a ledger is refused when the engine is built, naming
+    the class to derive from, instead of failing at the first order."""
+    import pytest
+
+    from engine.ledger import HoldLedger
+
+    class LooksLikeOne:
+        def cash_required(self, notional: int) -> int:
+            return notional
+
+    with pytest.raises(TypeError, match=r"engine\.ledger\.HoldLedger.*LooksLikeOne"):
+        Engine([cx("CEA24", 10_000)], LooksLikeOne())  # type: ignore[arg-type]
+
+    class Interpreted(HoldLedger):
+        def cash_required(self, notional: int) -> int:
+            return notional
+
+        def hold(self, account: str, asset: str, amount: int) -> bool:
+            return False
+
+    engine = Engine([cx("CEA24", 10_000)], Interpreted())
+    engine.process(Tick(seq=1, ts=0))
+    got = engine.process(NewOrder("A", "1", "CEA24", 1, 10, 10_000, seq=2, ts=1))
+    assert [type(e).__name__ for e in got] == ["Rejected"] and got[0].reason == 8  # type: ignore[attr-defined]

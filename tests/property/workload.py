@@ -40,6 +40,7 @@ from engine import (
     Event,
     Halt,
     HitOrder,
+    HoldLedger,
     Instrument,
     ManualClock,
     MassCancel,
@@ -117,7 +118,7 @@ class Config:
     fee_divisor: int = 0  # 0: SimpleLedger; else FeeLedger charging notional // fee_divisor
 
 
-class FeeLedger:
+class FeeLedger(HoldLedger):
     """A hold ledger whose buyers pay a fee of ``notional // divisor`` on every fill, to
     the FEES account, so that holds are not simply price x quantity: a buy holds
     ``cash_required(n) = n + n // divisor``. Flooring keeps the ledger contract
@@ -130,6 +131,14 @@ class FeeLedger:
         self.divisor = divisor
         self.balance: dict[tuple[str, str], int] = {}
         self.held: dict[tuple[str, str], int] = {}
+
+    # Copied by the tests (copy.deepcopy): the compiled base class's own state methods
+    # know only its native attributes, none, so these carry the instance's.
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     def deposit(self, account: str, asset: str, amount: int) -> None:
         self.balance[account, asset] = self.balance.get((account, asset), 0) + amount
