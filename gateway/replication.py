@@ -375,7 +375,23 @@ class Follower:
 
     async def catch_up(self) -> int:
         """Apply every batch the stream holds now; the stream sequence of its newest
-        batch (0: none). For a primary starting: nothing acknowledged is left out."""
+        batch (0: none). For a primary starting: nothing acknowledged is left out.
+
+        A NATS server lost, a reconnect or a request timing out while the cluster elects
+        new leaders only delays it, as it delays ``run``: it starts again after the last
+        batch applied (found when a standby that had just taken the lease exited on a
+        consumer request timing out). A history that does not fit (RuntimeError) ends
+        it."""
+        while True:
+            try:
+                return await self._catch_up()
+            except RuntimeError:
+                raise
+            except Exception as e:  # the connection, a server, a timeout: catch up again
+                log.warning("replication: catching up with the stream failed (%r); catching up again", e)
+                await asyncio.sleep(0.2)
+
+    async def _catch_up(self) -> int:
         link = self.link
         target, last_cmd = await link.run(link.last_batch())
         if last_cmd <= self.last_seq():
@@ -389,7 +405,8 @@ class Follower:
                 for msg in await link.run(self._fetch(sub, 1.0)):
                     await self._handle(msg)
         finally:
-            await link.run(sub.unsubscribe())
+            with contextlib.suppress(Exception):  # a connection gone: the consumer lapses by itself
+                await link.run(sub.unsubscribe())
         return target
 
     async def _subscribe(self) -> Any:
