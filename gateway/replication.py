@@ -177,7 +177,7 @@ class Link:
 
     async def cluster(self) -> dict[str, Any]:
         """The cluster as the operators see it (``etx ops cluster``)."""
-        from nats.js.errors import NoKeysError
+        from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
         info = await self.js.stream_info(self.stream)
         batch_seq, last_cmd = await self.last_batch()
@@ -187,15 +187,20 @@ class Link:
             cmds = msgspec.msgpack.decode(msg.data)
             last_ts = int(cmds[-1][-1]) if cmds and isinstance(cmds[-1], list) else 0
         lease, revision = await self.read_lease()
+        # The standbys' keys from the lease bucket's stream state (one request), not the
+        # KV client's keys(): its listing can end early while other keys are written
+        # (nats-py issue 842), and the lease and the positions are written all the time.
+        bucket = f"{self.stream}-lease"
+        prefix = f"$KV.{bucket}.standby."
+        held = await self.js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
         standbys: dict[str, Position] = {}
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            keys = []
-        for key in keys:
-            if key.startswith("standby."):
-                entry = await self.kv.get(key)
-                standbys[key.removeprefix("standby.")] = msgspec.json.decode(entry.value, type=Position)
+        for subject in sorted(held.state.subjects or {}):
+            try:
+                entry = await self.kv.get(subject.removeprefix(f"$KV.{bucket}."))
+            except (KeyNotFoundError, KeyDeletedError):
+                continue
+            if entry.value:
+                standbys[subject.removeprefix(prefix)] = msgspec.json.decode(entry.value, type=Position)
         c = info.cluster
         return {"stream": self.stream, "replicas": info.config.num_replicas, "messages": info.state.messages,
                 "leader": getattr(c, "leader", None) or "-",

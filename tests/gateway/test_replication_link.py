@@ -1,6 +1,8 @@
-"""A standby's catch-up with the stream (``Follower.catch_up``), against a real NATS
-JetStream server started by the test: a request that times out while the cluster
-elects new leaders delays it and loses nothing; a history that does not fit ends it."""
+"""Replication against a real NATS JetStream server started by the test: a standby's
+catch-up with the stream (``Follower.catch_up``), which a request timing out while the
+cluster elects new leaders delays and loses nothing of, and a history that does not fit
+ends; and the operators' view of the cluster, which lists every standby while the lease
+and the positions are written."""
 
 from __future__ import annotations
 
@@ -68,6 +70,48 @@ def test_a_history_that_does_not_fit_ends_the_catch_up(tmp_path: Path) -> None:
         applied = [Tick(seq=s, ts=s) for s in range(1, 6)]  # this journal is ahead of the stream
         with pytest.raises(RuntimeError, match="beyond the stream's last batch"):
             asyncio.run(follower(link, applied).catch_up())
+    finally:
+        link.close()
+        cluster.stop()
+
+
+def test_the_cluster_view_lists_every_standby_while_the_lease_is_renewed(tmp_path: Path) -> None:
+    """Found by CI: ``etx ops cluster`` showed the primary but not the standby that had
+    been writing its position every 0.5 s. The KV client's ``keys()`` can end its listing
+    early while other keys are written (nats-py issue 842); the view reads the subjects
+    the lease bucket holds from the stream's own state instead. Here two standbys'
+    positions are listed each time while the lease and the positions are written as
+    fast as the server takes them."""
+    from gateway.replication import Position
+
+    cluster = NatsCluster(tmp_path / "nats", 1)
+    link = Link(cluster.urls, "ETXVIEW")
+    try:
+        for node in ("b", "c"):
+            link.call(link.put_position(node, Position(1, 1, 1)), 10)
+        taken = link.call(link.take_lease("a", 5.0, 0), 10)
+        assert taken
+
+        async def views() -> list[set[str]]:
+            stop = asyncio.Event()
+
+            async def write() -> None:
+                revision, n = taken, 0
+                while not stop.is_set():
+                    n += 1
+                    revision = await link.take_lease("a", 5.0, revision) or revision
+                    await link.put_position("b" if n % 2 else "c", Position(n, n, n))
+
+            writer = asyncio.ensure_future(write())
+            seen = []
+            for _ in range(40):
+                seen.append(set((await link.cluster())["standbys"]))
+            stop.set()
+            await writer
+            return seen
+
+        seen = link.call(views(), 120)
+        assert all(s == {"b", "c"} for s in seen), seen
     finally:
         link.close()
         cluster.stop()
