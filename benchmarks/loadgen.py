@@ -45,7 +45,7 @@ KINDS = (*NEW_KINDS, "hit", "cancel", "amend")
 _ACCEPTED, _REJECTED, _CANCELLED, _AMENDED, _EXPIRED, _DECREMENTED, _FILL = 101, 102, 104, 105, 106, 109, 170
 _REPORT, _LOGON_ACK, _LOGON_REJECT, _SESSION_CLOSED = 160, 150, 151, 154
 _INSTRUMENTS_REPLY, _QUERY_REJECTED = 174, 175
-FENCE_REQ_ID = 0x10AD  # the query that closes a run (see Generator._fence)
+FENCE_REQ_ID = 0x10AD  # the query that closes a run (see fence)
 LATENCY_MAX_US = 3_600_000_000  # an hour: longer answers are recorded at the maximum
 BUY, SELL = int(Side.BUY), int(Side.SELL)
 

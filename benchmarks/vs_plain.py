@@ -57,7 +57,7 @@ from typing import Any, NamedTuple
 
 from engine.instrument import Instrument
 from engine.matching import Engine
-from engine.messages import Cancel, NewOrder, OrdType, Trade
+from engine.messages import Cancel, NewOrder, OrdType, TimeInForce, Trade
 
 LIMIT, MARKET, CANCEL = 0, 1, 2
 BUY, SELL = 1, 2  # etx's sides; the plain book's are 0 and 1
@@ -364,7 +364,7 @@ def run_etx(flow: Flow, way: str, engines: list[Engine] | None = None) -> float:
         return (time.perf_counter_ns() - t0) / 1e9
     if way == "direct":
         new, cancel_order = engine.new_order, engine.cancel  # one order's fields in, its events out
-        limit, day = int(OrdType.LIMIT), 1
+        limit, day = int(OrdType.LIMIT), int(TimeInForce.DAY)
         t0 = time.perf_counter_ns()
         for kind, oid, side, price, qty in ops:
             if kind == CANCEL:

@@ -395,10 +395,7 @@ class Engine:
         with one order in hand (an adapter, a replay, a test). Returns what the outbox
         held, the command's events last; the outbox is left empty."""
         self._apply(cmd)
-        out = self.out
-        events = out.copy()
-        out.clear()
-        return events
+        return self._take_events()
 
     def new_order(self, member: Any, coid: Any, instrument: Any, side: Any, qty: Any, price: Any = 0,
                   ord_type: Any = LIMIT, tif: Any = DAY, stp: Any = 0, seq: Any = 0, ts: Any = 0) -> list[Event]:
@@ -412,16 +409,17 @@ class Engine:
         keeps the commands."""
         self._sequence(seq, ts)
         self._new_order(None, (member, coid, instrument, side, qty, price, ord_type, tif, stp, seq, ts))
-        out = self.out
-        events = out.copy()
-        out.clear()
-        return events
+        return self._take_events()
 
     def cancel(self, member: Any, order_id: Any, seq: Any = 0, ts: Any = 0) -> list[Event]:
         """``process(Cancel(member, order_id, seq=seq, ts=ts))`` without the command
         object (see ``new_order``)."""
         self._sequence(seq, ts)
         self._cancel(None, (member, order_id, "", "", seq, ts))
+        return self._take_events()
+
+    def _take_events(self) -> list[Event]:
+        """What the outbox holds, handed over; the outbox (never replaced) left empty."""
         out = self.out
         events = out.copy()
         out.clear()
@@ -651,9 +649,7 @@ class Engine:
         # Accepted: from here on the command changes state.
         # Boxed once (Any): it goes into the event and the order index as is, where an
         # int would be boxed again for each.
-        n = self.next_order_id
-        self.next_order_id = n + 1
-        order_id: Any = n
+        order_id: Any = self._take_order_id()
         used.add(coid)
         order = Order(order_id, member, coid, market.symbol, side, price, qty, 0, tif,
                       stp or (self.member_stp.get(member, self.stp_default) if self.member_stp else self.stp_default),
@@ -772,8 +768,7 @@ class Engine:
                 lqty -= fill
                 filled += fill
                 fills += 1
-                trade_id = self.next_trade_id
-                self.next_trade_id = trade_id + 1
+                trade_id = self._take_trade_id()
                 trade = _Trade(seq, ts, trade_id, symbol, price_o, fill, side, maker_id, maker.member, taker_id, member)
                 out.append(trade)
                 if holds:

@@ -191,16 +191,17 @@ class Link:
         # KV client's keys(): its listing can end early while other keys are written
         # (nats-py issue 842), and the lease and the positions are written all the time.
         bucket = f"{self.stream}-lease"
-        prefix = f"$KV.{bucket}.standby."
-        held = await self.js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+        keys = f"$KV.{bucket}."  # a key's subject in the bucket's stream
+        held = await self.js.stream_info(f"KV_{bucket}", subjects_filter=f"{keys}standby.>")
         standbys: dict[str, Position] = {}
         for subject in sorted(held.state.subjects or {}):
+            key = subject.removeprefix(keys)
             try:
-                entry = await self.kv.get(subject.removeprefix(f"$KV.{bucket}."))
+                entry = await self.kv.get(key)
             except (KeyNotFoundError, KeyDeletedError):
                 continue
             if entry.value:
-                standbys[subject.removeprefix(prefix)] = msgspec.json.decode(entry.value, type=Position)
+                standbys[key.removeprefix("standby.")] = msgspec.json.decode(entry.value, type=Position)
         c = info.cluster
         return {"stream": self.stream, "replicas": info.config.num_replicas, "messages": info.state.messages,
                 "leader": getattr(c, "leader", None) or "-",

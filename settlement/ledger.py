@@ -1052,7 +1052,9 @@ class Ledger(HoldLedger):
         for state in snap.accounts:
             self.accounts[state.account] = state
         for account, asset, balance, held, unsellable, unwithdrawable in snap.entries:
-            self._entry(account, asset).set(Entry(balance, held if keep_holds else 0, unsellable, unwithdrawable))
+            e = self._entry(account, asset)
+            e.balance, e.held = balance, (held if keep_holds else 0)
+            e.unsellable, e.unwithdrawable = unsellable, unwithdrawable
         for account in self.fees.system_accounts():
             if account not in self.accounts:
                 raise ValueError(f"restore: system account {account} missing")
