@@ -314,9 +314,14 @@ class Snapshotter:
     next batch tries again), and until ``gap_ratio`` times its cost has passed since it
     was durable. The cost of a snapshot process is the CPU time it used (it runs at a
     lower priority than the exchange, so its wall time stretches when the machine is
-    busy); on a thread, the time from the pause to durable. On a busy day with a deep
-    book, snapshots so space themselves to at most 1 / (1 + gap_ratio) of a core, and
-    a restart replays correspondingly more. An end-of-day snapshot is always taken.
+    busy); on a thread, the time from the pause to durable. A snapshot costs in
+    proportion to the state it copies, so when the state has grown since the last one
+    (``size()``, by default the process's resident memory, read when a snapshot is
+    otherwise due), that cost is scaled by the growth first, once per snapshot: a
+    snapshot never waits more than one such estimate. On a busy day with a deep book,
+    even a growing one, snapshots so space themselves to about 1 / (1 + gap_ratio) of
+    a core, and a restart replays correspondingly more. An end-of-day snapshot is
+    always taken.
     Write errors are logged and counted; trading goes on and the next snapshot tries
     again.
     """
@@ -334,6 +339,7 @@ class Snapshotter:
         edge: Callable[[], EdgeState] | None = None,
         fork: bool | None = None,
         gap_ratio: float = 0.0,
+        size: Callable[[], int] | None = None,
     ) -> None:
         if every_commands < 1:
             raise ValueError(f"every_commands must be positive, got {every_commands}")
@@ -348,12 +354,16 @@ class Snapshotter:
         self.day, self.keep_seq_from, self.edge = day, keep_seq_from, edge
         self.fork = hasattr(os, "fork") if fork is None else fork
         self.gap_ratio = gap_ratio
+        self.size = size if size is not None else resident_bytes
         self._next_at = 0.0  # monotonic time before which no periodic snapshot starts (gap_ratio)
+        # The last durable snapshot's cost, the state's size when it was taken and when it
+        # became durable; whether the next one's cost has been estimated from the growth.
+        self._cost, self._cost_size, self._durable_at, self._estimated = 0.0, 0, 0.0, True
         self._day = day() if day is not None else 0
         self._last = core.last_seq
         self._last_at = time.monotonic()
         self._cond = threading.Condition()
-        self._queue: list[tuple[Capture, float, float]] = []  # with its pause and when it started
+        self._queue: list[tuple[Capture, float, float, int]] = []  # with its pause, when it started, the size
         self._pending = 0  # snapshots taken and not yet durable (or failed)
         self._closed = False
         self._retire_lock = threading.Lock()
@@ -385,19 +395,27 @@ class Snapshotter:
             if done < self.every_commands and not (
                     done and self.every_s is not None and time.monotonic() - self._last_at >= self.every_s):
                 return
+            if not self._estimated:
+                self._estimated = True
+                grown = self.size() / self._cost_size if self._cost_size > 0 else 1.0
+                due = self._durable_at + self.gap_ratio * self._cost * grown
+                if grown > 1.0 and time.monotonic() < due:
+                    self._next_at = due
+                    return
         self.take(end_of_day)
 
     def take(self, end_of_day: bool = False) -> None:
         """Take a snapshot of the core as it is now (on the core's thread)."""
+        size = self.size() if self.gap_ratio else 0
         started = time.perf_counter()
         if self.fork:
-            self._fork(end_of_day, started)
+            self._fork(end_of_day, started, size)
             return
         cap = capture(self.core, end_of_day, self.edge() if self.edge is not None else None)
         pause = time.perf_counter() - started
         self._taken(cap.last_seq, pause)
         with self._cond:
-            self._queue.append((cap, pause, started))
+            self._queue.append((cap, pause, started, size))
             self._cond.notify()
 
     def _taken(self, last_seq: int, pause: float) -> None:
@@ -408,7 +426,7 @@ class Snapshotter:
         with self._cond:
             self._pending += 1
 
-    def _fork(self, end_of_day: bool, started: float) -> None:
+    def _fork(self, end_of_day: bool, started: float, size: int) -> None:
         core, store, edge = self.core, self.store, self.edge
         last_seq = core.last_seq
         parent = os.getpid()
@@ -429,13 +447,14 @@ class Snapshotter:
         pause = time.perf_counter() - started
         self._taken(last_seq, pause)
         self.children.add(pid)
-        reaper = threading.Thread(target=self._reap, args=(pid, read_fd, last_seq, end_of_day, pause, started),
+        reaper = threading.Thread(target=self._reap, args=(pid, read_fd, last_seq, end_of_day, pause, started, size),
                                   name=f"snapshot-{pid}", daemon=True)
         self._reapers = [t for t in self._reapers if t.is_alive()]
         self._reapers.append(reaper)
         reaper.start()
 
-    def _reap(self, pid: int, read_fd: int, last_seq: int, end_of_day: bool, pause: float, started: float) -> None:
+    def _reap(self, pid: int, read_fd: int, last_seq: int, end_of_day: bool, pause: float, started: float,
+              size: int) -> None:
         """Wait for a snapshot child (on a thread of its own), then retire."""
         with os.fdopen(read_fd, "rb") as pipe:
             said = pipe.read()  # returns when the child has exited (or closed the pipe)
@@ -444,15 +463,16 @@ class Snapshotter:
         self.children.discard(pid)
         code = os.waitstatus_to_exitcode(status)
         if code == 0 and said.startswith(b"ok "):
-            self._written(said[3:].decode(errors="replace"), last_seq, end_of_day, pause, started, cpu_s)
+            self._written(said[3:].decode(errors="replace"), last_seq, end_of_day, pause, started, size, cpu_s)
         else:
             why = said.decode(errors="replace") or f"the snapshot process ended with status {code}"
             self._failed(last_seq, why)
 
-    def _written(self, path: str, last_seq: int, end_of_day: bool, pause: float, started: float,
+    def _written(self, path: str, last_seq: int, end_of_day: bool, pause: float, started: float, size: int,
                  cost_s: float | None = None) -> None:
         """Retire after a durable snapshot; ``cost_s`` (default: the time since
-        ``started``) spaces the next periodic one."""
+        ``started``) and ``size``, the state's when it was taken, space the next
+        periodic one."""
         try:
             with self._retire_lock:
                 keep = self.keep_seq_from() if self.keep_seq_from is not None else None
@@ -463,7 +483,9 @@ class Snapshotter:
                 took = time.perf_counter() - started
                 self.write_s.append(took)
                 cost = took if cost_s is None else cost_s
-                self._next_at = max(self._next_at, time.monotonic() + self.gap_ratio * cost)
+                now = time.monotonic()
+                self._next_at = max(self._next_at, now + self.gap_ratio * cost)
+                self._cost, self._cost_size, self._durable_at, self._estimated = cost, size, now, False
             log.info("snapshot %s written (seq %d%s) %.3f s after a %.3f s pause; "
                      "retired %d snapshots and %d journal segments",
                      Path(path).name, last_seq, ", end of day" if end_of_day else "", took,
@@ -504,13 +526,26 @@ class Snapshotter:
                     self._cond.wait()
                 if not self._queue:
                     return
-                cap, pause, started = self._queue.pop(0)
+                cap, pause, started, size = self._queue.pop(0)
             try:
                 path = self.store.write(cap)
             except Exception as e:  # a full disk must not stop trading: the journal still has it all
                 self._failed(cap.last_seq, str(e))
                 continue
-            self._written(str(path), cap.last_seq, cap.end_of_day, pause, started)
+            self._written(str(path), cap.last_seq, cap.end_of_day, pause, started, size)
+
+
+def resident_bytes() -> int:
+    """The process's resident memory in bytes (Linux: ``/proc/self/statm``); 0 where
+    it cannot be read, which leaves a snapshot's cost unscaled."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_BYTES
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _snapshot_child(parent: int, write_fd: int, work: Callable[[], Path]) -> typing.NoReturn:

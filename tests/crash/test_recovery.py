@@ -16,6 +16,7 @@ import pytest
 
 from engine.journal import Journal, JournalCorrupt, list_segments
 from engine.snapshot import SNAPSHOT_HEADER, Capture, SnapshotStore, capture, encode_snapshot, snapshot_name
+from gateway import recovery
 from gateway.auth import Authenticator
 from gateway.recovery import JOURNAL_DIR, SNAPSHOT_DIR, Snapshotter, journal_command_types, recover, snapshot_type_of
 from gateway.server import Server
@@ -316,6 +317,76 @@ def test_snapshotter_by_time_only_while_commands_are_applied(tmp_path: Path, wor
     assert [s for s, _ in store.list()] == [100] and snapper.last_written == 100
     with pytest.raises(ValueError, match="every_s"):
         Snapshotter(core, store, every_s=0)
+
+
+class Clock:
+    """Stands in for the ``time`` module inside gateway.recovery: the snapshotter's
+    monotonic and performance clocks read ``now``, which only the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class TimedStore:
+    """A snapshot store whose every write takes ``cost`` seconds of the test's clock."""
+
+    def __init__(self, store: SnapshotStore, clock: Clock, cost: float) -> None:
+        self.store, self.clock, self.cost = store, clock, cost
+
+    def write(self, cap: Any) -> Path:
+        self.clock.now += self.cost
+        return self.store.write(cap)
+
+    def retire(self, journal_dir: Any, keep_seq_from: Any = None) -> Any:
+        return self.store.retire(journal_dir, keep_seq_from=keep_seq_from)
+
+
+@pytest.mark.parametrize("growth", [1, 3])
+def test_snapshots_keep_their_gap_as_the_state_grows(tmp_path: Path, work: Any, growth: int,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A periodic snapshot waits gap_ratio times the last one's cost after it was
+    durable, that cost scaled by how much the state has grown since it was taken
+    (estimated once: it then waits no more, however the state grows on)."""
+    make_core, cmds = work
+    clock = Clock()
+    monkeypatch.setattr(recovery, "time", clock)
+    size = [1_000]
+    store = TimedStore(SnapshotStore(tmp_path / SNAPSHOT_DIR, keep=10), clock, cost=2.0)
+    core = make_core()
+    snapper = Snapshotter(core, store, every_commands=10, every_s=None, gap_ratio=3.0, fork=False,
+                          size=lambda: size[0])
+    applied = 0
+
+    def batch() -> None:
+        nonlocal applied
+        core.apply_batch(cmds[applied:applied + 10])
+        applied += 10
+        core.out.clear()
+        snapper.after_batch()
+
+    batch()
+    assert snapper.wait() and snapper.taken == 1
+    durable = clock.now  # the write took 2 s of the clock: the next waits 3 x 2 s x growth
+    size[0] *= growth
+    for at, taken in ((5.9, 1), (6.1, 1 if growth > 1 else 2), (17.9, 1 if growth > 1 else 2), (18.1, 2)):
+        clock.now = durable + at
+        if at == 17.9:
+            size[0] *= 10  # grown again: the estimate made at 6.1 s stands
+        batch()
+        assert snapper.taken == taken, (at, snapper.taken)
+    assert snapper.wait()
+    snapper.close()
+    assert snapper.written == 2 and snapper.errors == 0
+
+
+def test_resident_bytes_reads_this_process() -> None:
+    assert recovery.resident_bytes() > 1 << 20  # a Python process with etx loaded: megabytes
 
 
 class SlowEdge:
