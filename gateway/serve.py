@@ -15,8 +15,9 @@ Contract:
   ``snapshot_every_s`` seconds, after each end of day and at a clean stop. Each is a
   forked child process that hashes, encodes and writes the core frozen at that seq
   while trading goes on (the pause is the fork); a periodic one also waits
-  ``SNAPSHOT_GAP_RATIO`` times as long as the previous one took, so that on a busy day
-  with a deep book they keep to a quarter of a core. Old snapshots and journal
+  ``SNAPSHOT_GAP_RATIO`` times as long as the previous one took (scaled by the growth
+  of the exchange's memory since), so that on a busy day with a deep book they keep to
+  about a quarter of a core. Old snapshots and journal
   segments are retired, never the ones a restart still needs while the registry store
   is behind.
 - Every batch is journaled (group-committed fsync, on the journal's thread) before it
