@@ -521,12 +521,13 @@ class Engine:
         return -1
 
     def _position_ok(
-        self, cmd: NewOrder | HitOrder | Amend | BlockOffer | BlockAccept, member: str, market: Market, more: int,
-        coid: str, order_id: int,
+        self, cmd: NewOrder | HitOrder | Amend | BlockOffer | BlockAccept | None, member: str, market: Market,
+        more: int, coid: str, order_id: int, fields: tuple[Any, ...] = (),
     ) -> bool:
         """Whether ``more`` tonnes to buy keep the member within the instrument's position
         limit (its holding, from the ledger, plus its open buy quantity plus ``more``);
-        rejects and returns False when they do not."""
+        rejects and returns False when they do not (a new order given by its ``fields``
+        alone, ``cmd`` None, is built for the rejection)."""
         ledger = self.ledger
         assert ledger is not None and market.position_max > 0
         holding = ledger.holding(member, market.symbol)
@@ -534,6 +535,8 @@ class Engine:
         total = holding + open_buys + more
         if total <= market.position_max:
             return True
+        if cmd is None:
+            cmd = _NewOrder(*fields)
         self._reject(
             cmd, Reason.POSITION_LIMIT,
             f"position limit {market.position_max} t in {market.symbol}: holding {holding} t + open buys "
@@ -638,8 +641,7 @@ class Engine:
                 return
             price_o = price  # a market order's: the band's limit
             assert market is not None
-        if market.position_max and side == BUY and not self._position_ok(
-                cmd if cmd is not None else _NewOrder(*fields), member, market, qty, coid, 0):
+        if market.position_max and side == BUY and not self._position_ok(cmd, member, market, qty, coid, 0, fields):
             return
         hold = 0
         if market.holds:
