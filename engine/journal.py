@@ -486,6 +486,97 @@ def read_journal(
         expect = scan.info.last_seq + 1
 
 
+class JournalTail:
+    """Follows a journal another process appends to, from ``after_seq`` on, without
+    opening it for writing (a snapshot follower beside the exchange).
+
+    ``read(upto)`` yields the commands with seq in (``applied``, ``upto``], a record's
+    worth at a time, cut at ``upto``: the caller names how far the journal is durable
+    (the writer's acknowledged seq), because a record past that may still be cut back
+    by a failed sync. What lies after ``upto`` is read again from the file next time,
+    never kept. Every record is verified (checksum, sequence continuity) as in a
+    replay; a record not yet complete on disk ends the read. A segment that does not
+    continue the sequence, or a record that does not verify with more behind it,
+    raises ``JournalCorrupt``."""
+
+    def __init__(self, directory: Path | str, decoder: msgspec.msgpack.Decoder[Any], after_seq: int) -> None:
+        self.directory = Path(directory)
+        self.decoder = decoder
+        self.applied = after_seq  # the last seq yielded
+        self._path: Path | None = None  # the segment being followed
+        self._pos = 0  # the offset of the next record in it to read
+
+    def read(self, upto: int) -> Iterator[list[Any]]:
+        while self.applied < upto:
+            if self._path is None and not self._find_segment():
+                return
+            assert self._path is not None
+            try:
+                with open(self._path, "rb") as f:
+                    f.seek(self._pos)
+                    data = f.read()
+            except FileNotFoundError:
+                raise JournalCorrupt(str(self._path), self._pos, "the segment being followed was removed") from None
+            moved = False
+            base, pos, end = self._pos, 0, len(data)
+            view = memoryview(data)
+            while pos < end and self.applied < upto:
+                rec = _record_at(data, pos, end)
+                if isinstance(rec, str):
+                    if _find_valid(data, pos + 1) >= 0:
+                        raise JournalCorrupt(str(self._path), self._pos + pos, rec)
+                    break  # the newest record is still being written
+                first, count, body_end = rec
+                last = first + count - 1
+                if last <= self.applied:  # before the seq wanted (a follower's start)
+                    pos = body_end
+                    continue
+                if first > self.applied + 1:
+                    raise JournalCorrupt(str(self._path), self._pos + pos,
+                                         f"expected a record holding seq {self.applied + 1}, found seq {first}")
+                try:
+                    cmds = self.decoder.decode(view[pos + RECORD_HEADER.size:body_end])
+                except msgspec.DecodeError as e:
+                    raise JournalCorrupt(str(self._path), self._pos + pos, f"record does not decode: {e}") from e
+                take_to = min(last, upto)
+                cmds = cmds[self.applied + 1 - first:take_to + 1 - first]
+                self.applied = take_to
+                moved = True
+                if take_to == last:
+                    pos = body_end  # the whole record is taken: read on after it next time
+                self._pos = base + pos
+                yield cmds
+            self._pos = base + pos
+            if self.applied < upto and not moved:
+                # Nothing more here: the journal rolled on to a segment that continues
+                # the sequence, or what comes next is not on disk yet.
+                nxt = self.directory / segment_name(self.applied + 1)
+                if not nxt.exists() or nxt == self._path:
+                    return
+                self._path, self._pos = None, 0
+
+    def _find_segment(self) -> bool:
+        """Open the segment that holds seq ``applied + 1``; False if none does yet."""
+        want = self.applied + 1
+        holder: Path | None = None
+        for first, path in list_segments(self.directory):
+            if first > want:
+                break
+            holder = path
+        if holder is None:
+            return False
+        with open(holder, "rb") as f:
+            head = f.read(SEGMENT_HEADER.size)
+        if len(head) < SEGMENT_HEADER.size:
+            return False  # being created
+        magic, version, _, first_seq, crc = SEGMENT_HEADER.unpack_from(head, 0)
+        if magic != SEGMENT_MAGIC or zlib.crc32(head[:16]) != crc or version != VERSION:
+            raise JournalCorrupt(str(holder), 0, "segment header missing or damaged")
+        self._path, self._pos = holder, SEGMENT_HEADER.size
+        # Records before the one holding ``want`` are skipped by ``read``.
+        return True
+
+
 class GroupCommitter:
     """Batches the records of many submitters into one fsync, on a dedicated thread.
 
