@@ -12,9 +12,12 @@ Contract:
   member logging on with its last seq_out gets what it missed, once, in order (older
   than the snapshot's window: REPLAY_TRIMMED).
 - Snapshots are taken between batches every ``snapshot_every`` commands, every
-  ``snapshot_every_s`` seconds, after each end of day and at a clean stop. Each is a
-  forked child process that hashes, encodes and writes the core frozen at that seq
-  while trading goes on (the pause is the fork); a periodic one also waits
+  ``snapshot_every_s`` seconds, after each end of day and at a clean stop. They are
+  written by a process that follows the journal with a core of its own
+  (``snapshot_writer="follower"``, gateway/snapfollow.py: the pause is one line down a
+  pipe), or each by a forked child process that hashes, encodes and writes the core
+  frozen at that seq while trading goes on (``"fork"``: the pause is the fork, and the
+  pages either side writes are copied meanwhile); a periodic one also waits
   ``SNAPSHOT_GAP_RATIO`` times as long as the previous one took (scaled by the growth
   of the exchange's memory since), so that on a busy day with a deep book they keep to
   about a quarter of a core. Old snapshots and journal
@@ -46,6 +49,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -54,6 +58,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from gateway.auth import EXAMPLE_SECRETS, Authenticator
 from gateway.config import Config, ConfigError, loads
@@ -72,6 +78,8 @@ class ServeError(Exception):
 SNAPSHOT_EVERY = 100_000  # commands between periodic snapshots (a restart replays at most about this many)
 SNAPSHOT_EVERY_S = 300.0  # seconds between snapshots while anything is applied
 SNAPSHOT_HISTORY = 50_000  # reports per member a snapshot keeps for replay at logon
+SNAPSHOT_WRITERS = ("follower", "fork")
+SNAPSHOT_WRITER = "follower"  # periodic snapshots by a process following the journal (gateway/snapfollow.py)
 SNAPSHOT_GAP_RATIO = 3.0  # a periodic snapshot waits 3 times as long as the last one took: writing them takes <= 1/4 of a core
 SETTLED_MARK_S = 1.0  # how often the store's settled seq is moved past commands without postings
 
@@ -139,9 +147,12 @@ class Service:
                  market_data: bool | None = None, snapshots: bool = True, snapshot_every: int = SNAPSHOT_EVERY,
                  snapshot_every_s: float | None = SNAPSHOT_EVERY_S,
                  snapshot_history: int = SNAPSHOT_HISTORY, config_text: str | None = None,
-                 what: str = "etx serve") -> None:
+                 what: str = "etx serve", snapshot_writer: str = SNAPSHOT_WRITER) -> None:
         """``config_text``: the configuration file's text, kept in the data folder for
-        the offline tools (``gateway.datadir``); ``what``: who holds the folder's lock."""
+        the offline tools (``gateway.datadir``); ``what``: who holds the folder's lock;
+        ``snapshot_writer``: "follower" or "fork" (see the module docstring)."""
+        if snapshot_writer not in SNAPSHOT_WRITERS:
+            raise ValueError(f"snapshot_writer must be one of {', '.join(SNAPSHOT_WRITERS)}, got {snapshot_writer!r}")
         self.cfg = cfg
         self.ssl_context = tls_context(cfg)  # first: a wrong TLS file stops the start before anything is opened
         self.data_dir = Path(data_dir)
@@ -153,16 +164,17 @@ class Service:
             raise ServeError(str(e)) from None
         try:
             self._open(cfg, config_text, market_data, md_host, md_port, snapshots, snapshot_every, snapshot_every_s,
-                       snapshot_history)
+                       snapshot_history, snapshot_writer)
         except BaseException:
             self.folder.release()
             raise
 
     def _open(self, cfg: Config, config_text: str | None, market_data: bool | None, md_host: str | None,
               md_port: int | None,
-              snapshots: bool, snapshot_every: int, snapshot_every_s: float | None, snapshot_history: int) -> None:
+              snapshots: bool, snapshot_every: int, snapshot_every_s: float | None, snapshot_history: int,
+              snapshot_writer: str) -> None:
         from engine.journal import GroupCommitter
-        from gateway.recovery import Snapshotter, core_factory, recover
+        from gateway.recovery import Snapshotter, core_factory, open_orders, recover
         from settlement.settler import Settler
         from settlement.store import StoreError, open_store
 
@@ -184,7 +196,7 @@ class Service:
         restored: dict[str, Any] = {}
 
         def on_restored(core: Any, edge: Any) -> None:
-            restored["open"] = [(o.order_id, o.member, o.coid, o.side, o.qty) for o in core.engine.orders.values()]
+            restored["open"] = open_orders(core)
 
         try:
             self.recovery = recover(self.data_dir, core_factory(cfg), events_from_seq=settled + 1,
@@ -245,13 +257,29 @@ class Service:
                 self.exchange, self.recovery.snapshots, self.recovery.journal.directory,
                 every_commands=snapshot_every, every_s=snapshot_every_s, day=lambda: engine.day,
                 keep_seq_from=lambda: self.settler.durable_seq + 1, gap_ratio=SNAPSHOT_GAP_RATIO,
-                edge=lambda: self.server.capture_streams(snapshot_history))
+                edge=lambda: self.server.capture_streams(snapshot_history),
+                follower=self._snapshot_follower(snapshot_history) if snapshot_writer == "follower" else None)
             self.server.on_events.append(self.snapshotter.after_batch)
         self.address: tuple[str, int] = ("", 0)
         self.link: Any = None  # gateway.replication.Link, with replication on
         self.primary: Any = None
         self.follower: Any = None
         self.role = "single" if not cfg.replication.enabled else "starting"
+
+    def _snapshot_follower(self, history: int) -> Any:
+        """The process that writes the periodic snapshots (gateway/snapfollow.py), told
+        what its core and streams are made of: the configuration without the users and
+        the broker's and the stream's settings (no secret leaves this process), the
+        member and staff streams."""
+        from gateway.config import MarketDataSection, ReplicationSection
+        from gateway.snapfollow import Hello, SnapshotFollower
+
+        router = self.server.router
+        hello = Hello(config=msgspec.structs.replace(self.cfg, user=[], market_data=MarketDataSection(),
+                                                     replication=ReplicationSection()),
+                      members=sorted(router.members), staff=[k for k in router.streams if k not in router.members],
+                      history=history, parent=os.getpid())
+        return SnapshotFollower(self.data_dir, hello)
 
     # --- replication (gateway/replication.py) ----------------------------------------------
 
@@ -607,6 +635,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "older ones are answered with REPLAY_TRIMMED after a restart")
     parser.add_argument("--no-snapshots", action="store_true",
                         help="take no snapshots (every start replays the whole journal)")
+    parser.add_argument("--snapshot-writer", choices=SNAPSHOT_WRITERS, default=SNAPSHOT_WRITER,
+                        help="who writes the periodic snapshots: a process that follows the journal (follower, the "
+                             "default) or a fork of the exchange (fork: a pause and copied memory at each)")
     parser.add_argument("--standby", action="store_true",
                         help="with [replication]: follow the primary's stream as a hot standby and take over when "
                              "its lease runs out")
@@ -651,7 +682,8 @@ async def serve(args: argparse.Namespace, cfg: Config, config_text: str | None =
     service = Service(cfg, args.data, md_host=md_host, md_port=md_port,
                       market_data=False if args.no_market_data else None, snapshots=not args.no_snapshots,
                       snapshot_every=args.snapshot_every, snapshot_every_s=args.snapshot_interval,
-                      snapshot_history=args.snapshot_history, config_text=config_text)
+                      snapshot_history=args.snapshot_history, config_text=config_text,
+                      snapshot_writer=args.snapshot_writer)
     host = port = None
     if args.listen:
         h, _, p = args.listen.rpartition(":")
