@@ -72,12 +72,18 @@ def test_journal_tail_follows_what_is_durable(tmp_path: Path) -> None:
     journal.close()
 
 
-def test_journal_tail_starts_after_a_seq_and_waits_for_a_whole_record(tmp_path: Path) -> None:
-    _, cmds = exchange_workload(500, SEED)
-    journal = Journal(tmp_path, journal_command_types())
-    for k in range(0, 400, 50):
-        journal.append_batch(cmds[k : k + 50])
+def journaled(directory: Path, n: int, upto: int, record: int) -> list[Any]:
+    """``n`` commands of the workload, the first ``upto`` journaled ``record`` a record."""
+    _, cmds = exchange_workload(n, SEED)
+    journal = Journal(directory, journal_command_types())
+    for k in range(0, upto, record):
+        journal.append_batch(cmds[k : k + record])
     journal.close()
+    return cmds
+
+
+def test_journal_tail_starts_after_a_seq_and_waits_for_a_whole_record(tmp_path: Path) -> None:
+    cmds = journaled(tmp_path, 500, 400, 50)
     tail = JournalTail(tmp_path, command_decoder(journal_command_types()), 120)  # inside the third record
     assert [c.seq for part in tail.read(400) for c in part] == list(range(121, 401))
     # A record written halfway (the writer's pwrite not yet whole): nothing of it yet.
@@ -94,11 +100,7 @@ def test_journal_tail_starts_after_a_seq_and_waits_for_a_whole_record(tmp_path: 
 
 
 def test_journal_tail_stops_at_damage_with_more_behind_it(tmp_path: Path) -> None:
-    _, cmds = exchange_workload(300, SEED)
-    journal = Journal(tmp_path, journal_command_types())
-    for k in range(0, 300, 100):
-        journal.append_batch(cmds[k : k + 100])
-    journal.close()
+    journaled(tmp_path, 300, 300, 100)
     seg = list_segments(tmp_path)[-1][1]
     data = bytearray(seg.read_bytes())
     second = data.find(b"ETXR", 30)  # the second record's header
