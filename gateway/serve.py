@@ -12,12 +12,13 @@ Contract:
   member logging on with its last seq_out gets what it missed, once, in order (older
   than the snapshot's window: REPLAY_TRIMMED).
 - Snapshots are taken between batches every ``snapshot_every`` commands, every
-  ``snapshot_every_s`` seconds, after each end of day and at a clean stop. They are
-  written by a process that follows the journal with a core of its own
-  (``snapshot_writer="follower"``, gateway/snapfollow.py: the pause is one line down a
-  pipe), or each by a forked child process that hashes, encodes and writes the core
-  frozen at that seq while trading goes on (``"fork"``: the pause is the fork, and the
-  pages either side writes are copied meanwhile); a periodic one also waits
+  ``snapshot_every_s`` seconds, after each end of day and at a clean stop. Each is
+  written by a forked child process that hashes, encodes and writes the core frozen
+  at that seq while trading goes on (``snapshot_writer="fork"``, the default: the
+  pause is the fork, and the pages either side writes are copied meanwhile), or by a
+  process that follows the journal with a core of its own (``"follower"``,
+  gateway/snapfollow.py: the pause is one line down a pipe, and every command is
+  applied a second time); a periodic one also waits
   ``SNAPSHOT_GAP_RATIO`` times as long as the previous one took (scaled by the growth
   of the exchange's memory since), so that on a busy day with a deep book they keep to
   about a quarter of a core. Old snapshots and journal
@@ -79,7 +80,13 @@ SNAPSHOT_EVERY = 100_000  # commands between periodic snapshots (a restart repla
 SNAPSHOT_EVERY_S = 300.0  # seconds between snapshots while anything is applied
 SNAPSHOT_HISTORY = 50_000  # reports per member a snapshot keeps for replay at logon
 SNAPSHOT_WRITERS = ("follower", "fork")
-SNAPSHOT_WRITER = "follower"  # periodic snapshots by a process following the journal (gateway/snapfollow.py)
+# Who writes the snapshots: a fork of the exchange, or a process that follows the
+# journal (gateway/snapfollow.py). The follower takes the fork's pause and copied pages
+# out of the exchange but applies every command a second time; on a two-core machine
+# shared with the load generator that cost more throughput than it saved
+# (docs/benchmarks.md), so the fork stays the default and the follower is for a
+# machine with a core to spare.
+SNAPSHOT_WRITER = "fork"
 SNAPSHOT_GAP_RATIO = 3.0  # a periodic snapshot waits 3 times as long as the last one took: writing them takes <= 1/4 of a core
 SETTLED_MARK_S = 1.0  # how often the store's settled seq is moved past commands without postings
 
@@ -636,8 +643,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-snapshots", action="store_true",
                         help="take no snapshots (every start replays the whole journal)")
     parser.add_argument("--snapshot-writer", choices=SNAPSHOT_WRITERS, default=SNAPSHOT_WRITER,
-                        help="who writes the periodic snapshots: a process that follows the journal (follower, the "
-                             "default) or a fork of the exchange (fork: a pause and copied memory at each)")
+                        help="who writes the snapshots: a fork of the exchange (fork, the default: a pause and "
+                             "copied memory at each) or a process that follows the journal (follower: no pause, "
+                             "every command applied a second time; for a machine with a core to spare)")
     parser.add_argument("--standby", action="store_true",
                         help="with [replication]: follow the primary's stream as a hot standby and take over when "
                              "its lease runs out")

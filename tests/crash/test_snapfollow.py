@@ -166,6 +166,7 @@ def test_follower_snapshots_are_the_exchange_at_their_seq(tmp_path: Path) -> Non
 
     async def main() -> tuple[list[str], list[str], str, dict[str, Any], int]:
         service = Service(cfg, data, market_data=False, snapshot_every=400, snapshot_every_s=3600.0,
+                          snapshot_writer="follower",
                           snapshot_history=history)
         snapper = service.snapshotter
         assert snapper is not None and snapper.follower is not None and snapper.follower.alive()
@@ -228,7 +229,8 @@ def test_a_follower_that_dies_is_replaced(tmp_path: Path, caplog: pytest.LogCapt
     cfg = load(write_config(tmp_path, 0))
 
     async def main() -> None:
-        service = Service(cfg, tmp_path / "data", market_data=False, snapshot_every=200, snapshot_every_s=3600.0)
+        service = Service(cfg, tmp_path / "data", market_data=False, snapshot_every=200, snapshot_every_s=3600.0,
+                          snapshot_writer="follower")
         snapper = service.snapshotter
         assert snapper is not None and snapper.follower is not None
         await service.start("127.0.0.1", 0)
@@ -277,7 +279,7 @@ import signal, sys, time
 from gateway.config import load
 from gateway.serve import Service
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the test's interrupt is for the follower
-service = Service(load(sys.argv[1]), sys.argv[2], market_data=False)
+service = Service(load(sys.argv[1]), sys.argv[2], market_data=False, snapshot_writer="follower")
 print(service.snapshotter.follower.pid, flush=True)
 time.sleep(600)
 """
