@@ -457,23 +457,27 @@ class Snapshotter:
         ended: a new one is started, at most every FOLLOWER_RESTART_S, and this snapshot
         is taken the other way)."""
         follower, last_seq = self.follower, self.core.last_seq
-        if follower.alive() and follower.request(last_seq, end_of_day):
-            pause = time.perf_counter() - started
-            with self._cond:
+        with self._cond:  # its answer (on the reader thread) waits until the request is counted
+            if follower.alive() and follower.request(last_seq, end_of_day):
+                pause = time.perf_counter() - started
                 self._asked[last_seq] = (end_of_day, pause, started, size)
-            self._taken(last_seq, pause)
-            return True
+                self._taken(last_seq, pause)
+                return True
         now = time.monotonic()
         if not follower.alive() and now >= self._restart_at:
             self._restart_at = now + FOLLOWER_RESTART_S
             log.error("the snapshot follower is not running; starting another (this snapshot is taken by the exchange)")
-            with self._cond:
-                lost = sorted(self._asked)
-                self._asked.clear()
-            for seq in lost:
-                self._failed(seq, "the snapshot follower ended before writing it")
+            self._fail_asked("the snapshot follower ended before writing it")
             follower.start(last_seq, self._follower_said)
         return False
+
+    def _fail_asked(self, why: str) -> None:
+        """Fail every snapshot asked of the follower and not yet reported."""
+        with self._cond:
+            lost = sorted(self._asked)
+            self._asked.clear()
+        for seq in lost:
+            self._failed(seq, why)
 
     def _follower_said(self, kind: str, seq: int, cpu_s: float, text: str) -> None:
         """From the follower's reader thread: a snapshot written or failed, the
@@ -481,18 +485,14 @@ class Snapshotter:
         if kind == "ready":
             log.info("the snapshot follower is ready at seq %d", seq)
             return
-        with self._cond:
-            if kind == "ended":
-                lost = sorted(self._asked)
-                self._asked.clear()
-            else:
-                asked = self._asked.pop(seq, None)
         if kind == "ended":
             if not self._closed:
                 log.error("%s", text)
-            for last_seq in lost:
-                self._failed(last_seq, text)
-        elif asked is None:
+            self._fail_asked(text)
+            return
+        with self._cond:
+            asked = self._asked.pop(seq, None)
+        if asked is None:
             log.error("the snapshot follower reported seq %d, which was not asked of it: %s %s", seq, kind, text)
         elif kind == "ok":
             end_of_day, pause, started, size = asked

@@ -48,6 +48,7 @@ from pathlib import Path
 
 import msgspec
 
+from engine.snapshot import write_all
 from gateway.config import Config
 
 log = logging.getLogger("etx.snapfollow")
@@ -104,7 +105,7 @@ class SnapshotFollower:
         self.ready_seq = -1
         hello = msgspec.json.encode(self.hello) + b"\n" + f"at {seq}\n".encode()
         try:
-            _write_all(self._in, hello)  # before the descriptor is made non-blocking: it must all go
+            write_all(self._in, hello)  # before the descriptor is made non-blocking: it must all go
         except OSError:
             pass  # the follower is gone already: its reader reports how it ended
         os.set_blocking(self._in, False)
@@ -177,12 +178,6 @@ class SnapshotFollower:
             proc.wait()
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(timeout_s)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 # --- the follower process -------------------------------------------------------------

@@ -116,6 +116,20 @@ def test_journal_tail_stops_at_damage_with_more_behind_it(tmp_path: Path) -> Non
 # --- the follower beside a running exchange ---------------------------------------------
 
 
+async def funded(port: int) -> tuple[list[Trader], Client, list[Client]]:
+    """The traders, the operator and every client, connected, the members' accounts
+    opened and funded by the clerk and the authority."""
+    rng = random.Random(SEED)
+    traders = [Trader(m, port, rng) for m in TRADERS]
+    clerk, auth, ops = (Client("127.0.0.1", port, "EXCH", user, SECRET, cod=CodMode.OFF)
+                        for user in ("clerk", "auth", "ops"))
+    clients = [t.client for t in traders] + [clerk, auth, ops]
+    for c in clients:
+        await c.connect()
+    await fund(clerk, auth)
+    return traders, ops, clients
+
+
 async def fund(clerk: Client, auth: Client) -> None:
     for m in TRADERS:
         clerk.send(OpenAccount("", m, int(HolderType.COMPLIANCE), f"{m} Ltd"))
@@ -171,17 +185,8 @@ def test_follower_snapshots_are_the_exchange_at_their_seq(tmp_path: Path) -> Non
         snapper = service.snapshotter
         assert snapper is not None and snapper.follower is not None and snapper.follower.alive()
         await service.start("127.0.0.1", 0)
-        port = service.address[1]
-        rng = random.Random(SEED)
-        traders = [Trader(m, port, rng) for m in TRADERS]
-        clerk = Client("127.0.0.1", port, "EXCH", "clerk", SECRET, cod=CodMode.OFF)
-        auth = Client("127.0.0.1", port, "EXCH", "auth", SECRET, cod=CodMode.OFF)
-        ops = Client("127.0.0.1", port, "EXCH", "ops", SECRET, cod=CodMode.OFF)
-        clients = [t.client for t in traders] + [clerk, auth, ops]
+        traders, ops, clients = await funded(service.address[1])
         try:
-            for c in clients:
-                await c.connect()
-            await fund(clerk, auth)
             await trade(traders, 1.0)
             ops.send(Halt(SYMBOL, "a test halt"))
             await ops.query_instruments(timeout=30)
@@ -234,16 +239,8 @@ def test_a_follower_that_dies_is_replaced(tmp_path: Path, caplog: pytest.LogCapt
         snapper = service.snapshotter
         assert snapper is not None and snapper.follower is not None
         await service.start("127.0.0.1", 0)
-        port = service.address[1]
-        rng = random.Random(SEED)
-        traders = [Trader(m, port, rng) for m in TRADERS]
-        clerk = Client("127.0.0.1", port, "EXCH", "clerk", SECRET, cod=CodMode.OFF)
-        auth = Client("127.0.0.1", port, "EXCH", "auth", SECRET, cod=CodMode.OFF)
-        clients = [t.client for t in traders] + [clerk, auth]
+        traders, _, clients = await funded(service.address[1])
         try:
-            for c in clients:
-                await c.connect()
-            await fund(clerk, auth)
             await trade(traders, 1.0)
             await until(lambda: snapper.written >= 1)
             first = snapper.follower.pid
