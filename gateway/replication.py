@@ -527,10 +527,17 @@ class Primary:
             self._task.cancel()
 
     async def release(self) -> None:
-        """Hand the lease over (a stop on purpose: everything is journaled and published)."""
+        """Hand the lease over (a stop on purpose: everything is journaled and published).
+        The lease's revision is read again first: a renewal cancelled by ``stop`` may
+        still have completed in the link's thread, leaving ``revision`` behind the
+        store (the release then failed, and the standby waited for the lease to run
+        out). The compare-and-set at the read revision still refuses a lease that another
+        node took meanwhile."""
         if not self.lost.is_set():
             with contextlib.suppress(Exception):
-                if await self.link.run(self.link.release_lease(self.node, self.revision)):
+                lease, revision = await self.link.run(self.link.read_lease())
+                if lease is not None and lease.node == self.node and \
+                        await self.link.run(self.link.release_lease(self.node, revision)):
                     log.info("replication: %s released the lease", self.node)
 
     async def _renew(self) -> None:
